@@ -1,0 +1,46 @@
+# Every target that runs code depends on the venv; `make test` also brings up what the tests need
+# (Docker engine, the busybox test image), so a fresh clone needs nothing else.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install protos lint test test-env unit run bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+protos: $(STAMP)
+	$(BIN)/python -m protos.generate
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy agent coordinator common protos tests bench
+
+test-env:
+	bash tests/env/ensure-docker.sh
+	bash tests/env/build-test-image.sh
+
+test: $(STAMP) test-env lint
+	@if [ -n "$$CI" ]; then export MOORAGE_REQUIRE_DOCKER=1; fi; \
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+run: $(STAMP)
+	bash tests/env/ensure-docker.sh
+	bash tests/env/build-test-image.sh
+	$(BIN)/python -m coordinator.devrun
+
+bench: $(STAMP) test-env
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .moorage .mypy_cache .ruff_cache .pytest_cache

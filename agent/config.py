@@ -1,0 +1,47 @@
+"""The agent's options. config/agent.yaml documents every one with its default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.runtime.base import PullPolicy
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: Identity (node key, certificate, CA) lives here; keep it across restarts.
+    data_dir: Path = Path("/var/lib/moorage-agent")
+    #: HOST:PORT of the coordinator's agent sessions (mutual TLS).
+    coordinator: str = ""
+    #: HOST:PORT of the coordinator's enrollment port. Empty: the session port + 1 on the same host.
+    enroll_address: str = ""
+    #: One-time join token, needed only for the first start (MOORAGE1::<ca-sha256>::<id>.<secret>).
+    join_token: str = ""
+    #: Docker engine URL; empty uses DOCKER_HOST or the local socket.
+    docker_url: str = ""
+    #: When to pull an image: always, missing (only when absent) or never.
+    pull_policy: PullPolicy = PullPolicy.MISSING
+    #: Capacity offered to the coordinator; 0 means "what the host has".
+    memory_mib: int = Field(0, ge=0)
+    disk_mib: int = Field(0, ge=0)
+    cpu_count: int = Field(0, ge=0)
+    #: Reconnect back-off: first delay and cap, in seconds (full jitter in between).
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    #: Events kept while the coordinator is away; the oldest are dropped (and counted) past this.
+    event_buffer: int = Field(10_000, ge=10)
+    #: Heartbeat interval until the coordinator sets one in its Welcome.
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    #: Labelled containers the coordinator does not want are removed after this grace.
+    unknown_container_grace_s: float = Field(300.0, ge=0)
+    log_level: str = "info"
+    log_json: bool = True
+
+    def enroll_target(self) -> str:
+        if self.enroll_address:
+            return self.enroll_address
+        host, _, port = self.coordinator.rpartition(":")
+        return f"{host}:{int(port) + 1}"

@@ -1,0 +1,180 @@
+"""The agent's identity: enroll once with a join token, then keep key and certificates in the data
+directory so restarts need nothing but the directory.
+
+Before the token's secret leaves the host, the coordinator's CA (read from the enrollment port's TLS
+handshake) must hash to the value pinned in the token; otherwise the agent stops (exit 78), because a
+mismatch means the address or the token is wrong, and retrying would not help.
+"""
+
+from __future__ import annotations
+
+import _ssl
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from protos import moorage_pb2 as pb
+from protos import moorage_pb2_grpc as pb_grpc
+
+SERVER_NAME = "moorage-coordinator"  # the name every coordinator certificate carries
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus stops a bad token from looping
+
+
+class EnrollmentRefused(Exception):
+    """Permanent: wrong CA, or a token the coordinator will never accept. The agent exits 78."""
+
+
+class CoordinatorUnreachable(Exception):
+    """Transient: retried with back-off."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    ca_sha256: str
+    token_id: str
+    secret: str
+
+    @classmethod
+    def parse(cls, raw: str) -> JoinToken:
+        parts = raw.strip().split("::")
+        if len(parts) != 3 or parts[0] != "MOORAGE1" or "." not in parts[2] or len(parts[1]) != 64:
+            raise EnrollmentRefused(
+                "the join token is malformed (expected MOORAGE1::<ca-sha256>::<id>.<secret>)"
+            )
+        token_id, _, secret = parts[2].partition(".")
+        return cls(parts[1].lower(), token_id, secret)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    node_id: str
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
+
+    def not_after(self) -> float:
+        return x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc.timestamp()
+
+    def not_before(self) -> float:
+        return x509.load_pem_x509_certificate(self.cert_pem).not_valid_before_utc.timestamp()
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load(data_dir: Path) -> Identity | None:
+    meta = data_dir / "node.json"
+    if not meta.exists():
+        return None
+    node_id = json.loads(meta.read_text())["node_id"]
+    return Identity(
+        node_id,
+        (data_dir / "node.key").read_bytes(),
+        (data_dir / "node.pem").read_bytes(),
+        (data_dir / "ca.pem").read_bytes(),
+    )
+
+
+def save(data_dir: Path, identity: Identity) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write(data_dir / "node.key", identity.key_pem, 0o600)
+    _write(data_dir / "node.pem", identity.cert_pem, 0o644)
+    _write(data_dir / "ca.pem", identity.ca_pem, 0o644)
+    _write(data_dir / "node.json", json.dumps({"node_id": identity.node_id}).encode(), 0o644)
+
+
+def new_key_and_csr() -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, socket.gethostname()[:64] or "agent")])
+        )
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+
+
+def fetch_ca(address: str, timeout: float = 10.0) -> bytes:
+    """The CA certificate the enrollment port presents (last of its chain), unverified: the caller pins it.
+    Blocking; run it in a thread."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=SERVER_NAME) as tls,
+        ):
+            # Private before 3.13 (where it became SSLSocket.get_unverified_chain), present since 3.10.
+            chain = tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
+    except OSError as exc:
+        raise CoordinatorUnreachable(
+            f"cannot reach the coordinator's enrollment port {address}: {exc}"
+        ) from exc
+    if not chain:
+        raise EnrollmentRefused(f"{address} presented no certificate chain")
+    return ssl.DER_cert_to_PEM_cert(chain[-1].public_bytes(_ssl.ENCODING_DER)).encode()
+
+
+def ca_sha256(ca_pem: bytes) -> str:
+    return hashlib.sha256(
+        x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
+    ).hexdigest()
+
+
+async def enroll(address: str, token: JoinToken, agent_version: str) -> Identity:
+    ca_pem = await asyncio.to_thread(fetch_ca, address)
+    if ca_sha256(ca_pem) != token.ca_sha256:
+        raise EnrollmentRefused(
+            f"the coordinator at {address} presents a CA whose SHA-256 is {ca_sha256(ca_pem)}, "
+            f"not {token.ca_sha256} as the join token pins; refusing to send the token"
+        )
+    key_pem, csr_pem = new_key_and_csr()
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+    async with grpc.aio.secure_channel(
+        address, grpc.ssl_channel_credentials(ca_pem), options=options
+    ) as channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        try:
+            reply = await stub.Enroll(
+                pb.EnrollRequest(
+                    token_id=token.token_id,
+                    token_secret=token.secret,
+                    hostname=socket.gethostname(),
+                    csr_pem=csr_pem,
+                    agent_version=agent_version,
+                ),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
+                raise EnrollmentRefused(f"the coordinator refused the join token: {exc.details()}") from exc
+            raise CoordinatorUnreachable(f"enrollment failed: {exc.code().name}: {exc.details()}") from exc
+    return Identity(reply.node_id, key_pem, bytes(reply.certificate_pem), bytes(reply.ca_certificate_pem))

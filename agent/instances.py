@@ -1,0 +1,227 @@
+"""Carries out what the coordinator wants on this host: commands as they arrive and the reconcile plan
+after every Welcome. Work on one instance is serialised (a lock per instance), work on different instances
+runs concurrently. Every step reports an InstanceEvent, so the coordinator follows the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent.reconcile import Act, Action, Desired, plan
+from agent.runtime.base import (
+    LABEL_INSTANCE,
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerSpec,
+    ContainerStatus,
+    PortBinding,
+    PullPolicy,
+    Runtime,
+    RuntimeFailure,
+)
+from common.logging import get
+from protos import moorage_pb2 as pb
+
+log = get("agent.instances")
+
+Emit = Callable[[pb.InstanceEvent], None]
+
+CONTAINER_STATE = {
+    ContainerStatus.CREATED: pb.CONTAINER_STATE_CREATED,
+    ContainerStatus.RUNNING: pb.CONTAINER_STATE_RUNNING,
+    ContainerStatus.PAUSED: pb.CONTAINER_STATE_PAUSED,
+    ContainerStatus.RESTARTING: pb.CONTAINER_STATE_RESTARTING,
+    ContainerStatus.EXITED: pb.CONTAINER_STATE_EXITED,
+    ContainerStatus.DEAD: pb.CONTAINER_STATE_DEAD,
+    ContainerStatus.REMOVING: pb.CONTAINER_STATE_DEAD,
+}
+
+
+def to_spec(node_id: str, spec: pb.InstanceSpec) -> ContainerSpec:
+    return ContainerSpec(
+        instance_id=spec.instance_id,
+        node_id=node_id,
+        name=spec.name,
+        image=spec.image,
+        env=dict(spec.env),
+        memory_mib=spec.memory_mib,
+        cpu_percent=spec.cpu_percent,
+        ports=tuple(PortBinding(p.bind_address, p.port) for p in spec.ports),
+        command=tuple(spec.command),
+        stop_signal=spec.stop_signal or "SIGTERM",
+        stop_timeout_s=spec.stop_timeout_s or 10,
+        labels=dict(spec.labels),
+    )
+
+
+def event(kind: pb.EventKind.ValueType, instance_id: str, **fields: object) -> pb.InstanceEvent:
+    return pb.InstanceEvent(instance_id=instance_id, kind=kind, at_ms=int(time.time() * 1000), **fields)  # type: ignore[arg-type]
+
+
+@dataclass
+class InstanceManager:
+    runtime: Runtime
+    node_id: str
+    pull_policy: PullPolicy
+    emit: Emit
+    unknown_grace_s: float = 300.0
+    desired: dict[str, Desired] = field(default_factory=dict)
+    #: Instances we are stopping or removing on purpose: their "die" is not a crash.
+    expected_exit: set[str] = field(default_factory=set)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _unknown_first_seen: dict[str, float] = field(default_factory=dict)
+
+    def _lock(self, instance_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    async def actual(self) -> dict[str, ContainerInfo]:
+        return {c.instance_id: c for c in await self.runtime.list(self.node_id) if c.instance_id}
+
+    # ------------------------------------------------------------ commands
+
+    async def handle(self, cmd: pb.Command) -> pb.CommandResult:
+        """Apply one command. Idempotent: a redelivered deploy finds its container, a redelivered remove
+        finds nothing to remove; both answer ok."""
+        iid = cmd.instance_id
+        try:
+            async with self._lock(iid):
+                if cmd.kind == pb.COMMAND_KIND_DEPLOY:
+                    want = Desired(
+                        to_spec(self.node_id, cmd.spec), cmd.spec.desired_state != pb.DESIRED_STATE_STOPPED
+                    )
+                    self.desired[iid] = want
+                    container_id = await self._deploy(want)
+                    return pb.CommandResult(
+                        command_id=cmd.command_id, instance_id=iid, ok=True, container_id=container_id or ""
+                    )
+                if cmd.kind == pb.COMMAND_KIND_REMOVE:
+                    self.desired.pop(iid, None)
+                    await self._remove(iid)
+                    return pb.CommandResult(command_id=cmd.command_id, instance_id=iid, ok=True)
+                return pb.CommandResult(
+                    command_id=cmd.command_id,
+                    instance_id=iid,
+                    ok=False,
+                    error=f"command {pb.CommandKind.Name(cmd.kind)} is not supported by this agent",
+                )
+        except Exception as exc:
+            log.warning("command failed", instance_id=iid, kind=pb.CommandKind.Name(cmd.kind), error=str(exc))
+            return pb.CommandResult(command_id=cmd.command_id, instance_id=iid, ok=False, error=str(exc))
+
+    async def _find(self, instance_id: str) -> ContainerInfo | None:
+        for c in await self.runtime.list(self.node_id):
+            if c.labels.get(LABEL_INSTANCE) == instance_id:
+                return c
+        return None
+
+    async def _deploy(self, want: Desired) -> str | None:
+        """Pull, create and (if wanted) start; an existing container is adopted, not duplicated. A failure
+        is reported as FAILED with the engine's own words."""
+        iid = want.spec.instance_id
+        existing = await self._find(iid)
+        if existing is not None:
+            await self._converge(want, existing)
+            return existing.container_id
+        self.emit(event(pb.EVENT_KIND_ACCEPTED, iid))
+        try:
+            await self.runtime.ensure_image(want.spec.image, self.pull_policy)
+            container_id = await self.runtime.create(want.spec)
+        except RuntimeFailure as exc:
+            self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
+            raise
+        self.emit(event(pb.EVENT_KIND_CREATED, iid, container_id=container_id))
+        if want.running:
+            try:
+                await self.runtime.start(container_id)
+            except RuntimeFailure as exc:
+                # e.g. the port is bound by something else on the host: nothing runs, say why, clean up.
+                self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
+                await self.runtime.remove(container_id)
+                raise
+            self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=container_id))
+        return container_id
+
+    async def _converge(self, want: Desired, have: ContainerInfo) -> None:
+        iid = want.spec.instance_id
+        running = have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING)
+        if want.running and not running:
+            await self.runtime.start(have.container_id)
+            self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))
+        elif not want.running and running:
+            self.expected_exit.add(iid)
+            await self.runtime.stop(have.container_id, want.spec.stop_timeout_s)
+            self.emit(event(pb.EVENT_KIND_STOPPED, iid, container_id=have.container_id))
+        elif running:
+            # Already as wanted (adopted, or a redelivered deploy): let the coordinator catch up.
+            self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))
+        else:
+            self.emit(event(pb.EVENT_KIND_CREATED, iid, container_id=have.container_id))
+
+    async def _remove(self, instance_id: str) -> None:
+        have = await self._find(instance_id)
+        if have is not None:
+            self.expected_exit.add(instance_id)
+            spec = self.desired.get(instance_id)
+            timeout = spec.spec.stop_timeout_s if spec else 10
+            try:
+                if have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING):
+                    await self.runtime.stop(have.container_id, timeout)
+                await self.runtime.remove(have.container_id)
+            except ContainerNotFound:
+                pass
+        self.emit(event(pb.EVENT_KIND_REMOVED, instance_id, container_id=have.container_id if have else ""))
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, welcome: pb.Welcome) -> None:
+        """Adopt what runs as wanted, create what is missing, remove what was released."""
+        self.desired = {
+            s.instance_id: Desired(to_spec(self.node_id, s), s.desired_state != pb.DESIRED_STATE_STOPPED)
+            for s in welcome.desired
+        }
+        actual = await self.actual()
+        now = time.time()
+        for iid in actual:
+            if iid not in self.desired:
+                self._unknown_first_seen.setdefault(iid, now)
+        actions = plan(
+            self.desired, set(welcome.remove), actual, self._unknown_first_seen, now, self.unknown_grace_s
+        )
+        await asyncio.gather(*(self._apply(a) for a in actions))
+
+    async def _apply(self, action: Action) -> None:
+        iid = action.instance_id
+        try:
+            async with self._lock(iid):
+                if action.act is Act.DEPLOY and iid in self.desired:
+                    await self._deploy(self.desired[iid])
+                elif action.act in (Act.START, Act.STOP, Act.ADOPT) and iid in self.desired:
+                    have = await self._find(iid)
+                    if have is not None:
+                        await self._converge(self.desired[iid], have)
+                elif action.act in (Act.REMOVE, Act.REPORT_REMOVED):
+                    await self._remove(iid)
+                elif action.act is Act.REMOVE_UNKNOWN:
+                    log.warning(
+                        "removing a container nobody wants", instance_id=iid, container_id=action.container_id
+                    )
+                    await self._remove(iid)
+                    self._unknown_first_seen.pop(iid, None)
+        except Exception as exc:
+            log.warning("reconcile step failed", instance_id=iid, act=action.act.value, error=str(exc))
+
+    # ------------------------------------------------------------ engine events
+
+    def on_container_event(self, kind: str, instance_id: str, exit_code: int, container_id: str) -> None:
+        """Map an engine event to an InstanceEvent; an exit we caused is a stop, not a crash."""
+        if kind == "exited":
+            if instance_id in self.expected_exit:
+                self.expected_exit.discard(instance_id)
+                return
+            self.emit(
+                event(pb.EVENT_KIND_EXITED, instance_id, exit_code=exit_code, container_id=container_id)
+            )
+        elif kind == "oom":
+            self.emit(event(pb.EVENT_KIND_OOM_KILLED, instance_id, container_id=container_id))

@@ -1,0 +1,170 @@
+"""moorage-agent: enroll once, then hold the coordinator session, run what it wants with Docker and
+report what is true. Stopping the agent never stops the containers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from agent import __version__, identity
+from agent.config import AgentConfig
+from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
+from agent.instances import InstanceManager
+from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
+from agent.runtime.docker import DockerRuntime
+from agent.session import AgentSession
+from agent.telemetry import Telemetry
+from common import systemd
+from common.config import ConfigError, load
+from common.logging import configure, get
+
+log = get("agent")
+
+ENV = {
+    "MOORAGE_COORDINATOR": "coordinator",
+    "MOORAGE_ENROLL_ADDRESS": "enroll_address",
+    "MOORAGE_JOIN_TOKEN": "join_token",
+    "MOORAGE_DATA_DIR": "data_dir",
+    "MOORAGE_LOG_LEVEL": "log_level",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="moorage-agent", description="The Moorage host agent.")
+    p.add_argument("--config", help="YAML config file (see config/agent.yaml)")
+    p.add_argument("--coordinator", help="HOST:PORT of the coordinator's agent sessions")
+    p.add_argument("--enroll-address", help="HOST:PORT of the coordinator's enrollment port")
+    p.add_argument("--join-token", help="one-time join token (first start only)")
+    p.add_argument("--data-dir", help="identity and state directory")
+    p.add_argument("--version", action="version", version=f"moorage-agent {__version__}")
+    return p.parse_args(argv)
+
+
+async def obtain_identity(config: AgentConfig) -> Identity:
+    """The stored identity, or a new one from the join token (retrying while the coordinator is away)."""
+    found = identity.load(config.data_dir)
+    if found is not None:
+        return found
+    if not config.join_token:
+        raise EnrollmentRefused(f"{config.data_dir} holds no identity and no --join-token was given")
+    token = JoinToken.parse(config.join_token)
+    delay = config.reconnect_initial_s
+    while True:
+        try:
+            new = await identity.enroll(config.enroll_target(), token, __version__)
+        except CoordinatorUnreachable as exc:
+            log.warning("enrollment postponed", error=str(exc), retry_in_s=round(delay, 1))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, config.reconnect_max_s)
+            continue
+        identity.save(config.data_dir, new)
+        log.info("enrolled", node_id=new.node_id)
+        return new
+
+
+async def wait_for_engine(runtime: Runtime, config: AgentConfig) -> None:
+    delay = config.reconnect_initial_s
+    while True:
+        try:
+            await runtime.ping()
+            return
+        except RuntimeFailure as exc:
+            log.warning("docker engine unreachable", error=str(exc), retry_in_s=round(delay, 1))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, config.reconnect_max_s)
+
+
+async def follow_engine_events(
+    runtime: Runtime, node_id: str, manager: InstanceManager, config: AgentConfig
+) -> None:
+    """Turn engine events into instance events; re-subscribe when the engine restarts."""
+    while True:
+        stream = runtime.events(node_id)
+        try:
+            async for ev in stream:
+                _on_engine_event(manager, ev)
+        except RuntimeFailure as exc:
+            log.warning("engine event stream lost", error=str(exc))
+        finally:
+            await stream.aclose()
+        await asyncio.sleep(config.reconnect_initial_s)
+        await wait_for_engine(runtime, config)
+
+
+def _on_engine_event(manager: InstanceManager, ev: ContainerEvent) -> None:
+    if ev.kind is EventKind.EXITED:
+        manager.on_container_event("exited", ev.instance_id, ev.exit_code, ev.container_id)
+    elif ev.kind is EventKind.OOM:
+        manager.on_container_event("oom", ev.instance_id, 0, ev.container_id)
+
+
+async def run(config: AgentConfig) -> None:
+    node = await obtain_identity(config)
+    runtime = DockerRuntime(config.docker_url or None)
+    await wait_for_engine(runtime, config)
+    manager = InstanceManager(
+        runtime,
+        node.node_id,
+        config.pull_policy,
+        emit=lambda _e: None,
+        unknown_grace_s=config.unknown_container_grace_s,
+    )
+    session = AgentSession(config, node, runtime, manager, Telemetry(disk_path=str(config.data_dir)))
+    systemd.notify("READY=1")
+    log.info("agent ready", node_id=node.node_id, coordinator=config.coordinator, version=__version__)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [
+        asyncio.create_task(session.run(), name="session"),
+        asyncio.create_task(
+            follow_engine_events(runtime, node.node_id, manager, config), name="engine-events"
+        ),
+        asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
+    ]
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopper, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
+        if tasks[0] in done:
+            tasks[0].result()  # a permanent refusal surfaces here
+    finally:
+        systemd.notify("STOPPING=1")
+        log.info("agent stopping; containers keep running")
+        for task in [*tasks, stopper]:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await runtime.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    flags = {
+        "coordinator": args.coordinator,
+        "enroll_address": args.enroll_address,
+        "join_token": args.join_token,
+        "data_dir": args.data_dir,
+    }
+    try:
+        config = load(AgentConfig, args.config, env_map=ENV, flags=flags)
+        if not config.coordinator:
+            raise ConfigError("no coordinator address: give --coordinator HOST:PORT or set it in the config")
+    except ConfigError as exc:
+        print(f"moorage-agent: {exc}", file=sys.stderr)
+        raise SystemExit(identity.EXIT_CONFIG) from exc
+    configure(config.log_level, config.log_json)
+    try:
+        asyncio.run(run(config))
+    except EnrollmentRefused as exc:
+        log.error("enrollment refused", reason=str(exc))
+        print(f"moorage-agent: {exc}", file=sys.stderr)
+        raise SystemExit(identity.EXIT_CONFIG) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""The one gRPC stream to the coordinator: Hello with the full truth, Welcome with the desired set, then
+heartbeats, events and command results up, commands down. Reconnects forever with capped exponential
+back-off and full jitter; containers keep running while the coordinator is away, and events wait in a
+bounded buffer (oldest dropped, and counted in the next Hello)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.identity import SERVER_NAME, EnrollmentRefused, Identity
+from agent.instances import CONTAINER_STATE, InstanceManager
+from agent.runtime.base import ContainerInfo, Runtime
+from agent.telemetry import Telemetry
+from common.logging import get
+from protos import moorage_pb2 as pb
+from protos import moorage_pb2_grpc as pb_grpc
+
+log = get("agent.session")
+
+PROTOCOL_VERSION = 1
+WELCOME_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Outbox:
+    """Events and results, kept across reconnects; the newest heartbeat rides in a slot of its own so a
+    stale one is never queued behind a backlog."""
+
+    limit: int
+    items: deque[pb.AgentMessage] = field(default_factory=deque)
+    heartbeat: pb.AgentMessage | None = None
+    dropped: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, message: pb.AgentMessage) -> None:
+        if len(self.items) >= self.limit:
+            self.items.popleft()
+            self.dropped += 1
+        self.items.append(message)
+        self.ready.set()
+
+    def put_heartbeat(self, message: pb.AgentMessage) -> None:
+        self.heartbeat = message
+        self.ready.set()
+
+    async def get(self) -> pb.AgentMessage:
+        while True:
+            if self.heartbeat is not None:
+                message, self.heartbeat = self.heartbeat, None
+                return message
+            if self.items:
+                return self.items.popleft()
+            self.ready.clear()
+            await self.ready.wait()
+
+    def give_back(self, message: pb.AgentMessage) -> None:
+        if not message.HasField("heartbeat"):
+            self.items.appendleft(message)
+
+
+def instance_status(info: ContainerInfo, telemetry: Telemetry) -> pb.InstanceStatus:
+    rx, tx, rx_mbps, tx_mbps = telemetry.container_network(info.container_id, info.pid)
+    return pb.InstanceStatus(
+        instance_id=info.instance_id,
+        container_id=info.container_id,
+        state=CONTAINER_STATE.get(info.status, pb.CONTAINER_STATE_UNSPECIFIED),
+        exit_code=info.exit_code,
+        oom_killed=info.oom_killed,
+        restarts=info.restart_count,
+        started_at_ms=int(info.started_at * 1000),
+        health=info.health,
+        rx_bytes=rx,
+        tx_bytes=tx,
+        rx_mbps=rx_mbps,
+        tx_mbps=tx_mbps,
+    )
+
+
+class AgentSession:
+    def __init__(
+        self,
+        config: AgentConfig,
+        identity: Identity,
+        runtime: Runtime,
+        manager: InstanceManager,
+        telemetry: Telemetry,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.runtime = runtime
+        self.manager = manager
+        self.telemetry = telemetry
+        self.outbox = Outbox(config.event_buffer)
+        self.heartbeat_interval_s = config.heartbeat_interval_s
+        self.connected = asyncio.Event()
+        self._seq = 0
+        self._commands: set[asyncio.Task[None]] = set()
+        manager.emit = self.emit
+
+    def emit(self, event: pb.InstanceEvent) -> None:
+        self.outbox.put(pb.AgentMessage(event=event))
+
+    async def statuses(self) -> list[pb.InstanceStatus]:
+        containers = await self.runtime.list(self.identity.node_id)
+        return await asyncio.to_thread(
+            lambda: [instance_status(c, self.telemetry) for c in containers if c.instance_id]
+        )
+
+    async def run(self) -> None:
+        """Hold a session forever; a refusal retrying cannot fix (node deleted) raises EnrollmentRefused."""
+        backoff = self.config.reconnect_initial_s
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+                log.warning("the coordinator closed the session")
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                    raise EnrollmentRefused(f"the coordinator refused this node: {exc.details()}") from exc
+                log.warning("session lost", code=exc.code().name, details=exc.details())
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                log.warning("session lost", error=str(exc))
+            finally:
+                self.connected.clear()
+            if time.monotonic() - started > 2 * self.config.reconnect_max_s:
+                backoff = self.config.reconnect_initial_s
+            delay = random.uniform(backoff / 2, backoff)  # jitter: a fleet does not reconnect in lockstep
+            log.info("reconnecting", in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, self.config.reconnect_max_s)
+
+    async def _hello(self) -> pb.Hello:
+        statuses = await self.statuses()
+        images = await self.runtime.images()
+        dropped, self.outbox.dropped = self.outbox.dropped, 0
+        return pb.Hello(
+            agent_version=__version__,
+            protocol_version=PROTOCOL_VERSION,
+            hostname=self.config.data_dir.name,
+            capacity=self.telemetry.capacity(
+                self.config.memory_mib, self.config.disk_mib, self.config.cpu_count
+            ),
+            instances=statuses,
+            images=images,
+            pull_policy=self.config.pull_policy.value,
+            dropped_events=dropped,
+        )
+
+    async def _session(self) -> None:
+        options = [
+            ("grpc.ssl_target_name_override", SERVER_NAME),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+        creds = self.identity.channel_credentials()
+        async with grpc.aio.secure_channel(self.config.coordinator, creds, options=options) as channel:
+            call = pb_grpc.CoordinatorStub(channel).Connect()
+            await call.write(pb.AgentMessage(hello=await self._hello()))
+            first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+            if not isinstance(first, pb.CoordinatorMessage) or not first.HasField("welcome"):
+                raise ConnectionError("the coordinator did not answer Hello with Welcome")
+            welcome = first.welcome
+            if welcome.heartbeat_interval_ms:
+                self.heartbeat_interval_s = welcome.heartbeat_interval_ms / 1000
+            log.info(
+                "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
+            )
+            self.connected.set()
+            tasks = [
+                asyncio.create_task(self._read(call), name="session-reader"),
+                asyncio.create_task(self._write(call), name="session-writer"),
+                asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
+                asyncio.create_task(self.manager.reconcile(welcome), name="reconcile"),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # re-raise the reader's or writer's error
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await task
+
+    async def _read(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
+        while True:
+            message = await call.read()
+            if not isinstance(message, pb.CoordinatorMessage):
+                return  # EOF
+            if message.HasField("command"):
+                task = asyncio.create_task(self._run_command(message.command))
+                self._commands.add(task)
+                task.add_done_callback(self._commands.discard)
+
+    async def _run_command(self, command: pb.Command) -> None:
+        result = await self.manager.handle(command)
+        self.outbox.put(pb.AgentMessage(result=result))
+
+    async def _write(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
+        while True:
+            message = await self.outbox.get()
+            try:
+                await call.write(message)
+            except BaseException:
+                self.outbox.give_back(message)
+                raise
+
+    async def _heartbeats(self) -> None:
+        while True:
+            try:
+                self._seq += 1
+                host = await asyncio.to_thread(self.telemetry.host)
+                beat = pb.Heartbeat(
+                    seq=self._seq,
+                    sent_at_ms=int(time.time() * 1000),
+                    host=host,
+                    instances=await self.statuses(),
+                )
+                self.outbox.put_heartbeat(pb.AgentMessage(heartbeat=beat))
+            except Exception as exc:
+                # The engine may be restarting; skip this beat rather than end the session.
+                log.warning("heartbeat skipped", error=str(exc))
+            interval = self.heartbeat_interval_s
+            await asyncio.sleep(interval * random.uniform(0.9, 1.1))

@@ -1,0 +1,57 @@
+"""The aiohttp application: every dialect's routes, one JSON error shape for everything outside them (no
+HTML error pages, no tracebacks), request ids in the logs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from common.logging import get
+from coordinator import __version__
+from coordinator.api import openapi, panel, system
+from coordinator.api.routing import Route, Router, render_error
+from coordinator.api.services import SERVICES, Services
+
+log = get("coordinator.http")
+
+ROUTERS: list[Router] = [system.router, panel.router]
+
+HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: HandlerT) -> web.StreamResponse:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {404: "no such route", 405: f"method {request.method} is not allowed here"}.get(
+            exc.status, exc.reason
+        )
+        response = render_error(exc.status, message, None)
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        response = render_error(500, f"internal error (request {request_id})", None)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    response.headers["x-request-id"] = request_id
+    return response
+
+
+def all_routes() -> list[Route]:
+    return [r for router in ROUTERS for r in router.routes]
+
+
+def build(services: Services) -> web.Application:
+    app = web.Application(middlewares=[errors_as_json], client_max_size=1024**2)
+    app[SERVICES] = services
+    for router in ROUTERS:
+        router.install(app)
+    app[system.OPENAPI] = openapi.build(all_routes(), __version__)
+    return app

@@ -1,0 +1,296 @@
+"""Request and response shapes of the panel dialect (seed 001, Skyport). Skyport clients send numbers as
+strings ("memory": "512") and ports as "25565,25566"; both are accepted, and anything else is refused
+with the field named."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from coordinator.model import Allocation, Instance, InstanceState, NodeStatus
+from coordinator.service.errors import ServiceError
+from coordinator.service.nodes import NodeView, parse_port_ranges
+
+PANEL_STATE = {
+    InstanceState.PENDING: "INSTALLING",
+    InstanceState.PROVISIONING: "INSTALLING",
+    InstanceState.CREATED: "INSTALLING",
+    InstanceState.STARTING: "INSTALLING",
+    InstanceState.RUNNING: "READY",
+    InstanceState.UNHEALTHY: "READY",
+    InstanceState.STOPPED: "READY",
+    InstanceState.SUSPENDED: "READY",
+    InstanceState.RELEASING: "DELETING",
+    InstanceState.RELEASED: "DELETED",
+    InstanceState.ERROR: "FAILED",
+}
+
+
+def _positive_int(value: Any) -> Any:
+    """'512' and 512 are both 512; '512MB', 0, -1 and 1.5 are refused by the int check after this."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        return value  # left for the strict check to refuse
+    return value
+
+
+PositiveInt = Annotated[int, BeforeValidator(_positive_int), Field(gt=0, strict=False)]
+Port = Annotated[int, BeforeValidator(_positive_int), Field(ge=1, le=65535)]
+
+
+def iso(ts: float | None) -> str | None:
+    return (
+        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z") if ts is not None else None
+    )
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+# ---------------------------------------------------------------- nodes
+
+
+class AllocationRange(Body):
+    bindAddress: str = Field("0.0.0.0", min_length=2, max_length=45)
+    ports: str = Field(min_length=1, description='Ports and ranges, e.g. "30000-30099,25565".')
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        try:
+            parse_port_ranges(v, "ports")
+        except ServiceError as exc:
+            raise ValueError(exc.message.removeprefix("ports: ")) from exc
+        return v
+
+
+class NodeCreate(Body):
+    name: str = Field(min_length=1, max_length=100)
+    tags: list[str] | str = Field(default_factory=list, description="A list, or a comma-separated string.")
+    ram: PositiveInt = Field(description="Memory for instances, MiB.")
+    disk: PositiveInt = Field(description="Disk for instances, MiB.")
+    processor: PositiveInt = Field(description="CPU cores for instances.")
+    address: str = Field(min_length=1, max_length=255, description="The host's public address or FQDN.")
+    port: Port = Field(description="The agent's port as panels show it.")
+    regionId: str | None = None
+    allocations: AllocationRange | None = None
+
+    def tag_list(self) -> list[str]:
+        raw = self.tags.split(",") if isinstance(self.tags, str) else self.tags
+        return [t.strip() for t in raw if t.strip()]
+
+
+class AllocationOut(BaseModel):
+    id: str
+    bindAddress: str
+    port: int
+    alias: str | None = None
+    notes: str | None = None
+    assigned: bool
+    instanceId: str | None = None
+    primary: bool = False
+
+    @classmethod
+    def of(cls, a: Allocation) -> AllocationOut:
+        return cls(
+            id=a.id,
+            bindAddress=a.bind_address,
+            port=a.port,
+            alias=a.alias,
+            notes=a.notes,
+            assigned=a.instance_id is not None,
+            instanceId=a.instance_id,
+            primary=a.primary,
+        )
+
+
+class AllocationCounts(BaseModel):
+    total: int
+    assigned: int
+    free: int
+
+
+class NodeOut(BaseModel):
+    id: str
+    name: str
+    tags: list[str]
+    ram: int
+    disk: int
+    processor: int
+    address: str
+    port: int
+    regionId: str | None
+    status: NodeStatus
+    isOnline: bool
+    connected: bool
+    lastChecked: str | None
+    heartbeatAgeSeconds: float | None
+    enrolled: bool
+    agentVersion: str | None
+    hostMetrics: dict[str, Any]
+    allocations: AllocationCounts
+    createdAt: str | None
+
+    @classmethod
+    def of(cls, v: NodeView, now: float) -> NodeOut:
+        n = v.node
+        return cls(
+            id=n.id,
+            name=n.name,
+            tags=n.tags,
+            ram=n.memory_mib,
+            disk=n.disk_mib,
+            processor=n.cpu_count,
+            address=n.address,
+            port=n.port,
+            regionId=n.region_id,
+            status=v.status,
+            isOnline=v.status is NodeStatus.READY,
+            connected=v.connected,
+            lastChecked=iso(v.last_heartbeat),
+            heartbeatAgeSeconds=round(now - v.last_heartbeat, 3) if v.last_heartbeat else None,
+            enrolled=n.enrolled,
+            agentVersion=n.agent_version,
+            hostMetrics=n.host_metrics,
+            allocations=AllocationCounts(
+                total=v.allocations_total,
+                assigned=v.allocations_assigned,
+                free=v.allocations_total - v.allocations_assigned,
+            ),
+            createdAt=iso(n.created_at),
+        )
+
+
+class NodeCreated(NodeOut):
+    joinToken: str = Field(description="One-time enrollment token; shown only in this answer.")
+    joinTokenExpiresAt: str
+    agentCommand: str = Field(description="The command line to run on the host.")
+    allocationList: list[AllocationOut]
+
+
+# ---------------------------------------------------------------- instances
+
+
+def _ports(value: Any) -> Any:
+    if isinstance(value, str):
+        pieces = [p.strip() for p in value.split(",") if p.strip()]
+        return pieces
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def _variables(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else {}
+        except ValueError as exc:
+            raise ValueError("must be a JSON object of strings") from exc
+    return value
+
+
+def _env_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
+class Deploy(Body):
+    image: str = Field(min_length=1, max_length=255)
+    memory: PositiveInt = Field(description="Memory limit, MiB.")
+    cpu: PositiveInt = Field(description="CPU limit, percent of one core (100 = one core).")
+    ports: Annotated[list[Port], BeforeValidator(_ports)] = Field(
+        default_factory=list, description='Host ports (free allocations of the node), or "25565,25566".'
+    )
+    nodeId: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=100)
+    user: str | None = Field(None, description="Owner's user id; the caller when absent.")
+    primary: Port | None = None
+    variables: Annotated[dict[str, EnvValue], BeforeValidator(_variables)] = Field(default_factory=dict)
+
+    @field_validator("ports")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("the same port is listed twice")
+        return v
+
+    @field_validator("variables")
+    @classmethod
+    def _names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return v
+
+
+class InstanceId(Body):
+    id: str = Field(min_length=1)
+
+
+class InstanceOut(BaseModel):
+    """Skyport's field names (Memory, Cpu, Ports, Primary, Image, ContainerId, InternalState) beside the
+    canonical ones (state, error), so panels and operators both read what they expect."""
+
+    id: str
+    name: str
+    nodeId: str | None
+    userId: str
+    organizationId: int
+    Image: str
+    image: str
+    Memory: int
+    Cpu: int
+    Ports: list[int]
+    Primary: int | None
+    Variables: dict[str, str]
+    ContainerId: str | None
+    InternalState: str
+    suspended: bool
+    state: InstanceState
+    error: str | None
+    allocations: list[AllocationOut]
+    createdAt: str | None
+    updatedAt: str | None
+    stateChangedAt: str | None
+    deliveredAt: str | None
+    releasedAt: str | None
+
+    @classmethod
+    def of(cls, i: Instance) -> InstanceOut:
+        primary = i.primary
+        return cls(
+            id=i.id,
+            name=i.name,
+            nodeId=i.node_id,
+            userId=i.owner_id,
+            organizationId=i.organization_id,
+            Image=i.image_ref,
+            image=i.image,
+            Memory=i.memory_mib,
+            Cpu=i.cpu_percent,
+            Ports=[a.port for a in i.allocations],
+            Primary=primary.port if primary else None,
+            Variables=i.env,
+            ContainerId=i.container_id,
+            InternalState=PANEL_STATE[i.state],
+            suspended=i.suspended,
+            state=i.state,
+            error=i.error,
+            allocations=[AllocationOut.of(a) for a in i.allocations],
+            createdAt=iso(i.created_at),
+            updatedAt=iso(i.updated_at),
+            stateChangedAt=iso(i.state_changed_at),
+            deliveredAt=iso(i.delivered_at),
+            releasedAt=iso(i.released_at),
+        )

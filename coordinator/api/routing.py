@@ -1,0 +1,174 @@
+"""Route registration for every dialect: a route declares its body and response models and who may call
+it; from those the wrapper validates, authenticates and renders, and the OpenAPI document is built. A
+dialect module only writes the handler in between."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from coordinator.api.services import SERVICES, Services
+from coordinator.service.errors import ServiceError
+from coordinator.store.users import Principal
+
+Access = Literal["public", "user", "admin"]
+B = TypeVar("B", bound=BaseModel)
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as a handler sees it."""
+
+    request: web.Request
+    services: Services
+    principal: Principal | None
+
+    @property
+    def caller(self) -> Principal:
+        assert self.principal is not None, "route declared public but needs a caller"
+        return self.principal
+
+    def path(self, name: str) -> str:
+        return self.request.match_info[name]
+
+
+class ErrorBody(BaseModel):
+    error: str
+    field: str | None = None
+
+
+def render_error(status: int, message: str, field: str | None) -> web.Response:
+    body = {"error": message} if field is None else {"error": message, "field": field}
+    return web.json_response(body, status=status)
+
+
+ErrorRenderer = Callable[[int, str, str | None], web.Response]
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    body: type[BaseModel] | None
+    response: Any
+    status: int
+    access: Access
+    summary: str
+    tag: str
+    errors: Mapping[int, str]
+
+
+@dataclass
+class Router:
+    """The routes of one dialect, with the dialect's error shape."""
+
+    tag: str
+    render_error: ErrorRenderer = render_error
+    #: Statuses the dialect's document words differently (e.g. the panel answers 400 for unknown ids).
+    status_map: Mapping[int, int] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: type[BaseModel] | None = None,
+        response: Any = None,
+        status: int = 200,
+        access: Access = "user",
+        summary: str = "",
+        errors: Mapping[int, str] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.routes.append(
+                Route(
+                    method.upper(),
+                    path,
+                    handler,
+                    body,
+                    response,
+                    status,
+                    access,
+                    summary or (handler.__doc__ or "").strip().split("\n")[0],
+                    self.tag,
+                    errors or {},
+                )
+            )
+            return handler
+
+        return register
+
+    def install(self, app: web.Application) -> None:
+        for route in self.routes:
+            app.router.add_route(route.method, route.path, self._wrap(route))
+
+    def error(self, status: int, message: str, field: str | None) -> web.Response:
+        return self.render_error(self.status_map.get(status, status), message, field)
+
+    def _wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        adapter: TypeAdapter[Any] | None = TypeAdapter(route.response) if route.response is not None else None
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            services = request.app[SERVICES]
+            try:
+                principal = None
+                if route.access != "public":
+                    principal = await services.auth.authenticate(request)
+                    if route.access == "admin" and not principal.admin:
+                        return self.error(403, "this action needs an admin", None)
+                call = Call(request, services, principal)
+                args: list[Any] = [call]
+                if route.body is not None:
+                    args.append(await parse_body(request, route.body))
+                result = await route.handler(*args)
+            except ServiceError as exc:
+                return self.error(exc.status, exc.message, exc.field)
+            if isinstance(result, web.StreamResponse):
+                return result
+            if result is None or adapter is None:
+                return web.Response(status=route.status if route.status != 200 else 204)
+            payload = adapter.dump_python(result, mode="json", by_alias=True)
+            return web.json_response(payload, status=route.status, dumps=_dumps)
+
+        endpoint.__name__ = getattr(route.handler, "__name__", "endpoint")
+        return endpoint
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class BodyError(ServiceError):
+    status = 400
+
+
+async def parse_body(request: web.Request, model: type[B]) -> B:
+    """Validate the JSON body; the first problem is reported with the field's name, as panels expect."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise BodyError(f"the request body is not valid JSON: {exc}") from exc
+    return validate(model, data)
+
+
+def validate(model: type[B], data: Any) -> B:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"]
+        if err["type"] == "missing":
+            message = "is required"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        raise BodyError(f"{name}: {message}", field=name) from exc

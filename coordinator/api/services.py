@@ -1,0 +1,23 @@
+"""The use cases the HTTP layer may call, reachable from any request as ``request.app[SERVICES]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from coordinator.api.auth import Authenticator
+from coordinator.service.core import Core
+from coordinator.service.instances import InstanceService
+from coordinator.service.nodes import NodeService
+
+
+@dataclass
+class Services:
+    core: Core
+    auth: Authenticator
+    nodes: NodeService
+    instances: InstanceService
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

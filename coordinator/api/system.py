@@ -1,0 +1,43 @@
+"""Canonical routes of the coordinator itself: health and the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from coordinator import __version__
+from coordinator.api.routing import Call, Router
+
+router = Router("system")
+
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    database: str
+    nodesConnected: int
+
+
+@router.route("GET", "/api/health", response=Health, access="public")
+async def health(call: Call) -> Health:
+    """Liveness and the database's reachability, for load balancers and `make run`."""
+    core = call.services.core
+    async with core.store.read() as conn:
+        await conn.execute(text("SELECT 1"))
+    return Health(
+        status="ok",
+        version=__version__,
+        database=core.store.engine.dialect.name,
+        nodesConnected=len(core.fleet.sessions),
+    )
+
+
+@router.route("GET", "/api/openapi.json", response=dict[str, Any], access="public")
+async def openapi(call: Call) -> web.Response:
+    """This document: every route, its models and its errors."""
+    return web.json_response(call.request.app[OPENAPI])

@@ -1,0 +1,80 @@
+"""The image catalog (config/images.yaml): named images with their defaults, so a panel can deploy
+"minecraft-paper" without knowing a Docker reference, and a deploy's variables are checked before a
+container ever starts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+# A Docker reference: [registry[:port]/]path[:tag][@digest]; lowercase path components.
+REFERENCE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
+class ImageVariable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    description: str = ""
+    default: str = ""
+    required: bool = False
+    #: A regular expression the whole value must match.
+    pattern: str | None = None
+
+
+class CatalogImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    image: str
+    description: str = ""
+    variables: list[ImageVariable] = Field(default_factory=list)
+    #: Startup command (argv); empty keeps the image's own CMD.
+    startup: list[str] = Field(default_factory=list)
+    stop_signal: str = "SIGTERM"
+    ports: list[int] = Field(default_factory=list)
+
+
+class CatalogError(Exception):
+    pass
+
+
+class Catalog:
+    def __init__(self, images: list[CatalogImage]) -> None:
+        self.images = {i.name: i for i in images}
+
+    @classmethod
+    def load(cls, path: Path | None) -> Catalog:
+        if path is None or not path.exists():
+            return cls([])
+        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            return cls([CatalogImage.model_validate(i) for i in data.get("images", [])])
+        except ValidationError as exc:
+            raise CatalogError(f"{path}: {exc}") from exc
+
+    def get(self, name: str) -> CatalogImage | None:
+        return self.images.get(name)
+
+    @staticmethod
+    def is_reference(value: str) -> bool:
+        return bool(REFERENCE.match(value))
+
+    @staticmethod
+    def resolve_variables(image: CatalogImage, given: dict[str, str]) -> dict[str, str]:
+        """Defaults filled in, rules checked. Raises ValueError naming the variable."""
+        env = {v.name: v.default for v in image.variables if v.default != ""}
+        env.update(given)
+        for var in image.variables:
+            value = env.get(var.name)
+            if var.required and not value:
+                raise ValueError(f"variables.{var.name} is required by image {image.name!r}")
+            if value is not None and var.pattern and not re.fullmatch(var.pattern, value):
+                raise ValueError(f"variables.{var.name} must match {var.pattern}")
+        return env

@@ -1,0 +1,46 @@
+"""Building the messages the coordinator sends to agents from domain records."""
+
+from __future__ import annotations
+
+import uuid
+
+from coordinator.model import Instance, InstanceState
+from protos import moorage_pb2 as pb
+
+STOPPED_STATES = frozenset({InstanceState.STOPPED, InstanceState.SUSPENDED})
+
+
+def instance_spec(inst: Instance) -> pb.InstanceSpec:
+    primary = inst.primary
+    env = dict(inst.env)
+    if primary is not None:
+        # Every instance learns where it is reachable, whatever image it runs.
+        env.setdefault("SERVER_PORT", str(primary.port))
+        env.setdefault("SERVER_IP", primary.bind_address)
+    return pb.InstanceSpec(
+        instance_id=inst.id,
+        name=inst.name,
+        image=inst.image_ref,
+        command=inst.command,
+        env=env,
+        memory_mib=inst.memory_mib,
+        cpu_percent=inst.cpu_percent,
+        disk_mib=inst.disk_mib,
+        ports=[
+            pb.PortBinding(bind_address=a.bind_address, port=a.port, primary=a.primary)
+            for a in inst.allocations
+        ],
+        stop_signal=inst.stop_signal,
+        stop_timeout_s=10,
+        desired_state=(
+            pb.DESIRED_STATE_STOPPED
+            if inst.state in STOPPED_STATES or inst.suspended
+            else pb.DESIRED_STATE_RUNNING
+        ),
+        labels={"moorage.organization": str(inst.organization_id)},
+    )
+
+
+def command(kind: pb.CommandKind.ValueType, inst: Instance) -> pb.Command:
+    """A command carries the whole spec and a fresh id, so the agent can apply it idempotently."""
+    return pb.Command(command_id=uuid.uuid4().hex, kind=kind, instance_id=inst.id, spec=instance_spec(inst))

@@ -1,0 +1,101 @@
+"""The coordinator's options. config/coordinator.yaml documents every one with its default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def split_host_port(value: str, field: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{field} must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpOptions(_Section):
+    listen: str = "127.0.0.1:8080"
+    #: Base URL panels use to reach the API; shown in logs and by `make run`. Derived from listen when empty.
+    public_url: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        split_host_port(v, "http.listen")
+        return v
+
+
+class GrpcOptions(_Section):
+    #: Agent sessions (mutual TLS). Port 0 picks a free port (tests).
+    listen: str = "0.0.0.0:7443"
+    #: Enrollment (server-only TLS: the agent has no certificate yet). Empty: the session port + 1.
+    enroll_listen: str = ""
+    #: Host name or IP agents dial (the agentCommand of a new node names it). Empty: this host's FQDN.
+    public_address: str = ""
+    #: Extra names and IPs for the gRPC server certificate (it always holds "moorage-coordinator").
+    tls_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+
+
+class StorageOptions(_Section):
+    #: SQLAlchemy URL; empty means SQLite in the data directory. postgresql://user:pass@host/db for several
+    #: coordinators sharing one database.
+    database: str = ""
+    #: SQLite synchronous pragma: FULL makes every acknowledged write survive power loss.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class FleetOptions(_Section):
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    #: Missed intervals before a node is heartbeat-abnormal and its instances unhealthy.
+    grace_intervals: int = Field(3, ge=1)
+    #: Seconds without a heartbeat after which a node is offline.
+    offline_after_s: float = Field(60.0, gt=0)
+    #: How often heartbeat data (lastChecked, metrics) is written to the database, in one batch.
+    batch_period_s: float = Field(1.0, gt=0)
+    #: How long an API call that waits for an agent (delete) waits before answering with the state so far.
+    command_wait_s: float = Field(15.0, ge=0)
+
+
+class EnrollmentOptions(_Section):
+    join_token_ttl_s: int = Field(86_400, ge=60)
+    certificate_lifetime_days: int = Field(30, ge=1)
+
+
+class CatalogOptions(_Section):
+    #: Image catalog; relative paths are resolved against the config file's directory.
+    images: str = ""
+
+
+class CoordinatorConfig(_Section):
+    data_dir: Path = Path("/var/lib/moorage-coordinator")
+    #: The admin API key to install on first start (also MOORAGE_ADMIN_KEY / --admin-key). Empty: generated.
+    admin_key: str = ""
+    log_level: str = "info"
+    log_json: bool = True
+    http: HttpOptions = Field(default_factory=HttpOptions)
+    grpc: GrpcOptions = Field(default_factory=GrpcOptions)
+    storage: StorageOptions = Field(default_factory=StorageOptions)
+    fleet: FleetOptions = Field(default_factory=FleetOptions)
+    enrollment: EnrollmentOptions = Field(default_factory=EnrollmentOptions)
+    catalog: CatalogOptions = Field(default_factory=CatalogOptions)
+    #: The config file this was read from (set by the loader, used to resolve relative paths).
+    source: Path | None = None
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        if p.is_absolute() or self.source is None:
+            return p
+        return self.source.parent / p
+
+    @property
+    def enroll_listen(self) -> str:
+        if self.grpc.enroll_listen:
+            return self.grpc.enroll_listen
+        host, port = split_host_port(self.grpc.listen, "grpc.listen")
+        return f"{host}:{port + 1 if port else 0}"

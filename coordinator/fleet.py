@@ -1,0 +1,215 @@
+"""The live view of the fleet: agent sessions, heartbeats in memory, node health and command dispatch.
+
+Heartbeats never touch the database on arrival: they update memory and mark the node dirty; one batch
+writer flushes dirty nodes every batch period. Health is judged from the heartbeat deadline of each node,
+kept in a heap, so the monitor wakes only for nodes whose deadline passed instead of scanning the fleet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.logging import get
+from coordinator.config import FleetOptions
+from coordinator.model import Node, NodeStatus
+from protos import moorage_pb2 as pb
+
+log = get("coordinator.fleet")
+
+
+class Session:
+    """One connected agent. Messages to it go through ``outbox``; the gateway's writer drains it."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.outbox: asyncio.Queue[pb.CoordinatorMessage | None] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.connected_at = time.time()
+
+    def send(self, message: pb.CoordinatorMessage) -> None:
+        if not self.closed.is_set():
+            self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        if not self.closed.is_set():
+            self.closed.set()
+            self.outbox.put_nowait(None)
+
+
+@dataclass(slots=True)
+class LiveNode:
+    last_heartbeat: float | None = None
+    host: dict[str, Any] = field(default_factory=dict)
+    instances: dict[str, pb.InstanceStatus] = field(default_factory=dict)
+    status: NodeStatus = NodeStatus.AWAITING_HEARTBEAT
+    #: From the agent's Hello: images on the host and whether it may pull others.
+    images: frozenset[str] = frozenset()
+    pull_policy: str = "missing"
+
+
+#: Called by the monitor when a node's status changes: (node id, old, new).
+StatusListener = Callable[[str, NodeStatus, NodeStatus], Coroutine[Any, Any, None]]
+
+
+class Fleet:
+    def __init__(self, options: FleetOptions, clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.clock = clock
+        self.sessions: dict[str, Session] = {}
+        self.live: dict[str, LiveNode] = {}
+        self._dirty: set[str] = set()
+        self._results: dict[str, asyncio.Future[pb.CommandResult]] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._wake = asyncio.Event()
+        self.listeners: list[StatusListener] = []
+        #: Instances known to be running in the database, so a heartbeat confirming them costs nothing.
+        self.confirmed_running: set[str] = set()
+
+    # ------------------------------------------------------------ sessions
+
+    def attach(self, node_id: str) -> Session:
+        """Register a session; an older one of the same node (a reconnect we missed) is closed."""
+        old = self.sessions.get(node_id)
+        if old is not None:
+            old.close()
+        session = Session(node_id)
+        self.sessions[node_id] = session
+        self.live.setdefault(node_id, LiveNode())
+        return session
+
+    def detach(self, session: Session) -> None:
+        session.close()
+        if self.sessions.get(session.node_id) is session:
+            del self.sessions[session.node_id]
+
+    def disconnect(self, node_id: str) -> None:
+        session = self.sessions.get(node_id)
+        if session is not None:
+            self.detach(session)
+
+    def forget(self, node_id: str) -> None:
+        self.disconnect(node_id)
+        self.live.pop(node_id, None)
+        self._dirty.discard(node_id)
+
+    def is_connected(self, node_id: str) -> bool:
+        return node_id in self.sessions
+
+    # ------------------------------------------------------------ heartbeats and health
+
+    def record_heartbeat(
+        self, node_id: str, host: dict[str, Any], instances: list[pb.InstanceStatus]
+    ) -> None:
+        now = self.clock()
+        live = self.live.setdefault(node_id, LiveNode())
+        live.last_heartbeat = now
+        live.host = host
+        live.instances = {i.instance_id: i for i in instances}
+        self._dirty.add(node_id)
+        heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
+        if live.status is not NodeStatus.READY:
+            previous, live.status = live.status, NodeStatus.READY
+            self._notify(node_id, previous, NodeStatus.READY)
+
+    @property
+    def grace_s(self) -> float:
+        return self.options.heartbeat_interval_s * self.options.grace_intervals
+
+    def status_of(self, node: Node) -> NodeStatus:
+        """Status from the freshest heartbeat known: memory first, the stored lastChecked after a restart."""
+        if not node.enrolled:
+            return NodeStatus.AWAITING_ENROLLMENT
+        live = self.live.get(node.id)
+        last = live.last_heartbeat if live and live.last_heartbeat else node.last_checked
+        return self.judge(last)
+
+    def judge(self, last_heartbeat: float | None) -> NodeStatus:
+        if last_heartbeat is None:
+            return NodeStatus.AWAITING_HEARTBEAT
+        age = self.clock() - last_heartbeat
+        if age <= self.grace_s:
+            return NodeStatus.READY
+        if age <= self.options.offline_after_s:
+            return NodeStatus.HEARTBEAT_ABNORMAL
+        return NodeStatus.OFFLINE
+
+    def last_heartbeat(self, node: Node) -> float | None:
+        live = self.live.get(node.id)
+        return live.last_heartbeat if live and live.last_heartbeat else node.last_checked
+
+    def _notify(self, node_id: str, old: NodeStatus, new: NodeStatus) -> None:
+        for listener in self.listeners:
+            task = asyncio.get_running_loop().create_task(listener(node_id, old, new))
+            task.add_done_callback(_log_failure)
+
+    async def run_monitor(self) -> None:
+        """Wake at the earliest heartbeat deadline; re-judge only the nodes whose deadline passed."""
+        while True:
+            now = self.clock()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, node_id = heapq.heappop(self._deadlines)
+                live = self.live.get(node_id)
+                if live is None:
+                    continue
+                status = self.judge(live.last_heartbeat)
+                if status is not live.status:
+                    previous, live.status = live.status, status
+                    log.info("node status changed", node_id=node_id, old=previous.value, new=status.value)
+                    self._notify(node_id, previous, status)
+                if status is NodeStatus.HEARTBEAT_ABNORMAL and live.last_heartbeat is not None:
+                    heapq.heappush(
+                        self._deadlines, (live.last_heartbeat + self.options.offline_after_s + 0.001, node_id)
+                    )
+            delay = self._deadlines[0][0] - now if self._deadlines else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.01), 1.0))
+            self._wake.clear()
+
+    def take_dirty(self) -> dict[str, tuple[float, dict[str, Any]]]:
+        batch = {
+            node_id: (live.last_heartbeat, live.host)
+            for node_id in self._dirty
+            if (live := self.live.get(node_id)) is not None and live.last_heartbeat is not None
+        }
+        self._dirty.clear()
+        return batch
+
+    # ------------------------------------------------------------ commands
+
+    def dispatch(self, node_id: str, command: pb.Command) -> bool:
+        """Send a command if the node is connected. When it is not, nothing is lost: the node's desired set
+        is in the database and reaches the agent in the Welcome of its next session."""
+        session = self.sessions.get(node_id)
+        if session is None:
+            return False
+        self._results.setdefault(command.command_id, asyncio.get_running_loop().create_future())
+        session.send(pb.CoordinatorMessage(command=command))
+        return True
+
+    async def wait_result(self, command_id: str, wait_s: float) -> pb.CommandResult | None:
+        future = self._results.get(command_id)
+        if future is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), wait_s)
+        except TimeoutError:
+            return None
+        finally:
+            if future.done():
+                self._results.pop(command_id, None)
+
+    def resolve(self, result: pb.CommandResult) -> None:
+        future = self._results.pop(result.command_id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("status listener failed", exc_info=task.exception())

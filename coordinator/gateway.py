@@ -1,0 +1,153 @@
+"""The gRPC face agents talk to.
+
+Two ports share one servicer: the session port requires a client certificate from our CA (mutual TLS) and
+serves Connect; the enrollment port has server-only TLS, because an agent has no certificate until Enroll
+gives it one. The node id always comes from the verified certificate, never from a message field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from common.logging import get
+from coordinator.pki import node_id_from_certificate
+from coordinator.service.agent_reports import AgentReports
+from coordinator.service.core import Core
+from coordinator.service.errors import ServiceError
+from coordinator.service.nodes import NodeService
+from coordinator.store import nodes as nodes_store
+from protos import moorage_pb2 as pb
+from protos import moorage_pb2_grpc as pb_grpc
+
+log = get("coordinator.gateway")
+
+NAMES = ["moorage-coordinator"]  # always in the server certificate; agents verify against this name
+
+
+class Gateway(pb_grpc.CoordinatorServicer):
+    def __init__(self, core: Core, nodes: NodeService, reports: AgentReports) -> None:
+        self.core = core
+        self.nodes = nodes
+        self.reports = reports
+
+    async def Enroll(
+        self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.EnrollResponse:
+        try:
+            enrollment = await self.nodes.enroll(
+                request.token_id, request.token_secret, bytes(request.csr_pem), request.agent_version
+            )
+        except ServiceError as exc:
+            code = grpc.StatusCode.UNAUTHENTICATED if exc.status == 401 else grpc.StatusCode.INVALID_ARGUMENT
+            log.warning("enrollment refused", hostname=request.hostname, reason=exc.message)
+            await context.abort(code, exc.message)
+        log.info("node enrolled", node_id=enrollment.node_id, hostname=request.hostname)
+        return pb.EnrollResponse(
+            node_id=enrollment.node_id,
+            certificate_pem=enrollment.certificate_pem,
+            ca_certificate_pem=enrollment.ca_certificate_pem,
+        )
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        auth = context.auth_context()
+        pems = list(auth.get("x509_pem_cert") or [])
+        if not pems:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        identity = node_id_from_certificate(pems[0])
+        if identity is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not a node certificate")
+        assert identity is not None
+        node_id, serial = identity
+        async with self.core.store.read() as conn:
+            current = await nodes_store.cert_serial(conn, node_id)
+        if current is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this node was deleted or never enrolled")
+        if current != serial:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this certificate was replaced or revoked")
+        return node_id
+
+    async def Connect(  # type: ignore[override]  # writes through context.write, returns nothing
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CoordinatorMessage],
+    ) -> None:
+        node_id = await self._authenticate(context)
+        first = await context.read()
+        if not isinstance(first, pb.AgentMessage) or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message must be Hello")
+        assert isinstance(first, pb.AgentMessage)
+        session = self.core.fleet.attach(node_id)
+        log.info("agent connected", node_id=node_id, agent_version=first.hello.agent_version)
+        writer = asyncio.create_task(self._write(session, context))
+        reader: asyncio.Task[None] | None = None
+        try:
+            welcome = await self.reports.hello(node_id, first.hello)
+            session.send(pb.CoordinatorMessage(welcome=welcome))
+            reader = asyncio.create_task(self._read(node_id, context))
+            closed = asyncio.create_task(session.closed.wait())
+            # Ends when the agent hangs up, or when we close the session (node deleted, replaced).
+            await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+        finally:
+            self.core.fleet.detach(session)
+            for task in (reader, writer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            log.info("agent disconnected", node_id=node_id)
+
+    async def _read(self, node_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return
+            await self._handle(node_id, message)
+
+    async def _handle(self, node_id: str, message: pb.AgentMessage) -> None:
+        kind = message.WhichOneof("body")
+        handler = self.reports.handlers.get(kind or "")
+        if handler is None:
+            log.warning("unexpected message from agent", node_id=node_id, kind=kind)
+            return
+        try:
+            await handler(node_id, getattr(message, kind or ""))
+        except Exception:
+            # One bad report must not end the session (and with it every other instance's reporting).
+            log.exception("handling an agent message failed", node_id=node_id, kind=kind)
+
+    async def _write(self, session: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        while True:
+            message = await session.outbox.get()
+            if message is None:
+                return
+            await context.write(message)
+
+
+def server_credentials(core: Core, *, mutual: bool) -> grpc.ServerCredentials:
+    key, chain = core.ca.server_credentials(NAMES + core.config.grpc.tls_names)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=core.ca.cert_pem if mutual else None, require_client_auth=mutual
+    )
+
+
+async def start_server(core: Core, gateway: Gateway) -> tuple[grpc.aio.Server, int, int]:
+    """Start both ports; returns (server, session port, enrollment port)."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+    )
+    pb_grpc.add_CoordinatorServicer_to_server(gateway, server)
+    session_port = server.add_secure_port(core.config.grpc.listen, server_credentials(core, mutual=True))
+    enroll_port = server.add_secure_port(core.config.enroll_listen, server_credentials(core, mutual=False))
+    await server.start()
+    return server, session_port, enroll_port

@@ -1,0 +1,193 @@
+"""moorage-coordinator: load config, open the store (migrating it), start the gRPC gateway and the HTTP
+API, and run the fleet's monitor and batch writer until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from common import systemd
+from common.config import ConfigError, load
+from common.logging import configure, get
+from coordinator import __version__
+from coordinator.api import app as http_app
+from coordinator.api.auth import Authenticator
+from coordinator.api.services import Services
+from coordinator.catalog import Catalog, CatalogError
+from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.fleet import Fleet
+from coordinator.gateway import Gateway, start_server
+from coordinator.pki import CertificateAuthority
+from coordinator.service.agent_reports import AgentReports
+from coordinator.service.bootstrap import ensure_admin
+from coordinator.service.core import Core
+from coordinator.service.instances import InstanceService
+from coordinator.service.nodes import NodeService
+from coordinator.store import nodes as nodes_store
+from coordinator.store.engine import Store, sqlite_url
+
+log = get("coordinator")
+
+ENV = {
+    "MOORAGE_ADMIN_KEY": "admin_key",
+    "MOORAGE_DATA_DIR": "data_dir",
+    "MOORAGE_DATABASE_URL": "storage.database",
+    "MOORAGE_HTTP": "http.listen",
+    "MOORAGE_GRPC": "grpc.listen",
+    "MOORAGE_LOG_LEVEL": "log_level",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="moorage-coordinator", description="The Moorage control plane.")
+    p.add_argument("--config", help="YAML config file (see config/coordinator.yaml)")
+    p.add_argument("--data-dir", help="database, CA, JWT secret and admin.key live here")
+    p.add_argument("--http", help="HOST:PORT of the REST API")
+    p.add_argument("--grpc", help="HOST:PORT of the agent sessions (mutual TLS)")
+    p.add_argument("--grpc-enroll", help="HOST:PORT of agent enrollment (default: the session port + 1)")
+    p.add_argument("--database", help="database URL (default: SQLite in the data directory)")
+    p.add_argument("--admin-key", help="admin API key to install (also MOORAGE_ADMIN_KEY)")
+    p.add_argument("--version", action="version", version=f"moorage-coordinator {__version__}")
+    return p.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> CoordinatorConfig:
+    flags = {
+        "data_dir": args.data_dir,
+        "http.listen": args.http,
+        "grpc.listen": args.grpc,
+        "grpc.enroll_listen": args.grpc_enroll,
+        "storage.database": args.database,
+        "admin_key": args.admin_key,
+    }
+    config = load(CoordinatorConfig, args.config, env_map=ENV, flags=flags)
+    if args.config:
+        config.source = Path(args.config).resolve()
+    return config
+
+
+async def flush_heartbeats(core: Core) -> None:
+    """The batch writer: dirty nodes' lastChecked and metrics in one transaction per period."""
+    while True:
+        await asyncio.sleep(core.config.fleet.batch_period_s)
+        batch = core.fleet.take_dirty()
+        if batch:
+            try:
+                async with core.store.write() as conn:
+                    await nodes_store.write_heartbeats(conn, batch)
+            except Exception:
+                log.exception("writing heartbeats failed", nodes=len(batch))
+
+
+class Coordinator:
+    """The assembled daemon; tests and `make run` start it in-process through the same object."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.tasks: list[asyncio.Task[None]] = []
+        self.http_port = 0
+        self.admin_key: str | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = Store.open(
+            cfg.storage.database or sqlite_url(cfg.data_dir), synchronous=cfg.storage.sqlite_synchronous
+        )
+        await store.migrate()
+        catalog = Catalog.load(cfg.resolve(cfg.catalog.images) if cfg.catalog.images else None)
+        self.core = core = Core(
+            config=cfg,
+            store=store,
+            fleet=Fleet(cfg.fleet),
+            catalog=catalog,
+            ca=CertificateAuthority.load_or_create(cfg.data_dir),
+        )
+        self.admin_key = await ensure_admin(core, cfg.admin_key or None)
+        nodes = NodeService(core)
+        reports = AgentReports(core)
+        self.grpc_server, core.session_port, core.enroll_port = await start_server(
+            core, Gateway(core, nodes, reports)
+        )
+        services = Services(core=core, auth=Authenticator(core), nodes=nodes, instances=InstanceService(core))
+        self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
+        await self.runner.setup()
+        host, port = split_host_port(cfg.http.listen, "http.listen")
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else port
+        self.tasks = [
+            asyncio.create_task(core.fleet.run_monitor(), name="fleet-monitor"),
+            asyncio.create_task(flush_heartbeats(core), name="heartbeat-writer"),
+            asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
+        ]
+        endpoints = {
+            "http": f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{self.http_port}",
+            "grpc_port": core.session_port,
+            "enroll_port": core.enroll_port,
+            "pid": os.getpid(),
+        }
+        (cfg.data_dir / "endpoints.json").write_text(json.dumps(endpoints))
+        log.info("coordinator ready", version=__version__, database=store.engine.dialect.name, **endpoints)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.grpc_server.stop(grace=2)
+        await self.runner.cleanup()
+        # A last flush so lastChecked survives a clean restart.
+        batch = self.core.fleet.take_dirty()
+        if batch:
+            async with self.core.store.write() as conn:
+                await nodes_store.write_heartbeats(conn, batch)
+        await self.core.store.close()
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    if coordinator.admin_key:
+        # Printed once: the only place besides <data-dir>/admin.key (mode 0600) where it appears.
+        print(f"admin API key: {coordinator.admin_key}", file=sys.stdout, flush=True)
+        print(f"(also written to {config.data_dir / 'admin.key'})", file=sys.stdout, flush=True)
+    systemd.notify("READY=1")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    systemd.notify("STOPPING=1")
+    log.info("coordinator stopping")
+    await coordinator.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        config = load_config(args)
+    except ConfigError as exc:
+        print(f"moorage-coordinator: {exc}", file=sys.stderr)
+        raise SystemExit(78) from exc
+    configure(config.log_level, config.log_json)
+    try:
+        asyncio.run(serve(config))
+    except CatalogError as exc:
+        print(f"moorage-coordinator: {exc}", file=sys.stderr)
+        raise SystemExit(78) from exc
+
+
+if __name__ == "__main__":
+    main()

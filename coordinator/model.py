@@ -1,0 +1,109 @@
+"""Domain records and enums shared by the store, the use cases and every dialect."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class InstanceState(enum.StrEnum):
+    """The canonical lifecycle of DESIGN.md; dialects translate these names, never invent their own."""
+
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    CREATED = "created"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    STOPPED = "stopped"
+    SUSPENDED = "suspended"
+    RELEASING = "releasing"
+    RELEASED = "released"
+    ERROR = "error"
+
+
+#: States in which an instance counts against its region and holds its allocations.
+LIVE_STATES = frozenset(InstanceState) - {InstanceState.RELEASED, InstanceState.ERROR}
+
+#: States from which the agent should have a container for it.
+WANTED_STATES = LIVE_STATES - {InstanceState.RELEASING}
+
+
+class NodeStatus(enum.StrEnum):
+    AWAITING_ENROLLMENT = "awaiting_enrollment"
+    AWAITING_HEARTBEAT = "awaiting_heartbeat"
+    READY = "ready"
+    HEARTBEAT_ABNORMAL = "heartbeat_abnormal"
+    OFFLINE = "offline"
+
+
+@dataclass(slots=True)
+class Allocation:
+    id: str
+    node_id: str
+    bind_address: str
+    port: int
+    alias: str | None = None
+    notes: str | None = None
+    instance_id: str | None = None
+    primary: bool = False
+
+
+@dataclass(slots=True)
+class Node:
+    id: str
+    name: str
+    address: str
+    port: int
+    region_id: str | None
+    tags: list[str]
+    memory_mib: int
+    disk_mib: int
+    cpu_count: int
+    overallocation_pct: int
+    maintenance: bool
+    enrolled: bool
+    created_at: float
+    last_checked: float | None = None
+    agent_version: str | None = None
+    host_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Instance:
+    id: str
+    name: str
+    organization_id: int
+    owner_id: str
+    image: str
+    image_ref: str
+    memory_mib: int
+    cpu_percent: int
+    disk_mib: int
+    env: dict[str, str]
+    node_id: str | None
+    region_id: str | None
+    state: InstanceState
+    error: str | None
+    suspended: bool
+    container_id: str | None
+    created_at: float
+    updated_at: float
+    state_changed_at: float
+    delivered_at: float | None
+    released_at: float | None
+    allocations: list[Allocation] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    stop_signal: str = "SIGTERM"
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def primary(self) -> Allocation | None:
+        return next(
+            (a for a in self.allocations if a.primary), self.allocations[0] if self.allocations else None
+        )
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES

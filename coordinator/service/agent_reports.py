@@ -1,0 +1,206 @@
+"""What agents tell the coordinator, applied to the instances: one handler per message kind (the handler
+table the gateway dispatches on). Every transition is a guarded UPDATE, so a late or repeated report never
+moves an instance backwards."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from common.logging import get
+from coordinator.commands import instance_spec
+from coordinator.model import InstanceState, NodeStatus
+from coordinator.service.core import Core
+from coordinator.store import instances as instances_store
+from protos import moorage_pb2 as pb
+
+log = get("coordinator.reports")
+
+S = InstanceState
+PRE_START = {S.PENDING, S.PROVISIONING, S.CREATED}
+ACTIVE = {S.PENDING, S.PROVISIONING, S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPED}
+
+Handler = Callable[[str, Any], Awaitable[None]]
+
+
+def host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
+    return {
+        "cpuPercent": round(h.cpu_percent, 2),
+        "memoryUsedMiB": h.memory_used_mib,
+        "memoryTotalMiB": h.memory_total_mib,
+        "diskUsedMiB": h.disk_used_mib,
+        "diskTotalMiB": h.disk_total_mib,
+        "load": [round(h.load1, 2), round(h.load5, 2), round(h.load15, 2)],
+        "rxMbps": round(h.net_rx_mbps, 3),
+        "txMbps": round(h.net_tx_mbps, 3),
+    }
+
+
+class AgentReports:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.handlers: dict[str, Handler] = {
+            "heartbeat": self.heartbeat,
+            "event": self.event,
+            "result": self.result,
+        }
+        core.fleet.listeners.append(self.node_status_changed)
+
+    async def _transition(
+        self, instance_id: str, to: InstanceState, allowed: set[InstanceState], **values: Any
+    ) -> bool:
+        async with self.core.store.write() as conn:
+            return await instances_store.transition(
+                conn, instance_id, to, allowed_from=allowed, now=self.core.clock(), **values
+            )
+
+    async def _release(self, instance_id: str) -> bool:
+        """The container is gone: free the allocations and mark the row released, in one transaction (the
+        database refuses a released instance that still holds an allocation)."""
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            await instances_store.free_instance_allocations(conn, instance_id)
+            changed = await instances_store.transition(
+                conn,
+                instance_id,
+                S.RELEASED,
+                allowed_from={S.RELEASING},
+                now=now,
+                released=True,
+                released_at=now,
+            )
+        self.core.fleet.confirmed_running.discard(instance_id)
+        return changed
+
+    async def _fail(self, instance_id: str, reason: str) -> None:
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            changed = await instances_store.transition(
+                conn,
+                instance_id,
+                S.ERROR,
+                allowed_from=PRE_START | {S.STARTING},
+                now=now,
+                error=reason[:4000],
+            )
+            if changed:
+                await instances_store.free_instance_allocations(conn, instance_id)
+        if changed:
+            log.warning("instance failed", instance_id=instance_id, error=reason)
+
+    # ------------------------------------------------------------ session start
+
+    async def hello(self, node_id: str, hello: pb.Hello) -> pb.Welcome:
+        """Take the agent's full truth and answer with the node's full desired set."""
+        live = self.core.fleet.live.get(node_id)
+        if live is not None:
+            live.images = frozenset(hello.images)
+            live.pull_policy = hello.pull_policy or "missing"
+        reported = {i.instance_id: i for i in hello.instances}
+        async with self.core.store.read() as conn:
+            on_node = await instances_store.list_instances(
+                conn, node_id=node_id, states=ACTIVE | {S.RELEASING}
+            )
+        desired, remove = [], []
+        for inst in on_node:
+            if inst.state is S.RELEASING:
+                remove.append(inst.id)
+            else:
+                desired.append(instance_spec(inst))
+        for inst in on_node:
+            if inst.state is S.RELEASING and inst.id not in reported:
+                await self._release(inst.id)
+        await self.heartbeat(node_id, pb.Heartbeat(instances=hello.instances))
+        return pb.Welcome(
+            node_id=node_id,
+            heartbeat_interval_ms=int(self.core.config.fleet.heartbeat_interval_s * 1000),
+            desired=desired,
+            remove=remove,
+        )
+
+    # ------------------------------------------------------------ steady state
+
+    async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
+        fleet = self.core.fleet
+        fleet.record_heartbeat(
+            node_id, host_metrics(hb.host) if hb.HasField("host") else {}, list(hb.instances)
+        )
+        for status in hb.instances:
+            running = status.state == pb.CONTAINER_STATE_RUNNING and status.health in ("", "healthy")
+            if running and status.instance_id not in fleet.confirmed_running:
+                await self._confirm_running(status)
+
+    async def _confirm_running(self, status: pb.InstanceStatus) -> None:
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            inst = await instances_store.get_instance(conn, status.instance_id)
+            if inst is None:
+                return
+            if inst.state in (S.STARTING, S.UNHEALTHY):
+                await instances_store.transition(
+                    conn,
+                    inst.id,
+                    S.RUNNING,
+                    allowed_from={S.STARTING, S.UNHEALTHY},
+                    now=now,
+                    error=None,
+                    container_id=status.container_id or inst.container_id,
+                    delivered_at=inst.delivered_at or now,
+                )
+                self.core.fleet.confirmed_running.add(inst.id)
+            elif inst.state is S.RUNNING:
+                self.core.fleet.confirmed_running.add(inst.id)
+
+    async def event(self, node_id: str, ev: pb.InstanceEvent) -> None:
+        iid = ev.instance_id
+        kind = ev.kind
+        if kind == pb.EVENT_KIND_ACCEPTED:
+            await self._transition(iid, S.PROVISIONING, {S.PENDING})
+        elif kind == pb.EVENT_KIND_CREATED:
+            await self._transition(iid, S.CREATED, {S.PENDING, S.PROVISIONING}, container_id=ev.container_id)
+        elif kind == pb.EVENT_KIND_STARTED:
+            if await self._transition(
+                iid, S.STARTING, PRE_START | {S.STOPPED, S.UNHEALTHY, S.RUNNING}, container_id=ev.container_id
+            ):
+                self.core.fleet.confirmed_running.discard(iid)
+        elif kind == pb.EVENT_KIND_FAILED:
+            await self._fail(iid, ev.message or "the agent could not provision the instance")
+        elif kind in (pb.EVENT_KIND_EXITED, pb.EVENT_KIND_OOM_KILLED):
+            reason = (
+                "the container was OOM-killed"
+                if kind == pb.EVENT_KIND_OOM_KILLED
+                else f"the container exited with code {ev.exit_code}"
+            )
+            if await self._transition(iid, S.UNHEALTHY, {S.STARTING, S.RUNNING}, error=reason):
+                self.core.fleet.confirmed_running.discard(iid)
+        elif kind == pb.EVENT_KIND_STOPPED:
+            if await self._transition(iid, S.STOPPED, {S.STARTING, S.RUNNING, S.UNHEALTHY}):
+                self.core.fleet.confirmed_running.discard(iid)
+        elif kind == pb.EVENT_KIND_REMOVED:
+            await self._release(iid)
+
+    async def result(self, node_id: str, result: pb.CommandResult) -> None:
+        self.core.fleet.resolve(result)
+        if not result.ok:
+            log.warning("command failed", node_id=node_id, instance_id=result.instance_id, error=result.error)
+
+    # ------------------------------------------------------------ node health
+
+    async def node_status_changed(self, node_id: str, old: NodeStatus, new: NodeStatus) -> None:
+        """A node that stops reporting makes its instances unhealthy; nothing is rescheduled (game servers
+        keep state). They return to running on the next heartbeat that shows them running."""
+        if new in (NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE) and old is NodeStatus.READY:
+            now = self.core.clock()
+            async with self.core.store.write() as conn:
+                for inst in await instances_store.list_instances(
+                    conn, node_id=node_id, states={S.RUNNING, S.STARTING}
+                ):
+                    await instances_store.transition(
+                        conn,
+                        inst.id,
+                        S.UNHEALTHY,
+                        allowed_from={S.RUNNING, S.STARTING},
+                        now=now,
+                        error=f"node {node_id} stopped sending heartbeats",
+                    )
+                    self.core.fleet.confirmed_running.discard(inst.id)

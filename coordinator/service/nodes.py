@@ -1,0 +1,212 @@
+"""Node use cases: create a node with its allocations and join token, list nodes with live status,
+issue a fresh join token, and enroll an agent."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+import socket
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+
+from coordinator import secrets
+from coordinator.model import Allocation, Node, NodeStatus
+from coordinator.pki import CertificateRequestError
+from coordinator.service.core import Core
+from coordinator.service.errors import BadRequest, NotFound, Unauthorized
+from coordinator.store import nodes as nodes_store
+from coordinator.store.users import Principal
+
+MAX_ALLOCATIONS_PER_CALL = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOrder:
+    name: str
+    address: str
+    port: int
+    memory_mib: int
+    disk_mib: int
+    cpu_count: int
+    tags: list[str]
+    region_id: str | None = None
+    bind_address: str = "0.0.0.0"
+    ports: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    node: Node
+    status: NodeStatus
+    last_heartbeat: float | None
+    connected: bool
+    allocations_total: int
+    allocations_assigned: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedNode:
+    view: NodeView
+    allocations: list[Allocation]
+    join_token: str
+    join_token_expires_at: float
+    agent_command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    node_id: str
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+
+
+def parse_port_ranges(value: str, field: str) -> tuple[int, ...]:
+    """ "30000-30099,25565" -> ports, with the offending piece named on error."""
+    ports: list[int] = []
+    for piece in (p.strip() for p in value.split(",")):
+        if not piece:
+            continue
+        start, sep, end = piece.partition("-")
+        if not start.isdigit() or (sep and not end.isdigit()):
+            raise BadRequest(f"{field}: {piece!r} is not a port or a range like 30000-30099", field=field)
+        lo, hi = int(start), int(end) if sep else int(start)
+        if not 1 <= lo <= hi <= 65535:
+            raise BadRequest(f"{field}: {piece!r} is outside 1-65535 or reversed", field=field)
+        ports.extend(range(lo, hi + 1))
+    if len(set(ports)) != len(ports):
+        raise BadRequest(f"{field}: the same port is listed twice", field=field)
+    if len(ports) > MAX_ALLOCATIONS_PER_CALL:
+        raise BadRequest(f"{field}: at most {MAX_ALLOCATIONS_PER_CALL} ports per call", field=field)
+    return tuple(ports)
+
+
+class NodeService:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def _view(self, node: Node, counts: tuple[int, int]) -> NodeView:
+        fleet = self.core.fleet
+        return NodeView(
+            node=node,
+            status=fleet.status_of(node),
+            last_heartbeat=fleet.last_heartbeat(node),
+            connected=fleet.is_connected(node.id),
+            allocations_total=counts[0],
+            allocations_assigned=counts[1],
+        )
+
+    async def create(self, caller: Principal, order: NodeOrder) -> CreatedNode:
+        now = self.core.clock()
+        node = Node(
+            id=str(uuid.uuid4()),
+            name=order.name,
+            address=order.address,
+            port=order.port,
+            region_id=order.region_id,
+            tags=order.tags,
+            memory_mib=order.memory_mib,
+            disk_mib=order.disk_mib,
+            cpu_count=order.cpu_count,
+            overallocation_pct=0,
+            maintenance=False,
+            enrolled=False,
+            created_at=now,
+        )
+        rows = [(str(uuid.uuid4()), order.bind_address, p) for p in order.ports]
+        token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
+        expires = now + self.core.config.enrollment.join_token_ttl_s
+        try:
+            async with self.core.store.write() as conn:
+                await nodes_store.insert_node(conn, node)
+                await nodes_store.insert_allocations(conn, node.id, rows)
+                await nodes_store.replace_join_token(
+                    conn,
+                    node_id=node.id,
+                    token_id=token_id,
+                    digest=secrets.digest(secret),
+                    now=now,
+                    expires_at=expires,
+                )
+        except IntegrityError as exc:
+            if "region" in str(exc.orig).lower():
+                raise BadRequest(
+                    f"regionId: region {order.region_id} does not exist", field="regionId"
+                ) from exc
+            raise
+        allocations = [Allocation(id=a, node_id=node.id, bind_address=b, port=p) for a, b, p in rows]
+        return CreatedNode(
+            view=self._view(node, (len(rows), 0)),
+            allocations=allocations,
+            join_token=token,
+            join_token_expires_at=expires,
+            agent_command=self.agent_command(token),
+        )
+
+    def agent_command(self, token: str) -> str:
+        """The exact line to run on the host: where to enroll, where to connect, and the token."""
+        host = self.core.config.grpc.public_address or socket.getfqdn()
+        return (
+            f"moorage-agent --coordinator {shlex.quote(f'{host}:{self.core.session_port}')} "
+            f"--enroll-address {shlex.quote(f'{host}:{self.core.enroll_port}')} "
+            f"--join-token {shlex.quote(token)}"
+        )
+
+    async def list_views(self) -> list[NodeView]:
+        async with self.core.store.read() as conn:
+            found = await nodes_store.list_nodes(conn)
+            counts = await nodes_store.allocation_counts(conn)
+        return [self._view(n, counts.get(n.id, (0, 0))) for n in found]
+
+    async def get(self, node_id: str) -> tuple[NodeView, list[Allocation]]:
+        async with self.core.store.read() as conn:
+            node = await nodes_store.get_node(conn, node_id)
+            if node is None:
+                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+            allocations = await nodes_store.node_allocations(conn, node_id)
+        assigned = sum(1 for a in allocations if a.instance_id)
+        return self._view(node, (len(allocations), assigned)), allocations
+
+    async def issue_join_token(self, node_id: str) -> tuple[str, float]:
+        token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
+        now = self.core.clock()
+        expires = now + self.core.config.enrollment.join_token_ttl_s
+        async with self.core.store.write() as conn:
+            if await nodes_store.get_node(conn, node_id) is None:
+                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+            await nodes_store.replace_join_token(
+                conn,
+                node_id=node_id,
+                token_id=token_id,
+                digest=secrets.digest(secret),
+                now=now,
+                expires_at=expires,
+            )
+        return token, expires
+
+    async def enroll(
+        self, token_id: str, token_secret: str, csr_pem: bytes, agent_version: str
+    ) -> Enrollment:
+        """Trade a valid join token for a node certificate. The token is used up in the same transaction
+        that records the certificate, so a token enrolls exactly one agent."""
+        now = self.core.clock()
+        lifetime = dt.timedelta(days=self.core.config.enrollment.certificate_lifetime_days)
+        async with self.core.store.write() as conn:
+            row = await nodes_store.get_join_token(conn, token_id)
+            if row is None or not secrets.same_digest(row.digest, secrets.digest(token_secret)):
+                raise Unauthorized("the join token is not known to this coordinator")
+            if row.used_at is not None:
+                raise Unauthorized("the join token was already used; issue a new one for this node")
+            if row.expires_at <= now:
+                raise Unauthorized("the join token has expired; issue a new one for this node")
+            try:
+                issued = self.core.ca.sign_node(csr_pem, row.node_id, lifetime)
+            except CertificateRequestError as exc:
+                raise BadRequest(str(exc), field="csr_pem") from exc
+            if not await nodes_store.use_join_token(conn, token_id, now):
+                raise Unauthorized("the join token was already used; issue a new one for this node")
+            await nodes_store.mark_enrolled(
+                conn, row.node_id, cert_serial=issued.serial, agent_version=agent_version, now=now
+            )
+        return Enrollment(row.node_id, issued.pem, self.core.ca.cert_pem)

@@ -1,0 +1,200 @@
+"""Instances and the allocations they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import Row, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.model import WANTED_STATES, Instance, InstanceState
+from coordinator.store.nodes import allocation_from_row
+from coordinator.store.tables import allocations, instances
+
+
+def instance_from_row(row: Row[Any]) -> Instance:
+    return Instance(
+        id=row.id,
+        name=row.name,
+        organization_id=row.organization_id,
+        owner_id=row.owner_id,
+        image=row.image,
+        image_ref=row.image_ref,
+        memory_mib=row.memory_mib,
+        cpu_percent=row.cpu_percent,
+        disk_mib=row.disk_mib,
+        env=dict(row.env or {}),
+        node_id=row.node_id,
+        region_id=row.region_id,
+        state=InstanceState(row.state),
+        error=row.error,
+        suspended=bool(row.suspended),
+        container_id=row.container_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        state_changed_at=row.state_changed_at,
+        delivered_at=row.delivered_at,
+        released_at=row.released_at,
+        command=list(row.command or []),
+        stop_signal=row.stop_signal,
+        tags=list(row.tags or []),
+    )
+
+
+async def insert_instance(conn: AsyncConnection, inst: Instance) -> None:
+    await conn.execute(
+        insert(instances).values(
+            id=inst.id,
+            name=inst.name,
+            organization_id=inst.organization_id,
+            owner_id=inst.owner_id,
+            image=inst.image,
+            image_ref=inst.image_ref,
+            command=inst.command,
+            stop_signal=inst.stop_signal,
+            memory_mib=inst.memory_mib,
+            cpu_percent=inst.cpu_percent,
+            disk_mib=inst.disk_mib,
+            env=inst.env,
+            tags=inst.tags,
+            node_id=inst.node_id,
+            region_id=inst.region_id,
+            state=inst.state.value,
+            error=inst.error,
+            suspended=inst.suspended,
+            released=inst.state is InstanceState.RELEASED,
+            created_at=inst.created_at,
+            updated_at=inst.updated_at,
+            state_changed_at=inst.state_changed_at,
+        )
+    )
+
+
+async def free_allocations_by_port(
+    conn: AsyncConnection, node_id: str, ports: Sequence[int]
+) -> tuple[dict[int, str], list[int]]:
+    """({port: allocation id} of free allocations, [ports that are not allocations of the node at all])."""
+    rows = (
+        await conn.execute(
+            select(allocations.c.id, allocations.c.port, allocations.c.instance_id)
+            .where(allocations.c.node_id == node_id, allocations.c.port.in_(list(ports)))
+            .order_by(allocations.c.port, allocations.c.bind_address)
+        )
+    ).all()
+    known = {r.port for r in rows}
+    free: dict[int, str] = {}
+    for r in rows:
+        if r.instance_id is None:
+            free.setdefault(r.port, r.id)
+    return free, [p for p in ports if p not in known]
+
+
+async def first_free_allocation(conn: AsyncConnection, node_id: str) -> tuple[str, int] | None:
+    """(allocation id, port) of the lowest free port of the node."""
+    row = (
+        await conn.execute(
+            select(allocations.c.id, allocations.c.port)
+            .where(allocations.c.node_id == node_id, allocations.c.instance_id.is_(None))
+            .order_by(allocations.c.port, allocations.c.bind_address)
+            .limit(1)
+        )
+    ).first()
+    return (row.id, row.port) if row else None
+
+
+async def claim_allocations(
+    conn: AsyncConnection, instance_id: str, allocation_ids: Sequence[str], primary_id: str
+) -> bool:
+    """Assign the allocations only where they are still free; False (claim nothing) if any was taken.
+    The caller's transaction rolls back on False, so a lost race leaves no partial claim."""
+    result = await conn.execute(
+        update(allocations)
+        .where(allocations.c.id.in_(list(allocation_ids)), allocations.c.instance_id.is_(None))
+        .values(instance_id=instance_id, instance_released=False, is_primary=allocations.c.id == primary_id)
+    )
+    return result.rowcount == len(allocation_ids)
+
+
+async def get_instance(conn: AsyncConnection, instance_id: str) -> Instance | None:
+    row = (await conn.execute(select(instances).where(instances.c.id == instance_id))).first()
+    if row is None:
+        return None
+    inst = instance_from_row(row)
+    await _attach_allocations(conn, [inst])
+    return inst
+
+
+async def list_instances(
+    conn: AsyncConnection,
+    *,
+    organization_id: int | None = None,
+    owner_id: str | None = None,
+    node_id: str | None = None,
+    states: Collection[InstanceState] | None = None,
+) -> list[Instance]:
+    query = select(instances).order_by(instances.c.created_at, instances.c.id)
+    if organization_id is not None:
+        query = query.where(instances.c.organization_id == organization_id)
+    if owner_id is not None:
+        query = query.where(instances.c.owner_id == owner_id)
+    if node_id is not None:
+        query = query.where(instances.c.node_id == node_id)
+    if states is not None:
+        query = query.where(instances.c.state.in_([s.value for s in states]))
+    found = [instance_from_row(r) for r in await conn.execute(query)]
+    await _attach_allocations(conn, found)
+    return found
+
+
+async def desired_for_node(conn: AsyncConnection, node_id: str) -> list[Instance]:
+    """What the node should run: every instance placed on it that is neither released nor failed nor
+    being removed."""
+    return await list_instances(conn, node_id=node_id, states=WANTED_STATES)
+
+
+async def _attach_allocations(conn: AsyncConnection, found: list[Instance]) -> None:
+    if not found:
+        return
+    by_id = {i.id: i for i in found}
+    rows = await conn.execute(
+        select(allocations)
+        .where(allocations.c.instance_id.in_(list(by_id)))
+        .order_by(allocations.c.is_primary.desc(), allocations.c.port)
+    )
+    for r in rows:
+        by_id[r.instance_id].allocations.append(allocation_from_row(r))
+
+
+async def transition(
+    conn: AsyncConnection,
+    instance_id: str,
+    to: InstanceState,
+    *,
+    allowed_from: Collection[InstanceState],
+    now: float,
+    **values: Any,
+) -> bool:
+    """Move to ``to`` only from one of ``allowed_from`` (a guarded UPDATE: stale reports cannot undo a newer
+    state). Extra column values ride along. Returns whether the row changed."""
+    result = await conn.execute(
+        update(instances)
+        .where(instances.c.id == instance_id, instances.c.state.in_([s.value for s in allowed_from]))
+        .values(state=to.value, state_changed_at=now, updated_at=now, **values)
+    )
+    return result.rowcount == 1
+
+
+async def update_instance(conn: AsyncConnection, instance_id: str, now: float, **values: Any) -> None:
+    await conn.execute(
+        update(instances).where(instances.c.id == instance_id).values(updated_at=now, **values)
+    )
+
+
+async def free_instance_allocations(conn: AsyncConnection, instance_id: str) -> int:
+    result = await conn.execute(
+        update(allocations)
+        .where(allocations.c.instance_id == instance_id)
+        .values(instance_id=None, instance_released=None, is_primary=False)
+    )
+    return int(result.rowcount)

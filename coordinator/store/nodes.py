@@ -1,0 +1,177 @@
+"""Nodes, their allocations and join tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import Row, case, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.model import Allocation, Node
+from coordinator.store.tables import allocations, join_tokens, nodes
+
+
+def node_from_row(row: Row[Any]) -> Node:
+    return Node(
+        id=row.id,
+        name=row.name,
+        address=row.address,
+        port=row.port,
+        region_id=row.region_id,
+        tags=list(row.tags or []),
+        memory_mib=row.memory_mib,
+        disk_mib=row.disk_mib,
+        cpu_count=row.cpu_count,
+        overallocation_pct=row.overallocation_pct,
+        maintenance=bool(row.maintenance),
+        enrolled=bool(row.enrolled),
+        created_at=row.created_at,
+        last_checked=row.last_checked,
+        agent_version=row.agent_version,
+        host_metrics=dict(row.host_metrics or {}),
+    )
+
+
+def allocation_from_row(row: Row[Any]) -> Allocation:
+    return Allocation(
+        id=row.id,
+        node_id=row.node_id,
+        bind_address=row.bind_address,
+        port=row.port,
+        alias=row.alias,
+        notes=row.notes,
+        instance_id=row.instance_id,
+        primary=bool(row.is_primary),
+    )
+
+
+async def insert_node(conn: AsyncConnection, node: Node) -> None:
+    await conn.execute(
+        insert(nodes).values(
+            id=node.id,
+            name=node.name,
+            address=node.address,
+            port=node.port,
+            region_id=node.region_id,
+            tags=node.tags,
+            memory_mib=node.memory_mib,
+            disk_mib=node.disk_mib,
+            cpu_count=node.cpu_count,
+            overallocation_pct=node.overallocation_pct,
+            maintenance=node.maintenance,
+            enrolled=node.enrolled,
+            created_at=node.created_at,
+            updated_at=node.created_at,
+        )
+    )
+
+
+async def insert_allocations(
+    conn: AsyncConnection, node_id: str, rows: Sequence[tuple[str, str, int]]
+) -> None:
+    """rows: (allocation id, bind address, port). The unique constraint refuses duplicates."""
+    if rows:
+        await conn.execute(
+            insert(allocations),
+            [{"id": a, "node_id": node_id, "bind_address": b, "port": p} for a, b, p in rows],
+        )
+
+
+async def existing_ports(
+    conn: AsyncConnection, node_id: str, bind_address: str, ports: Iterable[int]
+) -> list[int]:
+    wanted = list(ports)
+    if not wanted:
+        return []
+    found = await conn.execute(
+        select(allocations.c.port).where(
+            allocations.c.node_id == node_id,
+            allocations.c.bind_address == bind_address,
+            allocations.c.port.in_(wanted),
+        )
+    )
+    return sorted(r.port for r in found)
+
+
+async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:
+    row = (await conn.execute(select(nodes).where(nodes.c.id == node_id))).first()
+    return node_from_row(row) if row else None
+
+
+async def list_nodes(conn: AsyncConnection) -> list[Node]:
+    rows = await conn.execute(select(nodes).order_by(nodes.c.created_at, nodes.c.id))
+    return [node_from_row(r) for r in rows]
+
+
+async def allocation_counts(conn: AsyncConnection) -> dict[str, tuple[int, int]]:
+    """node id -> (allocations, assigned allocations)."""
+    rows = await conn.execute(
+        select(
+            allocations.c.node_id,
+            func.count(),
+            func.sum(case((allocations.c.instance_id.is_not(None), 1), else_=0)),
+        ).group_by(allocations.c.node_id)
+    )
+    return {r[0]: (int(r[1]), int(r[2] or 0)) for r in rows}
+
+
+async def node_allocations(conn: AsyncConnection, node_id: str) -> list[Allocation]:
+    rows = await conn.execute(
+        select(allocations)
+        .where(allocations.c.node_id == node_id)
+        .order_by(allocations.c.bind_address, allocations.c.port)
+    )
+    return [allocation_from_row(r) for r in rows]
+
+
+async def mark_enrolled(
+    conn: AsyncConnection, node_id: str, *, cert_serial: str, agent_version: str, now: float
+) -> None:
+    await conn.execute(
+        update(nodes)
+        .where(nodes.c.id == node_id)
+        .values(enrolled=True, cert_serial=cert_serial, agent_version=agent_version, updated_at=now)
+    )
+
+
+async def cert_serial(conn: AsyncConnection, node_id: str) -> str | None:
+    return (await conn.execute(select(nodes.c.cert_serial).where(nodes.c.id == node_id))).scalar_one_or_none()
+
+
+async def write_heartbeats(conn: AsyncConnection, batch: dict[str, tuple[float, dict[str, Any]]]) -> None:
+    """One statement per node, all in the caller's single transaction (the batch writer's)."""
+    for node_id, (last_checked, metrics) in batch.items():
+        await conn.execute(
+            update(nodes).where(nodes.c.id == node_id).values(last_checked=last_checked, host_metrics=metrics)
+        )
+
+
+# ---------------------------------------------------------------- join tokens
+
+
+async def replace_join_token(
+    conn: AsyncConnection, *, node_id: str, token_id: str, digest: str, now: float, expires_at: float
+) -> None:
+    """Issue a token for the node, voiding every earlier one: only the newest token can enroll."""
+    await conn.execute(delete(join_tokens).where(join_tokens.c.node_id == node_id))
+    await conn.execute(
+        insert(join_tokens).values(
+            id=token_id, node_id=node_id, digest=digest, created_at=now, expires_at=expires_at
+        )
+    )
+
+
+async def get_join_token(conn: AsyncConnection, token_id: str) -> Row[Any] | None:
+    """The token row (node_id, digest, expires_at, used_at) or None."""
+    return (await conn.execute(select(join_tokens).where(join_tokens.c.id == token_id))).first()
+
+
+async def use_join_token(conn: AsyncConnection, token_id: str, now: float) -> bool:
+    """Mark the token used; False when another enrollment used it first (WHERE used_at IS NULL)."""
+    result = await conn.execute(
+        update(join_tokens)
+        .where(join_tokens.c.id == token_id, join_tokens.c.used_at.is_(None), join_tokens.c.expires_at > now)
+        .values(used_at=now)
+    )
+    return result.rowcount == 1

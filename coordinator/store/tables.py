@@ -1,0 +1,187 @@
+"""SQLAlchemy Core tables. The schema itself belongs to the Alembic migrations beside this module; these
+definitions must match them (a test compares the two).
+
+Invariants are held here, not only in code:
+- an allocation names at most one instance (one column), unique per (node, bind address, port);
+- a released instance holds no allocation: allocations reference (instance id, released flag) with ON UPDATE
+  CASCADE and a CHECK that the copied flag is false, so releasing an instance that still holds an
+  allocation fails inside the database;
+- a region never counts more live instances than its server limit (CHECK on the counter the claim updates).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+ID = 36  # uuid text
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=True),
+    Column("admin", Boolean, nullable=False, server_default=false()),
+    Column("organization_id", Integer, ForeignKey("organizations.id"), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("user_id", String(64), ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(32), nullable=False),
+    Column("digest", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+regions = Table(
+    "regions",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("identifier", String(20), nullable=False, unique=True),
+    Column("country_id", String(2), nullable=True),
+    Column("fallback_region_id", String(ID), ForeignKey("regions.id", ondelete="SET NULL"), nullable=True),
+    Column("server_limit", Integer, nullable=False),
+    Column("live_count", Integer, nullable=False, server_default=text("0")),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    CheckConstraint("live_count >= 0 AND live_count <= server_limit", name="within_limit"),
+    CheckConstraint("server_limit >= 1", name="limit_positive"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("address", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("region_id", String(ID), ForeignKey("regions.id"), nullable=True, index=True),
+    Column("tags", JSON, nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("disk_mib", Integer, nullable=False),
+    Column("cpu_count", Integer, nullable=False),
+    Column("overallocation_pct", Integer, nullable=False, server_default=text("0")),
+    Column("maintenance", Boolean, nullable=False, server_default=false()),
+    Column("enrolled", Boolean, nullable=False, server_default=false()),
+    Column("cert_serial", String(64), nullable=True),
+    Column("agent_version", String(64), nullable=True),
+    Column("last_checked", Float, nullable=True),
+    Column("host_metrics", JSON, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("node_id", String(ID), ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("organization_id", Integer, ForeignKey("organizations.id"), nullable=False, index=True),
+    Column("owner_id", String(64), ForeignKey("users.id"), nullable=False, index=True),
+    Column("image", String(255), nullable=False),
+    Column("image_ref", String(255), nullable=False),
+    Column("command", JSON, nullable=False),
+    Column("stop_signal", String(16), nullable=False, server_default="SIGTERM"),
+    Column("memory_mib", Integer, nullable=False),
+    Column("cpu_percent", Integer, nullable=False),
+    Column("disk_mib", Integer, nullable=False, server_default=text("0")),
+    Column("env", JSON, nullable=False),
+    Column("tags", JSON, nullable=False),
+    Column("node_id", String(ID), ForeignKey("nodes.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("region_id", String(ID), ForeignKey("regions.id", ondelete="SET NULL"), nullable=True, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("error", Text, nullable=True),
+    Column("suspended", Boolean, nullable=False, server_default=false()),
+    Column("released", Boolean, nullable=False, server_default=false()),
+    Column("container_id", String(80), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("state_changed_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+    Column("released_at", Float, nullable=True),
+    UniqueConstraint("id", "released", name="uq_instances_id_released"),
+    CheckConstraint("released = (state = 'released')", name="released_flag"),
+)
+
+allocations = Table(
+    "allocations",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("node_id", String(ID), ForeignKey("nodes.id", ondelete="CASCADE"), nullable=False),
+    Column("bind_address", String(45), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("alias", String(255), nullable=True),
+    Column("notes", Text, nullable=True),
+    Column("instance_id", String(ID), nullable=True, index=True),
+    Column("instance_released", Boolean, nullable=True),
+    Column("is_primary", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("node_id", "bind_address", "port", name="uq_allocations_node_address_port"),
+    ForeignKeyConstraint(
+        ["instance_id", "instance_released"],
+        ["instances.id", "instances.released"],
+        name="fk_allocations_instance_live",
+        onupdate="CASCADE",
+    ),
+    CheckConstraint("port >= 1 AND port <= 65535", name="port_range"),
+    CheckConstraint(
+        "(instance_id IS NULL AND instance_released IS NULL) OR "
+        "(instance_id IS NOT NULL AND instance_released = false)",
+        name="assigned_live_only",
+    ),
+)
+
+Index("ix_allocations_free", allocations.c.node_id, allocations.c.instance_id)

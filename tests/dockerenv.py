@@ -1,0 +1,73 @@
+"""Shared helpers for tests that need a real Docker engine.
+
+Outside CI a missing engine is a skip with the reason; CI sets MOORAGE_REQUIRE_DOCKER=1 so that an engine that
+failed to come up is a failure instead of a silently green run.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import os
+import socket
+import warnings
+
+import pytest
+
+TEST_IMAGE = "moorage-test/busybox:latest"  # built by tests/env/build-test-image.sh
+
+
+@functools.cache
+def docker_available() -> tuple[bool, str]:
+    """Whether an engine answers a ping (asked once per test session); the reason when it does not."""
+    with warnings.catch_warnings():
+        # docker-py leaves the socket of a failed connect open; collect it here, quietly, rather than let
+        # its ResourceWarning fire in whichever test happens to run the garbage collector next.
+        warnings.simplefilter("ignore", ResourceWarning)
+        result = _ping_engine()
+        gc.collect()
+    return result
+
+
+def _ping_engine() -> tuple[bool, str]:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+    except Exception as exc:
+        return False, f"no Docker engine reachable: {exc}"
+    try:
+        client.ping()
+        client.images.get(TEST_IMAGE)
+    except docker.errors.ImageNotFound:
+        return False, f"test image {TEST_IMAGE} missing: run `bash tests/env/build-test-image.sh`"
+    except Exception as exc:
+        return False, f"no Docker engine reachable: {exc}"
+    finally:
+        client.close()
+    return True, ""
+
+
+def require_docker() -> None:
+    """Skip the calling test without an engine, or fail it when MOORAGE_REQUIRE_DOCKER=1."""
+    ok, reason = docker_available()
+    if ok:
+        return
+    if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"MOORAGE_REQUIRE_DOCKER=1 but {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A port that is free on 127.0.0.1 for both TCP and UDP (allocations publish both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
