@@ -109,7 +109,8 @@ class Fleet:
         now = self.clock()
         live = self.live.setdefault(node_id, LiveNode())
         live.last_heartbeat = now
-        live.host = host
+        if host:
+            live.host = host
         live.instances = {i.instance_id: i for i in instances}
         self._dirty.add(node_id)
         heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
@@ -138,6 +139,10 @@ class Fleet:
         if age <= self.options.offline_after_s:
             return NodeStatus.HEARTBEAT_ABNORMAL
         return NodeStatus.OFFLINE
+
+    def host_metrics(self, node: Node) -> dict[str, Any]:
+        live = self.live.get(node.id)
+        return live.host if live and live.host else node.host_metrics
 
     def last_heartbeat(self, node: Node) -> float | None:
         live = self.live.get(node.id)

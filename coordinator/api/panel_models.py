@@ -156,7 +156,7 @@ class NodeOut(BaseModel):
             heartbeatAgeSeconds=round(now - v.last_heartbeat, 3) if v.last_heartbeat else None,
             enrolled=n.enrolled,
             agentVersion=n.agent_version,
-            hostMetrics=n.host_metrics,
+            hostMetrics=v.host_metrics,
             allocations=AllocationCounts(
                 total=v.allocations_total,
                 assigned=v.allocations_assigned,

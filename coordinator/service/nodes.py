@@ -8,8 +8,7 @@ import shlex
 import socket
 import uuid
 from dataclasses import dataclass
-
-from sqlalchemy.exc import IntegrityError
+from typing import Any
 
 from coordinator import secrets
 from coordinator.model import Allocation, Node, NodeStatus
@@ -41,6 +40,7 @@ class NodeView:
     node: Node
     status: NodeStatus
     last_heartbeat: float | None
+    host_metrics: dict[str, Any]
     connected: bool
     allocations_total: int
     allocations_assigned: int
@@ -92,6 +92,7 @@ class NodeService:
             node=node,
             status=fleet.status_of(node),
             last_heartbeat=fleet.last_heartbeat(node),
+            host_metrics=fleet.host_metrics(node),
             connected=fleet.is_connected(node.id),
             allocations_total=counts[0],
             allocations_assigned=counts[1],
@@ -117,24 +118,14 @@ class NodeService:
         rows = [(str(uuid.uuid4()), order.bind_address, p) for p in order.ports]
         token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
         expires = now + self.core.config.enrollment.join_token_ttl_s
-        try:
-            async with self.core.store.write() as conn:
-                await nodes_store.insert_node(conn, node)
-                await nodes_store.insert_allocations(conn, node.id, rows)
-                await nodes_store.replace_join_token(
-                    conn,
-                    node_id=node.id,
-                    token_id=token_id,
-                    digest=secrets.digest(secret),
-                    now=now,
-                    expires_at=expires,
-                )
-        except IntegrityError as exc:
-            if "region" in str(exc.orig).lower():
-                raise BadRequest(
-                    f"regionId: region {order.region_id} does not exist", field="regionId"
-                ) from exc
-            raise
+        async with self.core.store.write() as conn:
+            if order.region_id is not None and not await nodes_store.region_exists(conn, order.region_id):
+                raise BadRequest(f"regionId: region {order.region_id} does not exist", field="regionId")
+            await nodes_store.insert_node(conn, node)
+            await nodes_store.insert_allocations(conn, node.id, rows)
+            await nodes_store.replace_join_token(
+                conn, node_id=node.id, token_id=token_id, digest=secrets.digest(secret), now=now, expires_at=expires
+            )
         allocations = [Allocation(id=a, node_id=node.id, bind_address=b, port=p) for a, b, p in rows]
         return CreatedNode(
             view=self._view(node, (len(rows), 0)),

@@ -9,7 +9,7 @@ from sqlalchemy import Row, case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import Allocation, Node
-from coordinator.store.tables import allocations, join_tokens, nodes
+from coordinator.store.tables import allocations, join_tokens, nodes, regions
 
 
 def node_from_row(row: Row[Any]) -> Node:
@@ -92,6 +92,10 @@ async def existing_ports(
         )
     )
     return sorted(r.port for r in found)
+
+
+async def region_exists(conn: AsyncConnection, region_id: str) -> bool:
+    return (await conn.execute(select(regions.c.id).where(regions.c.id == region_id))).first() is not None
 
 
 async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:

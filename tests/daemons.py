@@ -1,0 +1,271 @@
+"""Real daemons for tests: the coordinator and the agent as subprocesses on free ports with temporary data
+directories, and a small synchronous HTTP client for the coordinator's API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CATALOG = REPO / "config" / "images.yaml"
+
+#: Fast clocks for tests: heartbeats every 0.5 s, abnormal after 1.5 s.
+TEST_FLEET = {
+    "heartbeat_interval_s": 0.5,
+    "grace_intervals": 3,
+    "offline_after_s": 4.0,
+    "batch_period_s": 0.2,
+    "command_wait_s": 15.0,
+}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def port_block(count: int, start: int = 30000, end: int = 60000) -> list[int]:
+    """``count`` consecutive ports free on 127.0.0.1 for TCP and UDP, from a randomised start."""
+    base = start + (os.getpid() * 37 + int(time.time() * 1000)) % (end - start - count)
+    for offset in range(0, end - start, count):
+        first = start + (base - start + offset) % (end - start - count)
+        if all(_free(p) for p in range(first, first + count)):
+            return list(range(first, first + count))
+    raise RuntimeError("no block of free ports")
+
+
+def _free(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str]
+
+
+@dataclass
+class Api:
+    url: str
+    key: str | None
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, key: str | None | bool = True, headers: dict[str, str] | None = None
+    ) -> Response:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        use_key = self.key if key is True else (key or None)
+        if use_key:
+            req.add_header("x-api-key", str(use_key))
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                raw = resp.read()
+                status, hdrs = resp.status, dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            status, hdrs = exc.code, dict(exc.headers)
+            exc.close()
+        return Response(status, json.loads(raw) if raw else None, hdrs)
+
+    def get(self, path: str, **kw: Any) -> Response:
+        return self.call("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return self.call("POST", path, body if body is not None else {}, **kw)
+
+    def delete(self, path: str, body: Any = None, **kw: Any) -> Response:
+        return self.call("DELETE", path, body, **kw)
+
+
+@dataclass
+class Process:
+    argv: list[str]
+    log_dir: Path
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{self.name}.out", "ab")  # noqa: SIM115 - the child owns it
+        err = open(self.log_dir / f"{self.name}.err", "ab")  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env={**os.environ, **self.env}, cwd=REPO
+            )
+        finally:
+            out.close()
+            err.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        path = self.log_dir / f"{self.name}.err"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+class CoordinatorProcess(Process):
+    def __init__(self, data_dir: Path, fleet: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+        self.data_dir = data_dir
+        config = {
+            "data_dir": str(data_dir),
+            "log_json": True,
+            "http": {"listen": "127.0.0.1:0"},
+            "grpc": {"listen": "127.0.0.1:0", "public_address": "127.0.0.1"},
+            "fleet": {**TEST_FLEET, **(fleet or {})},
+            "catalog": {"images": str(CATALOG)},
+            **(extra or {}),
+        }
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        super().__init__(
+            [sys.executable, "-m", "coordinator.main", "--config", str(self.config_path)], data_dir.parent, data_dir.name
+        )
+        self.endpoints: dict[str, Any] = {}
+
+    def start(self) -> None:
+        super().start()
+        assert self.proc is not None
+        pid = self.proc.pid
+
+        def ready() -> dict[str, Any] | None:
+            if not self.running:
+                raise AssertionError(f"coordinator exited early:\n{self.log()}")
+            try:
+                found: dict[str, Any] = json.loads((self.data_dir / "endpoints.json").read_text())
+            except (OSError, ValueError):
+                return None
+            return found if found.get("pid") == pid else None
+
+        self.endpoints = wait_for(ready, 30, "the coordinator to start")
+
+    @property
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    def api(self) -> Api:
+        return Api(self.endpoints["http"], self.admin_key)
+
+
+class AgentProcess(Process):
+    def __init__(self, data_dir: Path, coordinator: CoordinatorProcess, join_token: str | None, **options: Any) -> None:
+        self.data_dir = data_dir
+        config = {
+            "data_dir": str(data_dir),
+            "coordinator": f"127.0.0.1:{coordinator.endpoints['grpc_port']}",
+            "enroll_address": f"127.0.0.1:{coordinator.endpoints['enroll_port']}",
+            "reconnect_initial_s": 0.2,
+            "reconnect_max_s": 2.0,
+            **options,
+        }
+        if join_token:
+            config["join_token"] = join_token
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        super().__init__([sys.executable, "-m", "agent.main", "--config", str(self.config_path)], data_dir.parent, data_dir.name)
+
+
+def create_node(api: Api, ports: list[int], **overrides: Any) -> dict[str, Any]:
+    body = {
+        "name": overrides.pop("name", "node-a"),
+        "tags": "test",
+        "ram": 4096,
+        "disk": 20000,
+        "processor": 2,
+        "address": "127.0.0.1",
+        "port": 8080,
+        "allocations": {"bindAddress": "127.0.0.1", "ports": f"{ports[0]}-{ports[-1]}"},
+        **overrides,
+    }
+    r = api.post("/api/nodes/create", body)
+    assert r.status == 201, r.body
+    node: dict[str, Any] = r.body
+    return node
+
+
+def node_view(api: Api, node_id: str) -> dict[str, Any]:
+    r = api.get("/api/nodes")
+    assert r.status == 200, r.body
+    found: dict[str, Any] = next(n for n in r.body if n["id"] == node_id)
+    return found
+
+
+def instance(api: Api, instance_id: str) -> dict[str, Any]:
+    r = api.post("/api/getInstance", {"id": instance_id})
+    assert r.status == 200, r.body
+    found: dict[str, Any] = r.body
+    return found
+
+
+def wait_state(api: Api, instance_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        inst = instance(api, instance_id)
+        return inst if inst["state"] == state else None
+
+    found: dict[str, Any] = wait_for(check, timeout, f"instance {instance_id} to be {state}", 0.1)
+    return found
+
+
+def stop_all(*procs: Process) -> None:
+    for p in procs:
+        p.stop()
+
+
+def leave_no_containers(node_id: str) -> None:
+    """Remove every container a test's node left behind (a failed test must not leak into the next)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        for c in client.containers.list(all=True, filters={"label": f"moorage.node={node_id}"}):
+            c.remove(force=True)
+    finally:
+        client.close()
