@@ -35,6 +35,9 @@ class AgentConfig(BaseModel):
     event_buffer: int = Field(10_000, ge=10)
     #: Heartbeat interval until the coordinator sets one in its Welcome.
     heartbeat_interval_s: float = Field(5.0, gt=0)
+    #: After starting a container, send a heartbeat this soon (instead of waiting for the next interval)
+    #: so the coordinator confirms it running quickly; long enough to catch an immediate crash.
+    confirm_start_after_s: float = Field(0.1, ge=0)
     #: Labelled containers the coordinator does not want are removed after this grace.
     unknown_container_grace_s: float = Field(300.0, ge=0)
     log_level: str = "info"

@@ -103,11 +103,14 @@ class AgentSession:
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.connected = asyncio.Event()
         self._seq = 0
+        self._beat_now = asyncio.Event()
         self._commands: set[asyncio.Task[None]] = set()
         manager.emit = self.emit
 
     def emit(self, event: pb.InstanceEvent) -> None:
         self.outbox.put(pb.AgentMessage(event=event))
+        if event.kind == pb.EVENT_KIND_STARTED:
+            asyncio.get_running_loop().call_later(self.config.confirm_start_after_s, self._beat_now.set)
 
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
@@ -230,5 +233,7 @@ class AgentSession:
             except Exception as exc:
                 # The engine may be restarting; skip this beat rather than end the session.
                 log.warning("heartbeat skipped", error=str(exc))
-            interval = self.heartbeat_interval_s
-            await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            self._beat_now.clear()
+            interval = self.heartbeat_interval_s * random.uniform(0.9, 1.1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), interval)

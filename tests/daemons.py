@@ -77,7 +77,13 @@ class Api:
     key: str | None
 
     def call(
-        self, method: str, path: str, body: Any = None, *, key: str | None | bool = True, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        key: str | bool | None = True,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -121,7 +127,12 @@ class Process:
         err = open(self.log_dir / f"{self.name}.err", "ab")  # noqa: SIM115
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env={**os.environ, **self.env}, cwd=REPO
+                self.argv,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=REPO,
             )
         finally:
             out.close()
@@ -151,7 +162,9 @@ class Process:
 
 
 class CoordinatorProcess(Process):
-    def __init__(self, data_dir: Path, fleet: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, fleet: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
         self.data_dir = data_dir
         config = {
             "data_dir": str(data_dir),
@@ -166,7 +179,9 @@ class CoordinatorProcess(Process):
         self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         super().__init__(
-            [sys.executable, "-m", "coordinator.main", "--config", str(self.config_path)], data_dir.parent, data_dir.name
+            [sys.executable, "-m", "coordinator.main", "--config", str(self.config_path)],
+            data_dir.parent,
+            data_dir.name,
         )
         self.endpoints: dict[str, Any] = {}
 
@@ -195,7 +210,9 @@ class CoordinatorProcess(Process):
 
 
 class AgentProcess(Process):
-    def __init__(self, data_dir: Path, coordinator: CoordinatorProcess, join_token: str | None, **options: Any) -> None:
+    def __init__(
+        self, data_dir: Path, coordinator: CoordinatorProcess, join_token: str | None, **options: Any
+    ) -> None:
         self.data_dir = data_dir
         config = {
             "data_dir": str(data_dir),
@@ -210,7 +227,11 @@ class AgentProcess(Process):
         data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        super().__init__([sys.executable, "-m", "agent.main", "--config", str(self.config_path)], data_dir.parent, data_dir.name)
+        super().__init__(
+            [sys.executable, "-m", "agent.main", "--config", str(self.config_path)],
+            data_dir.parent,
+            data_dir.name,
+        )
 
 
 def create_node(api: Api, ports: list[int], **overrides: Any) -> dict[str, Any]:
@@ -245,12 +266,14 @@ def instance(api: Api, instance_id: str) -> dict[str, Any]:
     return found
 
 
-def wait_state(api: Api, instance_id: str, state: str, timeout: float = 30) -> dict[str, Any]:
+def wait_state(
+    api: Api, instance_id: str, state: str, timeout: float = 30, interval: float = 0.1
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         inst = instance(api, instance_id)
         return inst if inst["state"] == state else None
 
-    found: dict[str, Any] = wait_for(check, timeout, f"instance {instance_id} to be {state}", 0.1)
+    found: dict[str, Any] = wait_for(check, timeout, f"instance {instance_id} to be {state}", interval)
     return found
 
 

@@ -34,8 +34,15 @@ def node(api: Api) -> dict[str, Any]:
 
 def good_deploy(node: dict[str, Any], **over: Any) -> dict[str, Any]:
     port = node["allocationList"][0]["port"]
-    return {"image": "moorage-test/busybox:latest", "memory": 64, "cpu": 50, "ports": [port], "nodeId": node["id"],
-            "name": "x", **over}
+    return {
+        "image": "moorage-test/busybox:latest",
+        "memory": 64,
+        "cpu": 50,
+        "ports": [port],
+        "nodeId": node["id"],
+        "name": "x",
+        **over,
+    }
 
 
 def nothing_written(api: Api, node: dict[str, Any]) -> None:
@@ -73,7 +80,9 @@ def test_credentials(api: Api) -> None:
         ({"variables": "{not json"}, "variables"),
     ],
 )
-def test_deploy_refuses_bad_fields(api: Api, node: dict[str, Any], override: dict[str, Any], field: str) -> None:
+def test_deploy_refuses_bad_fields(
+    api: Api, node: dict[str, Any], override: dict[str, Any], field: str
+) -> None:
     r = api.post("/api/instances/deploy", good_deploy(node, **override))
     assert r.status == 400, r.body
     assert r.body["field"] == field and r.body["error"].startswith(field)
@@ -107,10 +116,20 @@ def test_a_taken_port_is_409_and_the_first_claim_stays(api: Api, node: dict[str,
     assert api.delete("/api/instance/delete", {"id": first.body["id"]}).body["state"] == "releasing"
 
 
-def test_deploy_without_ports_claims_the_first_free_allocation(api: Api, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_deploy_without_ports_claims_the_first_free_allocation(
+    api: Api, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     other = create_node(api, port_block(2), name="no-ports-node")
-    r = api.post("/api/instances/deploy", {"image": "moorage-test/busybox:latest", "memory": "32", "cpu": "10",
-                                           "nodeId": other["id"], "name": "auto"})
+    r = api.post(
+        "/api/instances/deploy",
+        {
+            "image": "moorage-test/busybox:latest",
+            "memory": "32",
+            "cpu": "10",
+            "nodeId": other["id"],
+            "name": "auto",
+        },
+    )
     assert r.status == 201
     assert r.body["Ports"] == [other["allocationList"][0]["port"]]
     assert r.body["allocations"][0]["primary"] is True
@@ -150,8 +169,16 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
 )
 def test_node_create_refuses_bad_fields(api: Api, override: dict[str, Any], field: str) -> None:
     before = len(api.get("/api/nodes").body)
-    body = {"name": "n", "tags": "", "ram": 1024, "disk": 1024, "processor": 1, "address": "127.0.0.1", "port": 8080,
-            **override}
+    body = {
+        "name": "n",
+        "tags": "",
+        "ram": 1024,
+        "disk": 1024,
+        "processor": 1,
+        "address": "127.0.0.1",
+        "port": 8080,
+        **override,
+    }
     r = api.post("/api/nodes/create", body)
     assert r.status == 400, r.body
     assert r.body["field"] == field
@@ -163,7 +190,11 @@ def test_node_create_answers_with_a_one_time_token_and_command(api: Api) -> None
     node = create_node(api, ports, name="fresh", tags=["eu", "ssd"])
     assert node["joinToken"].startswith("MOORAGE1::")
     assert node["joinToken"] in node["agentCommand"] and "--coordinator 127.0.0.1:" in node["agentCommand"]
-    assert node["status"] == "awaiting_enrollment" and node["isOnline"] is False and node["tags"] == ["eu", "ssd"]
+    assert (
+        node["status"] == "awaiting_enrollment"
+        and node["isOnline"] is False
+        and node["tags"] == ["eu", "ssd"]
+    )
     assert [a["port"] for a in node["allocationList"]] == ports
     listed = node_view(api, node["id"])
     assert "joinToken" not in listed and listed["allocations"] == {"total": 3, "assigned": 0, "free": 3}

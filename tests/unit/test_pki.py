@@ -1,0 +1,53 @@
+"""The coordinator CA and the agent side of enrollment, without a network."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from agent.identity import EnrollmentRefused, JoinToken, ca_sha256, new_key_and_csr
+from coordinator import secrets
+from coordinator.pki import CertificateAuthority, CertificateRequestError, node_id_from_certificate
+
+
+def test_ca_is_created_once_with_a_private_key_file(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    assert (tmp_path / "ca.key").stat().st_mode & 0o777 == 0o600
+    again = CertificateAuthority.load_or_create(tmp_path)
+    assert again.sha256 == ca.sha256 == ca_sha256(ca.cert_pem)
+
+
+def test_node_certificates_carry_our_subject_not_the_agents(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    _, csr = new_key_and_csr()
+    issued = ca.sign_node(csr, "node-42", dt.timedelta(days=30))
+    assert node_id_from_certificate(issued.pem) == ("node-42", issued.serial)
+    cert = x509.load_pem_x509_certificate(issued.pem)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(days=30) <= lifetime <= dt.timedelta(days=30, minutes=6)
+    cert.verify_directly_issued_by(ca.cert)
+
+
+def test_a_garbage_csr_is_refused(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    with pytest.raises(CertificateRequestError):
+        ca.sign_node(b"not a csr", "n", dt.timedelta(days=1))
+
+
+def test_join_tokens_pin_the_ca_and_parse_back() -> None:
+    token_id, secret, token = secrets.new_join_token("ab" * 32)
+    parsed = JoinToken.parse(token)
+    assert (parsed.ca_sha256, parsed.token_id, parsed.secret) == ("ab" * 32, token_id, secret)
+    assert len(secret) >= 43  # 32 random bytes
+    for bad in ("", "MOORAGE1::short::a.b", f"MOORAGE2::{'ab' * 32}::a.b", f"MOORAGE1::{'ab' * 32}::nodot"):
+        with pytest.raises(EnrollmentRefused):
+            JoinToken.parse(bad)
+
+
+def test_api_keys_are_prefixed_random_and_stored_as_digests() -> None:
+    a, b = secrets.new_api_key(), secrets.new_api_key()
+    assert a != b and a.startswith("mrg_") and len(a) >= 4 + 43
+    assert secrets.digest(a) != a and len(secrets.digest(a)) == 64

@@ -1,0 +1,100 @@
+"""The agent's reconcile plan, as examples and as properties over arbitrary desired/actual sets."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.reconcile import Act, Desired, plan
+from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus
+
+
+def spec(iid: str) -> ContainerSpec:
+    return ContainerSpec(
+        instance_id=iid, node_id="n", name=iid, image="img", env={}, memory_mib=64, cpu_percent=0
+    )
+
+
+def info(iid: str, status: ContainerStatus) -> ContainerInfo:
+    return ContainerInfo(
+        container_id=f"c-{iid}",
+        instance_id=iid,
+        node_id="n",
+        name=iid,
+        image="img",
+        status=status,
+        exit_code=0,
+        oom_killed=False,
+        pid=1 if status is ContainerStatus.RUNNING else 0,
+        started_at=0.0,
+        restart_count=0,
+        health="",
+        labels={},
+    )
+
+
+def test_examples() -> None:
+    desired = {"a": Desired(spec("a"), True), "b": Desired(spec("b"), True), "c": Desired(spec("c"), False)}
+    actual = {
+        "b": info("b", ContainerStatus.EXITED),
+        "c": info("c", ContainerStatus.RUNNING),
+        "d": info("d", ContainerStatus.RUNNING),
+        "e": info("e", ContainerStatus.RUNNING),
+    }
+    acts = {
+        a.instance_id: a.act for a in plan(desired, {"e", "f"}, actual, {"d": 0.0}, now=10.0, grace_s=5.0)
+    }
+    assert acts == {
+        "a": Act.DEPLOY,
+        "b": Act.START,
+        "c": Act.STOP,
+        "d": Act.REMOVE_UNKNOWN,
+        "e": Act.REMOVE,
+        "f": Act.REPORT_REMOVED,
+    }
+
+
+def test_unknown_containers_wait_out_their_grace() -> None:
+    actual = {"d": info("d", ContainerStatus.RUNNING)}
+    assert plan({}, set(), actual, {"d": 8.0}, now=10.0, grace_s=5.0) == []
+    assert plan({}, set(), actual, {}, now=10.0, grace_s=5.0) == []  # first seen now
+
+
+def test_running_as_wanted_is_adopted_not_touched() -> None:
+    acts = plan(
+        {"a": Desired(spec("a"), True)}, set(), {"a": info("a", ContainerStatus.RUNNING)}, {}, 0.0, 0.0
+    )
+    assert [(a.act, a.container_id) for a in acts] == [(Act.ADOPT, "c-a")]
+
+
+ids = st.sampled_from([f"i{n}" for n in range(8)])
+statuses = st.sampled_from(list(ContainerStatus))
+
+
+@given(
+    desired=st.dictionaries(ids, st.booleans()),
+    remove=st.sets(ids),
+    actual=st.dictionaries(ids, statuses),
+    grace=st.floats(0, 10),
+)
+def test_properties(
+    desired: dict[str, bool], remove: set[str], actual: dict[str, ContainerStatus], grace: float
+) -> None:
+    want = {i: Desired(spec(i), r) for i, r in desired.items()}
+    have = {i: info(i, s) for i, s in actual.items()}
+    actions = plan(want, remove, have, {i: 0.0 for i in have}, now=5.0, grace_s=grace)
+    by_id = {a.instance_id: a for a in actions}
+    assert len(by_id) == len(actions), "at most one action per instance"
+    for iid in remove:
+        assert by_id[iid].act is (Act.REMOVE if iid in have else Act.REPORT_REMOVED)
+    for iid in set(want) - remove:
+        act = by_id[iid].act
+        if iid not in have:
+            assert act is Act.DEPLOY
+        else:
+            assert act in (Act.START, Act.STOP, Act.ADOPT)
+            assert by_id[iid].container_id == f"c-{iid}"
+    for iid in set(have) - set(want) - remove:
+        assert (iid in by_id) == (grace <= 5.0)
+    # Nothing is ever done to an instance that is neither wanted, released nor present.
+    assert set(by_id) <= set(want) | remove | set(have)
