@@ -124,7 +124,12 @@ class NodeService:
             await nodes_store.insert_node(conn, node)
             await nodes_store.insert_allocations(conn, node.id, rows)
             await nodes_store.replace_join_token(
-                conn, node_id=node.id, token_id=token_id, digest=secrets.digest(secret), now=now, expires_at=expires
+                conn,
+                node_id=node.id,
+                token_id=token_id,
+                digest=secrets.digest(secret),
+                now=now,
+                expires_at=expires,
             )
         allocations = [Allocation(id=a, node_id=node.id, bind_address=b, port=p) for a, b, p in rows]
         return CreatedNode(
