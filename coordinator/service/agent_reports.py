@@ -121,14 +121,25 @@ class AgentReports:
     # ------------------------------------------------------------ steady state
 
     async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
+        """Memory only, except where a heartbeat changes an instance's state (rare): a container confirmed
+        running for the first time, or one we believed running that is not (it died while we were away)."""
         fleet = self.core.fleet
-        fleet.record_heartbeat(
-            node_id, host_metrics(hb.host) if hb.HasField("host") else {}, list(hb.instances)
-        )
+        host = host_metrics(hb.host) if hb.HasField("host") else {}
+        fleet.record_heartbeat(node_id, host, list(hb.instances))
         for status in hb.instances:
-            running = status.state == pb.CONTAINER_STATE_RUNNING and status.health in ("", "healthy")
-            if running and status.instance_id not in fleet.confirmed_running:
-                await self._confirm_running(status)
+            running = status.state == pb.CONTAINER_STATE_RUNNING
+            if running and status.health in ("", "healthy"):
+                if status.instance_id not in fleet.confirmed_running:
+                    await self._confirm_running(status)
+            elif not running and status.instance_id in fleet.confirmed_running:
+                fleet.confirmed_running.discard(status.instance_id)
+                state = pb.ContainerState.Name(status.state).removeprefix("CONTAINER_STATE_").lower()
+                reason = (
+                    "the container was OOM-killed"
+                    if status.oom_killed
+                    else (f"the container is {state} (exit code {status.exit_code})")
+                )
+                await self._transition(status.instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
 
     async def _confirm_running(self, status: pb.InstanceStatus) -> None:
         now = self.core.clock()
@@ -159,10 +170,9 @@ class AgentReports:
         elif kind == pb.EVENT_KIND_CREATED:
             await self._transition(iid, S.CREATED, {S.PENDING, S.PROVISIONING}, container_id=ev.container_id)
         elif kind == pb.EVENT_KIND_STARTED:
-            if await self._transition(
-                iid, S.STARTING, PRE_START | {S.STOPPED, S.UNHEALTHY, S.RUNNING}, container_id=ev.container_id
-            ):
-                self.core.fleet.confirmed_running.discard(iid)
+            # Not from running or unhealthy: a re-adopted container must not flap through "starting"; the
+            # next heartbeat that shows it running confirms it from there.
+            await self._transition(iid, S.STARTING, PRE_START | {S.STOPPED}, container_id=ev.container_id)
         elif kind == pb.EVENT_KIND_FAILED:
             await self._fail(iid, ev.message or "the agent could not provision the instance")
         elif kind in (pb.EVENT_KIND_EXITED, pb.EVENT_KIND_OOM_KILLED):

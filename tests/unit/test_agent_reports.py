@@ -1,0 +1,136 @@
+"""How agent reports move instances through the lifecycle (real SQLite store, no network)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.catalog import Catalog
+from coordinator.config import CoordinatorConfig
+from coordinator.fleet import Fleet
+from coordinator.model import InstanceState
+from coordinator.pki import CertificateAuthority
+from coordinator.service.agent_reports import AgentReports
+from coordinator.service.core import Core
+from coordinator.store import instances as instances_store
+from coordinator.store import nodes as nodes_store
+from coordinator.store import users as users_store
+from coordinator.store.engine import Store
+from protos import moorage_pb2 as pb
+from tests.unit.factories import make_instance, make_node
+
+S = InstanceState
+
+
+@pytest.fixture
+async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
+    config = CoordinatorConfig(data_dir=tmp_path)
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    await store.migrate()
+    async with store.write() as conn:
+        org = await users_store.create_organization(conn, "o", 0.0)
+        await users_store.create_user(
+            conn,
+            user_id="u",
+            username="u",
+            email="u@x",
+            password_hash=None,
+            admin=False,
+            organization_id=org,
+            now=0,
+        )
+        await nodes_store.insert_node(conn, make_node("n1"))
+        await nodes_store.insert_allocations(conn, "n1", [("a1", "0.0.0.0", 30000)])
+    core = Core(
+        config, store, Fleet(config.fleet), Catalog([]), CertificateAuthority.load_or_create(tmp_path)
+    )
+    try:
+        yield AgentReports(core)
+    finally:
+        await store.close()
+
+
+async def put(reports: AgentReports, state: InstanceState, iid: str = "i1") -> None:
+    async with reports.core.store.write() as conn:
+        await instances_store.insert_instance(conn, make_instance(iid, node_id="n1", state=state))
+        await instances_store.claim_allocations(conn, iid, ["a1"], "a1")
+
+
+async def state_of(reports: AgentReports, iid: str = "i1") -> tuple[InstanceState, str | None, int]:
+    async with reports.core.store.read() as conn:
+        inst = await instances_store.get_instance(conn, iid)
+    assert inst is not None
+    return inst.state, inst.error, len(inst.allocations)
+
+
+def running(iid: str = "i1") -> pb.Heartbeat:
+    return pb.Heartbeat(
+        instances=[pb.InstanceStatus(instance_id=iid, container_id="c", state=pb.CONTAINER_STATE_RUNNING)]
+    )
+
+
+async def test_the_lifecycle_of_a_deploy(reports: AgentReports) -> None:
+    await put(reports, S.PENDING)
+    for kind, expected in [
+        (pb.EVENT_KIND_ACCEPTED, S.PROVISIONING),
+        (pb.EVENT_KIND_CREATED, S.CREATED),
+        (pb.EVENT_KIND_STARTED, S.STARTING),
+    ]:
+        await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=kind, container_id="c"))
+        assert (await state_of(reports))[0] is expected
+    await reports.heartbeat("n1", running())
+    assert (await state_of(reports))[0] is S.RUNNING
+
+
+async def test_a_readopted_running_container_does_not_flap(reports: AgentReports) -> None:
+    await put(reports, S.RUNNING)
+    await reports.event(
+        "n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_STARTED, container_id="c")
+    )
+    assert (await state_of(reports))[0] is S.RUNNING
+
+
+async def test_late_reports_never_move_an_instance_backwards(reports: AgentReports) -> None:
+    await put(reports, S.RUNNING)
+    for kind in (pb.EVENT_KIND_ACCEPTED, pb.EVENT_KIND_CREATED, pb.EVENT_KIND_FAILED):
+        await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=kind, message="late"))
+        assert (await state_of(reports))[0] is S.RUNNING
+
+
+async def test_a_failed_provisioning_frees_the_ports(reports: AgentReports) -> None:
+    await put(reports, S.PROVISIONING)
+    await reports.event(
+        "n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message="no such image")
+    )
+    assert await state_of(reports) == (S.ERROR, "no such image", 0)
+
+
+async def test_a_container_that_died_unseen_is_unhealthy_on_the_next_heartbeat(reports: AgentReports) -> None:
+    await put(reports, S.STARTING)
+    await reports.heartbeat("n1", running())
+    assert (await state_of(reports))[0] is S.RUNNING
+    dead = pb.InstanceStatus(
+        instance_id="i1", container_id="c", state=pb.CONTAINER_STATE_EXITED, exit_code=137
+    )
+    await reports.heartbeat("n1", pb.Heartbeat(instances=[dead]))
+    assert await state_of(reports) == (S.UNHEALTHY, "the container is exited (exit code 137)", 1)
+    await reports.heartbeat("n1", running())
+    assert (await state_of(reports))[:2] == (S.RUNNING, None)
+
+
+async def test_removal_releases_and_frees(reports: AgentReports) -> None:
+    await put(reports, S.RELEASING)
+    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
+    assert await state_of(reports) == (S.RELEASED, None, 0)
+
+
+async def test_hello_answers_with_the_desired_set_and_releases_what_is_gone(reports: AgentReports) -> None:
+    await put(reports, S.RUNNING, "keep")
+    async with reports.core.store.write() as conn:
+        await instances_store.insert_instance(conn, make_instance("gone", node_id="n1", state=S.RELEASING))
+    welcome = await reports.hello("n1", pb.Hello())
+    assert [s.instance_id for s in welcome.desired] == ["keep"] and list(welcome.remove) == ["gone"]
+    assert welcome.desired[0].env["SERVER_PORT"] == "30000"
+    assert (await state_of(reports, "gone"))[0] is S.RELEASED
