@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from common.logging import get
+
+log = get("coordinator.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _WRITE = "moorage_write"
 
@@ -87,7 +92,13 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _upgrade(connection: Connection) -> None:
+    # Alembic narrates every step on INFO in plain text; our own log line (JSON) says what changed.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(alembic_config(connection), "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    if before != after:
+        log.info("database migrated", from_revision=before, to_revision=after)
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, synchronous: str) -> None:

@@ -207,3 +207,33 @@ def test_agent_stopped_node_goes_offline_then_coordinator_restart_keeps_everythi
     back = wait_state(api, iid, "running", timeout=20)
     # Re-adopted, not re-created.
     assert back["ContainerId"] == before["ContainerId"]
+
+
+def test_a_node_that_may_not_pull_refuses_absent_images_up_front(fleet: Fleet) -> None:
+    api = fleet.api
+    ports = port_block(2)
+    node = create_node(api, ports, name="no-pull")
+    agent = AgentProcess(
+        fleet.tmp / "agent-no-pull", fleet.coordinator, node["joinToken"], pull_policy="never"
+    )
+    agent.start()
+    try:
+        wait_for(lambda: node_view(api, node["id"])["isOnline"], 20, "the no-pull node to come online")
+        body = {
+            "image": "moorage-test/absent:1",
+            "memory": 64,
+            "cpu": 50,
+            "ports": [ports[0]],
+            "nodeId": node["id"],
+            "name": "nope",
+        }
+        r = api.post("/api/instances/deploy", body)
+        assert r.status == 400 and r.body["field"] == "image" and "may not pull" in r.body["error"]
+        assert node_view(api, node["id"])["allocations"]["assigned"] == 0
+        r = api.post("/api/instances/deploy", {**body, "image": TEST_IMAGE, "name": "yes"})
+        assert r.status == 201
+        wait_state(api, r.body["id"], "running")
+        assert api.delete("/api/instance/delete", {"id": r.body["id"]}).body["state"] == "released"
+    finally:
+        agent.stop()
+        leave_no_containers(node["id"])
