@@ -51,9 +51,14 @@ class Catalog:
 
     @classmethod
     def load(cls, path: Path | None) -> Catalog:
-        if path is None or not path.exists():
+        if path is None:
             return cls([])
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise CatalogError(f"image catalog {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise CatalogError(f"image catalog {path} is not valid YAML: {exc}") from exc
         try:
             return cls([CatalogImage.model_validate(i) for i in data.get("images", [])])
         except ValidationError as exc:

@@ -14,9 +14,9 @@ def instance_spec(inst: Instance) -> pb.InstanceSpec:
     primary = inst.primary
     env = dict(inst.env)
     if primary is not None:
-        # Every instance learns where it is reachable, whatever image it runs.
-        env.setdefault("SERVER_PORT", str(primary.port))
-        env.setdefault("SERVER_IP", primary.bind_address)
+        # Every instance learns where it is reachable; the allocation wins over any variable of that name.
+        env["SERVER_PORT"] = str(primary.port)
+        env["SERVER_IP"] = primary.bind_address
     return pb.InstanceSpec(
         instance_id=inst.id,
         name=inst.name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 
 def split_host_port(value: str, field: str) -> tuple[str, int]:
@@ -21,8 +21,6 @@ class _Section(BaseModel):
 
 class HttpOptions(_Section):
     listen: str = "127.0.0.1:8080"
-    #: Base URL panels use to reach the API; shown in logs and by `make run`. Derived from listen when empty.
-    public_url: str = ""
 
     @field_validator("listen")
     @classmethod
@@ -84,14 +82,17 @@ class CoordinatorConfig(_Section):
     fleet: FleetOptions = Field(default_factory=FleetOptions)
     enrollment: EnrollmentOptions = Field(default_factory=EnrollmentOptions)
     catalog: CatalogOptions = Field(default_factory=CatalogOptions)
-    #: The config file this was read from (set by the loader, used to resolve relative paths).
-    source: Path | None = None
+    #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
+    _source: Path | None = PrivateAttr(None)
+
+    def set_source(self, path: Path) -> None:
+        self._source = path
 
     def resolve(self, path: str) -> Path:
         p = Path(path)
-        if p.is_absolute() or self.source is None:
+        if p.is_absolute() or self._source is None:
             return p
-        return self.source.parent / p
+        return self._source.parent / p
 
     @property
     def enroll_listen(self) -> str:

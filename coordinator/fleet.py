@@ -127,8 +127,12 @@ class Fleet:
         if not node.enrolled:
             return NodeStatus.AWAITING_ENROLLMENT
         live = self.live.get(node.id)
-        last = live.last_heartbeat if live and live.last_heartbeat else node.last_checked
-        return self.judge(last)
+        if live is not None and live.last_heartbeat is not None:
+            return self.judge(live.last_heartbeat)
+        # No heartbeat reached this process yet (it just restarted): the stored time may say abnormal or
+        # offline, but never ready, or a node whose agent is down would show online for a grace period.
+        status = self.judge(node.last_checked)
+        return NodeStatus.AWAITING_HEARTBEAT if status is NodeStatus.READY else status
 
     def judge(self, last_heartbeat: float | None) -> NodeStatus:
         if last_heartbeat is None:

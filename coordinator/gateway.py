@@ -147,7 +147,16 @@ async def start_server(core: Core, gateway: Gateway) -> tuple[grpc.aio.Server, i
         ]
     )
     pb_grpc.add_CoordinatorServicer_to_server(gateway, server)
-    session_port = server.add_secure_port(core.config.grpc.listen, server_credentials(core, mutual=True))
-    enroll_port = server.add_secure_port(core.config.enroll_listen, server_credentials(core, mutual=False))
+    try:
+        session_port = server.add_secure_port(core.config.grpc.listen, server_credentials(core, mutual=True))
+        enroll_port = server.add_secure_port(
+            core.config.enroll_listen, server_credentials(core, mutual=False)
+        )
+    except RuntimeError as exc:
+        await server.stop(None)
+        raise RuntimeError(
+            f"cannot listen on {core.config.grpc.listen} (grpc.listen) or {core.config.enroll_listen} "
+            f"(grpc.enroll_listen): the address is taken or invalid"
+        ) from exc
     await server.start()
     return server, session_port, enroll_port

@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+import grpc
 from aiohttp import web
 
 from common import systemd
@@ -70,7 +71,7 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
     }
     config = load(CoordinatorConfig, args.config, env_map=ENV, flags=flags)
     if args.config:
-        config.source = Path(args.config).resolve()
+        config.set_source(Path(args.config).resolve())
     return config
 
 
@@ -87,6 +88,10 @@ async def flush_heartbeats(core: Core) -> None:
                 log.exception("writing heartbeats failed", nodes=len(batch))
 
 
+class StartupError(Exception):
+    """The coordinator cannot start (a port taken, a database unreachable); the message says which."""
+
+
 class Coordinator:
     """The assembled daemon; tests and `make run` start it in-process through the same object."""
 
@@ -95,15 +100,25 @@ class Coordinator:
         self.tasks: list[asyncio.Task[None]] = []
         self.http_port = 0
         self.admin_key: str | None = None
+        self.core: Core | None = None
+        self.grpc_server: grpc.aio.Server | None = None
+        self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
+        """Start everything, or stop what was started and raise StartupError."""
+        try:
+            await self._start()
+        except (OSError, RuntimeError, StartupError) as exc:
+            await self.stop()
+            raise exc if isinstance(exc, StartupError) else StartupError(str(exc)) from exc
+
+    async def _start(self) -> None:
         cfg = self.config
+        catalog = Catalog.load(cfg.resolve(cfg.catalog.images) if cfg.catalog.images else None)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         store = Store.open(
             cfg.storage.database or sqlite_url(cfg.data_dir), synchronous=cfg.storage.sqlite_synchronous
         )
-        await store.migrate()
-        catalog = Catalog.load(cfg.resolve(cfg.catalog.images) if cfg.catalog.images else None)
         self.core = core = Core(
             config=cfg,
             store=store,
@@ -111,6 +126,7 @@ class Coordinator:
             catalog=catalog,
             ca=CertificateAuthority.load_or_create(cfg.data_dir),
         )
+        await store.migrate()
         self.admin_key = await ensure_admin(core, cfg.admin_key or None)
         nodes = NodeService(core)
         reports = AgentReports(core)
@@ -122,7 +138,10 @@ class Coordinator:
         await self.runner.setup()
         host, port = split_host_port(cfg.http.listen, "http.listen")
         site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.http.listen} (http.listen): {exc.strerror}") from exc
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else port
@@ -141,19 +160,27 @@ class Coordinator:
         log.info("coordinator ready", version=__version__, database=store.engine.dialect.name, **endpoints)
 
     async def stop(self) -> None:
+        """Stop whatever was started (also after a failed start)."""
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.grpc_server.stop(grace=2)
-        await self.runner.cleanup()
-        # A last flush so lastChecked survives a clean restart.
-        batch = self.core.fleet.take_dirty()
-        if batch:
-            async with self.core.store.write() as conn:
-                await nodes_store.write_heartbeats(conn, batch)
-        await self.core.store.close()
+        # Drop the references once stopped: a grpc.aio server still referenced when the loop closes (as
+        # from the traceback of a failed start) tries to shut down again on a closed loop.
+        if self.grpc_server is not None:
+            server, self.grpc_server = self.grpc_server, None
+            await server.stop(grace=2)
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()
+        if self.core is not None:
+            # A last flush so lastChecked survives a clean restart.
+            batch = self.core.fleet.take_dirty()
+            if batch:
+                async with self.core.store.write() as conn:
+                    await nodes_store.write_heartbeats(conn, batch)
+            await self.core.store.close()
 
 
 async def serve(config: CoordinatorConfig) -> None:
@@ -187,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     except CatalogError as exc:
         print(f"moorage-coordinator: {exc}", file=sys.stderr)
         raise SystemExit(78) from exc
+    except StartupError as exc:
+        log.error("coordinator cannot start", reason=str(exc))
+        print(f"moorage-coordinator: {exc}", file=sys.stderr)
+        raise SystemExit(1) from exc
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def test_judge_follows_the_heartbeat_age() -> None:
     assert f.judge(clock.now - 3.1) is NodeStatus.HEARTBEAT_ABNORMAL
     assert f.judge(clock.now - 10.1) is NodeStatus.OFFLINE
     assert f.status_of(make_node("n", enrolled=False)) is NodeStatus.AWAITING_ENROLLMENT
-    assert f.status_of(make_node("n", last_checked=clock.now - 1)) is NodeStatus.READY  # from the stored row
+    # After a restart, a stored heartbeat alone never makes a node ready; an old one still says offline.
+    assert f.status_of(make_node("n", last_checked=clock.now - 1)) is NodeStatus.AWAITING_HEARTBEAT
+    assert f.status_of(make_node("n", last_checked=clock.now - 60)) is NodeStatus.OFFLINE
 
 
 async def test_monitor_reports_each_transition_once() -> None:
