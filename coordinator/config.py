@@ -61,8 +61,18 @@ class FleetOptions(_Section):
 
 
 class EnrollmentOptions(_Section):
-    join_token_ttl_s: int = Field(86_400, ge=60)
-    certificate_lifetime_days: int = Field(30, ge=1)
+    #: How long a node's join token may be used.
+    join_token_ttl_s: int = Field(86_400, ge=1)
+    #: Lifetime of a node's client certificate; agents renew at two thirds of it.
+    certificate_lifetime_s: int = Field(30 * 86_400, ge=2)
+
+
+class AuthOptions(_Section):
+    #: Lifetime of a JWT from POST /api/auth/login.
+    jwt_ttl_s: int = Field(12 * 3600, ge=60)
+    #: Failed authentications allowed per client address in the window; the next is answered 429.
+    failed_attempts: int = Field(10, ge=1)
+    failed_window_s: float = Field(60.0, gt=0)
 
 
 class CatalogOptions(_Section):
@@ -81,6 +91,7 @@ class CoordinatorConfig(_Section):
     storage: StorageOptions = Field(default_factory=StorageOptions)
     fleet: FleetOptions = Field(default_factory=FleetOptions)
     enrollment: EnrollmentOptions = Field(default_factory=EnrollmentOptions)
+    auth: AuthOptions = Field(default_factory=AuthOptions)
     catalog: CatalogOptions = Field(default_factory=CatalogOptions)
     #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
     _source: Path | None = PrivateAttr(None)

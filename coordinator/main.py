@@ -24,9 +24,11 @@ from coordinator.api.auth import Authenticator
 from coordinator.api.services import Services
 from coordinator.catalog import Catalog, CatalogError
 from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.credentials import JwtSigner
 from coordinator.fleet import Fleet
 from coordinator.gateway import Gateway, start_server
 from coordinator.pki import CertificateAuthority
+from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin
 from coordinator.service.core import Core
@@ -75,17 +77,18 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
     return config
 
 
-async def flush_heartbeats(core: Core) -> None:
-    """The batch writer: dirty nodes' lastChecked and metrics in one transaction per period."""
+async def flush_batches(core: Core, access: AccessService) -> None:
+    """The batch writer: dirty nodes' lastChecked and metrics, and API keys' last use, once per period."""
     while True:
         await asyncio.sleep(core.config.fleet.batch_period_s)
         batch = core.fleet.take_dirty()
-        if batch:
-            try:
+        try:
+            if batch:
                 async with core.store.write() as conn:
                     await nodes_store.write_heartbeats(conn, batch)
-            except Exception:
-                log.exception("writing heartbeats failed", nodes=len(batch))
+            await access.flush_key_uses()
+        except Exception:
+            log.exception("a batch write failed", nodes=len(batch))
 
 
 class StartupError(Exception):
@@ -128,12 +131,20 @@ class Coordinator:
         )
         await store.migrate()
         self.admin_key = await ensure_admin(core, cfg.admin_key or None)
-        nodes = NodeService(core)
+        instances = InstanceService(core)
+        nodes = NodeService(core, instances)
         reports = AgentReports(core)
         self.grpc_server, core.session_port, core.enroll_port = await start_server(
             core, Gateway(core, nodes, reports)
         )
-        services = Services(core=core, auth=Authenticator(core), nodes=nodes, instances=InstanceService(core))
+        access = AccessService(
+            core,
+            JwtSigner.load_or_create(cfg.data_dir, cfg.auth.jwt_ttl_s),
+            FailureLimiter(cfg.auth.failed_attempts, cfg.auth.failed_window_s),
+        )
+        services = Services(
+            core=core, auth=Authenticator(access), access=access, nodes=nodes, instances=instances
+        )
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()
         host, port = split_host_port(cfg.http.listen, "http.listen")
@@ -147,7 +158,7 @@ class Coordinator:
         self.http_port = sockets[0].getsockname()[1] if sockets else port
         self.tasks = [
             asyncio.create_task(core.fleet.run_monitor(), name="fleet-monitor"),
-            asyncio.create_task(flush_heartbeats(core), name="heartbeat-writer"),
+            asyncio.create_task(flush_batches(core, access), name="batch-writer"),
             asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
         ]
         endpoints = {

@@ -11,13 +11,13 @@ from aiohttp import web
 
 from common.logging import get
 from coordinator import __version__
-from coordinator.api import openapi, panel, system
-from coordinator.api.routing import Route, Router, render_error
+from coordinator.api import accounts, nodes, openapi, panel, system
+from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
 
 log = get("coordinator.http")
 
-ROUTERS: list[Router] = [system.router, panel.router]
+ROUTERS: list[Router] = [system.router, accounts.router, nodes.router, panel.router]
 
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -26,6 +26,7 @@ HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 async def errors_as_json(request: web.Request, handler: HandlerT) -> web.StreamResponse:
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except web.HTTPException as exc:

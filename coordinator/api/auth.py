@@ -1,18 +1,18 @@
-"""Who is calling: an API key in ``x-api-key`` or ``Authorization: Bearer``. Messages are the panel
-document's own ("API key is required", "API Key Invalid") so Skyport clients show what they expect."""
+"""Credentials on the wire: ``x-api-key: KEY``, ``Authorization: Bearer KEY`` or ``Authorization: Bearer
+JWT``. What they mean is the access service's business; this module only reads headers. Messages are the
+panel document's own ("API key is required", "API Key Invalid") so Skyport clients show what they expect."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from coordinator import secrets
-from coordinator.service.core import Core
-from coordinator.service.errors import Unauthorized
-from coordinator.store import users as users_store
+from coordinator.service.access import AccessService
 from coordinator.store.users import Principal
 
+KEY_ID: web.RequestKey[str | None] = web.RequestKey("key_id", str)
 
-def presented_key(request: web.Request) -> str | None:
+
+def presented_credential(request: web.Request) -> str | None:
     key = request.headers.get("x-api-key")
     if key:
         return key.strip()
@@ -22,16 +22,17 @@ def presented_key(request: web.Request) -> str | None:
     return None
 
 
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
 class Authenticator:
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self, access: AccessService) -> None:
+        self.access = access
 
     async def authenticate(self, request: web.Request) -> Principal:
-        key = presented_key(request)
-        if key is None:
-            raise Unauthorized("API key is required")
-        async with self.core.store.read() as conn:
-            found = await users_store.principal_for_key_digest(conn, secrets.digest(key))
-        if found is None:
-            raise Unauthorized("API Key Invalid")
-        return found[1]
+        principal, key_id = await self.access.authenticate(
+            presented_credential(request), client_address(request)
+        )
+        request[KEY_ID] = key_id
+        return principal

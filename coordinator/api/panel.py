@@ -1,5 +1,6 @@
 """The panel dialect (seed 001, Skyport): paths, methods, fields and status codes as the document has
-them. Thin: validate, call a use case, render."""
+them, including its odd success codes (201 for getUser and the deletes). Thin: validate, call a use case,
+render."""
 
 from __future__ import annotations
 
@@ -10,15 +11,65 @@ from coordinator.api.panel_models import (
     InstanceOut,
     NodeCreate,
     NodeCreated,
+    NodeDelete,
+    NodeDeleted,
     NodeOut,
+    UserCreate,
+    UserCreated,
+    UserLookup,
+    UserOut,
     iso,
 )
 from coordinator.api.routing import Call, Router
+from coordinator.service.access import NewUser
 from coordinator.service.instances import DeployOrder
 from coordinator.service.nodes import NodeOrder, parse_port_ranges
 
-# The document answers 400 for "instance not found" on its body-addressed routes.
-router = Router("panel", status_map={404: 400})
+router = Router("panel")
+# The document answers 400 for an instance or node it cannot find on its body-addressed routes.
+NOT_FOUND_IS_400 = {404: 400}
+
+# ---------------------------------------------------------------- users
+
+
+@router.route("GET", "/api/users", response=list[UserOut])
+async def list_users(call: Call) -> list[UserOut]:
+    """Users the caller may see (an admin: all; others: their organization's). Never a password hash."""
+    return [UserOut.of(u) for u in await call.services.access.list_users(call.caller)]
+
+
+@router.route(
+    "POST",
+    "/api/getUser",
+    body=UserLookup,
+    response=UserOut,
+    status=201,
+    errors={400: "Missing or invalid parameters", 404: "User not found"},
+)
+async def get_user(call: Call, body: UserLookup) -> UserOut:
+    """Find a user by email or username."""
+    return UserOut.of(await call.services.access.find_user(call.caller, body.type, body.value))
+
+
+@router.route(
+    "POST",
+    "/api/auth/create-user",
+    body=UserCreate,
+    response=UserCreated,
+    status=201,
+    access="admin",
+    errors={400: "Missing or malformed parameters", 409: "User already exists"},
+)
+async def create_user(call: Call, body: UserCreate) -> UserCreated:
+    """Create a user; the password is stored as an argon2id hash, never as given."""
+    user = await call.services.access.create_user(
+        call.caller,
+        NewUser(body.username, body.email, body.password, body.userId, body.admin, body.organization),
+    )
+    return UserCreated(userId=user.id, username=user.username, email=user.email, admin=user.admin)
+
+
+# ---------------------------------------------------------------- nodes
 
 
 @router.route(
@@ -64,6 +115,25 @@ async def list_nodes(call: Call) -> list[NodeOut]:
 
 
 @router.route(
+    "DELETE",
+    "/api/nodes/delete",
+    body=NodeDelete,
+    response=NodeDeleted,
+    status=201,
+    access="admin",
+    errors={400: "Invalid or missing node ID, or live instances without force"},
+    status_map=NOT_FOUND_IS_400,
+)
+async def delete_node(call: Call, body: NodeDelete) -> NodeDeleted:
+    """Delete a node and void its certificate (its agent's session is closed at once)."""
+    released = await call.services.nodes.delete(call.caller, body.nodeId, force=body.force)
+    return NodeDeleted(message="Node deleted", nodeId=body.nodeId, releasedInstances=released)
+
+
+# ---------------------------------------------------------------- instances
+
+
+@router.route(
     "POST",
     "/api/instances/deploy",
     body=Deploy,
@@ -93,6 +163,7 @@ async def deploy(call: Call, body: Deploy) -> InstanceOut:
     body=InstanceId,
     response=InstanceOut,
     errors={400: "Missing instance ID or instance not found"},
+    status_map=NOT_FOUND_IS_400,
 )
 async def get_instance(call: Call, body: InstanceId) -> InstanceOut:
     """One instance with its lifecycle state."""
@@ -112,6 +183,7 @@ async def list_instances(call: Call) -> list[InstanceOut]:
     response=InstanceOut,
     status=201,
     errors={400: "Missing ID or instance not found"},
+    status_map=NOT_FOUND_IS_400,
 )
 async def delete_instance(call: Call, body: InstanceId) -> InstanceOut:
     """Remove the container and free its allocations; the row stays (released) for its history."""

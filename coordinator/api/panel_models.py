@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from coordinator.model import Allocation, Instance, InstanceState, NodeStatus
 from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
+from coordinator.store.users import UserRecord
 
 PANEL_STATE = {
     InstanceState.PENDING: "INSTALLING",
@@ -294,3 +295,60 @@ class InstanceOut(BaseModel):
             deliveredAt=iso(i.delivered_at),
             releasedAt=iso(i.released_at),
         )
+
+
+# ---------------------------------------------------------------- users
+
+
+class UserCreate(Body):
+    username: str = Field(min_length=1, max_length=32)
+    email: str = Field(min_length=3, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+    userId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    admin: bool = False
+    organization: int | None = Field(None, ge=1, description="Put the user in this organization (tenant).")
+
+
+class UserLookup(Body):
+    type: Literal["email", "username"]
+    value: str = Field(min_length=1, max_length=254)
+
+
+class UserOut(BaseModel):
+    """Never a password hash."""
+
+    userId: str
+    username: str
+    email: str
+    admin: bool
+    organizationId: int
+    createdAt: str | None
+
+    @classmethod
+    def of(cls, u: UserRecord) -> UserOut:
+        return cls(
+            userId=u.id,
+            username=u.username,
+            email=u.email,
+            admin=u.admin,
+            organizationId=u.organization_id,
+            createdAt=iso(u.created_at),
+        )
+
+
+class UserCreated(BaseModel):
+    userId: str
+    username: str
+    email: str
+    admin: bool
+
+
+class NodeDelete(Body):
+    nodeId: str = Field(min_length=1)
+    force: bool = Field(False, description="Release the node's live instances first.")
+
+
+class NodeDeleted(BaseModel):
+    message: str
+    nodeId: str
+    releasedInstances: list[str]

@@ -12,8 +12,9 @@ from typing import Any, Literal, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from coordinator.api.auth import KEY_ID, client_address
 from coordinator.api.services import SERVICES, Services
-from coordinator.service.errors import ServiceError
+from coordinator.service.errors import Forbidden, ServiceError
 from coordinator.store.users import Principal
 
 Access = Literal["public", "user", "admin"]
@@ -42,6 +43,10 @@ class ErrorBody(BaseModel):
     field: str | None = None
 
 
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 def render_error(status: int, message: str, field: str | None) -> web.Response:
     body = {"error": message} if field is None else {"error": message, "field": field}
     return web.json_response(body, status=status)
@@ -63,6 +68,7 @@ class Route:
     summary: str
     tag: str
     errors: Mapping[int, str]
+    status_map: Mapping[int, int]
 
 
 @dataclass
@@ -71,8 +77,6 @@ class Router:
 
     tag: str
     render_error: ErrorRenderer = render_error
-    #: Statuses the dialect's document words differently (e.g. the panel answers 400 for unknown ids).
-    status_map: Mapping[int, int] = field(default_factory=dict)
     routes: list[Route] = field(default_factory=list)
 
     def route(
@@ -86,7 +90,11 @@ class Router:
         access: Access = "user",
         summary: str = "",
         errors: Mapping[int, str] | None = None,
+        status_map: Mapping[int, int] | None = None,
     ) -> Callable[[Handler], Handler]:
+        """``status_map`` re-words statuses where the dialect's document does (the panel answers 400 for an
+        instance it cannot find)."""
+
         def register(handler: Handler) -> Handler:
             self.routes.append(
                 Route(
@@ -100,6 +108,7 @@ class Router:
                     summary or (handler.__doc__ or "").strip().split("\n")[0],
                     self.tag,
                     errors or {},
+                    status_map or {},
                 )
             )
             return handler
@@ -110,33 +119,60 @@ class Router:
         for route in self.routes:
             app.router.add_route(route.method, route.path, self._wrap(route))
 
-    def error(self, status: int, message: str, field: str | None) -> web.Response:
-        return self.render_error(self.status_map.get(status, status), message, field)
+    def error(
+        self,
+        status: int,
+        message: str,
+        field: str | None,
+        headers: Mapping[str, str] | None = None,
+        status_map: Mapping[int, int] | None = None,
+    ) -> web.Response:
+        response = self.render_error((status_map or {}).get(status, status), message, field)
+        response.headers.update(headers or {})
+        return response
+
+    @staticmethod
+    def _render(route: Route, adapter: TypeAdapter[Any] | None, result: Any) -> web.StreamResponse:
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None or adapter is None:
+            return web.Response(status=route.status if route.status != 200 else 204)
+        payload = adapter.dump_python(result, mode="json", by_alias=True)
+        return web.json_response(payload, status=route.status, dumps=_dumps)
 
     def _wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         adapter: TypeAdapter[Any] | None = TypeAdapter(route.response) if route.response is not None else None
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             services = request.app[SERVICES]
+            principal = None
             try:
-                principal = None
                 if route.access != "public":
                     principal = await services.auth.authenticate(request)
                     if route.access == "admin" and not principal.admin:
-                        return self.error(403, "this action needs an admin", None)
-                call = Call(request, services, principal)
-                args: list[Any] = [call]
+                        raise Forbidden("this action needs an admin")
+                args: list[Any] = [Call(request, services, principal)]
                 if route.body is not None:
                     args.append(await parse_body(request, route.body))
                 result = await route.handler(*args)
+                response = self._render(route, adapter, result)
             except ServiceError as exc:
-                return self.error(exc.status, exc.message, exc.field)
-            if isinstance(result, web.StreamResponse):
-                return result
-            if result is None or adapter is None:
-                return web.Response(status=route.status if route.status != 200 else 204)
-            payload = adapter.dump_python(result, mode="json", by_alias=True)
-            return web.json_response(payload, status=route.status, dumps=_dumps)
+                response = self.error(exc.status, exc.message, exc.field, exc.headers, route.status_map)
+            if route.method in MUTATING:
+                # Who did what, when, and how it ended; written before the caller hears the outcome.
+                await services.access.audit(
+                    {
+                        "at": services.core.clock(),
+                        "user_id": principal.user_id if principal else None,
+                        "key_id": request.get(KEY_ID),
+                        "client": client_address(request),
+                        "method": route.method,
+                        "path": request.path[:255],
+                        "status": response.status,
+                        "request_id": request.get(REQUEST_ID),
+                    }
+                )
+            return response
 
         endpoint.__name__ = getattr(route.handler, "__name__", "endpoint")
         return endpoint

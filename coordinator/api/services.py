@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from coordinator.api.auth import Authenticator
+from coordinator.service.access import AccessService
 from coordinator.service.core import Core
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
@@ -16,6 +17,7 @@ from coordinator.service.nodes import NodeService
 class Services:
     core: Core
     auth: Authenticator
+    access: AccessService
     nodes: NodeService
     instances: InstanceService
 

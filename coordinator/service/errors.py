@@ -10,6 +10,7 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.headers: dict[str, str] = {}
 
 
 class BadRequest(ServiceError):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.commands import command
-from coordinator.model import Instance, InstanceState
+from coordinator.model import LIVE_STATES, Instance, InstanceState
+from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, Forbidden, NotFound
 from coordinator.store import instances as instances_store
@@ -50,8 +52,9 @@ class InstanceService:
     async def get(self, caller: Principal, instance_id: str, *, field: str = "id") -> Instance:
         async with self.core.store.read() as conn:
             inst = await instances_store.get_instance(conn, instance_id)
-        if inst is None or not _visible(caller, inst):
+        if inst is None:
             raise NotFound(f"instance {instance_id} does not exist", field=field)
+        policy.check_visible(caller, inst.organization_id, f"instance {instance_id}", field=field)
         return inst
 
     async def list_visible(self, caller: Principal, *, owner_id: str | None = None) -> list[Instance]:
@@ -170,39 +173,61 @@ class InstanceService:
         """Release: the container is removed, the allocations freed, the row kept for its history. Waits a
         bounded time for the agent so a panel usually reads the final state in the answer."""
         inst = await self.get(caller, instance_id)
-        if not caller.admin and inst.owner_id != caller.user_id:
-            raise Forbidden("only the owner or an admin may delete this instance", field="id")
-        if inst.state is InstanceState.RELEASED:
-            return inst
+        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="id")
+        await self.release([inst])
+        return await self.get(caller, instance_id)
+
+    async def release(self, found: list[Instance]) -> None:
+        """Mark each releasing (a failed one released at once: nothing of it runs), ask the agents to remove
+        the containers, and wait for their reports a bounded time."""
         now = self.core.clock()
         async with self.core.store.write() as conn:
-            if inst.state is InstanceState.ERROR:
-                # Nothing runs (provisioning failed and freed its ports): release at once.
+            for inst in found:
+                if inst.state is InstanceState.ERROR:
+                    await instances_store.free_instance_allocations(conn, inst.id)
+                    await instances_store.transition(
+                        conn,
+                        inst.id,
+                        InstanceState.RELEASED,
+                        allowed_from={InstanceState.ERROR},
+                        now=now,
+                        released=True,
+                        released_at=now,
+                    )
+                elif inst.state is not InstanceState.RELEASED:
+                    await instances_store.transition(
+                        conn, inst.id, InstanceState.RELEASING, allowed_from=LIVE_STATES, now=now
+                    )
+        waits = []
+        for inst in found:
+            self.core.fleet.confirmed_running.discard(inst.id)
+            if inst.node_id is None or inst.state in (InstanceState.RELEASED, InstanceState.ERROR):
+                continue
+            cmd = command(pb.COMMAND_KIND_REMOVE, inst)
+            if self.core.fleet.dispatch(inst.node_id, cmd):
+                waits.append(
+                    self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
+                )
+        await asyncio.gather(*waits)
+
+    async def release_node(self, node_id: str) -> list[str]:
+        """Release every live instance of a node that is being deleted. Those its agent did not confirm
+        removing (it is offline) are released anyway: once the node is gone nothing can reach them."""
+        async with self.core.store.read() as conn:
+            found = await instances_store.list_instances(conn, node_id=node_id, states=LIVE_STATES)
+        await self.release(found)
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            for inst in found:
                 await instances_store.free_instance_allocations(conn, inst.id)
                 await instances_store.transition(
                     conn,
                     inst.id,
                     InstanceState.RELEASED,
-                    allowed_from={InstanceState.ERROR},
+                    allowed_from={InstanceState.RELEASING},
                     now=now,
                     released=True,
                     released_at=now,
+                    error="released with its node; the agent did not confirm removal",
                 )
-            else:
-                await instances_store.transition(
-                    conn,
-                    inst.id,
-                    InstanceState.RELEASING,
-                    allowed_from=set(InstanceState) - {InstanceState.RELEASED},
-                    now=now,
-                )
-        self.core.fleet.confirmed_running.discard(inst.id)
-        if inst.node_id is not None:
-            cmd = command(pb.COMMAND_KIND_REMOVE, inst)
-            if self.core.fleet.dispatch(inst.node_id, cmd) and inst.state is not InstanceState.ERROR:
-                await self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
-        return await self.get(caller, instance_id)
-
-
-def _visible(caller: Principal, inst: Instance) -> bool:
-    return caller.admin or inst.organization_id == caller.organization_id
+        return [inst.id for inst in found]

@@ -10,13 +10,19 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from common.logging import get
 from coordinator import secrets
-from coordinator.model import Allocation, Node, NodeStatus
+from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus
 from coordinator.pki import CertificateRequestError
+from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, NotFound, Unauthorized
+from coordinator.service.instances import InstanceService
+from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.users import Principal
+
+log = get("coordinator.nodes")
 
 MAX_ALLOCATIONS_PER_CALL = 1000
 
@@ -83,8 +89,9 @@ def parse_port_ranges(value: str, field: str) -> tuple[int, ...]:
 
 
 class NodeService:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, instances: InstanceService) -> None:
         self.core = core
+        self.instances = instances
 
     def _view(self, node: Node, counts: tuple[int, int]) -> NodeView:
         fleet = self.core.fleet
@@ -164,6 +171,26 @@ class NodeService:
         assigned = sum(1 for a in allocations if a.instance_id)
         return self._view(node, (len(allocations), assigned)), allocations
 
+    async def delete(self, caller: Principal, node_id: str, *, force: bool) -> list[str]:
+        """Delete a node: refused while it holds live instances unless ``force``, which releases them
+        first. Deleting voids the node's certificate (its serial goes with the row) and closes its session."""
+        policy.require_admin(caller, "deleting nodes")
+        async with self.core.store.read() as conn:
+            if await nodes_store.get_node(conn, node_id) is None:
+                raise NotFound(f"nodeId: node {node_id} does not exist", field="nodeId")
+            live = await instances_store.list_instances(conn, node_id=node_id, states=LIVE_STATES)
+        if live and not force:
+            raise BadRequest(
+                f"nodeId: node {node_id} holds {len(live)} live instance(s); force: true releases them",
+                field="nodeId",
+            )
+        released = await self.instances.release_node(node_id) if live else []
+        async with self.core.store.write() as conn:
+            await nodes_store.delete_node(conn, node_id)
+        self.core.fleet.forget(node_id)
+        log.info("node deleted", node_id=node_id, released=len(released))
+        return released
+
     async def issue_join_token(self, node_id: str) -> tuple[str, float]:
         token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
         now = self.core.clock()
@@ -187,7 +214,7 @@ class NodeService:
         """Trade a valid join token for a node certificate. The token is used up in the same transaction
         that records the certificate, so a token enrolls exactly one agent."""
         now = self.core.clock()
-        lifetime = dt.timedelta(days=self.core.config.enrollment.certificate_lifetime_days)
+        lifetime = dt.timedelta(seconds=self.core.config.enrollment.certificate_lifetime_s)
         async with self.core.store.write() as conn:
             row = await nodes_store.get_join_token(conn, token_id)
             if row is None or not secrets.same_digest(row.digest, secrets.digest(token_secret)):

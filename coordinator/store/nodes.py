@@ -94,6 +94,12 @@ async def existing_ports(
     return sorted(r.port for r in found)
 
 
+async def delete_node(conn: AsyncConnection, node_id: str) -> None:
+    """Allocations and join tokens go with the row (cascade); instances keep theirs, without the node."""
+    await conn.execute(delete(allocations).where(allocations.c.node_id == node_id))
+    await conn.execute(delete(nodes).where(nodes.c.id == node_id))
+
+
 async def region_exists(conn: AsyncConnection, region_id: str) -> bool:
     return (await conn.execute(select(regions.c.id).where(regions.c.id == region_id))).first() is not None
 

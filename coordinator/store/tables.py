@@ -185,3 +185,17 @@ allocations = Table(
 )
 
 Index("ix_allocations_free", allocations.c.node_id, allocations.c.instance_id)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("user_id", String(64), nullable=True),
+    Column("key_id", String(ID), nullable=True),
+    Column("client", String(64), nullable=True),
+    Column("method", String(8), nullable=False),
+    Column("path", String(255), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("request_id", String(32), nullable=True),
+)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.store.tables import api_keys, organizations, users
+from coordinator.store.tables import api_keys, audit_log, organizations, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,3 +101,117 @@ async def principal_for_key_digest(conn: AsyncConnection, digest: str) -> tuple[
 async def touch_api_keys(conn: AsyncConnection, last_used: dict[str, float]) -> None:
     for key_id, at in last_used.items():
         await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    username: str
+    email: str
+    admin: bool
+    organization_id: int
+    created_at: float
+
+
+def _user(row: Any) -> UserRecord:
+    return UserRecord(row.id, row.username, row.email, bool(row.admin), row.organization_id, row.created_at)
+
+
+_USER_COLUMNS = (
+    users.c.id,
+    users.c.username,
+    users.c.email,
+    users.c.admin,
+    users.c.organization_id,
+    users.c.created_at,
+)
+
+
+async def list_users(conn: AsyncConnection, organization_id: int | None = None) -> list[UserRecord]:
+    query = select(*_USER_COLUMNS).order_by(users.c.created_at, users.c.id)
+    if organization_id is not None:
+        query = query.where(users.c.organization_id == organization_id)
+    return [_user(r) for r in await conn.execute(query)]
+
+
+async def find_user(
+    conn: AsyncConnection,
+    *,
+    user_id: str | None = None,
+    username: str | None = None,
+    email: str | None = None,
+) -> UserRecord | None:
+    query = select(*_USER_COLUMNS)
+    if user_id is not None:
+        query = query.where(users.c.id == user_id)
+    if username is not None:
+        query = query.where(users.c.username == username)
+    if email is not None:
+        query = query.where(func.lower(users.c.email) == email.lower())
+    row = (await conn.execute(query)).first()
+    return _user(row) if row else None
+
+
+async def password_hash(conn: AsyncConnection, login: str) -> tuple[str, str | None] | None:
+    """(user id, password hash) for a username or email."""
+    row = (
+        await conn.execute(
+            select(users.c.id, users.c.password_hash).where(
+                (users.c.username == login) | (func.lower(users.c.email) == login.lower())
+            )
+        )
+    ).first()
+    return (row.id, row.password_hash) if row else None
+
+
+async def organization_exists(conn: AsyncConnection, organization_id: int) -> bool:
+    found = await conn.execute(select(organizations.c.id).where(organizations.c.id == organization_id))
+    return found.first() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    user_id: str
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+_KEY_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.user_id,
+    api_keys.c.name,
+    api_keys.c.prefix,
+    api_keys.c.created_at,
+    api_keys.c.last_used_at,
+    api_keys.c.revoked_at,
+)
+
+
+async def list_api_keys(conn: AsyncConnection, user_id: str | None) -> list[KeyRecord]:
+    """Keys without their digests (nothing secret leaves this function); all users' when user_id is None."""
+    query = select(*_KEY_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.id)
+    if user_id is not None:
+        query = query.where(api_keys.c.user_id == user_id)
+    return [KeyRecord(*r) for r in await conn.execute(query)]
+
+
+async def get_api_key(conn: AsyncConnection, key_id: str) -> KeyRecord | None:
+    row = (await conn.execute(select(*_KEY_COLUMNS).where(api_keys.c.id == key_id))).first()
+    return KeyRecord(*row) if row else None
+
+
+async def revoke_api_key(conn: AsyncConnection, key_id: str, now: float) -> None:
+    await conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+async def write_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(audit_log), rows)
