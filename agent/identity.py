@@ -72,6 +72,14 @@ class Identity:
     def not_before(self) -> float:
         return x509.load_pem_x509_certificate(self.cert_pem).not_valid_before_utc.timestamp()
 
+    def renew_at(self) -> float:
+        """Two thirds into the certificate's life."""
+        start, end = self.not_before(), self.not_after()
+        return start + (end - start) * 2 / 3
+
+    def with_certificate(self, cert_pem: bytes) -> Identity:
+        return Identity(self.node_id, self.key_pem, cert_pem, self.ca_pem)
+
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -104,8 +112,26 @@ def save(data_dir: Path, identity: Identity) -> None:
     _write(data_dir / "node.json", json.dumps({"node_id": identity.node_id}).encode(), 0o644)
 
 
+def csr_for(key_pem: bytes) -> bytes:
+    """A CSR for an existing key: renewal keeps the key, so only the certificate file changes (atomically)."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return _csr(key)
+
+
+def save_certificate(data_dir: Path, cert_pem: bytes) -> None:
+    _write(data_dir / "node.pem", cert_pem, 0o644)
+
+
 def new_key_and_csr() -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return key_pem, _csr(key)
+
+
+def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(
@@ -113,10 +139,7 @@ def new_key_and_csr() -> tuple[bytes, bytes]:
         )
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def fetch_ca(address: str, timeout: float = 10.0) -> bytes:

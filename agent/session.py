@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from agent import __version__
+from agent import __version__, identity
 from agent.config import AgentConfig
 from agent.identity import SERVER_NAME, EnrollmentRefused, Identity
 from agent.instances import CONTAINER_STATE, InstanceManager
@@ -134,6 +134,11 @@ class AgentSession:
                 log.warning("session lost", error=str(exc))
             finally:
                 self.connected.clear()
+            if self.identity.not_after() <= time.time():
+                raise EnrollmentRefused(
+                    "this node's certificate has expired; issue a new join token "
+                    "(POST /api/nodes/{id}/join-token) and enroll again with an empty data directory"
+                )
             if time.monotonic() - started > 2 * self.config.reconnect_max_s:
                 backoff = self.config.reconnect_initial_s
             delay = random.uniform(backoff / 2, backoff)  # jitter: a fleet does not reconnect in lockstep
@@ -183,6 +188,7 @@ class AgentSession:
                 asyncio.create_task(self._write(call), name="session-writer"),
                 asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
                 asyncio.create_task(self.manager.reconcile(welcome), name="reconcile"),
+                asyncio.create_task(self._renew_when_due(), name="certificate-renewal"),
             ]
             try:
                 done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
@@ -204,6 +210,8 @@ class AgentSession:
                 task = asyncio.create_task(self._run_command(message.command))
                 self._commands.add(task)
                 task.add_done_callback(self._commands.discard)
+            elif message.HasField("renewed"):
+                self._install_certificate(bytes(message.renewed.certificate_pem))
 
     async def _run_command(self, command: pb.Command) -> None:
         result = await self.manager.handle(command)
@@ -217,6 +225,24 @@ class AgentSession:
             except BaseException:
                 self.outbox.give_back(message)
                 raise
+
+    async def _renew_when_due(self) -> None:
+        """Ask for a new certificate two thirds into the current one's life (at once if that is past),
+        and again every minute until one arrives."""
+        while True:
+            await asyncio.sleep(max(0.0, self.identity.renew_at() - time.time()))
+            log.info("renewing the node certificate", not_after=self.identity.not_after())
+            csr = await asyncio.to_thread(identity.csr_for, self.identity.key_pem)
+            self.outbox.put(pb.AgentMessage(renew=pb.RenewRequest(csr_pem=csr)))
+            await asyncio.sleep(min(60.0, max(1.0, (self.identity.not_after() - time.time()) / 4)))
+
+    def _install_certificate(self, cert_pem: bytes) -> None:
+        """The renewed certificate replaces the file atomically; the current session goes on, the next one
+        presents the new certificate (the coordinator no longer accepts the old)."""
+        renewed = self.identity.with_certificate(cert_pem)
+        identity.save_certificate(self.config.data_dir, cert_pem)
+        self.identity = renewed
+        log.info("node certificate renewed", not_after=renewed.not_after())
 
     async def _heartbeats(self) -> None:
         while True:

@@ -49,7 +49,9 @@ class JwtSigner:
     def issue(self, user_id: str) -> tuple[str, float]:
         now = int(time.time())
         exp = now + self.ttl_s
-        token = jwt.encode({"sub": user_id, "iat": now, "exp": exp}, self._secret, algorithm=ALGORITHM)
+        # jti: two logins in one second must not yield the same token (and it names a token for revocation).
+        claims = {"sub": user_id, "iat": now, "exp": exp, "jti": secrets.token_hex(8)}
+        token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
         return token, float(exp)
 
     def subject(self, token: str) -> str | None:

@@ -34,6 +34,7 @@ class Gateway(pb_grpc.CoordinatorServicer):
         self.core = core
         self.nodes = nodes
         self.reports = reports
+        self.handlers = {**reports.handlers, "renew": self._renew}
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -109,9 +110,15 @@ class Gateway(pb_grpc.CoordinatorServicer):
                 return
             await self._handle(node_id, message)
 
+    async def _renew(self, node_id: str, request: pb.RenewRequest) -> None:
+        pem = await self.nodes.renew(node_id, bytes(request.csr_pem))
+        session = self.core.fleet.sessions.get(node_id)
+        if session is not None:
+            session.send(pb.CoordinatorMessage(renewed=pb.RenewResponse(certificate_pem=pem)))
+
     async def _handle(self, node_id: str, message: pb.AgentMessage) -> None:
         kind = message.WhichOneof("body")
-        handler = self.reports.handlers.get(kind or "")
+        handler = self.handlers.get(kind or "")
         if handler is None:
             log.warning("unexpected message from agent", node_id=node_id, kind=kind)
             return

@@ -64,6 +64,12 @@ def _free(port: int) -> bool:
     return True
 
 
+#: Every response body the suite received, and every data directory a daemon used: the secret scan at the
+#: end of the session (tests/conftest.py) reads both.
+RESPONSES: list[str] = []
+DATA_DIRS: list[Path] = []
+
+
 @dataclass
 class Response:
     status: int
@@ -75,6 +81,8 @@ class Response:
 class Api:
     url: str
     key: str | None
+    #: Sent with every call (e.g. an Authorization header with a JWT).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def call(
         self,
@@ -91,7 +99,7 @@ class Api:
         use_key = self.key if key is True else (key or None)
         if use_key:
             req.add_header("x-api-key", str(use_key))
-        for name, value in (headers or {}).items():
+        for name, value in {**self.headers, **(headers or {})}.items():
             req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
@@ -101,6 +109,7 @@ class Api:
             raw = exc.read()
             status, hdrs = exc.code, dict(exc.headers)
             exc.close()
+        RESPONSES.append(raw.decode(errors="replace"))
         return Response(status, json.loads(raw) if raw else None, hdrs)
 
     def get(self, path: str, **kw: Any) -> Response:
@@ -176,6 +185,7 @@ class CoordinatorProcess(Process):
             **(extra or {}),
         }
         data_dir.mkdir(parents=True, exist_ok=True)
+        DATA_DIRS.append(data_dir)
         self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         super().__init__(
@@ -225,6 +235,7 @@ class AgentProcess(Process):
         if join_token:
             config["join_token"] = join_token
         data_dir.mkdir(parents=True, exist_ok=True)
+        DATA_DIRS.append(data_dir)
         self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         super().__init__(

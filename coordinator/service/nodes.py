@@ -191,6 +191,17 @@ class NodeService:
         log.info("node deleted", node_id=node_id, released=len(released))
         return released
 
+    async def renew(self, node_id: str, csr_pem: bytes) -> bytes:
+        """A new certificate for a connected node. Its serial replaces the old one, so from now on only the
+        new certificate opens a session."""
+        lifetime = dt.timedelta(seconds=self.core.config.enrollment.certificate_lifetime_s)
+        issued = self.core.ca.sign_node(csr_pem, node_id, lifetime)
+        async with self.core.store.write() as conn:
+            if not await nodes_store.set_cert_serial(conn, node_id, issued.serial, self.core.clock()):
+                raise NotFound(f"node {node_id} does not exist")
+        log.info("node certificate renewed", node_id=node_id, serial=issued.serial)
+        return issued.pem
+
     async def issue_join_token(self, node_id: str) -> tuple[str, float]:
         token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
         now = self.core.clock()

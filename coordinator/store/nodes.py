@@ -145,6 +145,13 @@ async def mark_enrolled(
     )
 
 
+async def set_cert_serial(conn: AsyncConnection, node_id: str, serial: str, now: float) -> bool:
+    result = await conn.execute(
+        update(nodes).where(nodes.c.id == node_id).values(cert_serial=serial, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
 async def cert_serial(conn: AsyncConnection, node_id: str) -> str | None:
     return (await conn.execute(select(nodes.c.cert_serial).where(nodes.c.id == node_id))).scalar_one_or_none()
 

@@ -1,0 +1,209 @@
+"""The people door against a real coordinator process: users, login, JWT, API keys, tenancy, the failure
+limit and the audit trail."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.daemons import Api, CoordinatorProcess, create_node, port_block
+
+
+@pytest.fixture(scope="module")
+def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
+    proc = CoordinatorProcess(tmp_path_factory.mktemp("people") / "coordinator")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(coordinator: CoordinatorProcess) -> Api:
+    return coordinator.api()
+
+
+def make_user(admin: Api, name: str, **extra: Any) -> dict[str, Any]:
+    r = admin.post(
+        "/api/auth/create-user",
+        {"username": name, "email": f"{name}@example.com", "password": "correct horse", **extra},
+    )
+    assert r.status == 201, r.body
+    user: dict[str, Any] = r.body
+    return user
+
+
+def login(admin: Api, **who: str) -> str:
+    r = admin.post("/api/auth/login", {**who, "password": "correct horse"}, key=False)
+    assert r.status == 200, r.body
+    token: str = r.body["token"]
+    return token
+
+
+def as_bearer(admin: Api, token: str) -> Api:
+    return Api(admin.url, None, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_create_user_answers_as_the_panel_expects(admin: Api) -> None:
+    r = admin.post(
+        "/api/auth/create-user",
+        {"username": "alice", "email": "alice@example.com", "password": "correct horse", "userId": "alice-1"},
+    )
+    assert (r.status, r.body) == (
+        201,
+        {"userId": "alice-1", "username": "alice", "email": "alice@example.com", "admin": False},
+    )
+    again = admin.post(
+        "/api/auth/create-user", {"username": "alice", "email": "x@example.com", "password": "12345678"}
+    )
+    assert again.status == 409 and again.body["field"] == "username"
+    again = admin.post(
+        "/api/auth/create-user", {"username": "alice2", "email": "ALICE@example.com", "password": "12345678"}
+    )
+    assert again.status == 409 and again.body["field"] == "email"
+    for body, field in [
+        ({"username": "al", "email": "a@example.com", "password": "12345678"}, "username"),
+        ({"username": "bob", "email": "not-an-email", "password": "12345678"}, "email"),
+        ({"username": "bob", "email": "b@example.com", "password": "short"}, "password"),
+        ({"username": "bob", "email": "b@example.com"}, "password"),
+    ]:
+        r = admin.post("/api/auth/create-user", body)
+        assert r.status == 400 and r.body["field"] == field, (body, r.body)
+    users = admin.get("/api/users").body
+    assert "alice" in [u["username"] for u in users]
+    assert all(
+        set(u) == {"userId", "username", "email", "admin", "organizationId", "createdAt"} for u in users
+    )
+
+
+def test_get_user(admin: Api) -> None:
+    make_user(admin, "carol")
+    r = admin.post("/api/getUser", {"type": "email", "value": "carol@example.com"})
+    assert r.status == 201 and r.body["username"] == "carol" and "password" not in str(r.body)
+    assert admin.post("/api/getUser", {"type": "username", "value": "nobody"}).status == 404
+    r = admin.post("/api/getUser", {"type": "phone", "value": "1"})
+    assert r.status == 400 and r.body["field"] == "type"
+
+
+def test_login_issues_a_jwt_that_works_everywhere_a_key_does(admin: Api) -> None:
+    make_user(admin, "dave")
+    token = login(admin, username="dave")
+    assert token.startswith("eyJ") and login(admin, email="dave@example.com")
+    user = as_bearer(admin, token)
+    assert user.get("/api/instances").status == 200
+    assert user.get("/api/nodes").status == 200
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert as_bearer(admin, tampered).get("/api/instances").status == 401
+
+
+def test_a_user_cannot_do_admin_things(admin: Api) -> None:
+    make_user(admin, "erin")
+    user = as_bearer(admin, login(admin, username="erin"))
+    r = user.post(
+        "/api/nodes/create", {"name": "n", "ram": 1, "disk": 1, "processor": 1, "address": "a", "port": 1}
+    )
+    assert r.status == 403
+    r = user.post(
+        "/api/auth/create-user", {"username": "mallory", "email": "m@example.com", "password": "12345678"}
+    )
+    assert r.status == 403
+    assert user.delete("/api/nodes/delete", {"nodeId": "x"}).status == 403
+    assert user.get("/api/keys?all=true").status == 403
+
+
+def test_api_keys_are_shown_once_work_and_can_be_revoked(admin: Api) -> None:
+    make_user(admin, "frank")
+    user = as_bearer(admin, login(admin, username="frank"))
+    r = user.post("/api/keys", {"name": "ci"})
+    assert r.status == 201 and r.body["key"].startswith("mrg_") and r.body["prefix"] == r.body["key"][:8]
+    key, key_id = r.body["key"], r.body["id"]
+    by_key = Api(admin.url, key)
+    assert by_key.get("/api/instances").status == 200
+    assert (
+        Api(admin.url, None, headers={"Authorization": f"Bearer {key}"}).get("/api/instances").status == 200
+    )
+    listed = user.get("/api/keys").body
+    assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0]
+    # Another user cannot see or revoke it.
+    make_user(admin, "grace")
+    other = as_bearer(admin, login(admin, username="grace"))
+    assert other.get("/api/keys").body == []
+    assert other.delete(f"/api/keys/{key_id}").status == 404
+    assert user.delete(f"/api/keys/{key_id}").status == 204
+    assert by_key.get("/api/instances").status == 401
+    assert user.get("/api/keys").body[0]["revokedAt"] is not None
+
+
+def test_tenancy_hides_other_organizations_and_protects_owners(admin: Api) -> None:
+    node = create_node(admin, port_block(3), name="tenancy")
+    heidi = make_user(admin, "heidi")
+    org = admin.post("/api/getUser", {"type": "username", "value": "heidi"}).body["organizationId"]
+    make_user(admin, "ivan", organization=org)  # same organization as heidi
+    make_user(admin, "judy")  # an organization of her own
+    heidi_api = as_bearer(admin, login(admin, username="heidi"))
+    ivan_api = as_bearer(admin, login(admin, username="ivan"))
+    judy_api = as_bearer(admin, login(admin, username="judy"))
+    deploy = {
+        "image": "moorage-test/busybox:latest",
+        "memory": 32,
+        "cpu": 10,
+        "nodeId": node["id"],
+        "name": "h",
+    }
+    r = heidi_api.post("/api/instances/deploy", deploy)
+    assert r.status == 201 and r.body["userId"] == heidi["userId"]
+    iid = r.body["id"]
+    # Deploying for someone else is an admin's privilege.
+    assert heidi_api.post("/api/instances/deploy", {**deploy, "user": "alice-1"}).status == 403
+    assert [i["id"] for i in ivan_api.get("/api/instances").body] == [iid]
+    assert ivan_api.post("/api/getInstance", {"id": iid}).status == 200
+    assert ivan_api.delete("/api/instance/delete", {"id": iid}).status == 403
+    assert judy_api.get("/api/instances").body == []
+    assert judy_api.post("/api/getInstance", {"id": iid}).status == 400  # as if it did not exist
+    assert judy_api.delete("/api/instance/delete", {"id": iid}).status == 400
+    assert "heidi" not in [u["username"] for u in judy_api.get("/api/users").body]
+    assert heidi_api.delete("/api/instance/delete", {"id": iid}).status == 201
+
+
+def test_failed_logins_are_limited_per_address(tmp_path_factory: pytest.TempPathFactory) -> None:
+    proc = CoordinatorProcess(tmp_path_factory.mktemp("limit") / "coordinator")
+    proc.start()
+    try:
+        api = proc.api()
+        make_user(api, "kim")
+        wrong = {"username": "kim", "password": "wrong password"}
+        for _ in range(10):
+            assert api.post("/api/auth/login", wrong, key=False).status == 401
+        r = api.post("/api/auth/login", wrong, key=False)
+        assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
+        # The right password does not get through while the address is blocked, nor does a wrong key.
+        assert (
+            api.post("/api/auth/login", {"username": "kim", "password": "correct horse"}, key=False).status
+            == 429
+        )
+        assert api.get("/api/nodes", key="mrg_wrong").status == 429
+    finally:
+        proc.stop()
+
+
+def test_every_mutating_call_is_audited(coordinator: CoordinatorProcess, admin: Api) -> None:
+    make_user(admin, "leo")
+    admin.post(
+        "/api/auth/create-user", {"username": "leo", "email": "leo2@example.com", "password": "12345678"}
+    )
+    Api(admin.url, "mrg_bogus").post("/api/keys", {"name": "x"})
+    with sqlite3.connect(f"file:{coordinator.data_dir / 'moorage.db'}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT user_id, method, path, status, client, request_id FROM audit_log ORDER BY id"
+        ).fetchall()
+    conn.close()
+    created = [r for r in rows if r[2] == "/api/auth/create-user"]
+    assert ("admin", "POST", "/api/auth/create-user", 201) in [r[:4] for r in created]
+    assert ("admin", "POST", "/api/auth/create-user", 409) in [r[:4] for r in created]
+    assert (None, "POST", "/api/keys", 401) in [r[:4] for r in rows]
+    assert all(r[4] and r[5] for r in rows)
+    assert not [r for r in rows if r[1] == "GET"]
