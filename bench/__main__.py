@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from bench import deploy
+from bench import deploy, tls
 
 
 def main() -> None:
     deploy.main()
+    print()
+    tls.main()
 
 
 if __name__ == "__main__":
