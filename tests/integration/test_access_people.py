@@ -124,6 +124,12 @@ def test_api_keys_are_shown_once_work_and_can_be_revoked(admin: Api) -> None:
     by_key = Api(admin.url, key)
     assert by_key.get("/api/instances").status == 200
     assert (
+        by_key.post(
+            "/api/auth/create-user", {"username": "x" * 5, "email": "x@x.io", "password": "p" * 8}
+        ).status
+        == 403
+    )
+    assert (
         Api(admin.url, None, headers={"Authorization": f"Bearer {key}"}).get("/api/instances").status == 200
     )
     listed = user.get("/api/keys").body
