@@ -3,6 +3,7 @@ directories, and a small synchronous HTTP client for the coordinator's API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,15 @@ class Api:
         return self.call("DELETE", path, body, **kw)
 
 
+def write_config(data_dir: Path, config: dict[str, Any]) -> Path:
+    """Create the data directory, register it for the secret scan, and write the daemon's YAML beside it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    DATA_DIRS.append(data_dir)
+    path = data_dir.parent / f"{data_dir.name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @dataclass
 class Process:
     argv: list[str]
@@ -184,10 +194,7 @@ class CoordinatorProcess(Process):
             "catalog": {"images": str(CATALOG)},
             **(extra or {}),
         }
-        data_dir.mkdir(parents=True, exist_ok=True)
-        DATA_DIRS.append(data_dir)
-        self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        self.config_path = write_config(data_dir, config)
         super().__init__(
             [sys.executable, "-m", "coordinator.main", "--config", str(self.config_path)],
             data_dir.parent,
@@ -234,15 +241,22 @@ class AgentProcess(Process):
         }
         if join_token:
             config["join_token"] = join_token
-        data_dir.mkdir(parents=True, exist_ok=True)
-        DATA_DIRS.append(data_dir)
-        self.config_path = data_dir.parent / f"{data_dir.name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        self.config_path = write_config(data_dir, config)
         super().__init__(
             [sys.executable, "-m", "agent.main", "--config", str(self.config_path)],
             data_dir.parent,
             data_dir.name,
         )
+
+
+@contextlib.contextmanager
+def running_coordinator(data_dir: Path, **kwargs: Any) -> Iterator[CoordinatorProcess]:
+    proc = CoordinatorProcess(data_dir, **kwargs)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def create_node(api: Api, ports: list[int], **overrides: Any) -> dict[str, Any]:

@@ -55,19 +55,10 @@ class AgentReports:
             )
 
     async def _release(self, instance_id: str) -> bool:
-        """The container is gone: free the allocations and mark the row released, in one transaction (the
-        database refuses a released instance that still holds an allocation)."""
-        now = self.core.clock()
+        """The container of a releasing instance is gone: free its allocations and mark it released."""
         async with self.core.store.write() as conn:
-            await instances_store.free_instance_allocations(conn, instance_id)
-            changed = await instances_store.transition(
-                conn,
-                instance_id,
-                S.RELEASED,
-                allowed_from={S.RELEASING},
-                now=now,
-                released=True,
-                released_at=now,
+            changed = await instances_store.release(
+                conn, instance_id, allowed_from={S.RELEASING}, now=self.core.clock()
             )
         self.core.fleet.confirmed_running.discard(instance_id)
         return changed
@@ -186,8 +177,11 @@ class AgentReports:
         elif kind == pb.EVENT_KIND_STOPPED:
             if await self._transition(iid, S.STOPPED, {S.STARTING, S.RUNNING, S.UNHEALTHY}):
                 self.core.fleet.confirmed_running.discard(iid)
-        elif kind == pb.EVENT_KIND_REMOVED:
-            await self._release(iid)
+        elif kind == pb.EVENT_KIND_REMOVED and not await self._release(iid):
+            # Removed by someone else while it should exist: it keeps its ports; the agent re-creates it.
+            removed = "the container was removed outside Moorage"
+            if await self._transition(iid, S.UNHEALTHY, ACTIVE, error=removed):
+                self.core.fleet.confirmed_running.discard(iid)
 
     async def result(self, node_id: str, result: pb.CommandResult) -> None:
         self.core.fleet.resolve(result)

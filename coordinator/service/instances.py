@@ -184,16 +184,7 @@ class InstanceService:
         async with self.core.store.write() as conn:
             for inst in found:
                 if inst.state is InstanceState.ERROR:
-                    await instances_store.free_instance_allocations(conn, inst.id)
-                    await instances_store.transition(
-                        conn,
-                        inst.id,
-                        InstanceState.RELEASED,
-                        allowed_from={InstanceState.ERROR},
-                        now=now,
-                        released=True,
-                        released_at=now,
-                    )
+                    await instances_store.release(conn, inst.id, allowed_from={InstanceState.ERROR}, now=now)
                 elif inst.state is not InstanceState.RELEASED:
                     await instances_store.transition(
                         conn, inst.id, InstanceState.RELEASING, allowed_from=LIVE_STATES, now=now
@@ -219,15 +210,11 @@ class InstanceService:
         now = self.core.clock()
         async with self.core.store.write() as conn:
             for inst in found:
-                await instances_store.free_instance_allocations(conn, inst.id)
-                await instances_store.transition(
+                await instances_store.release(
                     conn,
                     inst.id,
-                    InstanceState.RELEASED,
                     allowed_from={InstanceState.RELEASING},
                     now=now,
-                    released=True,
-                    released_at=now,
                     error="released with its node; the agent did not confirm removal",
                 )
         return [inst.id for inst in found]

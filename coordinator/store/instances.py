@@ -191,6 +191,35 @@ async def update_instance(conn: AsyncConnection, instance_id: str, now: float, *
     )
 
 
+async def release(
+    conn: AsyncConnection,
+    instance_id: str,
+    *,
+    allowed_from: Collection[InstanceState],
+    now: float,
+    **values: Any,
+) -> bool:
+    """Free the instance's allocations and mark it released, or change nothing (False) when it is not in
+    one of ``allowed_from``. Freed first because the database refuses a released instance that still
+    holds an allocation; the row lock (FOR UPDATE where the database has it) keeps the two steps atomic."""
+    state = (
+        await conn.execute(select(instances.c.state).where(instances.c.id == instance_id).with_for_update())
+    ).scalar_one_or_none()
+    if state is None or InstanceState(state) not in allowed_from:
+        return False
+    await free_instance_allocations(conn, instance_id)
+    return await transition(
+        conn,
+        instance_id,
+        InstanceState.RELEASED,
+        allowed_from=allowed_from,
+        now=now,
+        released=True,
+        released_at=now,
+        **values,
+    )
+
+
 async def free_instance_allocations(conn: AsyncConnection, instance_id: str) -> int:
     result = await conn.execute(
         update(allocations)

@@ -9,17 +9,13 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Api, CoordinatorProcess, create_node, port_block
+from tests.daemons import Api, CoordinatorProcess, create_node, port_block, running_coordinator
 
 
 @pytest.fixture(scope="module")
 def coordinator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProcess]:
-    proc = CoordinatorProcess(tmp_path_factory.mktemp("people") / "coordinator")
-    proc.start()
-    try:
+    with running_coordinator(tmp_path_factory.mktemp("people") / "coordinator") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

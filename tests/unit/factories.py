@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from coordinator.model import Instance, InstanceState, Node
+from coordinator.store import nodes as nodes_store
+from coordinator.store import users as users_store
+from coordinator.store.engine import Store
 
 
 def make_node(node_id: str, **over: Any) -> Node:
@@ -53,3 +57,25 @@ def make_instance(instance_id: str, **over: Any) -> Instance:
     )
     values.update(over)
     return Instance(**values)
+
+
+async def seeded_store(path: Path, ports: range = range(30000, 30010)) -> Store:
+    """A migrated SQLite store holding user "u" (organization 1) and node "n1" with allocations
+    "a<port>" on 0.0.0.0."""
+    store = Store.open(f"sqlite:///{path}")
+    await store.migrate()
+    async with store.write() as conn:
+        org = await users_store.create_organization(conn, "o", 0.0)
+        await users_store.create_user(
+            conn,
+            user_id="u",
+            username="u",
+            email="u@x",
+            password_hash=None,
+            admin=False,
+            organization_id=org,
+            now=0.0,
+        )
+        await nodes_store.insert_node(conn, make_node("n1"))
+        await nodes_store.insert_allocations(conn, "n1", [(f"a{p}", "0.0.0.0", p) for p in ports])
+    return store

@@ -15,11 +15,8 @@ from coordinator.pki import CertificateAuthority
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
-from coordinator.store import nodes as nodes_store
-from coordinator.store import users as users_store
-from coordinator.store.engine import Store
 from protos import moorage_pb2 as pb
-from tests.unit.factories import make_instance, make_node
+from tests.unit.factories import make_instance, seeded_store
 
 S = InstanceState
 
@@ -27,22 +24,7 @@ S = InstanceState
 @pytest.fixture
 async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
     config = CoordinatorConfig(data_dir=tmp_path)
-    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
-    await store.migrate()
-    async with store.write() as conn:
-        org = await users_store.create_organization(conn, "o", 0.0)
-        await users_store.create_user(
-            conn,
-            user_id="u",
-            username="u",
-            email="u@x",
-            password_hash=None,
-            admin=False,
-            organization_id=org,
-            now=0,
-        )
-        await nodes_store.insert_node(conn, make_node("n1"))
-        await nodes_store.insert_allocations(conn, "n1", [("a1", "0.0.0.0", 30000)])
+    store = await seeded_store(tmp_path / "m.db", range(30000, 30001))
     core = Core(
         config, store, Fleet(config.fleet), Catalog([]), CertificateAuthority.load_or_create(tmp_path)
     )
@@ -55,7 +37,7 @@ async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
 async def put(reports: AgentReports, state: InstanceState, iid: str = "i1") -> None:
     async with reports.core.store.write() as conn:
         await instances_store.insert_instance(conn, make_instance(iid, node_id="n1", state=state))
-        await instances_store.claim_allocations(conn, iid, ["a1"], "a1")
+        await instances_store.claim_allocations(conn, iid, ["a30000"], "a30000")
 
 
 async def state_of(reports: AgentReports, iid: str = "i1") -> tuple[InstanceState, str | None, int]:
@@ -134,3 +116,9 @@ async def test_hello_answers_with_the_desired_set_and_releases_what_is_gone(repo
     assert [s.instance_id for s in welcome.desired] == ["keep"] and list(welcome.remove) == ["gone"]
     assert welcome.desired[0].env["SERVER_PORT"] == "30000"
     assert (await state_of(reports, "gone"))[0] is S.RELEASED
+
+
+async def test_a_container_removed_behind_our_back_keeps_its_ports(reports: AgentReports) -> None:
+    await put(reports, S.RUNNING)
+    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
+    assert await state_of(reports) == (S.UNHEALTHY, "the container was removed outside Moorage", 1)

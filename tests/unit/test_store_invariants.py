@@ -14,32 +14,14 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.model import Instance, InstanceState
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
-from coordinator.store import users as users_store
 from coordinator.store.engine import Store
 from coordinator.store.tables import allocations, instances, regions
-from tests.unit.factories import make_instance, make_node
+from tests.unit.factories import make_instance, seeded_store
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
-    await s.migrate()
-    async with s.write() as conn:
-        org = await users_store.create_organization(conn, "o", 0.0)
-        await users_store.create_user(
-            conn,
-            user_id="u",
-            username="u",
-            email="u@x",
-            password_hash=None,
-            admin=False,
-            organization_id=org,
-            now=0.0,
-        )
-        await nodes_store.insert_node(conn, make_node("n1"))
-        await nodes_store.insert_allocations(
-            conn, "n1", [(f"a{p}", "0.0.0.0", p) for p in range(30000, 30010)]
-        )
+    s = await seeded_store(tmp_path / "m.db")
     try:
         yield s
     finally:
