@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from coordinator.placement import Strategy
+
 
 def split_host_port(value: str, field: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
@@ -75,6 +77,11 @@ class AuthOptions(_Section):
     failed_window_s: float = Field(60.0, gt=0)
 
 
+class PlacementOptions(_Section):
+    #: spread: the node with the most free memory first; binpack: the fullest node that still fits first.
+    strategy: Strategy = Strategy.SPREAD
+
+
 class CatalogOptions(_Section):
     #: Image catalog; relative paths are resolved against the config file's directory.
     images: str = ""
@@ -93,6 +100,7 @@ class CoordinatorConfig(_Section):
     enrollment: EnrollmentOptions = Field(default_factory=EnrollmentOptions)
     auth: AuthOptions = Field(default_factory=AuthOptions)
     catalog: CatalogOptions = Field(default_factory=CatalogOptions)
+    placement: PlacementOptions = Field(default_factory=PlacementOptions)
     #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
     _source: Path | None = PrivateAttr(None)
 

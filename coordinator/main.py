@@ -32,6 +32,7 @@ from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin
 from coordinator.service.core import Core
+from coordinator.service.deploy import DeployService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.store import nodes as nodes_store
@@ -143,7 +144,12 @@ class Coordinator:
             FailureLimiter(cfg.auth.failed_attempts, cfg.auth.failed_window_s),
         )
         services = Services(
-            core=core, auth=Authenticator(access), access=access, nodes=nodes, instances=instances
+            core=core,
+            auth=Authenticator(access),
+            access=access,
+            nodes=nodes,
+            instances=instances,
+            deploys=DeployService(core, cfg.placement.strategy),
         )
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()

@@ -14,6 +14,7 @@ from coordinator.api.panel_models import (
     NodeDelete,
     NodeDeleted,
     NodeOut,
+    Placement,
     UserCreate,
     UserCreated,
     UserLookup,
@@ -22,7 +23,7 @@ from coordinator.api.panel_models import (
 )
 from coordinator.api.routing import Call, Router
 from coordinator.service.access import NewUser
-from coordinator.service.instances import DeployOrder
+from coordinator.service.deploy import DeployOrder
 from coordinator.service.nodes import NodeOrder, parse_port_ranges
 
 router = Router("panel")
@@ -142,19 +143,26 @@ async def delete_node(call: Call, body: NodeDelete) -> NodeDeleted:
     errors={400: "Missing or invalid parameters", 409: "Ports taken"},
 )
 async def deploy(call: Call, body: Deploy) -> InstanceOut:
-    """Deploy an instance on a node; it starts in state pending and runs once its agent confirms it."""
+    """Deploy on a node (nodeId) or by placement in a region and its fallbacks (regionId: id or identifier).
+    It starts pending and runs once its agent confirms it; the answer says which region served."""
     order = DeployOrder(
         image=body.image,
         memory_mib=body.memory,
         cpu_percent=body.cpu,
         node_id=body.nodeId,
+        region=body.regionId,
         name=body.name,
         ports=tuple(body.ports),
         primary=body.primary,
         owner_id=body.user,
         variables=body.variables,
+        disk_mib=body.disk,
+        tags=frozenset(body.tags),
     )
-    return InstanceOut.of(await call.services.instances.deploy(call.caller, order))
+    deployed = await call.services.deploys.deploy(call.caller, order)
+    return InstanceOut.of(
+        deployed.instance, Placement(region=deployed.region_identifier, fallbackUsed=deployed.fallback_used)
+    )
 
 
 @router.route(

@@ -213,11 +213,18 @@ class Deploy(Body):
     ports: Annotated[list[Port], BeforeValidator(_ports)] = Field(
         default_factory=list, description='Host ports (free allocations of the node), or "25565,25566".'
     )
-    nodeId: str = Field(min_length=1)
+    nodeId: str | None = Field(None, min_length=1, description="Deploy on this node, or give regionId.")
+    regionId: str | None = Field(
+        None,
+        min_length=1,
+        description="Place in this region (id or identifier), falling back along its chain.",
+    )
     name: str = Field(min_length=1, max_length=100)
     user: str | None = Field(None, description="Owner's user id; the caller when absent.")
     primary: Port | None = None
     variables: Annotated[dict[str, EnvValue], BeforeValidator(_variables)] = Field(default_factory=dict)
+    disk: int = Field(0, ge=0, description="Disk, MiB (counted against the node's disk).")
+    tags: list[str] = Field(default_factory=list, description="Only nodes carrying every one of these tags.")
 
     @field_validator("ports")
     @classmethod
@@ -233,6 +240,11 @@ class Deploy(Body):
             if not key or "=" in key or "\0" in key:
                 raise ValueError(f"{key!r} is not a valid environment variable name")
         return v
+
+
+class Placement(BaseModel):
+    region: str | None = Field(description="Identifier of the region that served, if the node has one.")
+    fallbackUsed: bool
 
 
 class InstanceId(Body):
@@ -266,9 +278,11 @@ class InstanceOut(BaseModel):
     stateChangedAt: str | None
     deliveredAt: str | None
     releasedAt: str | None
+    regionId: str | None = None
+    placement: Placement | None = Field(None, description="Only in a deploy's answer.")
 
     @classmethod
-    def of(cls, i: Instance) -> InstanceOut:
+    def of(cls, i: Instance, placement: Placement | None = None) -> InstanceOut:
         primary = i.primary
         return cls(
             id=i.id,
@@ -294,6 +308,8 @@ class InstanceOut(BaseModel):
             stateChangedAt=iso(i.state_changed_at),
             deliveredAt=iso(i.delivered_at),
             releasedAt=iso(i.released_at),
+            regionId=i.region_id,
+            placement=placement,
         )
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from coordinator.api.auth import Authenticator
 from coordinator.service.access import AccessService
 from coordinator.service.core import Core
+from coordinator.service.deploy import DeployService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 
@@ -20,6 +21,7 @@ class Services:
     access: AccessService
     nodes: NodeService
     instances: InstanceService
+    deploys: DeployService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -8,9 +8,9 @@ from typing import Any
 from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import WANTED_STATES, Instance, InstanceState
+from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState
 from coordinator.store.nodes import allocation_from_row
-from coordinator.store.tables import allocations, instances
+from coordinator.store.tables import allocations, instances, regions
 
 
 def instance_from_row(row: Row[Any]) -> Instance:
@@ -176,13 +176,26 @@ async def transition(
     **values: Any,
 ) -> bool:
     """Move to ``to`` only from one of ``allowed_from`` (a guarded UPDATE: stale reports cannot undo a newer
-    state). Extra column values ride along. Returns whether the row changed."""
+    state). Extra column values ride along. Returns whether the row changed.
+
+    Leaving the live states gives the instance's place in its region back (the counter the placement claim
+    raises and the database caps at serverLimit), in the same transaction."""
+    leaves_live = to not in LIVE_STATES and bool(allowed_from) and set(allowed_from) <= LIVE_STATES
+    assert to in LIVE_STATES or leaves_live or not set(allowed_from) & LIVE_STATES, "mixed live/dead origins"
     result = await conn.execute(
         update(instances)
         .where(instances.c.id == instance_id, instances.c.state.in_([s.value for s in allowed_from]))
         .values(state=to.value, state_changed_at=now, updated_at=now, **values)
+        .returning(instances.c.region_id)
     )
-    return result.rowcount == 1
+    row = result.first()
+    if row is None:
+        return False
+    if leaves_live and row.region_id is not None:
+        await conn.execute(
+            update(regions).where(regions.c.id == row.region_id).values(live_count=regions.c.live_count - 1)
+        )
+    return True
 
 
 async def update_instance(conn: AsyncConnection, instance_id: str, now: float, **values: Any) -> None:

@@ -169,6 +169,8 @@ allocations = Table(
     Column("instance_id", String(ID), nullable=True, index=True),
     Column("instance_released", Boolean, nullable=True),
     Column("is_primary", Boolean, nullable=False, server_default=false()),
+    Column("created_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=True),
     UniqueConstraint("node_id", "bind_address", "port", name="uq_allocations_node_address_port"),
     ForeignKeyConstraint(
         ["instance_id", "instance_released"],

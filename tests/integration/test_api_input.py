@@ -90,7 +90,9 @@ def test_deploy_refuses_missing_fields(api: Api, node: dict[str, Any], missing: 
     body = good_deploy(node)
     del body[missing]
     r = api.post("/api/instances/deploy", body)
-    assert (r.status, r.body) == (400, {"error": f"{missing}: is required", "field": missing})
+    # A deploy names a node or a region; without either the answer says so.
+    message = "give a nodeId or a regionId (one of them)" if missing == "nodeId" else "is required"
+    assert (r.status, r.body) == (400, {"error": f"{missing}: {message}", "field": missing})
     nothing_written(api, node)
 
 

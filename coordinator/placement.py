@@ -1,0 +1,213 @@
+"""Placement: a pure function from (request, snapshot) to a ranked list of candidates or a reasoned
+refusal. No I/O and no clock: the use case builds the snapshot, and claims the candidates in order in one
+short transaction each (a lost race moves on to the next).
+
+The region chain: the asked region, its fallback, that one's fallback... stopping at a repeat (cycles are
+legal to configure) or after MAX_HOPS. A region at its serverLimit is skipped. Within a region, candidates
+are Ready nodes (fresh heartbeat, not in maintenance) carrying every asked tag, with the memory, CPU and
+disk free (the node's overallocation counted) and the ports free. Spread puts the node with the largest
+free-memory fraction first, binpack the smallest; ties are broken at random.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+MAX_HOPS = 8
+
+
+class Strategy(enum.StrEnum):
+    SPREAD = "spread"
+    BINPACK = "binpack"
+
+
+@dataclass(frozen=True, slots=True)
+class RegionInfo:
+    id: str
+    identifier: str
+    server_limit: int
+    live_count: int
+    fallback_id: str | None = None
+    country_id: str | None = None
+
+    @property
+    def full(self) -> bool:
+        return self.live_count >= self.server_limit
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    id: str
+    region_id: str | None
+    ready: bool
+    maintenance: bool
+    tags: frozenset[str]
+    memory_mib: int
+    cpu_percent: int  # cores x 100
+    disk_mib: int
+    overallocation_pct: int = 0
+    used_memory_mib: int = 0
+    used_cpu_percent: int = 0
+    used_disk_mib: int = 0
+    #: Free allocations on the node, and which of the request's specific ports are among them.
+    free_port_count: int = 0
+    free_ports: frozenset[int] = frozenset()
+    name: str = ""
+
+    def _cap(self, total: int) -> float:
+        return total * (1 + self.overallocation_pct / 100)
+
+    def free_memory(self) -> float:
+        return self._cap(self.memory_mib) - self.used_memory_mib
+
+    def free_cpu(self) -> float:
+        return self._cap(self.cpu_percent) - self.used_cpu_percent
+
+    def free_disk(self) -> float:
+        return self._cap(self.disk_mib) - self.used_disk_mib
+
+    def memory_fraction_free(self) -> float:
+        cap = self._cap(self.memory_mib)
+        return self.free_memory() / cap if cap > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    memory_mib: int
+    cpu_percent: int
+    disk_mib: int = 0
+    tags: frozenset[str] = frozenset()
+    #: Specific host ports wanted on one node; empty means "any `port_count` free allocations".
+    ports: tuple[int, ...] = ()
+    port_count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    regions: Mapping[str, RegionInfo]
+    nodes_by_region: Mapping[str, Sequence[NodeInfo]]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    node: NodeInfo
+    region: RegionInfo
+    fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    #: (region identifier, why) for every region tried, in chain order.
+    reasons: tuple[tuple[str, str], ...]
+    #: True when no region of the chain had a single Ready node: nothing is reachable (503, not 409).
+    unreachable: bool
+
+    @property
+    def message(self) -> str:
+        if not self.reasons:
+            return "no region to place in"
+        return "; ".join(f"{region}: {why}" for region, why in self.reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    candidates: tuple[Candidate, ...]
+    refusals: tuple[tuple[str, str], ...] = field(default=())  # regions skipped before the first candidate
+
+
+def region_chain(start: str, regions: Mapping[str, RegionInfo]) -> list[RegionInfo]:
+    """Follow fallbacks from ``start``; a repeat or MAX_HOPS ends the chain, so a cycle cannot loop."""
+    chain: list[RegionInfo] = []
+    seen: set[str] = set()
+    current: str | None = start
+    while current is not None and current not in seen and len(chain) <= MAX_HOPS:
+        region = regions.get(current)
+        if region is None:
+            break
+        chain.append(region)
+        seen.add(current)
+        current = region.fallback_id
+    return chain
+
+
+def _fits(node: NodeInfo, req: Request) -> str | None:
+    """None when the node can take the request, else the first reason it cannot (for the refusal)."""
+    if node.free_memory() < req.memory_mib:
+        return "memory"
+    if node.free_cpu() < req.cpu_percent:
+        return "cpu"
+    if node.free_disk() < req.disk_mib:
+        return "disk"
+    if req.ports:
+        if not set(req.ports) <= node.free_ports:
+            return "ports"
+    elif node.free_port_count < req.port_count:
+        return "ports"
+    return None
+
+
+def _why_not(region: RegionInfo, nodes: Sequence[NodeInfo], req: Request) -> tuple[str, bool]:
+    """(reason, had a Ready node) for a region with no candidate."""
+    if region.full:
+        return f"at serverLimit {region.server_limit}", any(n.ready and not n.maintenance for n in nodes)
+    ready = [n for n in nodes if n.ready and not n.maintenance]
+    if not nodes:
+        return "no nodes", False
+    if not ready:
+        return "no Ready node", False
+    tagged = [n for n in ready if req.tags <= n.tags]
+    if not tagged:
+        return f"no Ready node tagged {', '.join(sorted(req.tags))}", True
+    misses = {_fits(n, req) for n in tagged}
+    parts = []
+    if "memory" in misses:
+        parts.append(f"{req.memory_mib} MiB")
+    if "cpu" in misses:
+        parts.append(f"{req.cpu_percent}% CPU")
+    if "disk" in misses:
+        parts.append(f"{req.disk_mib} MiB disk")
+    if "ports" in misses:
+        parts.append(f"port(s) {', '.join(map(str, req.ports))}" if req.ports else "a free allocation")
+    return f"no Ready node with {' or '.join(parts)} free", True
+
+
+def place(
+    req: Request,
+    start_region: str,
+    snapshot: Snapshot,
+    strategy: Strategy = Strategy.SPREAD,
+    rng: random.Random | None = None,
+) -> Decision | Refusal:
+    """Every viable candidate in the order to try: the chain's regions in order, best node first within
+    each. A refusal names every region tried and why it failed."""
+    rng = rng or random.Random()
+    chain = region_chain(start_region, snapshot.regions)
+    reasons: list[tuple[str, str]] = []
+    candidates: list[Candidate] = []
+    any_ready = False
+    for hop, region in enumerate(chain):
+        nodes = snapshot.nodes_by_region.get(region.id, ())
+        viable = (
+            []
+            if region.full
+            else [
+                n
+                for n in nodes
+                if n.ready and not n.maintenance and req.tags <= n.tags and _fits(n, req) is None
+            ]
+        )
+        if not viable:
+            why, had_ready = _why_not(region, nodes, req)
+            any_ready = any_ready or had_ready
+            reasons.append((region.identifier, why))
+            continue
+        any_ready = True
+        sign = -1.0 if strategy is Strategy.SPREAD else 1.0
+        ranked = sorted(viable, key=lambda n: (sign * n.memory_fraction_free(), rng.random()))
+        candidates.extend(Candidate(n, region, hop > 0) for n in ranked)
+    if not candidates:
+        return Refusal(tuple(reasons), unreachable=not any_ready)
+    return Decision(tuple(candidates), tuple(reasons))

@@ -1,0 +1,281 @@
+"""Deploying: resolve the image, pick where (the node asked for, or placement through the region chain),
+claim it in one short transaction, tell the agent. Shared by every dialect that creates instances."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+
+from coordinator.commands import command
+from coordinator.model import Instance, InstanceState, NodeStatus
+from coordinator.placement import (
+    Candidate,
+    Decision,
+    NodeInfo,
+    Refusal,
+    Request,
+    Snapshot,
+    Strategy,
+    place,
+    region_chain,
+)
+from coordinator.service.core import Core
+from coordinator.service.errors import BadRequest, Conflict, Forbidden, Unavailable
+from coordinator.store import instances as instances_store
+from coordinator.store import regions as regions_store
+from coordinator.store import users as users_store
+from coordinator.store.regions import ClaimLost
+from coordinator.store.users import Principal
+from protos import moorage_pb2 as pb
+
+#: A stale snapshot can lose every race; placement is re-run from a fresh one this many times.
+SNAPSHOT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class DeployOrder:
+    image: str
+    memory_mib: int
+    cpu_percent: int
+    name: str
+    node_id: str | None = None
+    #: Region id or identifier; placement follows its fallback chain.
+    region: str | None = None
+    ports: tuple[int, ...] = ()
+    primary: int | None = None
+    owner_id: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    disk_mib: int = 0
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedImage:
+    name: str
+    reference: str
+    command: list[str]
+    stop_signal: str
+    env: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    instance: Instance
+    region_identifier: str | None
+    fallback_used: bool
+
+
+class DeployService:
+    def __init__(self, core: Core, strategy: Strategy = Strategy.SPREAD) -> None:
+        self.core = core
+        self.strategy = strategy
+
+    def resolve_image(self, image: str, variables: dict[str, str]) -> ResolvedImage:
+        entry = self.core.catalog.get(image)
+        if entry is not None:
+            try:
+                env = self.core.catalog.resolve_variables(entry, variables)
+            except ValueError as exc:
+                raise BadRequest(str(exc), field=str(exc).split(":", 1)[0].split(" ", 1)[0]) from exc
+            return ResolvedImage(entry.name, entry.image, list(entry.startup), entry.stop_signal, env)
+        if not self.core.catalog.is_reference(image):
+            raise BadRequest(
+                f"image: {image!r} is neither a catalog image nor a Docker reference", field="image"
+            )
+        return ResolvedImage(image, image, [], "SIGTERM", dict(variables))
+
+    async def deploy(self, caller: Principal, order: DeployOrder) -> Deployed:
+        if (order.node_id is None) == (order.region is None):
+            raise BadRequest("nodeId: give a nodeId or a regionId (one of them)", field="nodeId")
+        if order.primary is not None and order.ports and order.primary not in order.ports:
+            raise BadRequest(f"primary: {order.primary} is not one of the ports asked for", field="primary")
+        if order.primary is not None and not order.ports:
+            raise BadRequest("primary: give ports when naming a primary port", field="primary")
+        image = self.resolve_image(order.image, order.variables)
+        owner_id = order.owner_id or caller.user_id
+        if owner_id != caller.user_id and not caller.admin:
+            raise Forbidden("user: only an admin may deploy for another user", field="user")
+        async with self.core.store.read() as conn:
+            owner = await users_store.get_principal(conn, owner_id)
+        if owner is None:
+            raise BadRequest(f"user: user {owner_id} does not exist", field="user")
+        request = Request(
+            memory_mib=order.memory_mib,
+            cpu_percent=order.cpu_percent,
+            disk_mib=order.disk_mib,
+            tags=order.tags,
+            ports=order.ports,
+            port_count=1,
+        )
+        draft = Instance(
+            id=str(uuid.uuid4()),
+            name=order.name,
+            organization_id=owner.organization_id,
+            owner_id=owner.user_id,
+            image=image.name,
+            image_ref=image.reference,
+            memory_mib=order.memory_mib,
+            cpu_percent=order.cpu_percent,
+            disk_mib=order.disk_mib,
+            env=image.env,
+            node_id=None,
+            region_id=None,
+            state=InstanceState.PENDING,
+            error=None,
+            suspended=False,
+            container_id=None,
+            created_at=0.0,
+            updated_at=0.0,
+            state_changed_at=0.0,
+            delivered_at=None,
+            released_at=None,
+            command=image.command,
+            stop_signal=image.stop_signal,
+        )
+        if order.node_id is not None:
+            placed = await self._on_node(draft, order, request)
+        else:
+            assert order.region is not None
+            placed = await self._in_region(draft, order, request)
+        self.core.fleet.dispatch(placed.node_id or "", command(pb.COMMAND_KIND_DEPLOY, placed.instance))
+        return Deployed(placed.instance, placed.region_identifier, placed.fallback_used)
+
+    # ------------------------------------------------------------ where
+
+    async def _on_node(self, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
+        """The node is named: no readiness needed (the agent gets it when it connects), but every other
+        rule holds: resources, ports, the region's serverLimit."""
+        assert order.node_id is not None
+        async with self.core.store.read() as conn:
+            infos = await regions_store.node_infos(conn, node_id=order.node_id, ports=order.ports)
+            if not infos:
+                raise BadRequest(f"nodeId: node {order.node_id} does not exist", field="nodeId")
+            node = infos[0]
+            region = await regions_store.get_region(conn, node.region_id) if node.region_id else None
+            if order.ports:
+                free, unknown = await instances_store.free_allocations_by_port(conn, node.id, order.ports)
+                if unknown:
+                    raise BadRequest(
+                        f"ports: {', '.join(map(str, unknown))} not allocations of node {node.id}",
+                        field="ports",
+                    )
+                taken = [p for p in order.ports if p not in free]
+                if taken:
+                    raise Conflict(f"ports: {', '.join(map(str, taken))} already assigned", field="ports")
+        if node.maintenance:
+            raise Conflict(f"nodeId: node {node.name} is in maintenance", field="nodeId")
+        self._check_image_on_node(node.id, draft.image_ref)
+        if not order.ports and node.free_port_count < 1:
+            raise Conflict(f"ports: node {node.id} has no free allocation", field="ports")
+        for what, short in (
+            ("memory", node.free_memory() < req.memory_mib),
+            ("cpu", node.free_cpu() < req.cpu_percent),
+            ("disk", node.free_disk() < req.disk_mib),
+        ):
+            if short:
+                raise Conflict(f"{what}: node {node.name} has not enough {what} free", field=what)
+        if region is not None and region.info().full:
+            raise Conflict(
+                f"nodeId: region {region.identifier} is at its serverLimit {region.server_limit}",
+                field="nodeId",
+            )
+        candidate = Candidate(node, region.info(), False) if region else None
+        placed = await self._claim(draft, node, candidate, order)
+        if placed is None:
+            raise Conflict(
+                "ports: the node's resources or ports were taken by another deploy; retry", field="ports"
+            )
+        return placed
+
+    async def _in_region(self, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
+        assert order.region is not None
+        refusal: Refusal | None = None
+        for _ in range(SNAPSHOT_ATTEMPTS):
+            decision = await self._decide(order.region, req)
+            if isinstance(decision, Refusal):
+                refusal = decision
+                break
+            for candidate in decision.candidates:
+                if not self._may_run(candidate.node.id, draft.image_ref):
+                    continue
+                placed = await self._claim(draft, candidate.node, candidate, order)
+                if placed is not None:
+                    return placed
+        if refusal is None:
+            raise Conflict(
+                "regionId: every candidate was taken by concurrent deploys; retry", field="regionId"
+            )
+        error = Unavailable if refusal.unreachable else Conflict
+        raise error(f"regionId: no placement: {refusal.message}", field="regionId")
+
+    async def _decide(self, region_key: str, req: Request) -> Decision | Refusal:
+        fleet = self.core.fleet
+        ready = {
+            node_id
+            for node_id, live in fleet.live.items()
+            if fleet.judge(live.last_heartbeat) is NodeStatus.READY
+        }
+        async with self.core.store.read() as conn:
+            start = await regions_store.get_region(conn, region_key)
+            if start is None:
+                raise BadRequest(f"regionId: region {region_key} does not exist", field="regionId")
+            all_regions = {r.id: r.info() for r in await regions_store.list_regions(conn)}
+            chain_ids = [r.id for r in region_chain(start.id, all_regions)]
+            infos = await regions_store.node_infos(conn, region_ids=chain_ids, ports=req.ports, ready=ready)
+        by_region: dict[str, list[NodeInfo]] = {}
+        for info in infos:
+            by_region.setdefault(info.region_id or "", []).append(info)
+        return place(req, start.id, Snapshot(all_regions, by_region), self.strategy)
+
+    async def _claim(
+        self, draft: Instance, node: NodeInfo, candidate: Candidate | None, order: DeployOrder
+    ) -> _Placed | None:
+        now = self.core.clock()
+        inst = _with(draft, node.id, candidate.region.id if candidate else None, now)
+        try:
+            async with self.core.store.write() as conn:
+                await regions_store.claim(conn, inst, ports=order.ports, port_count=1, primary=order.primary)
+                created = await instances_store.get_instance(conn, inst.id)
+        except ClaimLost:
+            return None
+        assert created is not None
+        return _Placed(
+            created,
+            node.id,
+            candidate.region.identifier if candidate else None,
+            candidate.fallback if candidate else False,
+        )
+
+    def _may_run(self, node_id: str, reference: str) -> bool:
+        try:
+            self._check_image_on_node(node_id, reference)
+        except BadRequest:
+            return False
+        return True
+
+    def _check_image_on_node(self, node_id: str, reference: str) -> None:
+        """Refuse early when the node told us it lacks the image and may not pull it."""
+        live = self.core.fleet.live.get(node_id)
+        if live is None or live.pull_policy != "never":
+            return
+        last = reference.rsplit("/", 1)[-1]
+        wanted = reference if ":" in last or "@" in reference else f"{reference}:latest"
+        if wanted not in live.images:
+            raise BadRequest(
+                f"image: {reference} is not present on node {node_id} and its agent may not pull images",
+                field="image",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    instance: Instance
+    node_id: str | None
+    region_identifier: str | None
+    fallback_used: bool
+
+
+def _with(draft: Instance, node_id: str, region_id: str | None, now: float) -> Instance:
+    return replace(
+        draft, node_id=node_id, region_id=region_id, created_at=now, updated_at=now, state_changed_at=now
+    )
