@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,29 @@ from protos import moorage_pb2_grpc as pb_grpc
 log = get("coordinator.gateway")
 
 NAMES = ["moorage-coordinator"]  # always in the server certificate; agents verify against this name
+
+
+class Inbox:
+    """A session's messages waiting for their database work; a heartbeat that finds another heartbeat last
+    in line replaces it (only the newest matters), so a slow database cannot grow the queue without bound
+    while the agent is healthy."""
+
+    def __init__(self) -> None:
+        self._items: deque[pb.AgentMessage] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, message: pb.AgentMessage) -> None:
+        if message.HasField("heartbeat") and self._items and self._items[-1].HasField("heartbeat"):
+            self._items[-1] = message
+        else:
+            self._items.append(message)
+        self._ready.set()
+
+    async def get(self) -> pb.AgentMessage:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
 
 
 class Gateway(pb_grpc.CoordinatorServicer):
@@ -104,11 +128,27 @@ class Gateway(pb_grpc.CoordinatorServicer):
             log.info("agent disconnected", node_id=node_id)
 
     async def _read(self, node_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Read without ever waiting for the database: a heartbeat counts for liveness as it arrives; what
+        needs a write goes to the session's worker, in order (consecutive heartbeats coalesce)."""
+        inbox = Inbox()
+        worker = asyncio.create_task(self._work(node_id, inbox))
+        try:
+            while True:
+                message = await context.read()
+                if message is grpc.aio.EOF:
+                    return
+                assert isinstance(message, pb.AgentMessage)
+                if message.HasField("heartbeat"):
+                    self.reports.note_heartbeat(node_id, message.heartbeat)
+                inbox.put(message)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    async def _work(self, node_id: str, inbox: Inbox) -> None:
         while True:
-            message = await context.read()
-            if message is grpc.aio.EOF:
-                return
-            await self._handle(node_id, message)
+            await self._handle(node_id, await inbox.get())
 
     async def _renew(self, node_id: str, request: pb.RenewRequest) -> None:
         pem = await self.nodes.renew(node_id, bytes(request.csr_pem))

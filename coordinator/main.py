@@ -35,6 +35,7 @@ from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
+from coordinator.service.regions import RegionService
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store, sqlite_url
 
@@ -150,6 +151,7 @@ class Coordinator:
             nodes=nodes,
             instances=instances,
             deploys=DeployService(core, cfg.placement.strategy),
+            regions=RegionService(core),
         )
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()

@@ -48,6 +48,8 @@ class Allocation:
     notes: str | None = None
     instance_id: str | None = None
     primary: bool = False
+    created_at: float | None = None
+    updated_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ class Node:
     enrolled: bool
     created_at: float
     last_checked: float | None = None
+    updated_at: float | None = None
     agent_version: str | None = None
     host_metrics: dict[str, Any] = field(default_factory=dict)
 

@@ -259,6 +259,30 @@ def running_coordinator(data_dir: Path, **kwargs: Any) -> Iterator[CoordinatorPr
         proc.stop()
 
 
+class FakeAgents(Process):
+    """Real agent code over an in-memory runtime, several agents in one process (tests/fakeagent.py)."""
+
+    def __init__(self, log_dir: Path, coordinator: CoordinatorProcess, tokens: list[str]) -> None:
+        specs = []
+        for n, token in enumerate(tokens):
+            data_dir = log_dir / f"fake-agent-{n}"
+            data_dir.mkdir(parents=True, exist_ok=True)
+            DATA_DIRS.append(data_dir)
+            specs.append(
+                {
+                    "data_dir": str(data_dir),
+                    "coordinator": f"127.0.0.1:{coordinator.endpoints['grpc_port']}",
+                    "enroll_address": f"127.0.0.1:{coordinator.endpoints['enroll_port']}",
+                    "join_token": token,
+                    "log_level": "warning",
+                }
+            )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = log_dir / "fake-agents.json"
+        spec_path.write_text(json.dumps(specs))
+        super().__init__([sys.executable, "-m", "tests.fakeagent", str(spec_path)], log_dir, "fake-agents")
+
+
 def create_node(api: Api, ports: list[int], **overrides: Any) -> dict[str, Any]:
     body = {
         "name": overrides.pop("name", "node-a"),

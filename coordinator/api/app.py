@@ -11,13 +11,13 @@ from aiohttp import web
 
 from common.logging import get
 from coordinator import __version__
-from coordinator.api import accounts, nodes, openapi, panel, system
+from coordinator.api import accounts, nodes, openapi, panel, regions, system
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
 
 log = get("coordinator.http")
 
-ROUTERS: list[Router] = [system.router, accounts.router, nodes.router, panel.router]
+ROUTERS: list[Router] = [system.router, accounts.router, nodes.router, panel.router, regions.router]
 
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

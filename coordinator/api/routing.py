@@ -77,6 +77,8 @@ class Router:
 
     tag: str
     render_error: ErrorRenderer = render_error
+    #: What a non-admin hears on an admin route, in the dialect's words.
+    admin_message: str = "this action needs an admin"
     routes: list[Route] = field(default_factory=list)
 
     def route(
@@ -150,7 +152,7 @@ class Router:
                 if route.access != "public":
                     principal = await services.auth.authenticate(request)
                     if route.access == "admin" and not principal.admin:
-                        raise Forbidden("this action needs an admin")
+                        raise Forbidden(self.admin_message)
                 args: list[Any] = [Call(request, services, principal)]
                 if route.body is not None:
                     args.append(await parse_body(request, route.body))

@@ -12,6 +12,7 @@ from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
+from coordinator.service.regions import RegionService
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Services:
     nodes: NodeService
     instances: InstanceService
     deploys: DeployService
+    regions: RegionService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -101,7 +101,9 @@ class AgentReports:
         for inst in on_node:
             if inst.state is S.RELEASING and inst.id not in reported:
                 await self._release(inst.id)
-        await self.heartbeat(node_id, pb.Heartbeat(instances=hello.instances))
+        beat = pb.Heartbeat(instances=hello.instances)
+        self.note_heartbeat(node_id, beat)
+        await self.heartbeat(node_id, beat)
         return pb.Welcome(
             node_id=node_id,
             heartbeat_interval_ms=int(self.core.config.fleet.heartbeat_interval_s * 1000),
@@ -111,12 +113,15 @@ class AgentReports:
 
     # ------------------------------------------------------------ steady state
 
-    async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
-        """Memory only, except where a heartbeat changes an instance's state (rare): a container confirmed
-        running for the first time, or one we believed running that is not (it died while we were away)."""
-        fleet = self.core.fleet
+    def note_heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
+        """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
         host = host_metrics(hb.host) if hb.HasField("host") else {}
-        fleet.record_heartbeat(node_id, host, list(hb.instances))
+        self.core.fleet.record_heartbeat(node_id, host, list(hb.instances))
+
+    async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
+        """What a heartbeat changes in the database (rarely anything): a container confirmed running for
+        the first time, or one we believed running that is not (it died while we were away)."""
+        fleet = self.core.fleet
         for status in hb.instances:
             running = status.state == pb.CONTAINER_STATE_RUNNING
             if running and status.health in ("", "healthy"):

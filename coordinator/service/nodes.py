@@ -16,7 +16,7 @@ from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus
 from coordinator.pki import CertificateRequestError
 from coordinator.service import policy
 from coordinator.service.core import Core
-from coordinator.service.errors import BadRequest, NotFound, Unauthorized
+from coordinator.service.errors import BadRequest, Conflict, NotFound, Unauthorized
 from coordinator.service.instances import InstanceService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
@@ -129,7 +129,7 @@ class NodeService:
             if order.region_id is not None and not await nodes_store.region_exists(conn, order.region_id):
                 raise BadRequest(f"regionId: region {order.region_id} does not exist", field="regionId")
             await nodes_store.insert_node(conn, node)
-            await nodes_store.insert_allocations(conn, node.id, rows)
+            await nodes_store.insert_allocations(conn, node.id, rows, now)
             await nodes_store.replace_join_token(
                 conn,
                 node_id=node.id,
@@ -190,6 +190,62 @@ class NodeService:
         self.core.fleet.forget(node_id)
         log.info("node deleted", node_id=node_id, released=len(released))
         return released
+
+    async def update(self, caller: Principal, node_id: str, changes: dict[str, Any]) -> NodeView:
+        """Change a node's description, region, capacity, overallocation or maintenance flag. Instances
+        already placed keep their region (their place was counted there)."""
+        policy.require_admin(caller, "changing nodes")
+        async with self.core.store.write() as conn:
+            region_id = changes.get("region_id")
+            if region_id is not None and not await nodes_store.region_exists(conn, region_id):
+                raise BadRequest(f"regionId: region {region_id} does not exist", field="regionId")
+            if not await nodes_store.update_node(conn, node_id, {**changes, "updated_at": self.core.clock()}):
+                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+        view, _ = await self.get(node_id)
+        return view
+
+    async def add_allocations(
+        self, caller: Principal, node_id: str, bind_address: str, ports: tuple[int, ...]
+    ) -> list[Allocation]:
+        policy.require_admin(caller, "adding allocations")
+        rows = [(str(uuid.uuid4()), bind_address, p) for p in ports]
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            if await nodes_store.get_node(conn, node_id) is None:
+                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+            clash = await nodes_store.existing_ports(conn, node_id, bind_address, ports)
+            if clash:
+                shown = ", ".join(map(str, clash[:20])) + (
+                    f" and {len(clash) - 20} more" if len(clash) > 20 else ""
+                )
+                raise Conflict(
+                    f"ports: {bind_address} already has port(s) {shown} on this node", field="ports"
+                )
+            await nodes_store.insert_allocations(conn, node_id, rows, now)
+        return [Allocation(a, node_id, b, p, created_at=now, updated_at=now) for a, b, p in rows]
+
+    async def delete_allocation(self, caller: Principal, node_id: str, allocation_id: str) -> None:
+        policy.require_admin(caller, "removing allocations")
+        async with self.core.store.write() as conn:
+            found = await nodes_store.get_allocation(conn, node_id, allocation_id)
+            if found is None:
+                raise NotFound(f"allocation {allocation_id} does not exist on node {node_id}")
+            if not await nodes_store.delete_free_allocation(conn, allocation_id):
+                raise Conflict(f"allocation {found.bind_address}:{found.port} is assigned to an instance")
+
+    async def update_allocation(
+        self, caller: Principal, node_id: str, allocation_id: str, changes: dict[str, Any]
+    ) -> Allocation:
+        policy.require_admin(caller, "changing allocations")
+        async with self.core.store.write() as conn:
+            if await nodes_store.get_allocation(conn, node_id, allocation_id) is None:
+                raise NotFound(f"allocation {allocation_id} does not exist on node {node_id}")
+            await nodes_store.update_allocation(
+                conn, allocation_id, {**changes, "updated_at": self.core.clock()}
+            )
+            found = await nodes_store.get_allocation(conn, node_id, allocation_id)
+        assert found is not None
+        return found
 
     async def renew(self, node_id: str, csr_pem: bytes) -> bytes:
         """A new certificate for a connected node. Its serial replaces the old one, so from now on only the

@@ -28,6 +28,7 @@ def node_from_row(row: Row[Any]) -> Node:
         enrolled=bool(row.enrolled),
         created_at=row.created_at,
         last_checked=row.last_checked,
+        updated_at=row.updated_at,
         agent_version=row.agent_version,
         host_metrics=dict(row.host_metrics or {}),
     )
@@ -43,6 +44,8 @@ def allocation_from_row(row: Row[Any]) -> Allocation:
         notes=row.notes,
         instance_id=row.instance_id,
         primary=bool(row.is_primary),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
     )
 
 
@@ -68,13 +71,23 @@ async def insert_node(conn: AsyncConnection, node: Node) -> None:
 
 
 async def insert_allocations(
-    conn: AsyncConnection, node_id: str, rows: Sequence[tuple[str, str, int]]
+    conn: AsyncConnection, node_id: str, rows: Sequence[tuple[str, str, int]], now: float | None = None
 ) -> None:
     """rows: (allocation id, bind address, port). The unique constraint refuses duplicates."""
     if rows:
         await conn.execute(
             insert(allocations),
-            [{"id": a, "node_id": node_id, "bind_address": b, "port": p} for a, b, p in rows],
+            [
+                {
+                    "id": a,
+                    "node_id": node_id,
+                    "bind_address": b,
+                    "port": p,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for a, b, p in rows
+            ],
         )
 
 
@@ -135,6 +148,20 @@ async def node_allocations(conn: AsyncConnection, node_id: str) -> list[Allocati
     return [allocation_from_row(r) for r in rows]
 
 
+async def allocations_of(conn: AsyncConnection, node_ids: list[str]) -> dict[str, list[Allocation]]:
+    found: dict[str, list[Allocation]] = {}
+    if not node_ids:
+        return found
+    rows = await conn.execute(
+        select(allocations)
+        .where(allocations.c.node_id.in_(node_ids))
+        .order_by(allocations.c.node_id, allocations.c.bind_address, allocations.c.port)
+    )
+    for r in rows:
+        found.setdefault(r.node_id, []).append(allocation_from_row(r))
+    return found
+
+
 async def mark_enrolled(
     conn: AsyncConnection, node_id: str, *, cert_serial: str, agent_version: str, now: float
 ) -> None:
@@ -192,3 +219,29 @@ async def use_join_token(conn: AsyncConnection, token_id: str, now: float) -> bo
         .values(used_at=now)
     )
     return result.rowcount == 1
+
+
+async def update_node(conn: AsyncConnection, node_id: str, values: dict[str, Any]) -> bool:
+    result = await conn.execute(update(nodes).where(nodes.c.id == node_id).values(**values))
+    return result.rowcount == 1
+
+
+async def get_allocation(conn: AsyncConnection, node_id: str, allocation_id: str) -> Allocation | None:
+    row = (
+        await conn.execute(
+            select(allocations).where(allocations.c.id == allocation_id, allocations.c.node_id == node_id)
+        )
+    ).first()
+    return allocation_from_row(row) if row else None
+
+
+async def delete_free_allocation(conn: AsyncConnection, allocation_id: str) -> bool:
+    """Only while no instance holds it (guarded DELETE)."""
+    result = await conn.execute(
+        delete(allocations).where(allocations.c.id == allocation_id, allocations.c.instance_id.is_(None))
+    )
+    return result.rowcount == 1
+
+
+async def update_allocation(conn: AsyncConnection, allocation_id: str, values: dict[str, Any]) -> None:
+    await conn.execute(update(allocations).where(allocations.c.id == allocation_id).values(**values))

@@ -104,6 +104,16 @@ async def fallback_users(conn: AsyncConnection, region_id: str) -> list[str]:
     return [r.identifier for r in rows]
 
 
+async def live_counts(conn: AsyncConnection) -> dict[str, int]:
+    """Live instances per region, counted from the instances themselves (what the stats show)."""
+    rows = await conn.execute(
+        select(instances.c.region_id, func.count())
+        .where(_live(), instances.c.region_id.is_not(None))
+        .group_by(instances.c.region_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
 async def node_count(conn: AsyncConnection, region_id: str) -> int:
     found = await conn.execute(select(func.count()).select_from(nodes).where(nodes.c.region_id == region_id))
     return int(found.scalar_one())

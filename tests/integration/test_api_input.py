@@ -3,6 +3,7 @@ instance row, no claimed allocation). Also the JSON error shape, credentials and
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,6 +214,69 @@ def test_every_protected_route_refuses_without_credentials(api: Api) -> None:
     for route in all_routes():
         if route.access == "public":
             continue
-        path = route.path.replace("{id}", "00000000-0000-0000-0000-000000000000")
+        path = re.sub(r"{\w+}", "00000000-0000-0000-0000-000000000000", route.path)
         r = api.call(route.method, path, {} if route.method != "GET" else None, key=False)
         assert r.status == 401, (route.method, route.path, r.body)
+
+
+def test_allocations_are_added_named_on_clash_and_kept_while_assigned(api: Api) -> None:
+    node = create_node(api, port_block(2), name="alloc-node")
+    base = f"/api/nodes/{node['id']}/allocations"
+    start = node["allocationList"][-1]["port"] + 1
+    r = api.post(base, {"bindAddress": "127.0.0.1", "portRange": {"start": start, "end": start + 4}})
+    assert r.status == 201 and [a["port"] for a in r.body] == list(range(start, start + 5))
+    r = api.post(base, {"bindAddress": "127.0.0.1", "portRange": {"start": start + 3, "end": start + 6}})
+    assert r.status == 409 and f"{start + 3}, {start + 4}" in r.body["error"]
+    assert len(api.get(base).body) == 7  # nothing of the clashing call was added
+    assert api.post(base, {"bindAddress": "0.0.0.0", "port": start}).status == 201  # other address: no clash
+    for bad in (
+        {"bindAddress": "127.0.0.1"},
+        {"bindAddress": "127.0.0.1", "port": 1, "portRange": {"start": 2, "end": 3}},
+        {"bindAddress": "127.0.0.1", "portRange": {"start": 5000, "end": 4000}},
+        {"bindAddress": "127.0.0.1", "portRange": {"start": 1000, "end": 2000}},
+        {"bindAddress": "127.0.0.1", "port": 70000},
+    ):
+        assert api.post(base, bad).status == 400, bad
+    first = node["allocationList"][0]
+    r = api.call("PATCH", f"{base}/{first['id']}", {"alias": "game", "notes": "main port"})
+    assert r.status == 200 and (r.body["alias"], r.body["notes"]) == ("game", "main port")
+    deployed = api.post(
+        "/api/instances/deploy",
+        {
+            "image": "moorage-test/busybox:latest",
+            "memory": 32,
+            "cpu": 5,
+            "nodeId": node["id"],
+            "ports": [first["port"]],
+            "name": "holder",
+        },
+    )
+    assert deployed.status == 201
+    r = api.delete(f"{base}/{first['id']}")
+    assert r.status == 409 and str(first["port"]) in r.body["error"]
+    second = node["allocationList"][1]
+    assert api.delete(f"{base}/{second['id']}").status == 204
+    assert api.delete(f"{base}/{second['id']}").status == 404
+
+
+def test_a_node_can_be_moved_into_a_region_and_put_in_maintenance(api: Api) -> None:
+    region = api.post("/api/regions", {"name": "Moves", "identifier": "moves"}).body
+    node = create_node(api, port_block(1), name="mover")
+    r = api.call(
+        "PATCH", f"/api/nodes/{node['id']}", {"regionId": region["id"], "maintenance": True, "ram": 2048}
+    )
+    assert r.status == 200 and (r.body["regionId"], r.body["ram"]) == (region["id"], 2048)
+    assert api.get(f"/api/regions/{region['id']}").body["stats"]["nodeCount"] == 1
+    r = api.post(
+        "/api/instances/deploy",
+        {
+            "image": "moorage-test/busybox:latest",
+            "memory": 32,
+            "cpu": 5,
+            "nodeId": node["id"],
+            "name": "blocked",
+        },
+    )
+    assert r.status == 409 and "maintenance" in r.body["error"]
+    assert api.call("PATCH", f"/api/nodes/{node['id']}", {"regionId": "nope"}).body["field"] == "regionId"
+    assert api.call("PATCH", "/api/nodes/unknown", {"name": "x"}).status == 404

@@ -237,3 +237,27 @@ def test_a_node_that_may_not_pull_refuses_absent_images_up_front(fleet: Fleet) -
     finally:
         agent.stop()
         leave_no_containers(node["id"])
+
+
+def test_placement_through_the_region_chain_onto_a_real_agent(fleet: Fleet) -> None:
+    api = fleet.api
+    home = api.post("/api/regions", {"name": "Home", "identifier": "real-home", "countryId": "NL"}).body
+    first = api.post(
+        "/api/regions", {"name": "Empty", "identifier": "real-empty", "fallbackRegionId": home["id"]}
+    ).body
+    assert api.call("PATCH", f"/api/nodes/{fleet.node_id}", {"regionId": home["id"]}).status == 200
+    r = api.post(
+        "/api/instances/deploy",
+        {"image": TEST_IMAGE, "memory": 64, "cpu": 50, "regionId": first["identifier"], "name": "placed"},
+    )
+    assert r.status == 201, r.body
+    assert (
+        r.body["placement"] == {"region": "real-home", "fallbackUsed": True}
+        and r.body["nodeId"] == fleet.node_id
+    )
+    port = r.body["Primary"]
+    wait_state(api, r.body["id"], "running")
+    assert "moorage-test-ok" in wait_for(lambda: _try_get(port), 10, "the placed instance to serve")
+    stats = api.get(f"/api/regions/{home['id']}").body["stats"]
+    assert stats["serverCount"] >= 1 and stats["onlineNodeCount"] == 1
+    assert api.delete("/api/instance/delete", {"id": r.body["id"]}).body["state"] == "released"

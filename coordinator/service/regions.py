@@ -1,0 +1,156 @@
+"""Region use cases (the regions dialect's, and placement's view of them). Messages are the original
+system's own words where it had them (seeds/README.md)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.model import Allocation, Node, NodeStatus
+from coordinator.service.core import Core
+from coordinator.service.errors import BadRequest, NotFound
+from coordinator.store import nodes as nodes_store
+from coordinator.store import regions as regions_store
+from coordinator.store.regions import RegionRecord
+
+DEFAULT_SERVER_LIMIT = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RegionStats:
+    server_count: int
+    node_count: int
+    online_node_count: int
+
+    def at_capacity(self, limit: int) -> bool:
+        return self.server_count >= limit
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInRegion:
+    node: Node
+    online: bool
+    last_checked: float | None
+    allocations: list[Allocation]
+
+
+@dataclass(frozen=True, slots=True)
+class RegionView:
+    region: RegionRecord
+    stats: RegionStats
+    nodes: list[NodeInRegion]
+
+
+class RegionService:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def _views(self, only: str | None = None) -> list[RegionView]:
+        """Regions with stats computed from live data: live instances counted, nodes judged by the fleet."""
+        fleet = self.core.fleet
+        async with self.core.store.read() as conn:
+            found = [r for r in await regions_store.list_regions(conn) if only is None or r.id == only]
+            counts = await regions_store.live_counts(conn)
+            members = [n for n in await nodes_store.list_nodes(conn) if n.region_id in {r.id for r in found}]
+            allocations = await nodes_store.allocations_of(conn, [n.id for n in members])
+        views = []
+        for region in found:
+            in_region = [
+                NodeInRegion(
+                    node,
+                    fleet.status_of(node) is NodeStatus.READY,
+                    fleet.last_heartbeat(node),
+                    allocations.get(node.id, []),
+                )
+                for node in members
+                if node.region_id == region.id
+            ]
+            stats = RegionStats(
+                server_count=counts.get(region.id, 0),
+                node_count=len(in_region),
+                online_node_count=sum(1 for m in in_region if m.online),
+            )
+            views.append(RegionView(region, stats, in_region))
+        return views
+
+    async def list_views(self) -> list[RegionView]:
+        return await self._views()
+
+    async def get(self, region_id: str) -> RegionView:
+        views = await self._views(region_id)
+        if not views:
+            raise NotFound("Region not found")
+        return views[0]
+
+    async def create(self, values: dict[str, Any]) -> RegionView:
+        now = self.core.clock()
+        region_id = str(uuid.uuid4())
+        async with self.core.store.write() as conn:
+            if await regions_store.identifier_taken(conn, values["identifier"]):
+                raise BadRequest("Region with this identifier already exists", field="identifier")
+            fallback = values.get("fallback_region_id")
+            if fallback is not None and await regions_store.get_region(conn, fallback) is None:
+                raise BadRequest("Fallback region not found", field="fallbackRegionId")
+            await regions_store.insert_region(
+                conn,
+                {
+                    "id": region_id,
+                    "server_limit": DEFAULT_SERVER_LIMIT,
+                    **values,
+                    "live_count": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        return await self.get(region_id)
+
+    async def update(self, region_id: str, values: dict[str, Any]) -> RegionView:
+        async with self.core.store.write() as conn:
+            region = await regions_store.get_region(conn, region_id)
+            if region is None or region.id != region_id:
+                raise NotFound("Region not found")
+            identifier = values.get("identifier")
+            if identifier is not None and await regions_store.identifier_taken(
+                conn, identifier, other_than=region_id
+            ):
+                raise BadRequest("Region with this identifier already exists", field="identifier")
+            if "fallback_region_id" in values and values["fallback_region_id"] is not None:
+                fallback = values["fallback_region_id"]
+                if fallback == region_id:
+                    raise BadRequest("Region cannot be its own fallback", field="fallbackRegionId")
+                if await regions_store.get_region(conn, fallback) is None:
+                    raise NotFound("Fallback region not found", field="fallbackRegionId")
+            limit = values.get("server_limit")
+            if limit is not None and limit < region.live_count:
+                raise BadRequest(
+                    f"serverLimit: {region.live_count} servers already live in this region",
+                    field="serverLimit",
+                )
+            try:
+                await regions_store.update_region(
+                    conn, region_id, {**values, "updated_at": self.core.clock()}
+                )
+            except IntegrityError as exc:  # the limit raced a deploy; the database kept the invariant
+                raise BadRequest(
+                    "serverLimit: lower than the servers live in this region", field="serverLimit"
+                ) from exc
+        return await self.get(region_id)
+
+    async def delete(self, region_id: str) -> None:
+        async with self.core.store.write() as conn:
+            region = await regions_store.get_region(conn, region_id)
+            if region is None or region.id != region_id:
+                raise NotFound("Region not found")
+            if await regions_store.node_count(conn, region_id):
+                raise BadRequest("Cannot delete region with assigned nodes")
+            users = await regions_store.fallback_users(conn, region_id)
+            if users:
+                raise BadRequest(f"Cannot delete region: it is the fallback of {', '.join(users)}")
+            await regions_store.delete_region(conn, region_id)
+
+    async def unassigned_allocations(self, region_id: str) -> list[tuple[Allocation, Node]]:
+        view = await self.get(region_id)
+        return [(a, m.node) for m in view.nodes for a in m.allocations if a.instance_id is None]
