@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from bench import deploy, tls
+from bench import deploy, placement, tls
 
 
 def main() -> None:
     deploy.main()
     print()
     tls.main()
+    print()
+    placement.main()
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ class Fleet:
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.listeners: list[StatusListener] = []
+        #: Nodes whose last heartbeat is fresh, kept as statuses change: placement reads it per decision.
+        self.ready: set[str] = set()
         #: Instances known to be running in the database, so a heartbeat confirming them costs nothing.
         self.confirmed_running: set[str] = set()
 
@@ -96,6 +98,7 @@ class Fleet:
     def forget(self, node_id: str) -> None:
         self.disconnect(node_id)
         self.live.pop(node_id, None)
+        self.ready.discard(node_id)
         self._dirty.discard(node_id)
 
     def is_connected(self, node_id: str) -> bool:
@@ -114,6 +117,7 @@ class Fleet:
         live.instances = {i.instance_id: i for i in instances}
         self._dirty.add(node_id)
         heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
+        self.ready.add(node_id)
         if live.status is not NodeStatus.READY:
             previous, live.status = live.status, NodeStatus.READY
             self._notify(node_id, previous, NodeStatus.READY)
@@ -167,6 +171,8 @@ class Fleet:
                 if live is None:
                     continue
                 status = self.judge(live.last_heartbeat)
+                if status is not NodeStatus.READY:
+                    self.ready.discard(node_id)
                 if status is not live.status:
                     previous, live.status = live.status, status
                     log.info("node status changed", node_id=node_id, old=previous.value, new=status.value)

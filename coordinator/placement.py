@@ -12,11 +12,15 @@ free-memory fraction first, binpack the smallest; ties are broken at random.
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 MAX_HOPS = 8
+#: How many ranked candidates a decision offers; a claim that loses a race moves on to the next.
+CANDIDATES = 8
 
 
 class Strategy(enum.StrEnum):
@@ -89,6 +93,11 @@ class Request:
 class Snapshot:
     regions: Mapping[str, RegionInfo]
     nodes_by_region: Mapping[str, Sequence[NodeInfo]]
+    #: Ids of the Ready nodes; None: each node's own ``ready`` flag says.
+    ready: AbstractSet[str] | None = None
+
+    def is_ready(self, node: NodeInfo) -> bool:
+        return node.ready if self.ready is None else node.id in self.ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +158,17 @@ def _fits(node: NodeInfo, req: Request) -> str | None:
     return None
 
 
-def _why_not(region: RegionInfo, nodes: Sequence[NodeInfo], req: Request) -> tuple[str, bool]:
+def _usable(node: NodeInfo, req: Request, ready: bool) -> bool:
+    return ready and not node.maintenance and req.tags <= node.tags and _fits(node, req) is None
+
+
+def _why_not(region: RegionInfo, nodes: Sequence[NodeInfo], req: Request, snap: Snapshot) -> tuple[str, bool]:
     """(reason, had a Ready node) for a region with no candidate."""
     if region.full:
-        return f"at serverLimit {region.server_limit}", any(n.ready and not n.maintenance for n in nodes)
-    ready = [n for n in nodes if n.ready and not n.maintenance]
+        return f"at serverLimit {region.server_limit}", any(
+            snap.is_ready(n) and not n.maintenance for n in nodes
+        )
+    ready = [n for n in nodes if snap.is_ready(n) and not n.maintenance]
     if not nodes:
         return "no nodes", False
     if not ready:
@@ -180,34 +195,22 @@ def place(
     snapshot: Snapshot,
     strategy: Strategy = Strategy.SPREAD,
     rng: random.Random | None = None,
+    limit: int = CANDIDATES,
 ) -> Decision | Refusal:
-    """Every viable candidate in the order to try: the chain's regions in order, best node first within
-    each. A refusal names every region tried and why it failed."""
+    """The best ``limit`` candidates of the first region along the chain that has any (later regions are
+    fallbacks, tried only when earlier ones cannot serve), or a refusal naming every region tried and why."""
     rng = rng or random.Random()
-    chain = region_chain(start_region, snapshot.regions)
     reasons: list[tuple[str, str]] = []
-    candidates: list[Candidate] = []
     any_ready = False
-    for hop, region in enumerate(chain):
+    for hop, region in enumerate(region_chain(start_region, snapshot.regions)):
         nodes = snapshot.nodes_by_region.get(region.id, ())
-        viable = (
-            []
-            if region.full
-            else [
-                n
-                for n in nodes
-                if n.ready and not n.maintenance and req.tags <= n.tags and _fits(n, req) is None
-            ]
-        )
+        viable = [] if region.full else [n for n in nodes if _usable(n, req, snapshot.is_ready(n))]
         if not viable:
-            why, had_ready = _why_not(region, nodes, req)
+            why, had_ready = _why_not(region, nodes, req, snapshot)
             any_ready = any_ready or had_ready
             reasons.append((region.identifier, why))
             continue
-        any_ready = True
         sign = -1.0 if strategy is Strategy.SPREAD else 1.0
-        ranked = sorted(viable, key=lambda n: (sign * n.memory_fraction_free(), rng.random()))
-        candidates.extend(Candidate(n, region, hop > 0) for n in ranked)
-    if not candidates:
-        return Refusal(tuple(reasons), unreachable=not any_ready)
-    return Decision(tuple(candidates), tuple(reasons))
+        best = heapq.nsmallest(limit, viable, key=lambda n: (sign * n.memory_fraction_free(), rng.random()))
+        return Decision(tuple(Candidate(n, region, hop > 0) for n in best), tuple(reasons))
+    return Refusal(tuple(reasons), unreachable=not any_ready)

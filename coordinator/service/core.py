@@ -10,6 +10,7 @@ from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.pki import CertificateAuthority
+from coordinator.service.snapshot import PlacementSnapshot
 from coordinator.store.engine import Store
 
 
@@ -21,6 +22,11 @@ class Core:
     catalog: Catalog
     ca: CertificateAuthority
     clock: Callable[[], float] = field(default=time.time)
+    #: The scheduler's cached view of nodes and regions (service/snapshot.py).
+    snapshot: PlacementSnapshot = field(init=False)
     #: Ports the gRPC server actually bound (the config may say 0); agent commands name these.
     session_port: int = 0
     enroll_port: int = 0
+
+    def __post_init__(self) -> None:
+        self.snapshot = PlacementSnapshot(self.store)

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 
 from coordinator.commands import command
-from coordinator.model import Instance, InstanceState, NodeStatus
+from coordinator.model import Instance, InstanceState
 from coordinator.placement import (
     Candidate,
     Decision,
@@ -17,13 +17,13 @@ from coordinator.placement import (
     Snapshot,
     Strategy,
     place,
-    region_chain,
 )
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, Forbidden, Unavailable
 from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store import users as users_store
+from coordinator.store.claims import ClaimQueue
 from coordinator.store.regions import ClaimLost
 from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
@@ -69,6 +69,7 @@ class DeployService:
     def __init__(self, core: Core, strategy: Strategy = Strategy.SPREAD) -> None:
         self.core = core
         self.strategy = strategy
+        self.claims = ClaimQueue(core.store)
 
     def resolve_image(self, image: str, variables: dict[str, str]) -> ResolvedImage:
         entry = self.core.catalog.get(image)
@@ -95,8 +96,10 @@ class DeployService:
         owner_id = order.owner_id or caller.user_id
         if owner_id != caller.user_id and not caller.admin:
             raise Forbidden("user: only an admin may deploy for another user", field="user")
-        async with self.core.store.read() as conn:
-            owner = await users_store.get_principal(conn, owner_id)
+        owner: Principal | None = caller
+        if owner_id != caller.user_id:
+            async with self.core.store.read() as conn:
+                owner = await users_store.get_principal(conn, owner_id)
         if owner is None:
             raise BadRequest(f"user: user {owner_id} does not exist", field="user")
         request = Request(
@@ -209,36 +212,38 @@ class DeployService:
         raise error(f"regionId: no placement: {refusal.message}", field="regionId")
 
     async def _decide(self, region_key: str, req: Request) -> Decision | Refusal:
-        fleet = self.core.fleet
-        ready = {
-            node_id
-            for node_id, live in fleet.live.items()
-            if fleet.judge(live.last_heartbeat) is NodeStatus.READY
-        }
-        async with self.core.store.read() as conn:
-            start = await regions_store.get_region(conn, region_key)
-            if start is None:
-                raise BadRequest(f"regionId: region {region_key} does not exist", field="regionId")
-            all_regions = {r.id: r.info() for r in await regions_store.list_regions(conn)}
-            chain_ids = [r.id for r in region_chain(start.id, all_regions)]
-            infos = await regions_store.node_infos(conn, region_ids=chain_ids, ports=req.ports, ready=ready)
-        by_region: dict[str, list[NodeInfo]] = {}
-        for info in infos:
-            by_region.setdefault(info.region_id or "", []).append(info)
-        return place(req, start.id, Snapshot(all_regions, by_region), self.strategy)
+        start = await self.core.snapshot.find(region_key)
+        if start is None:
+            raise BadRequest(f"regionId: region {region_key} does not exist", field="regionId")
+        snapshot = await self.core.snapshot.for_chain(start.id, self.core.fleet.ready)
+        if req.ports:
+            # Which specific ports are free is not in the cached view: read it for the chain's nodes.
+            async with self.core.store.read() as conn:
+                fresh = await regions_store.node_infos(
+                    conn, region_ids=list(snapshot.nodes_by_region), ports=req.ports
+                )
+            by_region: dict[str, list[NodeInfo]] = {}
+            for info in fresh:
+                by_region.setdefault(info.region_id or "", []).append(info)
+            snapshot = Snapshot(snapshot.regions, by_region, snapshot.ready)
+        return place(req, start.id, snapshot, self.strategy)
 
     async def _claim(
         self, draft: Instance, node: NodeInfo, candidate: Candidate | None, order: DeployOrder
     ) -> _Placed | None:
         now = self.core.clock()
         inst = _with(draft, node.id, candidate.region.id if candidate else None, now)
+        region_id = candidate.region.id if candidate else None
         try:
-            async with self.core.store.write() as conn:
-                await regions_store.claim(conn, inst, ports=order.ports, port_count=1, primary=order.primary)
-                created = await instances_store.get_instance(conn, inst.id)
+            held = await self.claims.claim(inst, ports=order.ports, port_count=1, primary=order.primary)
         except ClaimLost:
+            self.core.snapshot.forget(region_id)
             return None
-        assert created is not None
+        if region_id is not None:
+            self.core.snapshot.claimed(
+                region_id, node, inst.memory_mib, inst.cpu_percent, inst.disk_mib, len(held)
+            )
+        created = replace(inst, allocations=held)
         return _Placed(
             created,
             node.id,

@@ -138,6 +138,7 @@ class NodeService:
                 now=now,
                 expires_at=expires,
             )
+        self.core.snapshot.forget()
         allocations = [Allocation(id=a, node_id=node.id, bind_address=b, port=p) for a, b, p in rows]
         return CreatedNode(
             view=self._view(node, (len(rows), 0)),
@@ -188,6 +189,7 @@ class NodeService:
         async with self.core.store.write() as conn:
             await nodes_store.delete_node(conn, node_id)
         self.core.fleet.forget(node_id)
+        self.core.snapshot.forget()
         log.info("node deleted", node_id=node_id, released=len(released))
         return released
 
@@ -201,6 +203,7 @@ class NodeService:
                 raise BadRequest(f"regionId: region {region_id} does not exist", field="regionId")
             if not await nodes_store.update_node(conn, node_id, {**changes, "updated_at": self.core.clock()}):
                 raise NotFound(f"node {node_id} does not exist", field="nodeId")
+        self.core.snapshot.forget()
         view, _ = await self.get(node_id)
         return view
 
@@ -222,6 +225,7 @@ class NodeService:
                     f"ports: {bind_address} already has port(s) {shown} on this node", field="ports"
                 )
             await nodes_store.insert_allocations(conn, node_id, rows, now)
+        self.core.snapshot.forget()
         return [Allocation(a, node_id, b, p, created_at=now, updated_at=now) for a, b, p in rows]
 
     async def delete_allocation(self, caller: Principal, node_id: str, allocation_id: str) -> None:
@@ -232,6 +236,7 @@ class NodeService:
                 raise NotFound(f"allocation {allocation_id} does not exist on node {node_id}")
             if not await nodes_store.delete_free_allocation(conn, allocation_id):
                 raise Conflict(f"allocation {found.bind_address}:{found.port} is assigned to an instance")
+        self.core.snapshot.forget()
 
     async def update_allocation(
         self, caller: Principal, node_id: str, allocation_id: str, changes: dict[str, Any]

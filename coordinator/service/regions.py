@@ -105,6 +105,7 @@ class RegionService:
                     "updated_at": now,
                 },
             )
+        self.core.snapshot.forget()
         return await self.get(region_id)
 
     async def update(self, region_id: str, values: dict[str, Any]) -> RegionView:
@@ -137,6 +138,7 @@ class RegionService:
                 raise BadRequest(
                     "serverLimit: lower than the servers live in this region", field="serverLimit"
                 ) from exc
+        self.core.snapshot.forget()
         return await self.get(region_id)
 
     async def delete(self, region_id: str) -> None:
@@ -150,6 +152,7 @@ class RegionService:
             if users:
                 raise BadRequest(f"Cannot delete region: it is the fallback of {', '.join(users)}")
             await regions_store.delete_region(conn, region_id)
+        self.core.snapshot.forget()
 
     async def unassigned_allocations(self, region_id: str) -> list[tuple[Allocation, Node]]:
         view = await self.get(region_id)

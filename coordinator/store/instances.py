@@ -9,8 +9,8 @@ from sqlalchemy import Row, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState
-from coordinator.store.nodes import allocation_from_row
-from coordinator.store.tables import allocations, instances, regions
+from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
+from coordinator.store.tables import allocations, instances, nodes, regions
 
 
 def instance_from_row(row: Row[Any]) -> Instance:
@@ -90,32 +90,6 @@ async def free_allocations_by_port(
     return free, [p for p in ports if p not in known]
 
 
-async def first_free_allocation(conn: AsyncConnection, node_id: str) -> tuple[str, int] | None:
-    """(allocation id, port) of the lowest free port of the node."""
-    row = (
-        await conn.execute(
-            select(allocations.c.id, allocations.c.port)
-            .where(allocations.c.node_id == node_id, allocations.c.instance_id.is_(None))
-            .order_by(allocations.c.port, allocations.c.bind_address)
-            .limit(1)
-        )
-    ).first()
-    return (row.id, row.port) if row else None
-
-
-async def claim_allocations(
-    conn: AsyncConnection, instance_id: str, allocation_ids: Sequence[str], primary_id: str
-) -> bool:
-    """Assign the allocations only where they are still free; False (claim nothing) if any was taken.
-    The caller's transaction rolls back on False, so a lost race leaves no partial claim."""
-    result = await conn.execute(
-        update(allocations)
-        .where(allocations.c.id.in_(list(allocation_ids)), allocations.c.instance_id.is_(None))
-        .values(instance_id=instance_id, instance_released=False, is_primary=allocations.c.id == primary_id)
-    )
-    return result.rowcount == len(allocation_ids)
-
-
 async def get_instance(conn: AsyncConnection, instance_id: str) -> Instance | None:
     row = (await conn.execute(select(instances).where(instances.c.id == instance_id))).first()
     if row is None:
@@ -186,7 +160,13 @@ async def transition(
         update(instances)
         .where(instances.c.id == instance_id, instances.c.state.in_([s.value for s in allowed_from]))
         .values(state=to.value, state_changed_at=now, updated_at=now, **values)
-        .returning(instances.c.region_id)
+        .returning(
+            instances.c.region_id,
+            instances.c.node_id,
+            instances.c.memory_mib,
+            instances.c.cpu_percent,
+            instances.c.disk_mib,
+        )
     )
     row = result.first()
     if row is None:
@@ -194,6 +174,16 @@ async def transition(
     if leaves_live and row.region_id is not None:
         await conn.execute(
             update(regions).where(regions.c.id == row.region_id).values(live_count=regions.c.live_count - 1)
+        )
+    if leaves_live and row.node_id is not None:
+        await conn.execute(
+            update(nodes)
+            .where(nodes.c.id == row.node_id)
+            .values(
+                used_memory_mib=nodes.c.used_memory_mib - row.memory_mib,
+                used_cpu_percent=nodes.c.used_cpu_percent - row.cpu_percent,
+                used_disk_mib=nodes.c.used_disk_mib - row.disk_mib,
+            )
         )
     return True
 
@@ -238,5 +228,9 @@ async def free_instance_allocations(conn: AsyncConnection, instance_id: str) -> 
         update(allocations)
         .where(allocations.c.instance_id == instance_id)
         .values(instance_id=None, instance_released=None, is_primary=False)
+        .returning(allocations.c.node_id)
     )
-    return int(result.rowcount)
+    freed = [r.node_id for r in result]
+    for node_id in set(freed):
+        await refresh_free_allocations(conn, node_id)
+    return len(freed)

@@ -89,6 +89,18 @@ async def insert_allocations(
                 for a, b, p in rows
             ],
         )
+        await refresh_free_allocations(conn, node_id)
+
+
+async def refresh_free_allocations(conn: AsyncConnection, node_id: str) -> None:
+    """Recount a node's free allocations (the counter placement reads) after allocations change."""
+    free = (
+        select(func.count())
+        .select_from(allocations)
+        .where(allocations.c.node_id == node_id, allocations.c.instance_id.is_(None))
+        .scalar_subquery()
+    )
+    await conn.execute(update(nodes).where(nodes.c.id == node_id).values(free_allocations=free))
 
 
 async def existing_ports(
@@ -238,9 +250,14 @@ async def get_allocation(conn: AsyncConnection, node_id: str, allocation_id: str
 async def delete_free_allocation(conn: AsyncConnection, allocation_id: str) -> bool:
     """Only while no instance holds it (guarded DELETE)."""
     result = await conn.execute(
-        delete(allocations).where(allocations.c.id == allocation_id, allocations.c.instance_id.is_(None))
+        delete(allocations)
+        .where(allocations.c.id == allocation_id, allocations.c.instance_id.is_(None))
+        .returning(allocations.c.node_id)
     )
-    return result.rowcount == 1
+    row = result.first()
+    if row is not None:
+        await refresh_free_allocations(conn, row.node_id)
+    return row is not None
 
 
 async def update_allocation(conn: AsyncConnection, allocation_id: str, values: dict[str, Any]) -> None:

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, case, delete, func, insert, or_, select, update
+from sqlalchemy import Row, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import LIVE_STATES, Instance
+from coordinator.model import LIVE_STATES, Allocation, Instance
 from coordinator.placement import NodeInfo, RegionInfo
 from coordinator.store.instances import insert_instance
+from coordinator.store.nodes import allocation_from_row
 from coordinator.store.tables import allocations, instances, nodes, regions
 
 
@@ -126,6 +127,26 @@ def _live() -> Any:
     return instances.c.state.in_([s.value for s in LIVE_STATES])
 
 
+def _node_info(n: Row[Any], ready: set[str] | None, free_wanted: frozenset[int] = frozenset()) -> NodeInfo:
+    return NodeInfo(
+        id=n.id,
+        region_id=n.region_id,
+        ready=ready is None or n.id in ready,
+        maintenance=bool(n.maintenance),
+        tags=frozenset(n.tags or ()),
+        memory_mib=n.memory_mib,
+        cpu_percent=n.cpu_count * 100,
+        disk_mib=n.disk_mib,
+        overallocation_pct=n.overallocation_pct,
+        used_memory_mib=n.used_memory_mib,
+        used_cpu_percent=n.used_cpu_percent,
+        used_disk_mib=n.used_disk_mib,
+        free_port_count=n.free_allocations,
+        free_ports=free_wanted,
+        name=n.name,
+    )
+
+
 async def node_infos(
     conn: AsyncConnection,
     *,
@@ -134,71 +155,26 @@ async def node_infos(
     ports: Sequence[int] = (),
     ready: set[str] | None = None,
 ) -> list[NodeInfo]:
-    """Nodes with what they have left: live instances' memory, CPU and disk summed, free allocations
-    counted, and which of ``ports`` are free. ``ready`` is the set of node ids the fleet calls Ready."""
+    """Nodes with what they have left, from the counters on their rows, and which of ``ports`` are free.
+    ``ready`` is the set of node ids the fleet calls Ready (None: all of them)."""
     query = select(nodes)
     if region_ids is not None:
         query = query.where(nodes.c.region_id.in_(list(region_ids)))
     if node_id is not None:
         query = query.where(nodes.c.id == node_id)
-    node_rows = (await conn.execute(query)).all()
-    ids = [r.id for r in node_rows]
-    if not ids:
-        return []
-    usage = {
-        r.node_id: r
-        for r in await conn.execute(
-            select(
-                instances.c.node_id,
-                func.coalesce(func.sum(instances.c.memory_mib), 0).label("memory"),
-                func.coalesce(func.sum(instances.c.cpu_percent), 0).label("cpu"),
-                func.coalesce(func.sum(instances.c.disk_mib), 0).label("disk"),
-            )
-            .where(instances.c.node_id.in_(ids), _live())
-            .group_by(instances.c.node_id)
-        )
-    }
-    free_counts = {
-        r.node_id: int(r.free)
-        for r in await conn.execute(
-            select(allocations.c.node_id, func.count().label("free"))
-            .where(allocations.c.node_id.in_(ids), allocations.c.instance_id.is_(None))
-            .group_by(allocations.c.node_id)
-        )
-    }
+    rows = (await conn.execute(query)).all()
     free_wanted: dict[str, set[int]] = {}
-    if ports:
-        for r in await conn.execute(
+    if ports and rows:
+        found = await conn.execute(
             select(allocations.c.node_id, allocations.c.port).where(
-                allocations.c.node_id.in_(ids),
+                allocations.c.node_id.in_([r.id for r in rows]),
                 allocations.c.instance_id.is_(None),
                 allocations.c.port.in_(list(ports)),
             )
-        ):
-            free_wanted.setdefault(r.node_id, set()).add(r.port)
-    infos = []
-    for n in node_rows:
-        used = usage.get(n.id)
-        infos.append(
-            NodeInfo(
-                id=n.id,
-                region_id=n.region_id,
-                ready=ready is None or n.id in ready,
-                maintenance=bool(n.maintenance),
-                tags=frozenset(n.tags or ()),
-                memory_mib=n.memory_mib,
-                cpu_percent=n.cpu_count * 100,
-                disk_mib=n.disk_mib,
-                overallocation_pct=n.overallocation_pct,
-                used_memory_mib=int(used.memory) if used else 0,
-                used_cpu_percent=int(used.cpu) if used else 0,
-                used_disk_mib=int(used.disk) if used else 0,
-                free_port_count=free_counts.get(n.id, 0),
-                free_ports=frozenset(free_wanted.get(n.id, ())),
-                name=n.name,
-            )
         )
-    return infos
+        for r in found:
+            free_wanted.setdefault(r.node_id, set()).add(r.port)
+    return [_node_info(n, ready, frozenset(free_wanted.get(n.id, ()))) for n in rows]
 
 
 class ClaimLost(Exception):
@@ -206,12 +182,18 @@ class ClaimLost(Exception):
     Raised inside the claim's transaction, so nothing of the attempt is kept."""
 
 
+def _within(used: Any, amount: int, capacity: Any) -> Any:
+    return used + amount <= capacity * (100 + nodes.c.overallocation_pct) / 100.0
+
+
 async def claim(
     conn: AsyncConnection, inst: Instance, *, ports: Sequence[int], port_count: int, primary: int | None
-) -> None:
-    """Place ``inst`` (its node_id and region_id set) in one transaction, with every check re-done here:
-    a place in the region (guarded increment, capped by the database), the node's resources (the node row
-    locked where the database can), and the allocations (assigned only where still free)."""
+) -> list[Allocation]:
+    """Place ``inst`` (node_id and region_id set) in one transaction of guarded writes, each a re-check
+    of the snapshot the decision came from: a place in the region (the database caps the counter at
+    serverLimit), the node's memory, CPU, disk and free allocations, then the allocations themselves
+    (assigned only where still free). Any miss raises ClaimLost and the transaction rolls back whole."""
+    need = len(ports) if ports else port_count
     if inst.region_id is not None:
         took = await conn.execute(
             update(regions)
@@ -220,47 +202,53 @@ async def claim(
         )
         if took.rowcount != 1:
             raise ClaimLost("region at its serverLimit")
-    assert inst.node_id is not None
-    node = (await conn.execute(select(nodes).where(nodes.c.id == inst.node_id).with_for_update())).first()
-    if node is None:
-        raise ClaimLost("node gone")
-    [info] = await node_infos(conn, node_id=inst.node_id, ports=ports)
-    if (
-        info.free_memory() < inst.memory_mib
-        or info.free_cpu() < inst.cpu_percent
-        or info.free_disk() < inst.disk_mib
-    ):
-        raise ClaimLost("node resources taken")
-    if ports:
-        wanted = select(allocations.c.id, allocations.c.port).where(
-            allocations.c.node_id == inst.node_id,
-            allocations.c.port.in_(list(ports)),
-            allocations.c.instance_id.is_(None),
+    fits = await conn.execute(
+        update(nodes)
+        .where(
+            nodes.c.id == inst.node_id,
+            nodes.c.maintenance.is_(False),
+            nodes.c.free_allocations >= need,
+            _within(nodes.c.used_memory_mib, inst.memory_mib, nodes.c.memory_mib),
+            _within(nodes.c.used_cpu_percent, inst.cpu_percent, nodes.c.cpu_count * 100),
+            _within(nodes.c.used_disk_mib, inst.disk_mib, nodes.c.disk_mib),
         )
-    else:
-        wanted = (
-            select(allocations.c.id, allocations.c.port)
-            .where(allocations.c.node_id == inst.node_id, allocations.c.instance_id.is_(None))
-            .order_by(allocations.c.port, allocations.c.bind_address)
-            .limit(port_count)
-        )
-    rows: dict[int, str] = {}
-    for r in await conn.execute(wanted):
-        rows.setdefault(r.port, r.id)
-    need = len(ports) if ports else port_count
-    if len(rows) < need:
-        raise ClaimLost("allocations taken")
-    primary_port = primary if primary is not None else (ports[0] if ports else min(rows))
-    await insert_instance(conn, inst)
-    claimed = await conn.execute(
-        update(allocations)
-        .where(allocations.c.id.in_(list(rows.values())), allocations.c.instance_id.is_(None))
         .values(
-            instance_id=inst.id,
-            instance_released=False,
-            is_primary=case((allocations.c.port == primary_port, True), else_=False),
-            updated_at=inst.created_at,
+            used_memory_mib=nodes.c.used_memory_mib + inst.memory_mib,
+            used_cpu_percent=nodes.c.used_cpu_percent + inst.cpu_percent,
+            used_disk_mib=nodes.c.used_disk_mib + inst.disk_mib,
+            free_allocations=nodes.c.free_allocations - need,
         )
     )
-    if claimed.rowcount != need:
+    if fits.rowcount != 1:
+        raise ClaimLost("node resources or allocations taken")
+    await insert_instance(conn, inst)
+    pick = select(allocations.c.id).where(
+        allocations.c.node_id == inst.node_id, allocations.c.instance_id.is_(None)
+    )
+    pick = pick.where(allocations.c.port.in_(list(ports))) if ports else pick
+    pick = pick.order_by(allocations.c.port, allocations.c.bind_address).limit(need)
+    primary_port = primary if primary is not None else (ports[0] if ports else None)
+    # Ids first, then the guarded UPDATE by primary key: with the subquery inline, SQLite drives the UPDATE
+    # through the instance_id index and walks every free allocation of the fleet.
+    ids = list((await conn.execute(pick)).scalars())
+    claimed = (
+        await conn.execute(
+            update(allocations)
+            .where(allocations.c.id.in_(ids), allocations.c.instance_id.is_(None))
+            .values(
+                instance_id=inst.id,
+                instance_released=False,
+                is_primary=(allocations.c.port == primary_port) if primary_port is not None else need == 1,
+                updated_at=inst.created_at,
+            )
+            .returning(allocations)
+        )
+    ).all()
+    if len(claimed) != need or (ports and len({r.port for r in claimed}) != len(ports)):
         raise ClaimLost("allocations taken")
+    held = sorted((allocation_from_row(r) for r in claimed), key=lambda a: (not a.primary, a.port))
+    if primary_port is None and need > 1:
+        # Several free allocations and no primary named: the lowest port is the primary.
+        await conn.execute(update(allocations).where(allocations.c.id == held[0].id).values(is_primary=True))
+        held[0].primary = True
+    return held

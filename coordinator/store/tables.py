@@ -110,6 +110,12 @@ nodes = Table(
     Column("agent_version", String(64), nullable=True),
     Column("last_checked", Float, nullable=True),
     Column("host_metrics", JSON, nullable=True),
+    # What live instances use and how many allocations are free: kept by the same transactions that place
+    # and release, so a placement reads one row per node instead of aggregating instances and allocations.
+    Column("used_memory_mib", Integer, nullable=False, server_default=text("0")),
+    Column("used_cpu_percent", Integer, nullable=False, server_default=text("0")),
+    Column("used_disk_mib", Integer, nullable=False, server_default=text("0")),
+    Column("free_allocations", Integer, nullable=False, server_default=text("0")),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )

@@ -171,21 +171,28 @@ def viable(snap: Snapshot, req: Request, start: str) -> set[str]:
 @given(fleets(), st.randoms(use_true_random=False))
 def test_placement_properties(fleet: tuple[Snapshot, Request, str], rng: random.Random) -> None:
     snap, req, start = fleet
-    result = place(req, start, snap, rng=rng)
+    result = place(req, start, snap, rng=rng, limit=3)
     expected = viable(snap, req, start)
     chain = region_chain(start, snap.regions)
     if isinstance(result, Refusal):
         assert not expected, "a placement existed but was refused"
-        assert [r for r, _ in result.reasons] == [r.identifier for r in chain]
+        assert [r for r, _ in result.reasons] == [r.identifier for r in chain], "every region tried is named"
         return
-    chosen = [c.node for c in result.candidates]
-    assert {n.id for n in chosen} == expected, "every viable node is offered, and only those"
-    for c in result.candidates:
+    assert expected, "never a placement where none fits"
+    chosen = result.candidates
+    region = chosen[0].region
+    assert {c.region.id for c in chosen} == {region.id}, "one region per decision"
+    first_viable = next(r for r in chain if {n.id for n in snap.nodes_by_region.get(r.id, [])} & expected)
+    assert region.id == first_viable.id, "the first region of the chain that can serve, serves"
+    assert [r for r, _ in result.refusals] == [r.identifier for r in chain[: chain.index(first_viable)]]
+    in_region = {n.id for n in snap.nodes_by_region.get(region.id, [])} & expected
+    assert {c.node.id for c in chosen} <= in_region and len(chosen) == min(3, len(in_region))
+    for c in chosen:
         assert c.region.live_count < c.region.server_limit, "never a region at its limit"
         assert c.node.free_memory() >= req.memory_mib and c.node.free_cpu() >= req.cpu_percent, (
             "never without room"
         )
         assert c.node.ready and not c.node.maintenance and req.tags <= c.node.tags
         assert c.fallback == (c.region.id != start)
-    order = [chain.index(snap.regions[c.region.id]) for c in result.candidates]
-    assert order == sorted(order), "regions are tried in chain order"
+    fractions = [c.node.memory_fraction_free() for c in chosen]
+    assert fractions == sorted(fractions, reverse=True), "spread: the emptiest node first"

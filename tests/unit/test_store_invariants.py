@@ -14,8 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.model import Instance, InstanceState
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
+from coordinator.store import regions as regions_store
 from coordinator.store.engine import Store
-from coordinator.store.tables import allocations, instances, regions
+from coordinator.store.tables import allocations, instances, nodes, regions
 from tests.unit.factories import make_instance, seeded_store
 
 
@@ -36,9 +37,9 @@ async def add_instance(store: Store, iid: str | None = None) -> Instance:
 
 
 async def test_a_released_instance_cannot_hold_an_allocation(store: Store) -> None:
-    inst = await add_instance(store)
+    inst = make_instance(str(uuid.uuid4()), node_id="n1")
     async with store.write() as conn:
-        assert await instances_store.claim_allocations(conn, inst.id, ["a30000"], "a30000")
+        await regions_store.claim(conn, inst, ports=(30000,), port_count=1, primary=None)
     with pytest.raises(IntegrityError):
         async with store.write() as conn:
             await conn.execute(
@@ -83,11 +84,15 @@ async def test_a_region_never_counts_more_than_its_limit(store: Store) -> None:
 
 
 async def test_concurrent_claims_of_one_allocation_have_one_winner(store: Store) -> None:
-    contenders = [await add_instance(store) for _ in range(20)]
+    contenders = [make_instance(str(uuid.uuid4()), node_id="n1") for _ in range(20)]
 
     async def claim(inst: Instance) -> bool:
-        async with store.write() as conn:
-            return await instances_store.claim_allocations(conn, inst.id, ["a30001", "a30002"], "a30001")
+        try:
+            async with store.write() as conn:
+                await regions_store.claim(conn, inst, ports=(30001, 30002), port_count=2, primary=30001)
+        except regions_store.ClaimLost:
+            return False
+        return True
 
     results = await asyncio.gather(*(claim(i) for i in contenders))
     assert sum(results) == 1
@@ -104,11 +109,15 @@ async def test_two_stores_on_one_file_claim_safely(store: Store, tmp_path: Path)
     guarded UPDATE still give exactly one winner per allocation."""
     other = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
     try:
-        contenders = [await add_instance(store) for _ in range(10)]
+        contenders = [make_instance(str(uuid.uuid4()), node_id="n1") for _ in range(10)]
 
         async def claim(s: Store, inst: Instance) -> bool:
-            async with s.write() as conn:
-                return await instances_store.claim_allocations(conn, inst.id, ["a30005"], "a30005")
+            try:
+                async with s.write() as conn:
+                    await regions_store.claim(conn, inst, ports=(30005,), port_count=1, primary=None)
+            except regions_store.ClaimLost:
+                return False
+            return True
 
         results = await asyncio.gather(
             *(claim(store if n % 2 else other, i) for n, i in enumerate(contenders))
@@ -116,3 +125,42 @@ async def test_two_stores_on_one_file_claim_safely(store: Store, tmp_path: Path)
         assert sum(results) == 1
     finally:
         await other.close()
+
+
+async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places(store: Store) -> None:
+    from coordinator.store.claims import ClaimQueue
+    from coordinator.store.regions import ClaimLost
+
+    queue = ClaimQueue(store)
+    contenders = [
+        make_instance(str(uuid.uuid4()), node_id="n1", memory_mib=64, cpu_percent=10) for _ in range(30)
+    ]
+
+    async def one(inst: Instance) -> bool:
+        try:
+            await queue.claim(inst, ports=(), port_count=1, primary=None)
+        except ClaimLost:
+            return False
+        return True
+
+    results = await asyncio.gather(*(one(i) for i in contenders))
+    assert sum(results) == 10  # n1 has ten allocations
+    async with store.read() as conn:
+        held = [
+            r.instance_id
+            for r in await conn.execute(select(allocations).where(allocations.c.node_id == "n1"))
+        ]
+        node = (await conn.execute(select(nodes).where(nodes.c.id == "n1"))).one()
+    winners = {i.id for i, won in zip(contenders, results, strict=True) if won}
+    assert set(held) == winners and len(held) == 10
+    assert (node.used_memory_mib, node.used_cpu_percent, node.free_allocations) == (640, 100, 0)
+    # Releasing gives the node its room and its allocation back, in the same transaction.
+    some = next(iter(winners))
+    async with store.write() as conn:
+        await instances_store.transition(
+            conn, some, InstanceState.RELEASING, allowed_from={InstanceState.PENDING}, now=1.0
+        )
+        assert await instances_store.release(conn, some, allowed_from={InstanceState.RELEASING}, now=2.0)
+    async with store.read() as conn:
+        node = (await conn.execute(select(nodes).where(nodes.c.id == "n1"))).one()
+    assert (node.used_memory_mib, node.used_cpu_percent, node.free_allocations) == (576, 90, 1)
