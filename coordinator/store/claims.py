@@ -1,23 +1,133 @@
-"""Group commit for placement claims.
+"""The placement claim, and group commit for it.
 
-A durable commit costs an fsync (most of a claim's time on SQLite with synchronous=FULL). Claims that are
-waiting at the same moment therefore share one transaction: each runs in its own SAVEPOINT, so a claim
-that loses its race rolls back alone, and every caller hears its outcome only after the commit made it
-durable. A lone claim is its own batch and waits for nobody.
+A claim places an instance (node_id and region_id set) with guarded writes, each a re-check of the snapshot
+the decision came from: a place in the region (the database caps the counter at serverLimit), the node's
+memory, CPU, disk and free allocations, then the allocations themselves (assigned only where still free).
+Any miss raises ClaimLost and the claim's writes roll back whole.
+
+It is plain SQL, run by ``Store.batch``: on SQLite a whole batch of claims is one thread hop and one
+transaction. A durable commit costs an fsync, so claims waiting at the same moment share it: each runs in
+its own SAVEPOINT (a claim that loses its race rolls back alone), and every caller hears its outcome only
+after the commit made it durable. A lone claim is its own batch and waits for nobody.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from coordinator.model import Allocation, Instance
-from coordinator.store.engine import Store
-from coordinator.store.regions import ClaimLost, claim
+from coordinator.store.engine import Sql, Store, Transact
+from coordinator.store.instances import INSERT_INSTANCE, instance_params
 
-#: Claims per transaction at most: bounds how long one batch holds the writer.
-MAX_BATCH = 64
+#: Claims per transaction at most: bounds how long a caller waits for a commit.
+MAX_BATCH = 16
+#: How long the claim writer keeps the write lock while claims keep coming.
+MAX_HOLD_S = 0.05
+#: How long the claim writer waits for the next claim before giving the write lock back.
+LINGER_S = 0.002
+
+
+class ClaimLost(Exception):
+    """The candidate was good in the snapshot but not any more (another claim won); try the next one.
+    Nothing of the attempt is kept."""
+
+
+_TAKE_REGION_PLACE = """
+UPDATE regions SET live_count = live_count + 1
+WHERE id = :region AND live_count < server_limit RETURNING id"""
+
+_TAKE_NODE_ROOM = """
+UPDATE nodes SET used_memory_mib = used_memory_mib + :memory, used_cpu_percent = used_cpu_percent + :cpu,
+    used_disk_mib = used_disk_mib + :disk, free_allocations = free_allocations - :need
+WHERE id = :node AND maintenance = :no AND free_allocations >= :need
+    AND used_memory_mib + :memory <= memory_mib * (100 + overallocation_pct) / 100.0
+    AND used_cpu_percent + :cpu <= cpu_count * 100 * (100 + overallocation_pct) / 100.0
+    AND used_disk_mib + :disk <= disk_mib * (100 + overallocation_pct) / 100.0
+RETURNING id"""
+
+_ALLOCATION_COLUMNS = (
+    "id, node_id, bind_address, port, alias, notes, instance_id, is_primary, created_at, updated_at"
+)
+
+
+def _allocation(row: Sequence[Any]) -> Allocation:
+    return Allocation(
+        id=row[0],
+        node_id=row[1],
+        bind_address=row[2],
+        port=row[3],
+        alias=row[4],
+        notes=row[5],
+        instance_id=row[6],
+        primary=bool(row[7]),
+        created_at=row[8],
+        updated_at=row[9],
+    )
+
+
+def _in(name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
+    """An IN list as named parameters (portable: no driver-specific array binding)."""
+    params = {f"{name}{i}": v for i, v in enumerate(values)}
+    return "(" + ", ".join(f":{p}" for p in params) + ")", params
+
+
+def claim(
+    sql: Sql, inst: Instance, *, ports: Sequence[int], port_count: int, primary: int | None
+) -> list[Allocation]:
+    """Claim inside the caller's transaction; on ClaimLost the caller rolls back (to its savepoint)."""
+    need = len(ports) if ports else port_count
+    if inst.region_id is not None and not sql(_TAKE_REGION_PLACE, {"region": inst.region_id}):
+        raise ClaimLost("region at its serverLimit")
+    room = dict(
+        node=inst.node_id,
+        memory=inst.memory_mib,
+        cpu=inst.cpu_percent,
+        disk=inst.disk_mib,
+        need=need,
+        no=False,
+    )
+    if not sql(_TAKE_NODE_ROOM, room):
+        raise ClaimLost("node resources or allocations taken")
+    sql(INSERT_INSTANCE, instance_params(inst))
+    pick = "SELECT id FROM allocations WHERE node_id = :node AND instance_id IS NULL"
+    params: dict[str, Any] = {"node": inst.node_id, "need": need}
+    if ports:
+        listed, port_params = _in("port", ports)
+        pick += f" AND port IN {listed}"
+        params.update(port_params)
+    primary_port = primary if primary is not None else (ports[0] if ports else None)
+    is_primary = "port = :primary" if primary_port is not None else ":primary"
+    # The outer re-check keeps two concurrent claims (PostgreSQL, read committed) from both taking a row the
+    # subquery saw free. It is spelled so no index can serve it: SQLite would otherwise drive the UPDATE
+    # through the instance_id index and walk every free allocation of the fleet.
+    claimed = sql(
+        f"UPDATE allocations SET instance_id = :instance, instance_released = :no,"
+        f" is_primary = ({is_primary}), updated_at = :now"
+        f" WHERE id IN ({pick} ORDER BY port, bind_address LIMIT :need) AND COALESCE(instance_id, '') = ''"
+        f" RETURNING {_ALLOCATION_COLUMNS}",
+        {
+            **params,
+            "instance": inst.id,
+            "no": False,
+            "primary": primary_port if primary_port is not None else need == 1,
+            "now": inst.created_at,
+        },
+    )
+    held = sorted((_allocation(r) for r in claimed), key=lambda a: (not a.primary, a.port))
+    if len(held) != need or (ports and len({a.port for a in held}) != len(ports)):
+        raise ClaimLost("allocations taken")
+    if primary_port is None and need > 1:
+        # Several free allocations and no primary named: the lowest port is the primary.
+        sql("UPDATE allocations SET is_primary = :yes WHERE id = :id", {"yes": True, "id": held[0].id})
+        held[0].primary = True
+    return held
 
 
 @dataclass(slots=True)
@@ -29,10 +139,31 @@ class _Claim:
     done: asyncio.Future[list[Allocation]]
 
 
+def _claim_each(sql: Sql, batch: Sequence[_Claim]) -> list[list[Allocation] | None]:
+    outcomes: list[list[Allocation] | None] = []
+    for item in batch:
+        sql("SAVEPOINT claim")
+        try:
+            held: list[Allocation] | None = claim(
+                sql, item.inst, ports=item.ports, port_count=item.port_count, primary=item.primary
+            )
+        except ClaimLost:
+            sql("ROLLBACK TO SAVEPOINT claim")
+            held = None
+        sql("RELEASE SAVEPOINT claim")
+        outcomes.append(held)
+    return outcomes
+
+
 class ClaimQueue:
+    """Claims wait here and the writer takes them in batches as they come: while one batch commits, the
+    event loop decides the next ones, and the writer picks those up without a round trip through the loop.
+    It gives the write lock back when nothing waits, or after MAX_HOLD_S so other writers get their turn."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._waiting: list[_Claim] = []
+        self._waiting: collections.deque[_Claim] = collections.deque()
+        self._arrived = threading.Event()
         self._drainer: asyncio.Task[None] | None = None
 
     async def claim(
@@ -41,37 +172,57 @@ class ClaimQueue:
         """The allocations held, once durable; ClaimLost when the candidate was taken meanwhile."""
         done: asyncio.Future[list[Allocation]] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Claim(inst, ports, port_count, primary, done))
+        self._arrived.set()
         # Its own task, not the caller's: a caller that goes away must not strand the others' claims.
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="claim-batches")
         return await done
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiting:
-            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-            outcomes: list[tuple[_Claim, list[Allocation] | None]] = []
+            await self.store.on_writer(functools.partial(self._write, loop))
+
+    def _write(self, loop: asyncio.AbstractEventLoop, transact: Transact) -> None:
+        """On the writer: batch after batch while claims keep coming (deque appends and pops are atomic),
+        at least one batch per turn with the lock."""
+        until = time.monotonic() + MAX_HOLD_S
+        while True:
+            if not self._waiting:
+                # The loop is deciding the next claims right now: wait for them a moment rather than hand
+                # the lock back and come round again.
+                self._arrived.clear()
+                if not self._waiting and not self._arrived.wait(LINGER_S):
+                    return
+            batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
             try:
-                async with self.store.write() as conn:
-                    for item in batch:
-                        try:
-                            async with conn.begin_nested():
-                                held = await claim(
-                                    conn,
-                                    item.inst,
-                                    ports=item.ports,
-                                    port_count=item.port_count,
-                                    primary=item.primary,
-                                )
-                        except ClaimLost:
-                            held = None
-                        outcomes.append((item, held))
+                outcomes: list[list[Allocation] | None] | BaseException = transact(
+                    functools.partial(_claim_each, batch=batch)
+                )
             except Exception as exc:  # the commit itself failed: nobody's claim holds
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(exc)
-                continue
-            for item, held in outcomes:
-                if held is None:
-                    item.done.set_exception(ClaimLost("taken meanwhile"))
-                else:
-                    item.done.set_result(held)
+                outcomes = exc
+            loop.call_soon_threadsafe(_settle, batch, outcomes)
+            if time.monotonic() >= until:
+                return
+
+
+def _settle(batch: Sequence[_Claim], outcomes: Sequence[list[Allocation] | None] | BaseException) -> None:
+    for n, item in enumerate(batch):
+        if item.done.done():
+            continue
+        held = outcomes if isinstance(outcomes, BaseException) else outcomes[n]
+        if isinstance(held, BaseException):
+            item.done.set_exception(held)
+        elif held is None:
+            item.done.set_exception(ClaimLost("taken meanwhile"))
+        else:
+            item.done.set_result(held)
+
+
+async def claim_now(
+    store: Store, inst: Instance, *, ports: Sequence[int], port_count: int, primary: int | None
+) -> list[Allocation]:
+    """One claim in its own transaction (no queue)."""
+    return await store.batch(
+        lambda sql: claim(sql, inst, ports=ports, port_count=port_count, primary=primary)
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState
@@ -42,33 +43,44 @@ def instance_from_row(row: Row[Any]) -> Instance:
     )
 
 
-async def insert_instance(conn: AsyncConnection, inst: Instance) -> None:
-    await conn.execute(
-        insert(instances).values(
-            id=inst.id,
-            name=inst.name,
-            organization_id=inst.organization_id,
-            owner_id=inst.owner_id,
-            image=inst.image,
-            image_ref=inst.image_ref,
-            command=inst.command,
-            stop_signal=inst.stop_signal,
-            memory_mib=inst.memory_mib,
-            cpu_percent=inst.cpu_percent,
-            disk_mib=inst.disk_mib,
-            env=inst.env,
-            tags=inst.tags,
-            node_id=inst.node_id,
-            region_id=inst.region_id,
-            state=inst.state.value,
-            error=inst.error,
-            suspended=inst.suspended,
-            released=inst.state is InstanceState.RELEASED,
-            created_at=inst.created_at,
-            updated_at=inst.updated_at,
-            state_changed_at=inst.state_changed_at,
-        )
+INSERT_INSTANCE = """
+INSERT INTO instances (id, name, organization_id, owner_id, image, image_ref, command, stop_signal,
+    memory_mib, cpu_percent, disk_mib, env, tags, node_id, region_id, state, error, suspended, released,
+    created_at, updated_at, state_changed_at)
+VALUES (:id, :name, :organization_id, :owner_id, :image, :image_ref, :command, :stop_signal,
+    :memory_mib, :cpu_percent, :disk_mib, :env, :tags, :node_id, :region_id, :state, :error, :suspended,
+    :released, :created_at, :updated_at, :state_changed_at)"""
+
+
+def instance_params(inst: Instance) -> dict[str, Any]:
+    return dict(
+        id=inst.id,
+        name=inst.name,
+        organization_id=inst.organization_id,
+        owner_id=inst.owner_id,
+        image=inst.image,
+        image_ref=inst.image_ref,
+        command=json.dumps(inst.command),
+        stop_signal=inst.stop_signal,
+        memory_mib=inst.memory_mib,
+        cpu_percent=inst.cpu_percent,
+        disk_mib=inst.disk_mib,
+        env=json.dumps(inst.env),
+        tags=json.dumps(inst.tags),
+        node_id=inst.node_id,
+        region_id=inst.region_id,
+        state=inst.state.value,
+        error=inst.error,
+        suspended=inst.suspended,
+        released=inst.state is InstanceState.RELEASED,
+        created_at=inst.created_at,
+        updated_at=inst.updated_at,
+        state_changed_at=inst.state_changed_at,
     )
+
+
+async def insert_instance(conn: AsyncConnection, inst: Instance) -> None:
+    await conn.execute(text(INSERT_INSTANCE), instance_params(inst))
 
 
 async def free_allocations_by_port(

@@ -9,10 +9,8 @@ from typing import Any
 from sqlalchemy import Row, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import LIVE_STATES, Allocation, Instance
+from coordinator.model import LIVE_STATES
 from coordinator.placement import NodeInfo, RegionInfo
-from coordinator.store.instances import insert_instance
-from coordinator.store.nodes import allocation_from_row
 from coordinator.store.tables import allocations, instances, nodes, regions
 
 
@@ -163,92 +161,24 @@ async def node_infos(
     if node_id is not None:
         query = query.where(nodes.c.id == node_id)
     rows = (await conn.execute(query)).all()
-    free_wanted: dict[str, set[int]] = {}
-    if ports and rows:
-        found = await conn.execute(
-            select(allocations.c.node_id, allocations.c.port).where(
-                allocations.c.node_id.in_([r.id for r in rows]),
-                allocations.c.instance_id.is_(None),
-                allocations.c.port.in_(list(ports)),
-            )
-        )
-        for r in found:
-            free_wanted.setdefault(r.node_id, set()).add(r.port)
-    return [_node_info(n, ready, frozenset(free_wanted.get(n.id, ()))) for n in rows]
+    free = await free_ports(conn, region_ids, ports, node_id=node_id) if ports and rows else {}
+    return [_node_info(n, ready, free.get(n.id, frozenset())) for n in rows]
 
 
-class ClaimLost(Exception):
-    """The candidate was good in the snapshot but not any more (another claim won); try the next one.
-    Raised inside the claim's transaction, so nothing of the attempt is kept."""
-
-
-def _within(used: Any, amount: int, capacity: Any) -> Any:
-    return used + amount <= capacity * (100 + nodes.c.overallocation_pct) / 100.0
-
-
-async def claim(
-    conn: AsyncConnection, inst: Instance, *, ports: Sequence[int], port_count: int, primary: int | None
-) -> list[Allocation]:
-    """Place ``inst`` (node_id and region_id set) in one transaction of guarded writes, each a re-check
-    of the snapshot the decision came from: a place in the region (the database caps the counter at
-    serverLimit), the node's memory, CPU, disk and free allocations, then the allocations themselves
-    (assigned only where still free). Any miss raises ClaimLost and the transaction rolls back whole."""
-    need = len(ports) if ports else port_count
-    if inst.region_id is not None:
-        took = await conn.execute(
-            update(regions)
-            .where(regions.c.id == inst.region_id, regions.c.live_count < regions.c.server_limit)
-            .values(live_count=regions.c.live_count + 1)
-        )
-        if took.rowcount != 1:
-            raise ClaimLost("region at its serverLimit")
-    fits = await conn.execute(
-        update(nodes)
-        .where(
-            nodes.c.id == inst.node_id,
-            nodes.c.maintenance.is_(False),
-            nodes.c.free_allocations >= need,
-            _within(nodes.c.used_memory_mib, inst.memory_mib, nodes.c.memory_mib),
-            _within(nodes.c.used_cpu_percent, inst.cpu_percent, nodes.c.cpu_count * 100),
-            _within(nodes.c.used_disk_mib, inst.disk_mib, nodes.c.disk_mib),
-        )
-        .values(
-            used_memory_mib=nodes.c.used_memory_mib + inst.memory_mib,
-            used_cpu_percent=nodes.c.used_cpu_percent + inst.cpu_percent,
-            used_disk_mib=nodes.c.used_disk_mib + inst.disk_mib,
-            free_allocations=nodes.c.free_allocations - need,
-        )
+async def free_ports(
+    conn: AsyncConnection, region_ids: Sequence[str] | None, ports: Sequence[int], node_id: str | None = None
+) -> dict[str, frozenset[int]]:
+    """Which of ``ports`` are free allocations, per node (of those regions, or of that node)."""
+    query = select(allocations.c.node_id, allocations.c.port).where(
+        allocations.c.instance_id.is_(None), allocations.c.port.in_(list(ports))
     )
-    if fits.rowcount != 1:
-        raise ClaimLost("node resources or allocations taken")
-    await insert_instance(conn, inst)
-    pick = select(allocations.c.id).where(
-        allocations.c.node_id == inst.node_id, allocations.c.instance_id.is_(None)
-    )
-    pick = pick.where(allocations.c.port.in_(list(ports))) if ports else pick
-    pick = pick.order_by(allocations.c.port, allocations.c.bind_address).limit(need)
-    primary_port = primary if primary is not None else (ports[0] if ports else None)
-    # Ids first, then the guarded UPDATE by primary key: with the subquery inline, SQLite drives the UPDATE
-    # through the instance_id index and walks every free allocation of the fleet.
-    ids = list((await conn.execute(pick)).scalars())
-    claimed = (
-        await conn.execute(
-            update(allocations)
-            .where(allocations.c.id.in_(ids), allocations.c.instance_id.is_(None))
-            .values(
-                instance_id=inst.id,
-                instance_released=False,
-                is_primary=(allocations.c.port == primary_port) if primary_port is not None else need == 1,
-                updated_at=inst.created_at,
-            )
-            .returning(allocations)
+    if region_ids is not None:
+        query = query.join(nodes, nodes.c.id == allocations.c.node_id).where(
+            nodes.c.region_id.in_(list(region_ids))
         )
-    ).all()
-    if len(claimed) != need or (ports and len({r.port for r in claimed}) != len(ports)):
-        raise ClaimLost("allocations taken")
-    held = sorted((allocation_from_row(r) for r in claimed), key=lambda a: (not a.primary, a.port))
-    if primary_port is None and need > 1:
-        # Several free allocations and no primary named: the lowest port is the primary.
-        await conn.execute(update(allocations).where(allocations.c.id == held[0].id).values(is_primary=True))
-        held[0].primary = True
-    return held
+    if node_id is not None:
+        query = query.where(allocations.c.node_id == node_id)
+    found: dict[str, set[int]] = {}
+    for r in await conn.execute(query):
+        found.setdefault(r.node_id, set()).add(r.port)
+    return {node: frozenset(p) for node, p in found.items()}

@@ -15,7 +15,7 @@ from coordinator.pki import CertificateAuthority
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
-from coordinator.store import regions as regions_store
+from coordinator.store.claims import claim_now
 from protos import moorage_pb2 as pb
 from tests.unit.factories import make_instance, seeded_store
 
@@ -36,10 +36,8 @@ async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
 
 
 async def put(reports: AgentReports, state: InstanceState, iid: str = "i1") -> None:
-    async with reports.core.store.write() as conn:
-        await regions_store.claim(
-            conn, make_instance(iid, node_id="n1", state=state), ports=(30000,), port_count=1, primary=None
-        )
+    inst = make_instance(iid, node_id="n1", state=state)
+    await claim_now(reports.core.store, inst, ports=(30000,), port_count=1, primary=None)
 
 
 async def state_of(reports: AgentReports, iid: str = "i1") -> tuple[InstanceState, str | None, int]:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.model import Instance, InstanceState
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
-from coordinator.store import regions as regions_store
+from coordinator.store.claims import ClaimLost, ClaimQueue, claim_now
 from coordinator.store.engine import Store
 from coordinator.store.tables import allocations, instances, nodes, regions
 from tests.unit.factories import make_instance, seeded_store
@@ -38,8 +38,7 @@ async def add_instance(store: Store, iid: str | None = None) -> Instance:
 
 async def test_a_released_instance_cannot_hold_an_allocation(store: Store) -> None:
     inst = make_instance(str(uuid.uuid4()), node_id="n1")
-    async with store.write() as conn:
-        await regions_store.claim(conn, inst, ports=(30000,), port_count=1, primary=None)
+    await claim_now(store, inst, ports=(30000,), port_count=1, primary=None)
     with pytest.raises(IntegrityError):
         async with store.write() as conn:
             await conn.execute(
@@ -88,9 +87,8 @@ async def test_concurrent_claims_of_one_allocation_have_one_winner(store: Store)
 
     async def claim(inst: Instance) -> bool:
         try:
-            async with store.write() as conn:
-                await regions_store.claim(conn, inst, ports=(30001, 30002), port_count=2, primary=30001)
-        except regions_store.ClaimLost:
+            await claim_now(store, inst, ports=(30001, 30002), port_count=2, primary=30001)
+        except ClaimLost:
             return False
         return True
 
@@ -113,9 +111,8 @@ async def test_two_stores_on_one_file_claim_safely(store: Store, tmp_path: Path)
 
         async def claim(s: Store, inst: Instance) -> bool:
             try:
-                async with s.write() as conn:
-                    await regions_store.claim(conn, inst, ports=(30005,), port_count=1, primary=None)
-            except regions_store.ClaimLost:
+                await claim_now(s, inst, ports=(30005,), port_count=1, primary=None)
+            except ClaimLost:
                 return False
             return True
 
@@ -128,9 +125,6 @@ async def test_two_stores_on_one_file_claim_safely(store: Store, tmp_path: Path)
 
 
 async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places(store: Store) -> None:
-    from coordinator.store.claims import ClaimQueue
-    from coordinator.store.regions import ClaimLost
-
     queue = ClaimQueue(store)
     contenders = [
         make_instance(str(uuid.uuid4()), node_id="n1", memory_mib=64, cpu_percent=10) for _ in range(30)
