@@ -3,11 +3,10 @@ claim it in one short transaction, tell the agent. Shared by every dialect that 
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field, replace
 
 from coordinator.commands import command
-from coordinator.model import Instance, InstanceState
+from coordinator.model import Instance, InstanceState, time_ordered_id
 from coordinator.placement import (
     Candidate,
     Decision,
@@ -23,8 +22,7 @@ from coordinator.service.errors import BadRequest, Conflict, Forbidden, Unavaila
 from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store import users as users_store
-from coordinator.store.claims import ClaimQueue
-from coordinator.store.regions import ClaimLost
+from coordinator.store.claims import ClaimLost, ClaimQueue
 from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
 
@@ -111,7 +109,7 @@ class DeployService:
             port_count=1,
         )
         draft = Instance(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(),
             name=order.name,
             organization_id=owner.organization_id,
             owner_id=owner.user_id,
@@ -140,7 +138,9 @@ class DeployService:
         else:
             assert order.region is not None
             placed = await self._in_region(draft, order, request)
-        self.core.fleet.dispatch(placed.node_id or "", command(pb.COMMAND_KIND_DEPLOY, placed.instance))
+        if placed.node_id and self.core.fleet.is_connected(placed.node_id):
+            # Otherwise nothing is lost: the agent gets its desired set in the Welcome of its next session.
+            self.core.fleet.dispatch(placed.node_id, command(pb.COMMAND_KIND_DEPLOY, placed.instance))
         return Deployed(placed.instance, placed.region_identifier, placed.fallback_used)
 
     # ------------------------------------------------------------ where
@@ -192,39 +192,43 @@ class DeployService:
 
     async def _in_region(self, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
         assert order.region is not None
-        refusal: Refusal | None = None
-        for _ in range(SNAPSHOT_ATTEMPTS):
-            decision = await self._decide(order.region, req)
+        asked = self.core.snapshot.clock()
+        fresh_since: float | None = None
+        attempts = 0
+        while True:
+            decision = await self._decide(order.region, req, fresh_since)
             if isinstance(decision, Refusal):
-                refusal = decision
-                break
+                if fresh_since is None:
+                    # The view may lag a release: only a refusal read from the database stands.
+                    fresh_since = asked
+                    continue
+                error = Unavailable if decision.unreachable else Conflict
+                raise error(f"regionId: no placement: {decision.message}", field="regionId")
             for candidate in decision.candidates:
                 if not self._may_run(candidate.node.id, draft.image_ref):
                     continue
                 placed = await self._claim(draft, candidate.node, candidate, order)
                 if placed is not None:
                     return placed
-        if refusal is None:
-            raise Conflict(
-                "regionId: every candidate was taken by concurrent deploys; retry", field="regionId"
-            )
-        error = Unavailable if refusal.unreachable else Conflict
-        raise error(f"regionId: no placement: {refusal.message}", field="regionId")
+            attempts += 1
+            if attempts == SNAPSHOT_ATTEMPTS:
+                raise Conflict(
+                    "regionId: every candidate was taken by concurrent deploys; retry", field="regionId"
+                )
 
-    async def _decide(self, region_key: str, req: Request) -> Decision | Refusal:
+    async def _decide(self, region_key: str, req: Request, fresh_since: float | None) -> Decision | Refusal:
         start = await self.core.snapshot.find(region_key)
         if start is None:
             raise BadRequest(f"regionId: region {region_key} does not exist", field="regionId")
-        snapshot = await self.core.snapshot.for_chain(start.id, self.core.fleet.ready)
+        snapshot = await self.core.snapshot.for_chain(start.id, self.core.fleet.ready, fresh_since)
         if req.ports:
-            # Which specific ports are free is not in the cached view: read it for the chain's nodes.
+            # Which specific ports are free is not in the view: read it for the chain's nodes.
             async with self.core.store.read() as conn:
-                fresh = await regions_store.node_infos(
-                    conn, region_ids=list(snapshot.nodes_by_region), ports=req.ports
-                )
-            by_region: dict[str, list[NodeInfo]] = {}
-            for info in fresh:
-                by_region.setdefault(info.region_id or "", []).append(info)
+                free = await regions_store.free_ports(conn, list(snapshot.nodes_by_region), req.ports)
+            by_region = {
+                rid: [replace(n, free_ports=free.get(n.id, frozenset())) for n in nodes]
+                for rid, nodes in snapshot.nodes_by_region.items()
+            }
             snapshot = Snapshot(snapshot.regions, by_region, snapshot.ready)
         return place(req, start.id, snapshot, self.strategy)
 
@@ -237,7 +241,8 @@ class DeployService:
         try:
             held = await self.claims.claim(inst, ports=order.ports, port_count=1, primary=order.primary)
         except ClaimLost:
-            self.core.snapshot.forget(region_id)
+            if region_id is not None:
+                await self.core.snapshot.lost(region_id, node.id)
             return None
         if region_id is not None:
             self.core.snapshot.claimed(

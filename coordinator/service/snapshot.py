@@ -1,96 +1,151 @@
-"""The scheduler's view of the fleet (as Nomad's schedulers work on a state snapshot): node capacities and
-usage per region, in memory, so a decision costs no database read. It may lag the database by up to
-``ttl_s``; that only affects which candidates are offered, because the claim re-checks everything in its
-transaction. A region whose claim was lost is re-read at once, and our own claims are applied as they
-commit, so a burst of deploys sees its own effects."""
+"""The scheduler's view of the fleet (as Nomad's schedulers work on a state snapshot): regions and, per
+region, node capacities and usage in spread order, in memory, so a decision costs no database read.
+
+The view is kept current by our own claims as they commit, re-read after an admin change (``forget``) and
+re-read when older than ``ttl_s`` (by whichever deploy finds it stale; the others go on with the view they
+have). It can still lag the database (an instance released, another coordinator's claim), and that is safe
+both ways: a node that looks emptier than it is loses its claim (the transaction re-checks everything) and
+is re-read at once; a region that looks fuller than it is is re-read before anyone is refused."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from coordinator.placement import NodeInfo, RegionInfo, Snapshot, region_chain
+from coordinator.placement import NodeInfo, RankedNodes, RegionInfo, Snapshot, region_chain
 from coordinator.store import regions as regions_store
 from coordinator.store.engine import Store
 
 
 @dataclass
-class _Loaded:
-    at: float
-    nodes: dict[str, NodeInfo]
+class _Region:
+    loaded_at: float
+    nodes: RankedNodes
 
 
 class PlacementSnapshot:
-    def __init__(self, store: Store, ttl_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Store,
+        ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.clock = clock
-        self._regions: tuple[float, dict[str, RegionInfo]] | None = None
-        self._nodes: dict[str, _Loaded] = {}
-        self._reloading = asyncio.Lock()
+        self._rng = rng or random.Random()
+        self._regions: dict[str, RegionInfo] = {}
+        self._identifiers: dict[str, str] = {}
+        self._regions_at: float | None = None
+        self._nodes: dict[str, _Region] = {}
+        self._loading = asyncio.Lock()
 
-    async def regions(self) -> dict[str, RegionInfo]:
-        if self._regions is None or self.clock() - self._regions[0] > self.ttl_s:
-            async with self.store.read() as conn:
-                found = {r.id: r.info() for r in await regions_store.list_regions(conn)}
-            self._regions = (self.clock(), found)
-        return self._regions[1]
+    # ------------------------------------------------------------------ reading
+
+    async def regions(self, fresh_since: float | None = None) -> dict[str, RegionInfo]:
+        await self._ensure((), fresh_since)
+        return self._regions
 
     async def find(self, key: str) -> RegionInfo | None:
-        """A region by id or identifier (re-reading once when the cached list does not know it)."""
-        for attempt in range(2):
-            regions = await self.regions()
-            found = regions.get(key) or next((r for r in regions.values() if r.identifier == key), None)
-            if found is not None or attempt:
+        """A region by id or identifier (re-reading once when the view does not know it)."""
+        for fresh_since in (None, self.clock()):
+            regions = await self.regions(fresh_since)
+            found = regions.get(key) or regions.get(self._identifiers.get(key, ""))
+            if found is not None:
                 return found
-            self._regions = None
         return None
 
-    def _stale(self, region_id: str) -> bool:
-        loaded = self._nodes.get(region_id)
-        return loaded is None or self.clock() - loaded.at > self.ttl_s
+    async def for_chain(self, start: str, ready: set[str], fresh_since: float | None = None) -> Snapshot:
+        """The regions along the chain from ``start`` with their nodes; readiness from the live fleet.
+        ``fresh_since``: every part must have been read from the database after that moment."""
+        chain = region_chain(start, await self.regions(fresh_since))
+        await self._ensure([r.id for r in chain], fresh_since)
+        # The load may have changed the fallbacks; walk the chain again over what was read.
+        chain = region_chain(start, self._regions)
+        await self._ensure([r.id for r in chain], fresh_since)
+        nodes = {r.id: self._nodes[r.id].nodes for r in chain if r.id in self._nodes}
+        return Snapshot(self._regions, nodes, ready)
 
-    async def for_chain(self, start: str, ready: set[str]) -> Snapshot:
-        """Regions along the chain from ``start`` with their nodes, readiness from the live fleet."""
-        regions = await self.regions()
-        chain = region_chain(start, regions)
-        if any(self._stale(r.id) for r in chain):
-            # One reader at a time: a burst of deploys must not re-read the same regions thirty times over.
-            async with self._reloading:
-                stale = [r.id for r in chain if self._stale(r.id)]
-                if stale:
-                    async with self.store.read() as conn:
-                        infos = await regions_store.node_infos(conn, region_ids=stale)
-                    now = self.clock()
-                    fresh: dict[str, _Loaded] = {rid: _Loaded(now, {}) for rid in stale}
-                    for info in infos:
-                        fresh[info.region_id or ""].nodes[info.id] = info
-                    self._nodes.update(fresh)
-        return Snapshot(regions, {r.id: list(self._nodes[r.id].nodes.values()) for r in chain}, ready)
+    def _missing(self, region_ids: Sequence[str], fresh_since: float | None) -> list[str] | None:
+        """Regions that must be read before deciding (None: the region list itself must be)."""
+        if self._regions_at is None or (fresh_since is not None and self._regions_at < fresh_since):
+            return None
+        return [
+            rid
+            for rid in region_ids
+            if rid not in self._nodes
+            or (fresh_since is not None and self._nodes[rid].loaded_at < fresh_since)
+        ]
+
+    def _stale(self, region_ids: Sequence[str]) -> list[str] | None:
+        now = self.clock()
+        if self._regions_at is None or now - self._regions_at > self.ttl_s:
+            return [rid for rid in region_ids if rid in self._nodes or rid in self._regions]
+        stale = [
+            rid for rid in region_ids if rid in self._nodes and now - self._nodes[rid].loaded_at > self.ttl_s
+        ]
+        return stale or None
+
+    async def _ensure(self, region_ids: Sequence[str], fresh_since: float | None) -> None:
+        missing = self._missing(region_ids, fresh_since)
+        if missing is None or missing:
+            async with self._loading:  # one reader at a time; a load in flight may already be enough
+                missing = self._missing(region_ids, fresh_since)
+                if missing is None or missing:
+                    await self._load(region_ids if missing is None else missing)
+            return
+        stale = self._stale(region_ids)
+        if stale is not None and not self._loading.locked():
+            # Old but usable: this caller refreshes it; everyone else goes on with the view as it is.
+            async with self._loading:
+                await self._load(stale)
+
+    async def _load(self, region_ids: Sequence[str]) -> None:
+        began = self.clock()
+        async with self.store.read() as conn:
+            found = {r.id: r.info() for r in await regions_store.list_regions(conn)}
+            infos = await regions_store.node_infos(conn, region_ids=region_ids) if region_ids else []
+        fresh = {rid: _Region(began, RankedNodes(rng=self._rng)) for rid in region_ids if rid in found}
+        for info in infos:
+            if info.region_id in fresh:
+                fresh[info.region_id].nodes.put(info)
+        for rid in region_ids:
+            self._nodes.pop(rid, None)
+        self._nodes.update(fresh)
+        self._regions = found
+        self._identifiers = {r.identifier: r.id for r in found.values()}
+        self._regions_at = began
+
+    # ------------------------------------------------------------------ keeping it current
 
     def claimed(self, region_id: str, node: NodeInfo, memory: int, cpu: int, disk: int, ports: int) -> None:
-        """Apply a committed claim to the cached view."""
+        """Apply a committed claim to the view."""
         loaded = self._nodes.get(region_id)
-        if loaded is not None and node.id in loaded.nodes:
-            n = loaded.nodes[node.id]
-            loaded.nodes[node.id] = replace(
-                n,
-                used_memory_mib=n.used_memory_mib + memory,
-                used_cpu_percent=n.used_cpu_percent + cpu,
-                used_disk_mib=n.used_disk_mib + disk,
-                free_port_count=n.free_port_count - ports,
-            )
-        if self._regions is not None and region_id in self._regions[1]:
-            r = self._regions[1][region_id]
-            self._regions[1][region_id] = replace(r, live_count=r.live_count + 1)
+        current = loaded.nodes.get(node.id) if loaded is not None else None
+        if loaded is not None and current is not None:
+            loaded.nodes.put(current.plus(memory, cpu, disk, ports))
+        region = self._regions.get(region_id)
+        if region is not None:
+            self._regions[region_id] = replace(region, live_count=region.live_count + 1)
 
-    def forget(self, region_id: str | None = None) -> None:
-        """Re-read (a region, or everything) on the next decision: a claim there was lost."""
-        if region_id is None:
-            self._nodes.clear()
-            self._regions = None
-        else:
-            self._nodes.pop(region_id, None)
-            self._regions = None
+    async def lost(self, region_id: str, node_id: str) -> None:
+        """A claim on this node lost its race: re-read the node and its region, nothing more."""
+        async with self.store.read() as conn:
+            infos = await regions_store.node_infos(conn, node_id=node_id)
+            region = await regions_store.get_region(conn, region_id)
+        loaded = self._nodes.get(region_id)
+        if loaded is not None:
+            loaded.nodes.discard(node_id)
+            if infos and infos[0].region_id == region_id:
+                loaded.nodes.put(infos[0])
+        if region is not None:
+            self._regions[region_id] = region.info()
+
+    def forget(self) -> None:
+        """Re-read everything before the next decision (an admin changed nodes, allocations or regions)."""
+        self._nodes.clear()
+        self._regions_at = None

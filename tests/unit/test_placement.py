@@ -11,6 +11,7 @@ from coordinator.placement import (
     MAX_HOPS,
     Decision,
     NodeInfo,
+    RankedNodes,
     Refusal,
     RegionInfo,
     Request,
@@ -196,3 +197,47 @@ def test_placement_properties(fleet: tuple[Snapshot, Request, str], rng: random.
         assert c.fallback == (c.region.id != start)
     fractions = [c.node.memory_fraction_free() for c in chosen]
     assert fractions == sorted(fractions, reverse=True), "spread: the emptiest node first"
+
+
+@settings(max_examples=300)
+@given(fleets(), st.sampled_from(list(Strategy)), st.randoms(use_true_random=False))
+def test_the_ranked_view_decides_as_scoring_every_node_does(
+    fleet: tuple[Snapshot, Request, str], strategy: Strategy, rng: random.Random
+) -> None:
+    """The coordinator decides over RankedNodes (walking only as far as it needs); that must give the same
+    answer as scoring every node: same region, same refusals, candidates of the same rank."""
+    snap, req, start = fleet
+    ranked = Snapshot(
+        snap.regions, {rid: RankedNodes(nodes, rng) for rid, nodes in snap.nodes_by_region.items()}
+    )
+    plain = place(req, start, snap, strategy, rng=rng, limit=3)
+    fast = place(req, start, ranked, strategy, rng=rng, limit=3)
+    if isinstance(plain, Refusal):
+        assert fast == plain
+        return
+    assert isinstance(fast, Decision)
+    assert fast.refusals == plain.refusals
+    assert [c.region.id for c in fast.candidates] == [c.region.id for c in plain.candidates]
+    assert [c.node.memory_fraction_free() for c in fast.candidates] == [
+        c.node.memory_fraction_free() for c in plain.candidates
+    ]
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 4096), st.booleans()), max_size=60))
+def test_ranked_nodes_stay_in_spread_order_as_usage_changes(moves: list[tuple[int, int, bool]]) -> None:
+    ranked = RankedNodes(rng=random.Random(1))
+    present: dict[str, NodeInfo] = {}
+    for n, used, remove in moves:
+        nid = f"n{n}"
+        if remove:
+            ranked.discard(nid)
+            present.pop(nid, None)
+        else:
+            present[nid] = node(nid, "a", used=used)
+            ranked.put(present[nid])
+        listed = list(ranked)
+        assert {x.id for x in listed} == set(present) and len(ranked) == len(present)
+        assert all(ranked.get(x.id) == present[x.id] for x in listed), "the newest usage of each node"
+        fractions = [x.memory_fraction_free() for x in listed]
+        assert fractions == sorted(fractions, reverse=True)
+        assert list(reversed(ranked)) == listed[::-1]
