@@ -1,10 +1,12 @@
 """Placement figures.
 
 1. Decisions per second of the pure function over 5,000 nodes in 10 regions (each request starts in a
-   random region and may fall back).
+   random region and may fall back): every node scored (plain lists), and over the ranked view the
+   coordinator keeps (RankedNodes), which walks only as far as its candidates.
 2. Placements per second through the deploy use case with the database claim, on SQLite (FULL sync) in a
    temporary directory: 5,000 Ready nodes with 20 allocations each, placements issued concurrently; then
-   the invariants are checked in the database (no allocation twice, counters equal to the rows).
+   the invariants are checked in the database (no allocation twice, counters equal to the rows). The
+   first deploys read the fleet into the scheduler's view; that cold start is timed apart from the rate.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.pki import CertificateAuthority
-from coordinator.placement import Decision, NodeInfo, RegionInfo, Request, Snapshot, place
+from coordinator.placement import Decision, NodeInfo, RankedNodes, RegionInfo, Request, Snapshot, place
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import ServiceError
@@ -36,7 +38,7 @@ REGIONS = 10
 NODES = 5_000
 PORTS_PER_NODE = 20
 DECISIONS = 2_000
-PLACEMENTS = 2_000
+PLACEMENTS = 6_000
 CONCURRENCY = 32
 
 
@@ -64,21 +66,29 @@ def pure_decisions() -> float:
                 free_port_count=5,
             )
         )
-    snapshot = Snapshot(regions, by_region)
     requests = [Request(memory_mib=rng.choice([512, 2048, 8192]), cpu_percent=100) for _ in range(DECISIONS)]
     starts = [f"r{rng.randrange(REGIONS)}" for _ in range(DECISIONS)]
-    begin = time.perf_counter()
-    placed = sum(
-        isinstance(place(r, s, snapshot, rng=rng), Decision) for r, s in zip(requests, starts, strict=True)
-    )
-    rate = DECISIONS / (time.perf_counter() - begin)
-    print(
-        f"pure placement over {NODES} nodes / {REGIONS} regions   {rate:8.0f} decisions/s   ({placed} placed)"
-    )
+    ranked = {rid: RankedNodes(nodes, rng) for rid, nodes in by_region.items()}
+    rate = 0.0
+    for label, snapshot in (
+        ("every node scored", Snapshot(regions, by_region)),
+        ("ranked view", Snapshot(regions, ranked)),
+    ):
+        begin = time.perf_counter()
+        placed = sum(
+            isinstance(place(r, s, snapshot, rng=rng), Decision)
+            for r, s in zip(requests, starts, strict=True)
+        )
+        rate = DECISIONS / (time.perf_counter() - begin)
+        print(
+            f"pure placement, {NODES} nodes / {REGIONS} regions, {label:17}  {rate:9.0f} decisions/s"
+            f"   ({placed} placed)"
+        )
     return rate
 
 
-async def claims(tmp: Path) -> float:
+async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
+    """A migrated SQLite store with REGIONS regions in a ring of fallbacks and NODES Ready nodes."""
     config = CoordinatorConfig(data_dir=tmp)
     store = Store.open(f"sqlite:///{tmp / 'bench.db'}")
     await store.migrate()
@@ -123,9 +133,17 @@ async def claims(tmp: Path) -> float:
             )
     for n in range(NODES):
         fleet.record_heartbeat(f"node-{n}", {}, [])
-    service = DeployService(core)
-    caller = Principal("u", "u", org, True)
+    return store, DeployService(core), Principal("u", "u", org, True)
+
+
+async def claims(tmp: Path) -> float:
+    store, service, caller = await seeded(tmp)
     rng = random.Random(3)
+    begin = time.perf_counter()
+    warm = [
+        (await service.deploy(caller, _order(f"r{i}"))).instance.id for i in range(REGIONS)
+    ]  # the first deploys read the fleet into the view
+    cold_ms = (time.perf_counter() - begin) * 1000
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(PLACEMENTS):
         queue.put_nowait(i)
@@ -136,11 +154,10 @@ async def claims(tmp: Path) -> float:
         nonlocal refused
         while not queue.empty():
             queue.get_nowait()
-            order = DeployOrder(
-                image="busybox", memory_mib=256, cpu_percent=10, name="b", region=f"r{rng.randrange(REGIONS)}"
-            )
             try:
-                placed.append((await service.deploy(caller, order)).instance.id)
+                placed.append(
+                    (await service.deploy(caller, _order(f"r{rng.randrange(REGIONS)}"))).instance.id
+                )
             except ServiceError:
                 refused += 1
 
@@ -156,13 +173,19 @@ async def claims(tmp: Path) -> float:
         assigned, holders = held.fetchone()
         counted = db.execute("SELECT SUM(live_count) FROM regions").fetchone()[0]
     db.close()
-    collisions = len(placed) - holders + (assigned - holders)
+    total = len(placed) + len(warm)
+    collisions = total - holders + (assigned - holders)
     print(
-        f"placements through the use case (SQLite, FULL sync)   {rate:8.0f} placements/s   "
-        f"({len(placed)} placed, {refused} refused, {collisions} collisions, {CONCURRENCY} concurrent)"
+        f"placements through the use case (SQLite, FULL sync)    {rate:9.0f} placements/s   "
+        f"({len(placed)} placed, {refused} refused, {collisions} collisions, {CONCURRENCY} concurrent;"
+        f" cold view of {NODES} nodes read in {cold_ms:.0f} ms)"
     )
-    assert collisions == 0 and counted == len(placed) == assigned
+    assert collisions == 0 and counted == total == assigned
     return rate
+
+
+def _order(region: str) -> DeployOrder:
+    return DeployOrder(image="busybox", memory_mib=256, cpu_percent=10, name="b", region=region)
 
 
 def main() -> None:
