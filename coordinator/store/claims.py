@@ -192,7 +192,9 @@ class ClaimQueue:
                 # The loop is deciding the next claims right now: wait for them a moment rather than hand
                 # the lock back and come round again.
                 self._arrived.clear()
-                if not self._waiting and not self._arrived.wait(LINGER_S):
+                # (Only on a writer thread: elsewhere this job runs on the event loop, which must not wait.)
+                linger = LINGER_S if self.store.is_sqlite else 0.0
+                if not self._waiting and not self._arrived.wait(linger):
                     return
             batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
             try:
