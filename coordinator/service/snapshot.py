@@ -42,6 +42,8 @@ class PlacementSnapshot:
         self._identifiers: dict[str, str] = {}
         self._regions_at: float | None = None
         self._nodes: dict[str, _Region] = {}
+        #: The chain of region ids from each start, as last walked (the fallbacks change only on a load).
+        self._chains: dict[str, list[str]] = {}
         self._loading = asyncio.Lock()
 
     # ------------------------------------------------------------------ reading
@@ -50,11 +52,18 @@ class PlacementSnapshot:
         await self._ensure((), fresh_since)
         return self._regions
 
+    def _lookup(self, key: str) -> RegionInfo | None:
+        return self._regions.get(key) or self._regions.get(self._identifiers.get(key, ""))
+
     async def find(self, key: str) -> RegionInfo | None:
         """A region by id or identifier (re-reading once when the view does not know it)."""
+        if self._regions_at is not None and self.clock() - self._regions_at <= self.ttl_s:
+            found = self._lookup(key)
+            if found is not None:
+                return found
         for fresh_since in (None, self.clock()):
-            regions = await self.regions(fresh_since)
-            found = regions.get(key) or regions.get(self._identifiers.get(key, ""))
+            await self.regions(fresh_since)
+            found = self._lookup(key)
             if found is not None:
                 return found
         return None
@@ -62,13 +71,29 @@ class PlacementSnapshot:
     async def for_chain(self, start: str, ready: set[str], fresh_since: float | None = None) -> Snapshot:
         """The regions along the chain from ``start`` with their nodes; readiness from the live fleet.
         ``fresh_since``: every part must have been read from the database after that moment."""
+        known = self._chains.get(start) if fresh_since is None else None
+        if known is not None and self._within_ttl(known):
+            return Snapshot(self._regions, {rid: self._nodes[rid].nodes for rid in known}, ready)
         chain = region_chain(start, await self.regions(fresh_since))
         await self._ensure([r.id for r in chain], fresh_since)
         # The load may have changed the fallbacks; walk the chain again over what was read.
         chain = region_chain(start, self._regions)
         await self._ensure([r.id for r in chain], fresh_since)
         nodes = {r.id: self._nodes[r.id].nodes for r in chain if r.id in self._nodes}
+        if len(nodes) == len(chain):
+            self._chains[start] = list(nodes)
         return Snapshot(self._regions, nodes, ready)
+
+    def _within_ttl(self, region_ids: Sequence[str]) -> bool:
+        """Whether the region list and every one of these regions were read within the TTL."""
+        horizon = self.clock() - self.ttl_s
+        if self._regions_at is None or self._regions_at < horizon:
+            return False
+        for rid in region_ids:
+            loaded = self._nodes.get(rid)
+            if loaded is None or loaded.loaded_at < horizon:
+                return False
+        return True
 
     def _missing(self, region_ids: Sequence[str], fresh_since: float | None) -> list[str] | None:
         """Regions that must be read before deciding (None: the region list itself must be)."""
@@ -117,6 +142,7 @@ class PlacementSnapshot:
             self._nodes.pop(rid, None)
         self._nodes.update(fresh)
         self._regions = found
+        self._chains.clear()
         self._identifiers = {r.identifier: r.id for r in found.values()}
         self._regions_at = began
 
@@ -148,4 +174,5 @@ class PlacementSnapshot:
     def forget(self) -> None:
         """Re-read everything before the next decision (an admin changed nodes, allocations or regions)."""
         self._nodes.clear()
+        self._chains.clear()
         self._regions_at = None

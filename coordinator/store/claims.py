@@ -27,7 +27,7 @@ from coordinator.store.engine import Sql, Store, Transact
 from coordinator.store.instances import INSERT_INSTANCE, instance_params
 
 #: Claims per transaction at most: bounds how long a caller waits for a commit.
-MAX_BATCH = 16
+MAX_BATCH = 24
 #: How long the claim writer keeps the write lock while claims keep coming.
 MAX_HOLD_S = 0.05
 #: How long the claim writer waits for the next claim before giving the write lock back.
