@@ -60,6 +60,20 @@ def event(kind: pb.EventKind.ValueType, instance_id: str, **fields: object) -> p
     return pb.InstanceEvent(instance_id=instance_id, kind=kind, at_ms=int(time.time() * 1000), **fields)  # type: ignore[arg-type]
 
 
+#: Commands that carry the instance's desired state for the agent to converge to (restart and kill stop
+#: it first, without or with grace).
+CONVERGING = frozenset(
+    {
+        pb.COMMAND_KIND_DEPLOY,
+        pb.COMMAND_KIND_START,
+        pb.COMMAND_KIND_STOP,
+        pb.COMMAND_KIND_SUSPEND,
+        pb.COMMAND_KIND_RESTART,
+        pb.COMMAND_KIND_KILL,
+    }
+)
+
+
 @dataclass
 class InstanceManager:
     runtime: Runtime
@@ -87,11 +101,17 @@ class InstanceManager:
         iid = cmd.instance_id
         try:
             async with self._lock(iid):
-                if cmd.kind == pb.COMMAND_KIND_DEPLOY:
+                if cmd.kind in CONVERGING:
+                    # Deploy, start, stop and suspend all say "this is the instance, in this state": one
+                    # idempotent path creates what is missing and starts or stops what differs.
                     want = Desired(
                         to_spec(self.node_id, cmd.spec), cmd.spec.desired_state != pb.DESIRED_STATE_STOPPED
                     )
                     self.desired[iid] = want
+                    if cmd.kind == pb.COMMAND_KIND_RESTART:
+                        await self._stop(iid, want.spec.stop_timeout_s)
+                    elif cmd.kind == pb.COMMAND_KIND_KILL:
+                        await self._stop(iid, 0)
                     container_id = await self._deploy(want)
                     return pb.CommandResult(
                         command_id=cmd.command_id, instance_id=iid, ok=True, container_id=container_id or ""
@@ -142,6 +162,14 @@ class InstanceManager:
                 raise
             self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=container_id))
         return container_id
+
+    async def _stop(self, instance_id: str, timeout_s: int) -> None:
+        """Stop the container if it runs (a kill is a stop with no grace), as an expected exit."""
+        have = await self._find(instance_id)
+        if have is not None and have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING):
+            self.expected_exit.add(instance_id)
+            await self.runtime.stop(have.container_id, timeout_s)
+            self.emit(event(pb.EVENT_KIND_STOPPED, instance_id, container_id=have.container_id))
 
     async def _converge(self, want: Desired, have: ContainerInfo) -> None:
         iid = want.spec.instance_id

@@ -15,8 +15,10 @@ from coordinator.api.panel_models import (
     NodeDeleted,
     NodeOut,
     Placement,
+    Power,
     UserCreate,
     UserCreated,
+    UserId,
     UserLookup,
     UserOut,
     iso,
@@ -196,3 +198,61 @@ async def list_instances(call: Call) -> list[InstanceOut]:
 async def delete_instance(call: Call, body: InstanceId) -> InstanceOut:
     """Remove the container and free its allocations; the row stays (released) for its history."""
     return InstanceOut.of(await call.services.instances.delete(call.caller, body.id))
+
+
+@router.route(
+    "POST",
+    "/api/getUserInstance",
+    body=UserId,
+    response=list[InstanceOut],
+    errors={400: "Missing user ID or user not found"},
+    status_map=NOT_FOUND_IS_400,
+)
+async def user_instances(call: Call, body: UserId) -> list[InstanceOut]:
+    """The instances a user owns (released ones included, as history)."""
+    user = await call.services.access.find_user(call.caller, "user_id", body.userId, field="userId")
+    found = await call.services.instances.list_visible(call.caller, owner_id=user.id)
+    return [InstanceOut.of(i) for i in found]
+
+
+@router.route(
+    "POST",
+    "/api/instances/suspend/{id}",
+    response=InstanceOut,
+    access="admin",
+    errors={400: "Missing instance ID or instance not found", 409: "The instance cannot be suspended now"},
+    status_map=NOT_FOUND_IS_400,
+)
+async def suspend(call: Call) -> InstanceOut:
+    """Stop the instance and refuse every start, restart and redeploy until unsuspend (it survives restarts
+    of the coordinator and the agent: the suspension is the instance's desired state)."""
+    return InstanceOut.of(await call.services.instances.suspend(call.caller, call.path("id")))
+
+
+@router.route(
+    "POST",
+    "/api/instances/unsuspend/{id}",
+    response=InstanceOut,
+    access="admin",
+    errors={400: "Missing instance ID or instance not found"},
+    status_map=NOT_FOUND_IS_400,
+)
+async def unsuspend(call: Call) -> InstanceOut:
+    """Lift the suspension; the instance starts again."""
+    return InstanceOut.of(await call.services.instances.unsuspend(call.caller, call.path("id")))
+
+
+@router.route(
+    "POST",
+    "/api/instances/{id}/power",
+    body=Power,
+    response=InstanceOut,
+    errors={
+        400: "Invalid action",
+        404: "Instance not found",
+        409: "Not possible in the instance's state (suspended, being created or deleted, failed)",
+    },
+)
+async def power(call: Call, body: Power) -> InstanceOut:
+    """start, stop, restart or kill; answered once the agent has acted (or after a bounded wait)."""
+    return InstanceOut.of(await call.services.instances.power(call.caller, call.path("id"), body.action))

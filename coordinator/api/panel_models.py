@@ -251,6 +251,14 @@ class InstanceId(Body):
     id: str = Field(min_length=1)
 
 
+class UserId(Body):
+    userId: str = Field(min_length=1)
+
+
+class Power(Body):
+    action: Literal["start", "stop", "restart", "kill"]
+
+
 class InstanceOut(BaseModel):
     """Skyport's field names (Memory, Cpu, Ports, Primary, Image, ContainerId, InternalState) beside the
     canonical ones (state, error), so panels and operators both read what they expect."""

@@ -210,11 +210,14 @@ class AccessService:
         async with self.core.store.read() as conn:
             return await users_store.list_users(conn, None if caller.admin else caller.organization_id)
 
-    async def find_user(self, caller: Principal, kind: str, value: str) -> UserRecord:
+    async def find_user(
+        self, caller: Principal, kind: str, value: str, *, field: str = "value"
+    ) -> UserRecord:
+        """By ``kind`` (user_id, username or email); a user the caller may not see is not found."""
         async with self.core.store.read() as conn:
             found = await users_store.find_user(conn, **{kind: value})
         if found is None or not policy.can_see(caller, found.organization_id):
-            raise NotFound("user not found", field="value")
+            raise NotFound(f"{field}: user not found", field=field)
         return found
 
     # ------------------------------------------------------------ audit

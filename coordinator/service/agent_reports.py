@@ -9,7 +9,7 @@ from typing import Any
 
 from common.logging import get
 from coordinator.commands import instance_spec
-from coordinator.model import InstanceState, NodeStatus
+from coordinator.model import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
 from protos import moorage_pb2 as pb
@@ -18,7 +18,8 @@ log = get("coordinator.reports")
 
 S = InstanceState
 PRE_START = {S.PENDING, S.PROVISIONING, S.CREATED}
-ACTIVE = {S.PENDING, S.PROVISIONING, S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPED}
+#: What the agent should have a container for (a suspended one too: stopped, but kept).
+ACTIVE = set(WANTED_STATES)
 
 Handler = Callable[[str, Any], Awaitable[None]]
 

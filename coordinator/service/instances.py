@@ -1,17 +1,77 @@
-"""Instance use cases shared by every dialect: show, list and delete (release). Deploying is in deploy.py."""
+"""Instance use cases shared by every dialect: show, list, power, suspend and delete (release). Deploying is
+in deploy.py.
+
+Power and suspension are durable desired states, not one-off signals: the database row says whether the
+instance should run (and whether an admin suspended it), every command carries that whole spec, and the
+Welcome of each agent session repeats it, so a restart of either daemon converges to it again."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from coordinator.commands import command
 from coordinator.model import LIVE_STATES, Instance, InstanceState
 from coordinator.service import policy
 from coordinator.service.core import Core
-from coordinator.service.errors import NotFound
+from coordinator.service.errors import Conflict, NotFound
 from coordinator.store import instances as instances_store
 from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
+
+S = InstanceState
+
+
+@dataclass(frozen=True, slots=True)
+class PowerAction:
+    to: InstanceState
+    allowed_from: frozenset[InstanceState]
+    #: States in which the action is already done: answered as is, nothing sent.
+    done_in: frozenset[InstanceState]
+    kind: pb.CommandKind.ValueType
+
+
+POWER: dict[str, PowerAction] = {
+    "start": PowerAction(
+        S.STARTING,
+        frozenset({S.CREATED, S.STOPPED, S.UNHEALTHY}),
+        frozenset({S.STARTING, S.RUNNING}),
+        pb.COMMAND_KIND_START,
+    ),
+    "stop": PowerAction(
+        S.STOPPED,
+        frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY}),
+        frozenset({S.STOPPED}),
+        pb.COMMAND_KIND_STOP,
+    ),
+    "restart": PowerAction(
+        S.STARTING,
+        frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPED}),
+        frozenset(),
+        pb.COMMAND_KIND_RESTART,
+    ),
+    "kill": PowerAction(
+        S.STOPPED,
+        frozenset({S.STARTING, S.RUNNING, S.UNHEALTHY}),
+        frozenset({S.STOPPED, S.CREATED}),
+        pb.COMMAND_KIND_KILL,
+    ),
+}
+SUSPENDABLE = frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPED})
+
+
+def _why_not(inst: Instance, action: str) -> str:
+    """Why ``action`` cannot apply to the instance in its state (the 409's message)."""
+    what = f"instance {inst.id}"
+    if inst.suspended or inst.state is S.SUSPENDED:
+        return f"id: {what} is suspended; an admin must unsuspend it before it can {action}"
+    return {
+        S.PENDING: f"id: {what} is still being created; retry once it is",
+        S.PROVISIONING: f"id: {what} is still being created; retry once it is",
+        S.RELEASING: f"id: {what} is being deleted",
+        S.RELEASED: f"id: {what} was deleted",
+        S.ERROR: f"id: {what} failed to provision ({inst.error}); delete it and deploy again",
+    }.get(inst.state, f"id: {what} cannot {action} while {inst.state.value}")
 
 
 class InstanceService:
@@ -34,7 +94,76 @@ class InstanceService:
                 conn, organization_id=None if caller.admin else caller.organization_id, owner_id=owner_id
             )
 
-    # ------------------------------------------------------------ deploy
+    # ------------------------------------------------------------ power and suspension
+
+    async def power(self, caller: Principal, instance_id: str, action: str) -> Instance:
+        """start, stop, restart or kill, for the owner (or an admin). Refused (409) while suspended, not yet
+        created, being deleted or failed; answered as is when already done."""
+        act = POWER[action]
+        inst = await self.get(caller, instance_id)
+        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="id")
+        if inst.suspended:
+            raise Conflict(_why_not(inst, action), field="id")
+        if inst.state in act.done_in:
+            return inst
+        if inst.state not in act.allowed_from:
+            raise Conflict(_why_not(inst, action), field="id")
+        return await self._move(inst, act.to, act.allowed_from, act.kind, action)
+
+    async def suspend(self, caller: Principal, instance_id: str) -> Instance:
+        """An admin stops the instance and every start until unsuspend (billing, abuse)."""
+        policy.require_admin(caller, "suspend an instance")
+        inst = await self.get(caller, instance_id)
+        if inst.suspended:
+            return inst
+        if inst.state not in SUSPENDABLE:
+            raise Conflict(_why_not(inst, "be suspended"), field="id")
+        return await self._move(
+            inst, S.SUSPENDED, SUSPENDABLE, pb.COMMAND_KIND_SUSPEND, "suspend", suspended=True
+        )
+
+    async def unsuspend(self, caller: Principal, instance_id: str) -> Instance:
+        """Lift a suspension: the instance starts again."""
+        policy.require_admin(caller, "unsuspend an instance")
+        inst = await self.get(caller, instance_id)
+        if not inst.suspended:
+            return inst
+        return await self._move(
+            inst, S.STARTING, frozenset({S.SUSPENDED}), pb.COMMAND_KIND_START, "unsuspend", suspended=False
+        )
+
+    async def _move(
+        self,
+        inst: Instance,
+        to: InstanceState,
+        allowed_from: frozenset[InstanceState],
+        kind: pb.CommandKind.ValueType,
+        action: str,
+        **values: object,
+    ) -> Instance:
+        """The new desired state, durable first; then the agent is told (and waited for, a bounded time).
+        An agent that is away converges from its next Welcome."""
+        async with self.core.store.write() as conn:
+            moved = await instances_store.transition(
+                conn, inst.id, to, allowed_from=allowed_from, now=self.core.clock(), error=None, **values
+            )
+            current = await instances_store.get_instance(conn, inst.id)
+        if not moved or current is None:
+            raise Conflict(f"id: instance {inst.id} changed meanwhile; retry the {action}", field="id")
+        # Whatever ran before, the next heartbeat that shows it running must confirm it again.
+        self.core.fleet.confirmed_running.discard(inst.id)
+        if current.node_id is not None:
+            cmd = command(kind, current)
+            if self.core.fleet.dispatch(current.node_id, cmd):
+                await self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
+        return await self.get_unchecked(inst.id)
+
+    async def get_unchecked(self, instance_id: str) -> Instance:
+        async with self.core.store.read() as conn:
+            inst = await instances_store.get_instance(conn, instance_id)
+        if inst is None:
+            raise NotFound(f"instance {instance_id} does not exist", field="id")
+        return inst
 
     # ------------------------------------------------------------ delete
 
