@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # A Docker reference: [registry[:port]/]path[:tag][@digest]; lowercase path components.
 REFERENCE = re.compile(
@@ -27,6 +27,16 @@ class ImageVariable(BaseModel):
     #: A regular expression the whole value must match.
     pattern: str | None = None
 
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+        return value
+
 
 class CatalogImage(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -37,8 +47,15 @@ class CatalogImage(BaseModel):
     variables: list[ImageVariable] = Field(default_factory=list)
     #: Startup command (argv); empty keeps the image's own CMD.
     startup: list[str] = Field(default_factory=list)
-    stop_signal: str = "SIGTERM"
+    stop_signal: str = Field(default="SIGTERM", pattern=r"^SIG[A-Z0-9]{2,10}$")
     ports: list[int] = Field(default_factory=list)
+
+    @field_validator("image")
+    @classmethod
+    def _is_reference(cls, value: str) -> str:
+        if not REFERENCE.match(value):
+            raise ValueError(f"{value!r} is not a Docker image reference")
+        return value
 
 
 class CatalogError(Exception):
@@ -46,8 +63,21 @@ class CatalogError(Exception):
 
 
 class Catalog:
+    """The configured images (config/images.yaml, read-only here) and those admins added through the API
+    (kept in the database, loaded at start)."""
+
     def __init__(self, images: list[CatalogImage]) -> None:
         self.images = {i.name: i for i in images}
+        self.configured = frozenset(self.images)
+
+    def add(self, image: CatalogImage) -> None:
+        self.images[image.name] = image
+
+    def remove(self, name: str) -> None:
+        self.images.pop(name, None)
+
+    def listed(self) -> list[CatalogImage]:
+        return sorted(self.images.values(), key=lambda i: i.name)
 
     @classmethod
     def load(cls, path: Path | None) -> Catalog:

@@ -33,6 +33,7 @@ from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
+from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
@@ -134,6 +135,8 @@ class Coordinator:
         await store.migrate()
         self.admin_key = await ensure_admin(core, cfg.admin_key or None)
         instances = InstanceService(core)
+        images = ImageService(core)
+        await images.load()
         nodes = NodeService(core, instances)
         reports = AgentReports(core)
         self.grpc_server, core.session_port, core.enroll_port = await start_server(
@@ -152,6 +155,7 @@ class Coordinator:
             instances=instances,
             deploys=DeployService(core, cfg.placement.strategy),
             regions=RegionService(core),
+            images=images,
         )
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()

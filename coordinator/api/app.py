@@ -11,13 +11,20 @@ from aiohttp import web
 
 from common.logging import get
 from coordinator import __version__
-from coordinator.api import accounts, nodes, openapi, panel, regions, system
+from coordinator.api import accounts, images, nodes, openapi, panel, regions, system
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
 
 log = get("coordinator.http")
 
-ROUTERS: list[Router] = [system.router, accounts.router, nodes.router, panel.router, regions.router]
+ROUTERS: list[Router] = [
+    system.router,
+    accounts.router,
+    nodes.router,
+    panel.router,
+    images.router,
+    regions.router,
+]
 
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -10,6 +10,7 @@ from coordinator.api.auth import Authenticator
 from coordinator.service.access import AccessService
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
+from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
@@ -24,6 +25,7 @@ class Services:
     instances: InstanceService
     deploys: DeployService
     regions: RegionService
+    images: ImageService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

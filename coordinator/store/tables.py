@@ -218,3 +218,13 @@ audit_log = Table(
     Column("status", Integer, nullable=False),
     Column("request_id", String(32), nullable=True),
 )
+
+#: Catalog entries added through the API (those of config/images.yaml live in that file).
+catalog_images = Table(
+    "catalog_images",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("definition", JSON, nullable=False),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", Float, nullable=False),
+)
