@@ -135,8 +135,13 @@ def test_a_users_catalog_instance_through_suspend_power_and_delete(panel: Panel)
     assert api.post(f"/api/instances/{iid}/power", {"action": "restart"}).status == 409
     assert owner.post(f"/api/instances/unsuspend/{iid}").status == 403
 
-    # A suspension is the instance's desired state: an agent restart does not start it again.
+    # A suspension is the instance's desired state: restarting both daemons does not start it again.
     panel.agent.stop()
+    panel.coordinator.stop()
+    panel.coordinator.start()
+    api = panel.api
+    owner = Api(api.url, None, owner.headers)
+    panel.agent = AgentProcess(panel.agent.data_dir, panel.coordinator, None)  # identity on disk
     panel.agent.start()
     wait_for(lambda: node_view(api, panel.node_id)["status"] == "ready", 20, "the agent to reconnect")
     assert not container_running(container)
