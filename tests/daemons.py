@@ -341,3 +341,41 @@ def leave_no_containers(node_id: str) -> None:
             c.remove(force=True)
     finally:
         client.close()
+
+
+@dataclass
+class OneNodeFleet:
+    """A coordinator and one enrolled agent on this host's Docker, as real subprocesses."""
+
+    coordinator: CoordinatorProcess
+    agent: AgentProcess
+    node: dict[str, Any]
+    ports: list[int]
+    tmp: Path
+
+    @property
+    def api(self) -> Api:
+        return self.coordinator.api()
+
+    @property
+    def node_id(self) -> str:
+        return str(self.node["id"])
+
+
+@contextlib.contextmanager
+def one_node_fleet(tmp: Path, ports: int) -> Iterator[OneNodeFleet]:
+    """Up and online before the body runs; both daemons stopped and the node's containers removed after."""
+    coordinator = CoordinatorProcess(tmp / "coordinator")
+    coordinator.start()
+    block = port_block(ports)
+    node = create_node(coordinator.api(), block)
+    agent = AgentProcess(tmp / "agent", coordinator, str(node["joinToken"]))
+    agent.start()
+    fleet = OneNodeFleet(coordinator, agent, node, block, tmp)
+    try:
+        wait_for(lambda: node_view(fleet.api, fleet.node_id)["isOnline"], 20, "the node to come online")
+        yield fleet
+    finally:
+        fleet.agent.stop()
+        fleet.coordinator.stop()
+        leave_no_containers(fleet.node_id)

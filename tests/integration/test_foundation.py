@@ -6,20 +6,18 @@ from __future__ import annotations
 import signal
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 import pytest
 
 from tests.daemons import (
     AgentProcess,
-    Api,
-    CoordinatorProcess,
+    OneNodeFleet,
     create_node,
     instance,
     leave_no_containers,
     node_view,
+    one_node_fleet,
     port_block,
     wait_for,
     wait_state,
@@ -29,41 +27,14 @@ from tests.dockerenv import TEST_IMAGE, require_docker
 pytestmark = pytest.mark.docker
 
 
-@dataclass
-class Fleet:
-    coordinator: CoordinatorProcess
-    agent: AgentProcess
-    node: dict[str, object]
-    ports: list[int]
-    tmp: Path
-
-    @property
-    def api(self) -> Api:
-        return self.coordinator.api()
-
-    @property
-    def node_id(self) -> str:
-        return str(self.node["id"])
+Fleet = OneNodeFleet
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     require_docker()
-    tmp = tmp_path_factory.mktemp("foundation")
-    coordinator = CoordinatorProcess(tmp / "coordinator")
-    coordinator.start()
-    ports = port_block(6)
-    node = create_node(coordinator.api(), ports)
-    agent = AgentProcess(tmp / "agent", coordinator, str(node["joinToken"]))
-    agent.start()
-    fleet = Fleet(coordinator, agent, node, ports, tmp)
-    try:
-        wait_for(lambda: node_view(fleet.api, fleet.node_id)["isOnline"], 20, "the node to come online")
-        yield fleet
-    finally:
-        fleet.agent.stop()
-        fleet.coordinator.stop()
-        leave_no_containers(str(node["id"]))
+    with one_node_fleet(tmp_path_factory.mktemp("foundation"), ports=6) as found:
+        yield found
 
 
 def http_get(port: int) -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 import pytest
@@ -15,11 +13,9 @@ import pytest
 from tests.daemons import (
     AgentProcess,
     Api,
-    CoordinatorProcess,
-    create_node,
-    leave_no_containers,
+    OneNodeFleet,
     node_view,
-    port_block,
+    one_node_fleet,
     wait_for,
     wait_state,
 )
@@ -28,36 +24,14 @@ from tests.dockerenv import require_docker
 pytestmark = pytest.mark.docker
 
 
-@dataclass
-class Panel:
-    coordinator: CoordinatorProcess
-    agent: AgentProcess
-    node_id: str
-    ports: list[int]
-
-    @property
-    def api(self) -> Api:
-        return self.coordinator.api()
+Panel = OneNodeFleet
 
 
 @pytest.fixture(scope="module")
 def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
     require_docker()
-    tmp: Path = tmp_path_factory.mktemp("panel")
-    coordinator = CoordinatorProcess(tmp / "coordinator")
-    coordinator.start()
-    ports = port_block(3)
-    node = create_node(coordinator.api(), ports)
-    agent = AgentProcess(tmp / "agent", coordinator, str(node["joinToken"]))
-    agent.start()
-    found = Panel(coordinator, agent, str(node["id"]), ports)
-    try:
-        wait_for(lambda: node_view(found.api, found.node_id)["isOnline"], 20, "the node to come online")
+    with one_node_fleet(tmp_path_factory.mktemp("panel"), ports=3) as found:
         yield found
-    finally:
-        found.agent.stop()
-        found.coordinator.stop()
-        leave_no_containers(found.node_id)
 
 
 def page(port: int) -> str | None:
