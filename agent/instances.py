@@ -164,12 +164,16 @@ class InstanceManager:
         return container_id
 
     async def _stop(self, instance_id: str, timeout_s: int) -> None:
-        """Stop the container if it runs (a kill is a stop with no grace), as an expected exit."""
+        """Stop the container if it runs (a kill is a stop with no grace)."""
         have = await self._find(instance_id)
         if have is not None and have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING):
-            self.expected_exit.add(instance_id)
-            await self.runtime.stop(have.container_id, timeout_s)
-            self.emit(event(pb.EVENT_KIND_STOPPED, instance_id, container_id=have.container_id))
+            await self._stop_container(instance_id, have, timeout_s)
+
+    async def _stop_container(self, instance_id: str, have: ContainerInfo, timeout_s: int) -> None:
+        """A stop we asked for: its exit is expected, not a crash."""
+        self.expected_exit.add(instance_id)
+        await self.runtime.stop(have.container_id, timeout_s)
+        self.emit(event(pb.EVENT_KIND_STOPPED, instance_id, container_id=have.container_id))
 
     async def _converge(self, want: Desired, have: ContainerInfo) -> None:
         iid = want.spec.instance_id
@@ -178,9 +182,7 @@ class InstanceManager:
             await self.runtime.start(have.container_id)
             self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))
         elif not want.running and running:
-            self.expected_exit.add(iid)
-            await self.runtime.stop(have.container_id, want.spec.stop_timeout_s)
-            self.emit(event(pb.EVENT_KIND_STOPPED, iid, container_id=have.container_id))
+            await self._stop_container(iid, have, want.spec.stop_timeout_s)
         elif running:
             # Already as wanted (adopted, or a redelivered deploy): let the coordinator catch up.
             self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))

@@ -29,10 +29,9 @@ from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import ServiceError
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
-from coordinator.store import users as users_store
 from coordinator.store.engine import Store
 from coordinator.store.users import Principal
-from tests.unit.factories import make_node
+from tests.unit.factories import make_node, seed_user
 
 REGIONS = 10
 NODES = 5_000
@@ -96,17 +95,7 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
     core = Core(config, store, fleet, Catalog([]), CertificateAuthority.load_or_create(tmp))
     region_ids = [str(uuid.uuid4()) for _ in range(REGIONS)]
     async with store.write() as conn:
-        org = await users_store.create_organization(conn, "bench", 0.0)
-        await users_store.create_user(
-            conn,
-            user_id="u",
-            username="u",
-            email="u@x",
-            password_hash=None,
-            admin=True,
-            organization_id=org,
-            now=0.0,
-        )
+        org = await seed_user(conn, admin=True)
         for i, rid in enumerate(region_ids):
             await regions_store.insert_region(
                 conn,

@@ -81,11 +81,16 @@ class InstanceService:
     # ------------------------------------------------------------ reads
 
     async def get(self, caller: Principal, instance_id: str, *, field: str = "id") -> Instance:
+        inst = await self.get_unchecked(instance_id, field=field)
+        policy.check_visible(caller, inst.organization_id, f"instance {instance_id}", field=field)
+        return inst
+
+    async def get_unchecked(self, instance_id: str, *, field: str = "id") -> Instance:
+        """Without the caller's visibility check: for use cases that already made it."""
         async with self.core.store.read() as conn:
             inst = await instances_store.get_instance(conn, instance_id)
         if inst is None:
             raise NotFound(f"instance {instance_id} does not exist", field=field)
-        policy.check_visible(caller, inst.organization_id, f"instance {instance_id}", field=field)
         return inst
 
     async def list_visible(self, caller: Principal, *, owner_id: str | None = None) -> list[Instance]:
@@ -157,13 +162,6 @@ class InstanceService:
             if self.core.fleet.dispatch(current.node_id, cmd):
                 await self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
         return await self.get_unchecked(inst.id)
-
-    async def get_unchecked(self, instance_id: str) -> Instance:
-        async with self.core.store.read() as conn:
-            inst = await instances_store.get_instance(conn, instance_id)
-        if inst is None:
-            raise NotFound(f"instance {instance_id} does not exist", field="id")
-        return inst
 
     # ------------------------------------------------------------ delete
 

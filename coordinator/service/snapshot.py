@@ -84,35 +84,33 @@ class PlacementSnapshot:
             self._chains[start] = list(nodes)
         return Snapshot(self._regions, nodes, ready)
 
+    def _read_since(self, region_id: str | None, moment: float) -> bool:
+        """Whether the region list (None) or that region's nodes were read at or after ``moment``."""
+        if region_id is None:
+            at = self._regions_at
+        else:
+            loaded = self._nodes.get(region_id)
+            at = loaded.loaded_at if loaded is not None else None
+        return at is not None and at >= moment
+
     def _within_ttl(self, region_ids: Sequence[str]) -> bool:
         """Whether the region list and every one of these regions were read within the TTL."""
         horizon = self.clock() - self.ttl_s
-        if self._regions_at is None or self._regions_at < horizon:
-            return False
-        for rid in region_ids:
-            loaded = self._nodes.get(rid)
-            if loaded is None or loaded.loaded_at < horizon:
-                return False
-        return True
+        return self._read_since(None, horizon) and all(self._read_since(rid, horizon) for rid in region_ids)
 
     def _missing(self, region_ids: Sequence[str], fresh_since: float | None) -> list[str] | None:
         """Regions that must be read before deciding (None: the region list itself must be)."""
-        if self._regions_at is None or (fresh_since is not None and self._regions_at < fresh_since):
+        since = float("-inf") if fresh_since is None else fresh_since
+        if not self._read_since(None, since):
             return None
-        return [
-            rid
-            for rid in region_ids
-            if rid not in self._nodes
-            or (fresh_since is not None and self._nodes[rid].loaded_at < fresh_since)
-        ]
+        return [rid for rid in region_ids if not self._read_since(rid, since)]
 
     def _stale(self, region_ids: Sequence[str]) -> list[str] | None:
-        now = self.clock()
-        if self._regions_at is None or now - self._regions_at > self.ttl_s:
+        """Regions read, but longer ago than the TTL (None: nothing to refresh)."""
+        horizon = self.clock() - self.ttl_s
+        if not self._read_since(None, horizon):
             return [rid for rid in region_ids if rid in self._nodes or rid in self._regions]
-        stale = [
-            rid for rid in region_ids if rid in self._nodes and now - self._nodes[rid].loaded_at > self.ttl_s
-        ]
+        stale = [rid for rid in region_ids if rid in self._nodes and not self._read_since(rid, horizon)]
         return stale or None
 
     async def _ensure(self, region_ids: Sequence[str], fresh_since: float | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from coordinator.model import Instance, InstanceState, Node
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
@@ -65,17 +67,23 @@ async def seeded_store(path: Path, ports: range = range(30000, 30010)) -> Store:
     store = Store.open(f"sqlite:///{path}")
     await store.migrate()
     async with store.write() as conn:
-        org = await users_store.create_organization(conn, "o", 0.0)
-        await users_store.create_user(
-            conn,
-            user_id="u",
-            username="u",
-            email="u@x",
-            password_hash=None,
-            admin=False,
-            organization_id=org,
-            now=0.0,
-        )
+        await seed_user(conn)
         await nodes_store.insert_node(conn, make_node("n1"))
         await nodes_store.insert_allocations(conn, "n1", [(f"a{p}", "0.0.0.0", p) for p in ports])
     return store
+
+
+async def seed_user(conn: AsyncConnection, *, admin: bool = False) -> int:
+    """User "u" in a new organization (whose id is returned)."""
+    org = await users_store.create_organization(conn, "o", 0.0)
+    await users_store.create_user(
+        conn,
+        user_id="u",
+        username="u",
+        email="u@x",
+        password_hash=None,
+        admin=admin,
+        organization_id=org,
+        now=0.0,
+    )
+    return org
