@@ -161,7 +161,8 @@ def test_agent_stopped_node_goes_offline_then_coordinator_restart_keeps_everythi
     # Three heartbeat intervals (0.5 s each) plus the monitor's wake-up.
     wait_for(lambda: not node_view(api, fleet.node_id)["isOnline"], 1.5 + 1.0, "the node to show offline")
     assert node_view(api, fleet.node_id)["status"] in ("heartbeat_abnormal", "offline")
-    assert instance(api, iid)["state"] == "unhealthy"
+    # The node's status is judged on read; its instances follow once the monitor has acted on it.
+    wait_for(lambda: instance(api, iid)["state"] == "unhealthy", 2.0, "the instance to turn unhealthy")
     # The agent's exit did not stop the container.
     assert "moorage-test-ok" in http_get(port)
 
