@@ -49,6 +49,11 @@ class CatalogImage(BaseModel):
     startup: list[str] = Field(default_factory=list)
     stop_signal: str = Field(default="SIGTERM", pattern=r"^SIG[A-Z0-9]{2,10}$")
     ports: list[int] = Field(default_factory=list)
+    #: Offered only to this organization (None: to everyone).
+    organization: int | None = Field(default=None, ge=1)
+
+    def offered_to(self, organization_id: int | None) -> bool:
+        return self.organization is None or self.organization == organization_id
 
     @field_validator("image")
     @classmethod

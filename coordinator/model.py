@@ -84,6 +84,8 @@ class Node:
     updated_at: float | None = None
     agent_version: str | None = None
     host_metrics: dict[str, Any] = field(default_factory=dict)
+    #: Dedicated to this organization (only its instances run here); None: the shared fleet.
+    organization_id: int | None = None
 
 
 @dataclass(slots=True)

@@ -4,9 +4,10 @@ short transaction each (a lost race moves on to the next).
 
 The region chain: the asked region, its fallback, that one's fallback... stopping at a repeat (cycles are
 legal to configure) or after MAX_HOPS. A region at its serverLimit is skipped. Within a region, candidates
-are Ready nodes (fresh heartbeat, not in maintenance) carrying every asked tag, with the memory, CPU and
-disk free (the node's overallocation counted) and the ports free. Spread puts the node with the largest
-free-memory fraction first, binpack the smallest; ties are broken at random.
+are Ready nodes (fresh heartbeat, not in maintenance, shared or dedicated to the instance's organization)
+carrying every asked tag, with the memory, CPU and disk free (the node's overallocation counted) and the
+ports free. Spread puts the node with the largest free-memory fraction first, binpack the smallest; ties
+are broken at random.
 
 A region's nodes may come as a plain sequence (every node is scored) or as RankedNodes, kept in spread
 order as usage changes: a decision then walks only as far as its candidates, which is what keeps it cheap
@@ -67,6 +68,8 @@ class NodeInfo:
     free_port_count: int = 0
     free_ports: frozenset[int] = frozenset()
     name: str = ""
+    #: Dedicated to this organization; None: open to every organization.
+    organization_id: int | None = None
 
     def plus(self, memory_mib: int, cpu_percent: int, disk_mib: int, allocations: int) -> NodeInfo:
         """The node with one more instance of that size on it (what a committed claim did)."""
@@ -86,6 +89,7 @@ class NodeInfo:
             self.free_port_count - allocations,
             self.free_ports,
             self.name,
+            self.organization_id,
         )
 
     def _cap(self, total: int) -> float:
@@ -114,6 +118,11 @@ class Request:
     #: Specific host ports wanted on one node; empty means "any `port_count` free allocations".
     ports: tuple[int, ...] = ()
     port_count: int = 1
+    #: The instance's organization: nodes dedicated to another one are not candidates.
+    organization_id: int | None = None
+
+    def may_use(self, node: NodeInfo) -> bool:
+        return node.organization_id is None or node.organization_id == self.organization_id
 
 
 _Key = tuple[float, float, str]
@@ -234,7 +243,13 @@ def _fits(node: NodeInfo, req: Request) -> str | None:
 
 
 def _usable(node: NodeInfo, req: Request, ready: bool) -> bool:
-    return ready and not node.maintenance and req.tags <= node.tags and _fits(node, req) is None
+    return (
+        ready
+        and not node.maintenance
+        and req.may_use(node)
+        and req.tags <= node.tags
+        and _fits(node, req) is None
+    )
 
 
 def _why_not(
@@ -250,6 +265,9 @@ def _why_not(
         return "no nodes", False
     if not ready:
         return "no Ready node", False
+    ready = [n for n in ready if req.may_use(n)]
+    if not ready:
+        return "no Ready node open to the organization (the Ready ones are dedicated to others)", True
     tagged = [n for n in ready if req.tags <= n.tags]
     if not tagged:
         return f"no Ready node tagged {', '.join(sorted(req.tags))}", True

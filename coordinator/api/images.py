@@ -23,6 +23,8 @@ class ImageOut(BaseModel):
     startup: list[str]
     stopSignal: str
     ports: list[int]
+    #: Offered only to this organization (null: to everyone).
+    organization: int | None
     #: "config": from the catalog file (read-only here); "api": added through POST /api/images.
     source: Literal["config", "api"]
 
@@ -36,15 +38,17 @@ def render(image: CatalogImage, source: str) -> ImageOut:
         startup=image.startup,
         stopSignal=image.stop_signal,
         ports=image.ports,
+        organization=image.organization,
         source="config" if source == "config" else "api",
     )
 
 
 @router.route("GET", "/api/images", response=list[ImageOut])
 async def list_images(call: Call) -> list[ImageOut]:
-    """Every image a deploy may name, with its defaults and the rules its variables must follow."""
+    """The images a deploy may name (an admin sees all; others those offered to everyone or to their
+    organization), with their defaults and the rules their variables must follow."""
     images = call.services.images
-    return [render(i, images.source(i.name)) for i in images.list()]
+    return [render(i, images.source(i.name)) for i in images.list(call.caller)]
 
 
 @router.route(

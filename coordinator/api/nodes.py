@@ -31,6 +31,12 @@ class NodePatch(Body):
     processor: PositiveInt | None = None
     overallocation: int | None = Field(None, ge=0, le=1000, description="Percent above capacity to allow.")
     maintenance: bool | None = Field(None, description="Nothing new is placed on a node in maintenance.")
+    organization: int | None = Field(
+        None,
+        ge=1,
+        description="Dedicate the node to this organization; null returns it to the shared fleet. Instances"
+        " already on it stay.",
+    )
 
     def columns(self) -> dict[str, Any]:
         mapping = {
@@ -44,11 +50,12 @@ class NodePatch(Body):
             "processor": "cpu_count",
             "overallocation": "overallocation_pct",
             "maintenance": "maintenance",
+            "organization": "organization_id",
         }
         return {
             mapping[k]: v
             for k, v in self.model_dump(exclude_unset=True).items()
-            if v is not None or k == "regionId"
+            if v is not None or k in ("regionId", "organization")
         }
 
 

@@ -80,6 +80,9 @@ class NodeCreate(Body):
     port: Port = Field(description="The agent's port as panels show it.")
     regionId: str | None = None
     allocations: AllocationRange | None = None
+    organization: int | None = Field(
+        None, ge=1, description="Dedicate the node to this organization: only its instances run there."
+    )
 
     def tag_list(self) -> list[str]:
         raw = self.tags.split(",") if isinstance(self.tags, str) else self.tags
@@ -126,6 +129,7 @@ class NodeOut(BaseModel):
     address: str
     port: int
     regionId: str | None
+    organizationId: int | None = Field(description="The organization the node is dedicated to, if any.")
     status: NodeStatus
     isOnline: bool
     connected: bool
@@ -150,6 +154,7 @@ class NodeOut(BaseModel):
             address=n.address,
             port=n.port,
             regionId=n.region_id,
+            organizationId=n.organization_id,
             status=v.status,
             isOnline=v.status is NodeStatus.READY,
             connected=v.connected,

@@ -69,8 +69,13 @@ class DeployService:
         self.strategy = strategy
         self.claims = ClaimQueue(core.store)
 
-    def resolve_image(self, image: str, variables: dict[str, str]) -> ResolvedImage:
+    def resolve_image(self, image: str, variables: dict[str, str], organization_id: int) -> ResolvedImage:
         entry = self.core.catalog.get(image)
+        if entry is not None and not entry.offered_to(organization_id):
+            raise BadRequest(
+                f"image: catalog image {image!r} is not offered to organization {organization_id}",
+                field="image",
+            )
         if entry is not None:
             try:
                 env = self.core.catalog.resolve_variables(entry, variables)
@@ -90,7 +95,6 @@ class DeployService:
             raise BadRequest(f"primary: {order.primary} is not one of the ports asked for", field="primary")
         if order.primary is not None and not order.ports:
             raise BadRequest("primary: give ports when naming a primary port", field="primary")
-        image = self.resolve_image(order.image, order.variables)
         owner_id = order.owner_id or caller.user_id
         if owner_id != caller.user_id and not caller.admin:
             raise Forbidden("user: only an admin may deploy for another user", field="user")
@@ -100,6 +104,7 @@ class DeployService:
                 owner = await users_store.get_principal(conn, owner_id)
         if owner is None:
             raise BadRequest(f"user: user {owner_id} does not exist", field="user")
+        image = self.resolve_image(order.image, order.variables, owner.organization_id)
         request = Request(
             memory_mib=order.memory_mib,
             cpu_percent=order.cpu_percent,
@@ -107,6 +112,7 @@ class DeployService:
             tags=order.tags,
             ports=order.ports,
             port_count=1,
+            organization_id=owner.organization_id,
         )
         draft = Instance(
             id=time_ordered_id(),
@@ -134,7 +140,7 @@ class DeployService:
             stop_signal=image.stop_signal,
         )
         if order.node_id is not None:
-            placed = await self._on_node(draft, order, request)
+            placed = await self._on_node(caller, draft, order, request)
         else:
             assert order.region is not None
             placed = await self._in_region(draft, order, request)
@@ -145,15 +151,21 @@ class DeployService:
 
     # ------------------------------------------------------------ where
 
-    async def _on_node(self, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
+    async def _on_node(self, caller: Principal, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
         """The node is named: no readiness needed (the agent gets it when it connects), but every other
         rule holds: resources, ports, the region's serverLimit."""
         assert order.node_id is not None
         async with self.core.store.read() as conn:
             infos = await regions_store.node_infos(conn, node_id=order.node_id, ports=order.ports)
-            if not infos:
+            node = infos[0] if infos else None
+            if node is None or not (caller.admin or req.may_use(node)):
                 raise BadRequest(f"nodeId: node {order.node_id} does not exist", field="nodeId")
-            node = infos[0]
+            if not req.may_use(node):
+                raise BadRequest(
+                    f"nodeId: node {node.name} is dedicated to organization {node.organization_id}; the "
+                    f"instance's owner is in organization {req.organization_id}",
+                    field="nodeId",
+                )
             region = await regions_store.get_region(conn, node.region_id) if node.region_id else None
             if order.ports:
                 free, unknown = await instances_store.free_allocations_by_port(conn, node.id, order.ports)

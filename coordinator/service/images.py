@@ -10,6 +10,7 @@ from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, NotFound
 from coordinator.store import catalog as catalog_store
+from coordinator.store import users as users_store
 from coordinator.store.users import Principal
 
 
@@ -29,8 +30,9 @@ class ImageService:
     def source(self, name: str) -> str:
         return "config" if name in self.core.catalog.configured else "api"
 
-    def list(self) -> list[CatalogImage]:
-        return self.core.catalog.listed()
+    def list(self, caller: Principal) -> list[CatalogImage]:
+        """An admin sees the whole catalog; others the images offered to everyone or to their organization."""
+        return [i for i in self.core.catalog.listed() if caller.admin or i.offered_to(caller.organization_id)]
 
     async def add(self, caller: Principal, image: CatalogImage) -> CatalogImage:
         policy.require_admin(caller, "add catalog images")
@@ -39,6 +41,12 @@ class ImageService:
             raise taken
         try:
             async with self.core.store.write() as conn:
+                if image.organization is not None and not await users_store.organization_exists(
+                    conn, image.organization
+                ):
+                    raise BadRequest(
+                        f"organization: {image.organization} does not exist", field="organization"
+                    )
                 await catalog_store.add(
                     conn, image.name, image.model_dump(), caller.user_id, self.core.clock()
                 )

@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from common.logging import get
 from coordinator import secrets
 from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus
@@ -20,6 +22,7 @@ from coordinator.service.errors import BadRequest, Conflict, NotFound, Unauthori
 from coordinator.service.instances import InstanceService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
+from coordinator.store import users as users_store
 from coordinator.store.users import Principal
 
 log = get("coordinator.nodes")
@@ -39,6 +42,8 @@ class NodeOrder:
     region_id: str | None = None
     bind_address: str = "0.0.0.0"
     ports: tuple[int, ...] = ()
+    #: Dedicate the node to one organization (None: the shared fleet).
+    organization_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,11 @@ def parse_port_ranges(value: str, field: str) -> tuple[int, ...]:
     return tuple(ports)
 
 
+async def _check_organization(conn: AsyncConnection, organization_id: int | None) -> None:
+    if organization_id is not None and not await users_store.organization_exists(conn, organization_id):
+        raise BadRequest(f"organization: {organization_id} does not exist", field="organization")
+
+
 class NodeService:
     def __init__(self, core: Core, instances: InstanceService) -> None:
         self.core = core
@@ -106,6 +116,7 @@ class NodeService:
         )
 
     async def create(self, caller: Principal, order: NodeOrder) -> CreatedNode:
+        policy.require_admin(caller, "creating nodes")
         now = self.core.clock()
         node = Node(
             id=str(uuid.uuid4()),
@@ -121,6 +132,7 @@ class NodeService:
             maintenance=False,
             enrolled=False,
             created_at=now,
+            organization_id=order.organization_id,
         )
         rows = [(str(uuid.uuid4()), order.bind_address, p) for p in order.ports]
         token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
@@ -128,6 +140,7 @@ class NodeService:
         async with self.core.store.write() as conn:
             if order.region_id is not None and not await nodes_store.region_exists(conn, order.region_id):
                 raise BadRequest(f"regionId: region {order.region_id} does not exist", field="regionId")
+            await _check_organization(conn, order.organization_id)
             await nodes_store.insert_node(conn, node)
             await nodes_store.insert_allocations(conn, node.id, rows, now)
             await nodes_store.replace_join_token(
@@ -157,9 +170,12 @@ class NodeService:
             f"--join-token {shlex.quote(token)}"
         )
 
-    async def list_views(self) -> list[NodeView]:
+    async def list_views(self, caller: Principal) -> list[NodeView]:
+        """An admin sees every node; others the shared fleet and their organization's dedicated nodes."""
         async with self.core.store.read() as conn:
-            found = await nodes_store.list_nodes(conn)
+            found = await nodes_store.list_nodes(
+                conn, organization_id=None if caller.admin else caller.organization_id
+            )
             counts = await nodes_store.allocation_counts(conn)
         return [self._view(n, counts.get(n.id, (0, 0))) for n in found]
 
@@ -201,6 +217,7 @@ class NodeService:
             region_id = changes.get("region_id")
             if region_id is not None and not await nodes_store.region_exists(conn, region_id):
                 raise BadRequest(f"regionId: region {region_id} does not exist", field="regionId")
+            await _check_organization(conn, changes.get("organization_id"))
             if not await nodes_store.update_node(conn, node_id, {**changes, "updated_at": self.core.clock()}):
                 raise NotFound(f"node {node_id} does not exist", field="nodeId")
         self.core.snapshot.forget()

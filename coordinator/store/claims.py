@@ -2,8 +2,9 @@
 
 A claim places an instance (node_id and region_id set) with guarded writes, each a re-check of the snapshot
 the decision came from: a place in the region (the database caps the counter at serverLimit), the node's
-memory, CPU, disk and free allocations, then the allocations themselves (assigned only where still free).
-Any miss raises ClaimLost and the claim's writes roll back whole.
+memory, CPU, disk and free allocations (and that it is open to the instance's organization), then the
+allocations themselves (assigned only where still free). Any miss raises ClaimLost and the claim's writes roll
+back whole.
 
 It is plain SQL, run by ``Store.batch``: on SQLite a whole batch of claims is one thread hop and one
 transaction. A durable commit costs an fsync, so claims waiting at the same moment share it: each runs in
@@ -47,6 +48,7 @@ _TAKE_NODE_ROOM = """
 UPDATE nodes SET used_memory_mib = used_memory_mib + :memory, used_cpu_percent = used_cpu_percent + :cpu,
     used_disk_mib = used_disk_mib + :disk, free_allocations = free_allocations - :need
 WHERE id = :node AND maintenance = :no AND free_allocations >= :need
+    AND (organization_id IS NULL OR organization_id = :org)
     AND used_memory_mib + :memory <= memory_mib * (100 + overallocation_pct) / 100.0
     AND used_cpu_percent + :cpu <= cpu_count * 100 * (100 + overallocation_pct) / 100.0
     AND used_disk_mib + :disk <= disk_mib * (100 + overallocation_pct) / 100.0
@@ -92,9 +94,10 @@ def claim(
         disk=inst.disk_mib,
         need=need,
         no=False,
+        org=inst.organization_id,
     )
     if not sql(_TAKE_NODE_ROOM, room):
-        raise ClaimLost("node resources or allocations taken")
+        raise ClaimLost("node resources or allocations taken, or the node is another organization's")
     sql(INSERT_INSTANCE, instance_params(inst))
     pick = "SELECT id FROM allocations WHERE node_id = :node AND instance_id IS NULL"
     params: dict[str, Any] = {"node": inst.node_id, "need": need}

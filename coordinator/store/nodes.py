@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, case, delete, func, insert, select, update
+from sqlalchemy import Row, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import Allocation, Node
@@ -31,6 +31,7 @@ def node_from_row(row: Row[Any]) -> Node:
         updated_at=row.updated_at,
         agent_version=row.agent_version,
         host_metrics=dict(row.host_metrics or {}),
+        organization_id=row.organization_id,
     )
 
 
@@ -66,6 +67,7 @@ async def insert_node(conn: AsyncConnection, node: Node) -> None:
             enrolled=node.enrolled,
             created_at=node.created_at,
             updated_at=node.created_at,
+            organization_id=node.organization_id,
         )
     )
 
@@ -134,8 +136,14 @@ async def get_node(conn: AsyncConnection, node_id: str) -> Node | None:
     return node_from_row(row) if row else None
 
 
-async def list_nodes(conn: AsyncConnection) -> list[Node]:
-    rows = await conn.execute(select(nodes).order_by(nodes.c.created_at, nodes.c.id))
+async def list_nodes(conn: AsyncConnection, *, organization_id: int | None = None) -> list[Node]:
+    """Every node, or those an organization may see (the shared fleet and its own dedicated nodes)."""
+    query = select(nodes)
+    if organization_id is not None:
+        query = query.where(
+            or_(nodes.c.organization_id.is_(None), nodes.c.organization_id == organization_id)
+        )
+    rows = await conn.execute(query.order_by(nodes.c.created_at, nodes.c.id))
     return [node_from_row(r) for r in rows]
 
 

@@ -118,6 +118,8 @@ nodes = Table(
     Column("free_allocations", Integer, nullable=False, server_default=text("0")),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # A node dedicated to one organization runs only its instances (NULL: the shared fleet).
+    Column("organization_id", Integer, ForeignKey("organizations.id"), nullable=True, index=True),
 )
 
 join_tokens = Table(

@@ -103,6 +103,22 @@ def test_tags_maintenance_ports_and_strategy() -> None:
     assert isinstance(refused, Refusal) and refused.message == "a: no Ready node tagged gpu"
 
 
+def test_a_dedicated_node_takes_only_its_organizations_instances() -> None:
+    snap = Snapshot(
+        {"a": region("a", fallback="b"), "b": region("b")},
+        {"a": [node("mine", "a", organization_id=7)], "b": [node("shared", "b", used=3000)]},
+    )
+    ours = place(Request(512, 50, organization_id=7), "a", snap)
+    assert isinstance(ours, Decision) and [c.node.id for c in ours.candidates] == ["mine"]
+    theirs = place(Request(512, 50, organization_id=8), "a", snap)
+    assert isinstance(theirs, Decision) and [(c.node.id, c.fallback) for c in theirs.candidates] == [
+        ("shared", True)
+    ]
+    assert theirs.refusals == (
+        ("a", "no Ready node open to the organization (the Ready ones are dedicated to others)"),
+    )
+
+
 def test_overallocation_lets_a_node_take_more_than_it_has() -> None:
     snap = Snapshot({"a": region("a")}, {"a": [node("n", "a", memory=1000, used=900, overallocation_pct=50)]})
     assert isinstance(place(Request(memory_mib=500, cpu_percent=0), "a", snap), Decision)
@@ -145,6 +161,7 @@ def fleets(draw: st.DrawFn) -> tuple[Snapshot, Request, str]:
                 used_cpu_percent=draw(st.integers(0, 300)),
                 free_port_count=draw(st.integers(0, 3)),
                 free_ports=frozenset(draw(st.sets(st.sampled_from([30000, 30001]), max_size=2))),
+                organization_id=draw(st.sampled_from([None, None, 1, 2])),
             )
         )
     req = Request(
@@ -152,6 +169,7 @@ def fleets(draw: st.DrawFn) -> tuple[Snapshot, Request, str]:
         cpu_percent=draw(st.integers(0, 200)),
         tags=frozenset(draw(st.sets(st.sampled_from(["ssd", "gpu", "eu"]), max_size=1))),
         ports=draw(st.sampled_from([(), (30000,), (30000, 30001)])),
+        organization_id=draw(st.sampled_from([1, 2, 3])),
     )
     return Snapshot(regions, nodes), req, draw(st.sampled_from(REGIONS))
 
@@ -163,7 +181,14 @@ def viable(snap: Snapshot, req: Request, start: str) -> set[str]:
         if r.live_count >= r.server_limit:
             continue
         for n in snap.nodes_by_region.get(r.id, []):
-            if n.ready and not n.maintenance and req.tags <= n.tags and _fits(n, req) is None:
+            dedicated_elsewhere = n.organization_id not in (None, req.organization_id)
+            if (
+                n.ready
+                and not n.maintenance
+                and not dedicated_elsewhere
+                and req.tags <= n.tags
+                and _fits(n, req) is None
+            ):
                 ok.add(n.id)
     return ok
 
@@ -194,6 +219,7 @@ def test_placement_properties(fleet: tuple[Snapshot, Request, str], rng: random.
             "never without room"
         )
         assert c.node.ready and not c.node.maintenance and req.tags <= c.node.tags
+        assert c.node.organization_id in (None, req.organization_id), "never another organization's node"
         assert c.fallback == (c.region.id != start)
     fractions = [c.node.memory_fraction_free() for c in chosen]
     assert fractions == sorted(fractions, reverse=True), "spread: the emptiest node first"

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.model import Instance, InstanceState
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
+from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimLost, ClaimQueue, claim_now
 from coordinator.store.engine import Store
 from coordinator.store.tables import allocations, instances, nodes, regions
@@ -55,6 +56,23 @@ async def test_a_released_instance_cannot_hold_an_allocation(store: Store) -> No
             now=1.0,
             released=True,
         )
+
+
+async def test_a_dedicated_node_takes_only_its_organizations_instances(store: Store) -> None:
+    """The claim re-checks the node's organization itself: a decision made on a stale view (the node was
+    dedicated meanwhile) cannot put a foreign instance on it."""
+    async with store.write() as conn:
+        other = await users_store.create_organization(conn, "other", 0.0)
+        await conn.execute(update(nodes).where(nodes.c.id == "n1").values(organization_id=other))
+    foreign = make_instance(str(uuid.uuid4()), node_id="n1")  # organization 1
+    with pytest.raises(ClaimLost):
+        await claim_now(store, foreign, ports=(30000,), port_count=1, primary=None)
+    async with store.read() as conn:
+        assert await instances_store.get_instance(conn, foreign.id) is None
+        assert (await conn.execute(select(nodes.c.used_memory_mib))).scalar_one() == 0
+    own = make_instance(str(uuid.uuid4()), node_id="n1", organization_id=other)
+    held = await claim_now(store, own, ports=(30000,), port_count=1, primary=None)
+    assert [a.port for a in held] == [30000]
 
 
 async def test_the_released_flag_follows_the_state(store: Store) -> None:
