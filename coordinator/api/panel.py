@@ -31,6 +31,8 @@ from coordinator.service.nodes import NodeOrder, parse_port_ranges
 router = Router("panel")
 # The document answers 400 for an instance or node it cannot find on its body-addressed routes.
 NOT_FOUND_IS_400 = {404: 400}
+#: A panel user's key sees only that user's instances (an admin's: all), as Skyport's users see theirs.
+OWN = True
 
 # ---------------------------------------------------------------- users
 
@@ -98,6 +100,7 @@ async def create_node(call: Call, body: NodeCreate) -> NodeCreated:
         region_id=body.regionId,
         bind_address=alloc.bindAddress if alloc else "0.0.0.0",
         ports=parse_port_ranges(alloc.ports, "allocations.ports") if alloc else (),
+        organization_id=body.organization,
     )
     created = await call.services.nodes.create(call.caller, order)
     base = NodeOut.of(created.view, call.services.core.clock())
@@ -112,9 +115,10 @@ async def create_node(call: Call, body: NodeCreate) -> NodeCreated:
 
 @router.route("GET", "/api/nodes", response=list[NodeOut])
 async def list_nodes(call: Call) -> list[NodeOut]:
-    """Every node with its status, heartbeat age, capacity and allocation counts."""
+    """Nodes with their status, heartbeat age, capacity and allocation counts: every node for an admin;
+    for others the shared fleet and their organization's dedicated nodes."""
     now = call.services.core.clock()
-    return [NodeOut.of(v, now) for v in await call.services.nodes.list_views()]
+    return [NodeOut.of(v, now) for v in await call.services.nodes.list_views(call.caller)]
 
 
 @router.route(
@@ -177,13 +181,14 @@ async def deploy(call: Call, body: Deploy) -> InstanceOut:
 )
 async def get_instance(call: Call, body: InstanceId) -> InstanceOut:
     """One instance with its lifecycle state."""
-    return InstanceOut.of(await call.services.instances.get(call.caller, body.id))
+    return InstanceOut.of(await call.services.instances.get(call.caller, body.id, own_only=OWN))
 
 
 @router.route("GET", "/api/instances", response=list[InstanceOut])
 async def list_instances(call: Call) -> list[InstanceOut]:
-    """Every instance the caller may see."""
-    return [InstanceOut.of(i) for i in await call.services.instances.list_visible(call.caller)]
+    """Every instance for an admin; a user's own instances otherwise."""
+    found = await call.services.instances.list_visible(call.caller, own_only=OWN)
+    return [InstanceOut.of(i) for i in found]
 
 
 @router.route(
@@ -197,7 +202,7 @@ async def list_instances(call: Call) -> list[InstanceOut]:
 )
 async def delete_instance(call: Call, body: InstanceId) -> InstanceOut:
     """Remove the container and free its allocations; the row stays (released) for its history."""
-    return InstanceOut.of(await call.services.instances.delete(call.caller, body.id))
+    return InstanceOut.of(await call.services.instances.delete(call.caller, body.id, own_only=OWN))
 
 
 @router.route(
@@ -205,13 +210,13 @@ async def delete_instance(call: Call, body: InstanceId) -> InstanceOut:
     "/api/getUserInstance",
     body=UserId,
     response=list[InstanceOut],
-    errors={400: "Missing user ID or user not found"},
+    errors={400: "Missing user ID or user not found", 403: "Another user's instances (admins only)"},
     status_map=NOT_FOUND_IS_400,
 )
 async def user_instances(call: Call, body: UserId) -> list[InstanceOut]:
     """The instances a user owns (released ones included, as history)."""
     user = await call.services.access.find_user(call.caller, "user_id", body.userId, field="userId")
-    found = await call.services.instances.list_visible(call.caller, owner_id=user.id)
+    found = await call.services.instances.list_visible(call.caller, owner_id=user.id, own_only=OWN)
     return [InstanceOut.of(i) for i in found]
 
 
@@ -255,4 +260,6 @@ async def unsuspend(call: Call) -> InstanceOut:
 )
 async def power(call: Call, body: Power) -> InstanceOut:
     """start, stop, restart or kill; answered once the agent has acted (or after a bounded wait)."""
-    return InstanceOut.of(await call.services.instances.power(call.caller, call.path("id"), body.action))
+    return InstanceOut.of(
+        await call.services.instances.power(call.caller, call.path("id"), body.action, own_only=OWN)
+    )

@@ -14,7 +14,7 @@ from coordinator.commands import command
 from coordinator.model import LIVE_STATES, Instance, InstanceState
 from coordinator.service import policy
 from coordinator.service.core import Core
-from coordinator.service.errors import Conflict, NotFound
+from coordinator.service.errors import Conflict, Forbidden, NotFound
 from coordinator.store import instances as instances_store
 from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
@@ -80,9 +80,19 @@ class InstanceService:
 
     # ------------------------------------------------------------ reads
 
-    async def get(self, caller: Principal, instance_id: str, *, field: str = "id") -> Instance:
+    async def get(
+        self, caller: Principal, instance_id: str, *, field: str = "id", own_only: bool = False
+    ) -> Instance:
+        """``own_only``: a non-admin sees only the instances they own (the panel dialect's rule); others
+        are reported missing, as a foreign organization's are."""
         inst = await self.get_unchecked(instance_id, field=field)
-        policy.check_visible(caller, inst.organization_id, f"instance {instance_id}", field=field)
+        policy.check_visible(
+            caller,
+            inst.organization_id,
+            f"instance {instance_id}",
+            field=field,
+            owner_id=inst.owner_id if own_only else None,
+        )
         return inst
 
     async def get_unchecked(self, instance_id: str, *, field: str = "id") -> Instance:
@@ -93,7 +103,15 @@ class InstanceService:
             raise NotFound(f"instance {instance_id} does not exist", field=field)
         return inst
 
-    async def list_visible(self, caller: Principal, *, owner_id: str | None = None) -> list[Instance]:
+    async def list_visible(
+        self, caller: Principal, *, owner_id: str | None = None, own_only: bool = False
+    ) -> list[Instance]:
+        """The caller's organization's instances (all for an admin), or one owner's. ``own_only``: a
+        non-admin sees only their own, and asking for another user's is forbidden."""
+        if own_only and not caller.admin:
+            if owner_id is not None and owner_id != caller.user_id:
+                raise Forbidden("userId: only an admin may list another user's instances", field="userId")
+            owner_id = caller.user_id
         async with self.core.store.read() as conn:
             return await instances_store.list_instances(
                 conn, organization_id=None if caller.admin else caller.organization_id, owner_id=owner_id
@@ -101,11 +119,13 @@ class InstanceService:
 
     # ------------------------------------------------------------ power and suspension
 
-    async def power(self, caller: Principal, instance_id: str, action: str) -> Instance:
+    async def power(
+        self, caller: Principal, instance_id: str, action: str, *, own_only: bool = False
+    ) -> Instance:
         """start, stop, restart or kill, for the owner (or an admin). Refused (409) while suspended, not yet
         created, being deleted or failed; answered as is when already done."""
         act = POWER[action]
-        inst = await self.get(caller, instance_id)
+        inst = await self.get(caller, instance_id, own_only=own_only)
         policy.check_owner(caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="id")
         if inst.suspended:
             raise Conflict(_why_not(inst, action), field="id")
@@ -165,10 +185,10 @@ class InstanceService:
 
     # ------------------------------------------------------------ delete
 
-    async def delete(self, caller: Principal, instance_id: str) -> Instance:
+    async def delete(self, caller: Principal, instance_id: str, *, own_only: bool = False) -> Instance:
         """Release: the container is removed, the allocations freed, the row kept for its history. Waits a
         bounded time for the agent so a panel usually reads the final state in the answer."""
-        inst = await self.get(caller, instance_id)
+        inst = await self.get(caller, instance_id, own_only=own_only)
         policy.check_owner(caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="id")
         await self.release([inst])
         return await self.get(caller, instance_id)

@@ -1,8 +1,9 @@
 """Who may see and change what. Every use case asks here; no route decides access by itself.
 
 Admins see and change everything. Other callers see their organization's resources and change their
-own. A resource of another organization is reported as missing where the dialect hides existence, and as
-forbidden where it does not (a foreign clientId, for instance).
+own; a dialect may narrow what they see to their own instances (the panel dialect does: a panel user's key
+lists only that user's instances). A resource of another organization is reported as missing where the
+dialect hides existence, and as forbidden where it does not (a foreign clientId, for instance).
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ def can_see(caller: Principal, organization_id: int) -> bool:
     return caller.admin or caller.organization_id == organization_id
 
 
-def check_visible(caller: Principal, organization_id: int, what: str, *, field: str | None = None) -> None:
-    """Hide a foreign organization's resource behind the same answer as a missing one."""
-    if not can_see(caller, organization_id):
+def check_visible(
+    caller: Principal,
+    organization_id: int,
+    what: str,
+    *,
+    field: str | None = None,
+    owner_id: str | None = None,
+) -> None:
+    """Hide a foreign organization's resource behind the same answer as a missing one; with ``owner_id``
+    (a dialect that shows callers only their own), also another user's."""
+    if not can_see(caller, organization_id) or (
+        owner_id is not None and not caller.admin and caller.user_id != owner_id
+    ):
         raise NotFound(f"{what} does not exist", field=field)
 
 

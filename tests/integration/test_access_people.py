@@ -161,14 +161,88 @@ def test_tenancy_hides_other_organizations_and_protects_owners(admin: Api) -> No
     iid = r.body["id"]
     # Deploying for someone else is an admin's privilege.
     assert heidi_api.post("/api/instances/deploy", {**deploy, "user": "alice-1"}).status == 403
-    assert [i["id"] for i in ivan_api.get("/api/instances").body] == [iid]
-    assert ivan_api.post("/api/getInstance", {"id": iid}).status == 200
-    assert ivan_api.delete("/api/instance/delete", {"id": iid}).status == 403
-    assert judy_api.get("/api/instances").body == []
-    assert judy_api.post("/api/getInstance", {"id": iid}).status == 400  # as if it did not exist
-    assert judy_api.delete("/api/instance/delete", {"id": iid}).status == 400
+    # The panel shows a user only their own instances, even to colleagues of the same organization.
+    assert [i["id"] for i in heidi_api.get("/api/instances").body] == [iid]
+    assert [i["id"] for i in heidi_api.post("/api/getUserInstance", {"userId": heidi["userId"]}).body] == [
+        iid
+    ]
+    for other in (ivan_api, judy_api):
+        assert other.get("/api/instances").body == []
+        assert other.post("/api/getInstance", {"id": iid}).status == 400  # as if it did not exist
+        assert other.delete("/api/instance/delete", {"id": iid}).status == 400
+        assert other.post(f"/api/instances/{iid}/power", {"action": "stop"}).status == 404
+    r = ivan_api.post("/api/getUserInstance", {"userId": heidi["userId"]})
+    assert r.status == 403 and r.body["field"] == "userId"
+    assert judy_api.post("/api/getUserInstance", {"userId": heidi["userId"]}).status == 400  # hidden
+    assert [i["id"] for i in admin.post("/api/getUserInstance", {"userId": heidi["userId"]}).body] == [iid]
+    assert "heidi" in [u["username"] for u in ivan_api.get("/api/users").body]
     assert "heidi" not in [u["username"] for u in judy_api.get("/api/users").body]
     assert heidi_api.delete("/api/instance/delete", {"id": iid}).status == 201
+
+
+def test_dedicated_nodes_and_images_serve_only_their_organization(admin: Api) -> None:
+    """A node or catalog image dedicated to an organization is seen and used by it alone (an admin sees
+    all); the shared fleet and shared images by everyone."""
+    make_user(admin, "kim")
+    make_user(admin, "lee")
+    kim_org = admin.post("/api/getUser", {"type": "username", "value": "kim"}).body["organizationId"]
+    kim = as_bearer(admin, login(admin, username="kim"))
+    lee = as_bearer(admin, login(admin, username="lee"))
+    shared = create_node(admin, port_block(2), name="shared-fleet")
+    r = admin.post(
+        "/api/nodes/create",
+        {
+            "name": "kims",
+            "ram": 1024,
+            "disk": 1024,
+            "processor": 1,
+            "address": "127.0.0.1",
+            "port": 8080,
+            "organization": kim_org,
+            "allocations": {"ports": ",".join(map(str, port_block(2)))},
+        },
+    )
+    assert r.status == 201 and r.body["organizationId"] == kim_org
+    dedicated = r.body
+    bad = admin.post(
+        "/api/nodes/create",
+        {
+            **{k: dedicated[k] for k in ("name", "address", "port")},
+            "ram": 1,
+            "disk": 1,
+            "processor": 1,
+            "organization": 999999,
+        },
+    )
+    assert (bad.status, bad.body["field"]) == (400, "organization")
+
+    def names(api: Api) -> set[str]:
+        return {n["name"] for n in api.get("/api/nodes").body}
+
+    assert {"kims", "shared-fleet"} <= names(kim) and {"kims", "shared-fleet"} <= names(admin)
+    assert "shared-fleet" in names(lee) and "kims" not in names(lee)
+    deploy = {"image": "moorage-test/busybox:latest", "memory": 32, "cpu": 10, "name": "d"}
+    r = lee.post("/api/instances/deploy", {**deploy, "nodeId": dedicated["id"]})
+    assert (r.status, r.body["field"]) == (400, "nodeId") and "does not exist" in r.body["error"]
+    lee_id = lee.get("/api/users").body[0]["userId"]
+    r = admin.post("/api/instances/deploy", {**deploy, "nodeId": dedicated["id"], "user": lee_id})
+    assert (r.status, r.body["field"]) == (400, "nodeId") and "dedicated" in r.body["error"]
+    assert kim.post("/api/instances/deploy", {**deploy, "nodeId": dedicated["id"]}).status == 201
+    assert lee.post("/api/instances/deploy", {**deploy, "nodeId": shared["id"]}).status == 201
+
+    image = {"name": "kims-tool", "image": "moorage-test/busybox:latest", "organization": kim_org}
+    assert admin.post("/api/images", image).status == 201
+    assert admin.post("/api/images", {**image, "name": "nobodys", "organization": 999999}).body["field"] == (
+        "organization"
+    )
+    assert "kims-tool" in {i["name"] for i in kim.get("/api/images").body}
+    assert "kims-tool" not in {i["name"] for i in lee.get("/api/images").body}
+    r = lee.post("/api/instances/deploy", {**deploy, "image": "kims-tool", "nodeId": shared["id"]})
+    assert (r.status, r.body["field"]) == (400, "image")
+    assert (
+        kim.post("/api/instances/deploy", {**deploy, "image": "kims-tool", "nodeId": shared["id"]}).status
+        == 201
+    )
 
 
 def test_failed_logins_are_limited_per_address(tmp_path_factory: pytest.TempPathFactory) -> None:
