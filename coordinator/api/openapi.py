@@ -52,7 +52,7 @@ def build(routes: list[Route], version: str) -> dict[str, Any]:
             }
             if r.access == "admin":
                 op["responses"]["403"] = {"description": "Needs an admin"}
-        for status, text in r.errors.items():
+        for status, text in {**r.errors, 500: "Internal error (the body names the request id)"}.items():
             op["responses"][str(status)] = {
                 "description": text,
                 "content": {"application/json": {"schema": error}},
