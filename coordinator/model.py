@@ -86,6 +86,10 @@ class Node:
     host_metrics: dict[str, Any] = field(default_factory=dict)
     #: Dedicated to this organization (only its instances run here); None: the shared fleet.
     organization_id: int | None = None
+    #: What its live instances reserve (kept by the claims and releases that change it).
+    used_memory_mib: int = 0
+    used_cpu_percent: int = 0
+    used_disk_mib: int = 0
 
 
 @dataclass(slots=True)

@@ -119,6 +119,14 @@ class AllocationCounts(BaseModel):
     free: int
 
 
+class NodeUse(BaseModel):
+    """What the node's live instances reserve, in the units of its capacity fields."""
+
+    ram: int = Field(description="MiB")
+    disk: int = Field(description="MiB")
+    cpu: int = Field(description="Percent of one core (a 2-core node has 200).")
+
+
 class NodeOut(BaseModel):
     id: str
     name: str
@@ -139,6 +147,9 @@ class NodeOut(BaseModel):
     agentVersion: str | None
     hostMetrics: dict[str, Any]
     allocations: AllocationCounts
+    used: NodeUse
+    overallocation: int = Field(description="Percent above capacity the node may be reserved.")
+    maintenance: bool
     createdAt: str | None
 
     @classmethod
@@ -168,6 +179,9 @@ class NodeOut(BaseModel):
                 assigned=v.allocations_assigned,
                 free=v.allocations_total - v.allocations_assigned,
             ),
+            used=NodeUse(ram=n.used_memory_mib, disk=n.used_disk_mib, cpu=n.used_cpu_percent),
+            overallocation=n.overallocation_pct,
+            maintenance=n.maintenance,
             createdAt=iso(n.created_at),
         )
 

@@ -32,6 +32,9 @@ def node_from_row(row: Row[Any]) -> Node:
         agent_version=row.agent_version,
         host_metrics=dict(row.host_metrics or {}),
         organization_id=row.organization_id,
+        used_memory_mib=row.used_memory_mib,
+        used_cpu_percent=row.used_cpu_percent,
+        used_disk_mib=row.used_disk_mib,
     )
 
 

@@ -31,7 +31,7 @@ INSTANCE_FIELDS = {
 NODE_FIELDS = {
     "id", "name", "tags", "ram", "disk", "processor", "address", "port", "regionId", "organizationId",
     "status", "isOnline", "connected", "lastChecked", "heartbeatAgeSeconds", "enrolled", "agentVersion",
-    "hostMetrics", "allocations", "createdAt",
+    "hostMetrics", "allocations", "used", "overallocation", "maintenance", "createdAt",
 }  # fmt: skip
 MISSING = "00000000-0000-0000-0000-000000000000"
 
@@ -223,6 +223,12 @@ def test_nodes(panel: Panel) -> None:
     listed = next(n for n in r.body if n["id"] == panel.node["id"])
     assert listed["status"] == "ready" and listed["isOnline"] and listed["heartbeatAgeSeconds"] is not None
     assert listed["allocations"]["total"] == 12
+    used = listed["used"]
+    inst = panel.deploy(panel.carol, name="counted", memory="128", cpu="20")
+    after = next(n for n in panel.carol.get("/api/nodes").body if n["id"] == panel.node["id"])
+    assert (after["used"]["ram"], after["used"]["cpu"]) == (used["ram"] + 128, used["cpu"] + 20)
+    assert after["allocations"]["assigned"] == listed["allocations"]["assigned"] + 1
+    panel.carol.delete("/api/instance/delete", {"id": inst["id"]})
 
 
 def test_create_node(panel: Panel) -> None:
