@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.restarts import RestartPolicy
 from agent.runtime.base import PullPolicy
 
 
@@ -40,6 +41,8 @@ class AgentConfig(BaseModel):
     confirm_start_after_s: float = Field(0.1, ge=0)
     #: Labelled containers the coordinator does not want are removed after this grace.
     unknown_container_grace_s: float = Field(300.0, ge=0)
+    #: How crashed containers are restarted (exponential back-off; a crash loop is reported).
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
     log_level: str = "info"
     log_json: bool = True
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.reconcile import Act, Action, Desired, plan
+from agent.restarts import RestartPolicy, describe, on_crash
 from agent.runtime.base import (
     LABEL_INSTANCE,
     ContainerInfo,
@@ -81,11 +82,19 @@ class InstanceManager:
     pull_policy: PullPolicy
     emit: Emit
     unknown_grace_s: float = 300.0
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     desired: dict[str, Desired] = field(default_factory=dict)
     #: Instances we are stopping or removing on purpose: their "die" is not a crash.
     expected_exit: set[str] = field(default_factory=set)
+    #: Crash restarts this agent made, per instance (reported in heartbeats).
+    restarts: dict[str, int] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _unknown_first_seen: dict[str, float] = field(default_factory=dict)
+    _crashes_in_a_row: dict[str, int] = field(default_factory=dict)
+    #: When each container was last started (unix seconds): how long it ran decides the back-off.
+    _started_at: dict[str, float] = field(default_factory=dict)
+    _oom: set[str] = field(default_factory=set)
+    _pending_restarts: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def _lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
@@ -160,7 +169,7 @@ class InstanceManager:
                 self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
                 await self.runtime.remove(container_id)
                 raise
-            self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=container_id))
+            self._started(iid, container_id)
         return container_id
 
     async def _stop(self, instance_id: str, timeout_s: int) -> None:
@@ -180,11 +189,12 @@ class InstanceManager:
         running = have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING)
         if want.running and not running:
             await self.runtime.start(have.container_id)
-            self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))
+            self._started(iid, have.container_id)
         elif not want.running and running:
             await self._stop_container(iid, have, want.spec.stop_timeout_s)
         elif running:
             # Already as wanted (adopted, or a redelivered deploy): let the coordinator catch up.
+            self._started_at.setdefault(iid, have.started_at or time.time())
             self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))
         else:
             self.emit(event(pb.EVENT_KIND_CREATED, iid, container_id=have.container_id))
@@ -201,6 +211,8 @@ class InstanceManager:
                 await self.runtime.remove(have.container_id)
             except ContainerNotFound:
                 pass
+        for record in (self.restarts, self._crashes_in_a_row, self._started_at):
+            record.pop(instance_id, None)
         self.emit(event(pb.EVENT_KIND_REMOVED, instance_id, container_id=have.container_id if have else ""))
 
     # ------------------------------------------------------------ reconcile
@@ -244,14 +256,81 @@ class InstanceManager:
 
     # ------------------------------------------------------------ engine events
 
+    def _started(self, instance_id: str, container_id: str, message: str = "") -> None:
+        self._started_at[instance_id] = time.time()
+        self.emit(event(pb.EVENT_KIND_STARTED, instance_id, container_id=container_id, message=message))
+
     def on_container_event(self, kind: str, instance_id: str, exit_code: int, container_id: str) -> None:
-        """Map an engine event to an InstanceEvent; an exit we caused is a stop, not a crash."""
-        if kind == "exited":
-            if instance_id in self.expected_exit:
-                self.expected_exit.discard(instance_id)
-                return
-            self.emit(
-                event(pb.EVENT_KIND_EXITED, instance_id, exit_code=exit_code, container_id=container_id)
-            )
-        elif kind == "oom":
-            self.emit(event(pb.EVENT_KIND_OOM_KILLED, instance_id, container_id=container_id))
+        """Map an engine event to an InstanceEvent. An exit we caused is a stop, not a crash; a crash of a
+        container that should run is reported with its reason and restarted after a back-off."""
+        if kind == "oom":
+            # The engine says "oom" and then "die": one crash, reported once, with the better reason.
+            self._oom.add(instance_id)
+            return
+        if kind != "exited":
+            return
+        if instance_id in self.expected_exit:
+            self.expected_exit.discard(instance_id)
+            self._oom.discard(instance_id)
+            return
+        oom = instance_id in self._oom
+        self._oom.discard(instance_id)
+        what = "the container was OOM-killed" if oom else f"the container exited with code {exit_code}"
+        want = self.desired.get(instance_id)
+        restart = self.restart_policy.enabled and want is not None and want.running
+        message = what
+        if restart:
+            ran_for = time.time() - self._started_at.get(instance_id, 0.0)
+            crash = on_crash(self.restart_policy, self._crashes_in_a_row.get(instance_id, 0), ran_for)
+            self._crashes_in_a_row[instance_id] = crash.in_a_row
+            message = describe(crash, what)
+            if crash.loop:
+                log.warning("crash loop", instance_id=instance_id, in_a_row=crash.in_a_row, reason=what)
+            self._schedule_restart(instance_id, crash.delay_s)
+        kind_pb = pb.EVENT_KIND_OOM_KILLED if oom else pb.EVENT_KIND_EXITED
+        self.emit(
+            event(kind_pb, instance_id, exit_code=exit_code, container_id=container_id, message=message)
+        )
+
+    def _schedule_restart(self, instance_id: str, delay_s: float) -> None:
+        old = self._pending_restarts.pop(instance_id, None)
+        if old is not None:
+            old.cancel()
+        task = asyncio.get_running_loop().create_task(self._restart_later(instance_id, delay_s))
+        self._pending_restarts[instance_id] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._pending_restarts.get(instance_id) is done:
+                del self._pending_restarts[instance_id]
+
+        task.add_done_callback(forget)
+
+    async def _restart_later(self, instance_id: str, delay_s: float) -> None:
+        """After the back-off, start it again if it should still run and still does not (a stop, remove or
+        manual start meanwhile wins); a container removed behind our back is re-created."""
+        await asyncio.sleep(delay_s)
+        try:
+            async with self._lock(instance_id):
+                want = self.desired.get(instance_id)
+                if want is None or not want.running:
+                    return
+                have = await self._find(instance_id)
+                if have is not None and have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING):
+                    return
+                self.restarts[instance_id] = self.restarts.get(instance_id, 0) + 1
+                n = self._crashes_in_a_row.get(instance_id, 0)
+                if have is None:
+                    await self._deploy(want)
+                    return
+                await self.runtime.start(have.container_id)
+                self._started(instance_id, have.container_id, message=f"restarted after crash {n} in a row")
+                log.info("restarted after a crash", instance_id=instance_id, in_a_row=n)
+        except Exception as exc:
+            log.warning("restart after crash failed", instance_id=instance_id, error=str(exc))
+
+    async def close(self) -> None:
+        """Cancel pending restarts (the agent is stopping; the next one reconciles)."""
+        tasks = list(self._pending_restarts.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

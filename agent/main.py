@@ -111,6 +111,7 @@ async def run(config: AgentConfig) -> None:
         config.pull_policy,
         emit=lambda _e: None,
         unknown_grace_s=config.unknown_container_grace_s,
+        restart_policy=config.restart,
     )
     session = AgentSession(config, node, runtime, manager, Telemetry(disk_path=str(config.data_dir)))
     systemd.notify("READY=1")
@@ -139,6 +140,7 @@ async def run(config: AgentConfig) -> None:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await manager.close()
         await runtime.close()
 
 

@@ -67,7 +67,8 @@ class Outbox:
             self.items.appendleft(message)
 
 
-def instance_status(info: ContainerInfo, telemetry: Telemetry) -> pb.InstanceStatus:
+def instance_status(info: ContainerInfo, telemetry: Telemetry, restarts: int = 0) -> pb.InstanceStatus:
+    """``restarts``: the crash restarts this agent made (the engine's own count stays 0: we own restarts)."""
     rx, tx, rx_mbps, tx_mbps = telemetry.container_network(info.container_id, info.pid)
     return pb.InstanceStatus(
         instance_id=info.instance_id,
@@ -75,7 +76,7 @@ def instance_status(info: ContainerInfo, telemetry: Telemetry) -> pb.InstanceSta
         state=CONTAINER_STATE.get(info.status, pb.CONTAINER_STATE_UNSPECIFIED),
         exit_code=info.exit_code,
         oom_killed=info.oom_killed,
-        restarts=info.restart_count,
+        restarts=info.restart_count + restarts,
         started_at_ms=int(info.started_at * 1000),
         health=info.health,
         rx_bytes=rx,
@@ -115,7 +116,11 @@ class AgentSession:
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
         return await asyncio.to_thread(
-            lambda: [instance_status(c, self.telemetry) for c in containers if c.instance_id]
+            lambda: [
+                instance_status(c, self.telemetry, self.manager.restarts.get(c.instance_id, 0))
+                for c in containers
+                if c.instance_id
+            ]
         )
 
     async def run(self) -> None:

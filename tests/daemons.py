@@ -363,13 +363,13 @@ class OneNodeFleet:
 
 
 @contextlib.contextmanager
-def one_node_fleet(tmp: Path, ports: int) -> Iterator[OneNodeFleet]:
+def one_node_fleet(tmp: Path, ports: int, **agent_options: Any) -> Iterator[OneNodeFleet]:
     """Up and online before the body runs; both daemons stopped and the node's containers removed after."""
     coordinator = CoordinatorProcess(tmp / "coordinator")
     coordinator.start()
     block = port_block(ports)
     node = create_node(coordinator.api(), block)
-    agent = AgentProcess(tmp / "agent", coordinator, str(node["joinToken"]))
+    agent = AgentProcess(tmp / "agent", coordinator, str(node["joinToken"]), **agent_options)
     agent.start()
     fleet = OneNodeFleet(coordinator, agent, node, block, tmp)
     try:

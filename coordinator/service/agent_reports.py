@@ -173,12 +173,14 @@ class AgentReports:
         elif kind == pb.EVENT_KIND_FAILED:
             await self._fail(iid, ev.message or "the agent could not provision the instance")
         elif kind in (pb.EVENT_KIND_EXITED, pb.EVENT_KIND_OOM_KILLED):
-            reason = (
+            # The agent's message says what happened and when it restarts it (or that it is a crash loop).
+            reason = ev.message or (
                 "the container was OOM-killed"
                 if kind == pb.EVENT_KIND_OOM_KILLED
                 else f"the container exited with code {ev.exit_code}"
             )
-            if await self._transition(iid, S.UNHEALTHY, {S.STARTING, S.RUNNING}, error=reason):
+            # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
+            if await self._transition(iid, S.UNHEALTHY, {S.STARTING, S.RUNNING, S.UNHEALTHY}, error=reason):
                 self.core.fleet.confirmed_running.discard(iid)
         elif kind == pb.EVENT_KIND_STOPPED:
             if await self._transition(iid, S.STOPPED, {S.STARTING, S.RUNNING, S.UNHEALTHY}):

@@ -1,0 +1,120 @@
+"""Crash restarts: the back-off policy as a pure function (examples and properties), and the instance
+manager applying it over the in-memory runtime (the Docker path is proven in test_fleet_truth.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.instances import InstanceManager
+from agent.reconcile import Desired
+from agent.restarts import RestartPolicy, on_crash
+from agent.runtime.base import ContainerSpec, ContainerStatus, PullPolicy
+from protos import moorage_pb2 as pb
+from tests.fakeagent import MemoryRuntime
+
+POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=60, reset_after_s=30, crash_loop_after=4)
+
+
+def test_the_delay_doubles_per_crash_in_a_row_up_to_the_cap() -> None:
+    in_a_row, delays, loops = 0, [], []
+    for _ in range(9):
+        crash = on_crash(POLICY, in_a_row, ran_for_s=2)
+        in_a_row = crash.in_a_row
+        delays.append(crash.delay_s)
+        loops.append(crash.loop)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    assert loops == [False, False, False, True, True, True, True, True, True]
+    # A container that ran past reset_after_s starts the count afresh.
+    assert on_crash(POLICY, 8, ran_for_s=30) == on_crash(POLICY, 0, ran_for_s=0)
+
+
+@given(st.integers(0, 100), st.floats(0, 1e6, allow_nan=False))
+def test_the_delay_never_exceeds_the_cap_and_never_shrinks_within_a_row(previous: int, ran: float) -> None:
+    crash = on_crash(POLICY, previous, ran)
+    assert POLICY.initial_delay_s <= crash.delay_s <= POLICY.max_delay_s
+    if ran < POLICY.reset_after_s:
+        assert crash.in_a_row == previous + 1
+        assert crash.delay_s >= on_crash(POLICY, max(previous - 1, 0), ran).delay_s
+    else:
+        assert crash.in_a_row == 1
+
+
+def spec(iid: str) -> ContainerSpec:
+    return ContainerSpec(
+        instance_id=iid,
+        node_id="n",
+        name=iid,
+        image="moorage-test/busybox:latest",
+        env={},
+        memory_mib=64,
+        cpu_percent=50,
+    )
+
+
+async def running_manager(
+    policy: RestartPolicy,
+) -> tuple[InstanceManager, MemoryRuntime, list[pb.InstanceEvent]]:
+    runtime = MemoryRuntime()
+    events: list[pb.InstanceEvent] = []
+    manager = InstanceManager(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=policy)
+    manager.desired["i1"] = Desired(spec("i1"), running=True)
+    await manager._deploy(manager.desired["i1"])
+    return manager, runtime, events
+
+
+def crash(manager: InstanceManager, runtime: MemoryRuntime, code: int = 1) -> None:
+    cid = next(iter(runtime.containers))
+    runtime.containers[cid] = replace(runtime.containers[cid], status=ContainerStatus.EXITED, exit_code=code)
+    manager.on_container_event("exited", "i1", code, cid)
+
+
+async def test_a_crashed_container_is_reported_then_restarted_after_the_back_off() -> None:
+    fast = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.2, reset_after_s=60, crash_loop_after=3)
+    manager, runtime, events = await running_manager(fast)
+    cid = next(iter(runtime.containers))
+    for n in (1, 2, 3):
+        crash(manager, runtime, code=3)
+        reported = events[-1]
+        assert reported.kind == pb.EVENT_KIND_EXITED and "exited with code 3" in reported.message
+        assert ("crash loop" in reported.message) == (n == 3)
+        assert runtime.containers[cid].status is ContainerStatus.EXITED  # not at once: after the back-off
+        await asyncio.sleep(fast.initial_delay_s * 2 ** (n - 1) + 0.05)
+        assert runtime.containers[cid].status is ContainerStatus.RUNNING
+        assert events[-1].kind == pb.EVENT_KIND_STARTED and manager.restarts["i1"] == n
+    await manager.close()
+
+
+async def test_no_restart_for_a_stop_we_asked_for_a_stopped_instance_or_a_disabled_policy() -> None:
+    manager, runtime, events = await running_manager(RestartPolicy(initial_delay_s=0.01))
+    cid = next(iter(runtime.containers))
+    # Stopped on purpose: its exit is no crash.
+    await manager._stop_container("i1", runtime.containers[cid], 1)
+    manager.on_container_event("exited", "i1", 0, cid)
+    assert events[-1].kind == pb.EVENT_KIND_STOPPED
+    # Should not run (stopped by its owner, or suspended): reported, never restarted.
+    manager.desired["i1"] = Desired(spec("i1"), running=False)
+    manager.on_container_event("exited", "i1", 0, cid)
+    await asyncio.sleep(0.05)
+    assert runtime.containers[cid].status is ContainerStatus.EXITED and "i1" not in manager.restarts
+    off, runtime2, events2 = await running_manager(RestartPolicy(enabled=False))
+    crash(off, runtime2)
+    await asyncio.sleep(0.05)
+    assert next(iter(runtime2.containers.values())).status is ContainerStatus.EXITED
+    assert events2[-1].message == "the container exited with code 1"
+
+
+async def test_an_oom_kill_is_one_crash_with_its_reason_and_a_stop_meanwhile_wins() -> None:
+    manager, runtime, events = await running_manager(RestartPolicy(initial_delay_s=0.05))
+    cid = next(iter(runtime.containers))
+    manager.on_container_event("oom", "i1", 0, cid)
+    crash(manager, runtime, code=137)
+    assert [e.kind for e in events[-1:]] == [pb.EVENT_KIND_OOM_KILLED]
+    assert events[-1].message.startswith("the container was OOM-killed; restarting in")
+    manager.desired["i1"] = Desired(spec("i1"), running=False)  # a stop arrived during the back-off
+    await asyncio.sleep(0.1)
+    assert runtime.containers[cid].status is ContainerStatus.EXITED
+    await manager.close()
