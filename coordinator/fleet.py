@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.logging import get
+from coordinator.bandwidth import Bandwidth
 from coordinator.config import FleetOptions
 from coordinator.model import Node, NodeStatus
 from protos import moorage_pb2 as pb
@@ -72,6 +73,8 @@ class Fleet:
         self.ready: set[str] = set()
         #: Instances known to be running in the database, so a heartbeat confirming them costs nothing.
         self.confirmed_running: set[str] = set()
+        #: Per-instance byte totals and rates, folded from every heartbeat's counters.
+        self.bandwidth = Bandwidth()
 
     # ------------------------------------------------------------ sessions
 
@@ -115,6 +118,7 @@ class Fleet:
         if host:
             live.host = host
         live.instances = {i.instance_id: i for i in instances}
+        self.bandwidth.record(instances)
         self._dirty.add(node_id)
         heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
         self.ready.add(node_id)

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -37,6 +38,7 @@ from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
+from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store, sqlite_url
 
@@ -80,15 +82,22 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
     return config
 
 
+async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, dict[str, Any]]]) -> None:
+    """Dirty nodes' lastChecked and metrics and instances' bandwidth totals, in one transaction."""
+    bandwidth = core.fleet.bandwidth.take_dirty()
+    if nodes or bandwidth:
+        async with core.store.write() as conn:
+            await nodes_store.write_heartbeats(conn, nodes)
+            await instances_store.write_bandwidth(conn, bandwidth)
+
+
 async def flush_batches(core: Core, access: AccessService) -> None:
     """The batch writer: dirty nodes' lastChecked and metrics, and API keys' last use, once per period."""
     while True:
         await asyncio.sleep(core.config.fleet.batch_period_s)
         batch = core.fleet.take_dirty()
         try:
-            if batch:
-                async with core.store.write() as conn:
-                    await nodes_store.write_heartbeats(conn, batch)
+            await write_fleet_batch(core, batch)
             await access.flush_key_uses()
         except Exception:
             log.exception("a batch write failed", nodes=len(batch))
@@ -133,6 +142,9 @@ class Coordinator:
             ca=CertificateAuthority.load_or_create(cfg.data_dir),
         )
         await store.migrate()
+        async with store.read() as conn:
+            # Before any session: the first heartbeat of each agent must add only what is new.
+            core.fleet.bandwidth.load(await instances_store.bandwidth_meters(conn))
         self.admin_key = await ensure_admin(core, cfg.admin_key or None)
         instances = InstanceService(core)
         images = ImageService(core)
@@ -199,10 +211,7 @@ class Coordinator:
             await runner.cleanup()
         if self.core is not None:
             # A last flush so lastChecked survives a clean restart.
-            batch = self.core.fleet.take_dirty()
-            if batch:
-                async with self.core.store.write() as conn:
-                    await nodes_store.write_heartbeats(conn, batch)
+            await write_fleet_batch(self.core, self.core.fleet.take_dirty())
             await self.core.store.close()
 
 

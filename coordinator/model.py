@@ -119,6 +119,11 @@ class Instance:
     command: list[str] = field(default_factory=list)
     stop_signal: str = "SIGTERM"
     tags: list[str] = field(default_factory=list)
+    #: Bytes received and sent since creation (across container restarts), and the current rates.
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_mbps: float = 0.0
+    tx_mbps: float = 0.0
 
     @property
     def primary(self) -> Allocation | None:

@@ -278,6 +278,16 @@ class Power(Body):
     action: Literal["start", "stop", "restart", "kill"]
 
 
+class NetworkUse(BaseModel):
+    """Bytes since the instance was created (kept across container restarts) and the current rates, from
+    the container's own network namespace."""
+
+    rxBytes: int
+    txBytes: int
+    rxMbps: float
+    txMbps: float
+
+
 class InstanceOut(BaseModel):
     """Skyport's field names (Memory, Cpu, Ports, Primary, Image, ContainerId, InternalState) beside the
     canonical ones (state, error), so panels and operators both read what they expect."""
@@ -306,6 +316,7 @@ class InstanceOut(BaseModel):
     deliveredAt: str | None
     releasedAt: str | None
     regionId: str | None = None
+    network: NetworkUse
     placement: Placement | None = Field(None, description="Only in a deploy's answer.")
 
     @classmethod
@@ -336,6 +347,9 @@ class InstanceOut(BaseModel):
             deliveredAt=iso(i.delivered_at),
             releasedAt=iso(i.released_at),
             regionId=i.region_id,
+            network=NetworkUse(
+                rxBytes=i.rx_bytes, txBytes=i.tx_bytes, rxMbps=round(i.rx_mbps, 3), txMbps=round(i.tx_mbps, 3)
+            ),
             placement=placement,
         )
 

@@ -62,6 +62,8 @@ class AgentReports:
                 conn, instance_id, allowed_from={S.RELEASING}, now=self.core.clock()
             )
         self.core.fleet.confirmed_running.discard(instance_id)
+        if changed:
+            self.core.fleet.bandwidth.retire(instance_id)
         return changed
 
     async def _fail(self, instance_id: str, reason: str) -> None:
@@ -179,10 +181,12 @@ class AgentReports:
                 if kind == pb.EVENT_KIND_OOM_KILLED
                 else f"the container exited with code {ev.exit_code}"
             )
+            self.core.fleet.bandwidth.stopped([iid])
             # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
             if await self._transition(iid, S.UNHEALTHY, {S.STARTING, S.RUNNING, S.UNHEALTHY}, error=reason):
                 self.core.fleet.confirmed_running.discard(iid)
         elif kind == pb.EVENT_KIND_STOPPED:
+            self.core.fleet.bandwidth.stopped([iid])
             if await self._transition(iid, S.STOPPED, {S.STARTING, S.RUNNING, S.UNHEALTHY}):
                 self.core.fleet.confirmed_running.discard(iid)
         elif kind == pb.EVENT_KIND_REMOVED and not await self._release(iid):
@@ -216,3 +220,4 @@ class AgentReports:
                         error=f"node {node_id} stopped sending heartbeats",
                     )
                     self.core.fleet.confirmed_running.discard(inst.id)
+                    self.core.fleet.bandwidth.stopped([inst.id])

@@ -101,7 +101,7 @@ class InstanceService:
             inst = await instances_store.get_instance(conn, instance_id)
         if inst is None:
             raise NotFound(f"instance {instance_id} does not exist", field=field)
-        return inst
+        return self.core.fleet.bandwidth.overlay(inst)
 
     async def list_visible(
         self, caller: Principal, *, owner_id: str | None = None, own_only: bool = False
@@ -113,9 +113,10 @@ class InstanceService:
                 raise Forbidden("userId: only an admin may list another user's instances", field="userId")
             owner_id = caller.user_id
         async with self.core.store.read() as conn:
-            return await instances_store.list_instances(
+            found = await instances_store.list_instances(
                 conn, organization_id=None if caller.admin else caller.organization_id, owner_id=owner_id
             )
+        return [self.core.fleet.bandwidth.overlay(i) for i in found]
 
     # ------------------------------------------------------------ power and suspension
 
@@ -233,4 +234,5 @@ class InstanceService:
                     now=now,
                     error="released with its node; the agent did not confirm removal",
                 )
+                self.core.fleet.bandwidth.retire(inst.id)
         return [inst.id for inst in found]

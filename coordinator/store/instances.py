@@ -40,6 +40,8 @@ def instance_from_row(row: Row[Any]) -> Instance:
         command=list(row.command or []),
         stop_signal=row.stop_signal,
         tags=list(row.tags or []),
+        rx_bytes=row.rx_bytes,
+        tx_bytes=row.tx_bytes,
     )
 
 
@@ -246,3 +248,24 @@ async def free_instance_allocations(conn: AsyncConnection, instance_id: str) -> 
     for node_id in set(freed):
         await refresh_free_allocations(conn, node_id)
     return len(freed)
+
+
+async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]]) -> None:
+    """The batch writer's bandwidth totals: one statement per instance that moved bytes, one transaction."""
+    for instance_id, values in batch.items():
+        await conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
+
+
+async def bandwidth_meters(conn: AsyncConnection) -> list[tuple[str, int, int, str | None, int, int]]:
+    """What the bandwidth meters of the live instances start from after a restart."""
+    rows = await conn.execute(
+        select(
+            instances.c.id,
+            instances.c.rx_bytes,
+            instances.c.tx_bytes,
+            instances.c.net_epoch,
+            instances.c.net_rx_seen,
+            instances.c.net_tx_seen,
+        ).where(instances.c.state.in_([s.value for s in LIVE_STATES]))
+    )
+    return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -161,6 +162,12 @@ instances = Table(
     Column("state_changed_at", Float, nullable=False),
     Column("delivered_at", Float, nullable=True),
     Column("released_at", Float, nullable=True),
+    # Bandwidth totals since creation, kept across container restarts (coordinator/bandwidth.py).
+    Column("rx_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("tx_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("net_epoch", String(120), nullable=True),
+    Column("net_rx_seen", BigInteger, nullable=False, server_default=text("0")),
+    Column("net_tx_seen", BigInteger, nullable=False, server_default=text("0")),
     UniqueConstraint("id", "released", name="uq_instances_id_released"),
     CheckConstraint("released = (state = 'released')", name="released_flag"),
 )

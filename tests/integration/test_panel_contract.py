@@ -26,7 +26,7 @@ USER_FIELDS = {"userId", "username", "email", "admin", "organizationId", "create
 INSTANCE_FIELDS = {
     "id", "name", "nodeId", "userId", "organizationId", "Image", "image", "Memory", "Cpu", "Ports", "Primary",
     "Variables", "ContainerId", "InternalState", "suspended", "state", "error", "allocations", "createdAt",
-    "updatedAt", "stateChangedAt", "deliveredAt", "releasedAt", "regionId", "placement",
+    "updatedAt", "stateChangedAt", "deliveredAt", "releasedAt", "regionId", "network", "placement",
 }  # fmt: skip
 NODE_FIELDS = {
     "id", "name", "tags", "ram", "disk", "processor", "address", "port", "regionId", "organizationId",

@@ -1,0 +1,114 @@
+"""Per-instance bandwidth totals from the agents' raw counters.
+
+An agent reports each running container's rx/tx byte counters as its network namespace counts them: they
+start at zero whenever the container (re)starts. The coordinator folds them into totals since the instance
+was created, so usage survives container restarts, agent restarts and its own restarts. A counter's epoch
+is (container id, start time): within one epoch only the growth is added; a new epoch's counters are new
+bytes in full. Totals live in memory and reach the database with the batch writer, never per heartbeat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from coordinator.model import Instance, InstanceState
+from protos import moorage_pb2 as pb
+
+_FLOWING = frozenset({InstanceState.RUNNING, InstanceState.UNHEALTHY, InstanceState.STARTING})
+
+
+@dataclass(slots=True)
+class Meter:
+    rx_total: int = 0
+    tx_total: int = 0
+    #: The epoch of the raw counters last folded in, and their values then.
+    epoch: str = ""
+    rx_seen: int = 0
+    tx_seen: int = 0
+    rx_mbps: float = 0.0
+    tx_mbps: float = 0.0
+
+    def advance(self, epoch: str, rx: int, tx: int) -> bool:
+        """Fold new raw counters in; whether the totals changed."""
+        if epoch == self.epoch and rx >= self.rx_seen and tx >= self.tx_seen:
+            grew_rx, grew_tx = rx - self.rx_seen, tx - self.tx_seen
+        else:
+            # A new container or a restarted one (a new namespace, counting from zero), or counters that
+            # went backwards: everything they show is new.
+            grew_rx, grew_tx = rx, tx
+        self.epoch, self.rx_seen, self.tx_seen = epoch, rx, tx
+        self.rx_total += grew_rx
+        self.tx_total += grew_tx
+        return bool(grew_rx or grew_tx)
+
+
+def epoch_of(status: pb.InstanceStatus) -> str:
+    return f"{status.container_id}:{status.started_at_ms}"
+
+
+class Bandwidth:
+    def __init__(self) -> None:
+        self.meters: dict[str, Meter] = {}
+        self._dirty: set[str] = set()
+        self._retired: set[str] = set()
+
+    def load(self, rows: Iterable[tuple[str, int, int, str | None, int, int]]) -> None:
+        """At start: (instance id, rx total, tx total, epoch, rx seen, tx seen) of the live instances."""
+        for iid, rx, tx, epoch, rx_seen, tx_seen in rows:
+            self.meters[iid] = Meter(rx, tx, epoch or "", rx_seen, tx_seen)
+
+    def record(self, statuses: Iterable[pb.InstanceStatus]) -> None:
+        for status in statuses:
+            if status.state != pb.CONTAINER_STATE_RUNNING:
+                continue  # a stopped container reports zeros; its totals stand until it runs again
+            meter = self.meters.get(status.instance_id)
+            if meter is None:
+                meter = self.meters[status.instance_id] = Meter()
+            meter.rx_mbps, meter.tx_mbps = status.rx_mbps, status.tx_mbps
+            if meter.advance(epoch_of(status), status.rx_bytes, status.tx_bytes):
+                self._dirty.add(status.instance_id)
+
+    def stopped(self, instance_ids: Iterable[str]) -> None:
+        """Nothing flows through these any more (stopped, or their node went silent): rates to zero."""
+        for iid in instance_ids:
+            meter = self.meters.get(iid)
+            if meter is not None:
+                meter.rx_mbps = meter.tx_mbps = 0.0
+
+    def retire(self, instance_id: str) -> None:
+        """The instance was released: its meter goes after the next batch has written its last totals."""
+        self._retired.add(instance_id)
+
+    def overlay(self, inst: Instance) -> Instance:
+        """The instance with the freshest totals (the row may lag by one batch period) and current rates."""
+        meter = self.meters.get(inst.id)
+        if meter is None:
+            return inst
+        flowing = inst.state in _FLOWING
+        return replace(
+            inst,
+            rx_bytes=max(meter.rx_total, inst.rx_bytes),
+            tx_bytes=max(meter.tx_total, inst.tx_bytes),
+            rx_mbps=meter.rx_mbps if flowing else 0.0,
+            tx_mbps=meter.tx_mbps if flowing else 0.0,
+        )
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        batch = {
+            iid: {
+                "rx_bytes": m.rx_total,
+                "tx_bytes": m.tx_total,
+                "net_epoch": m.epoch,
+                "net_rx_seen": m.rx_seen,
+                "net_tx_seen": m.tx_seen,
+            }
+            for iid in self._dirty
+            if (m := self.meters.get(iid)) is not None
+        }
+        self._dirty.clear()
+        for iid in self._retired:
+            self.meters.pop(iid, None)
+        self._retired.clear()
+        return batch
