@@ -41,6 +41,9 @@ class AgentConfig(BaseModel):
     confirm_start_after_s: float = Field(0.1, ge=0)
     #: Labelled containers the coordinator does not want are removed after this grace.
     unknown_container_grace_s: float = Field(300.0, ge=0)
+    #: Every this many seconds the agent compares what should run with what the engine has and acts on the
+    #: difference (also right after the engine comes back from a restart).
+    resync_interval_s: float = Field(30.0, gt=0)
     #: How crashed containers are restarted (exponential back-off; a crash loop is reported).
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     log_level: str = "info"

@@ -233,6 +233,27 @@ class InstanceManager:
         )
         await asyncio.gather(*(self._apply(a) for a in actions))
 
+    async def resync(self) -> None:
+        """Between Welcomes (periodically, and after the engine came back): close the gap between the desired
+        set and what the engine has. Containers nobody wants are removed once past their grace; crashed
+        ones waiting out their back-off are left to it; what already runs as wanted is not re-reported."""
+        actual = await self.actual()
+        now = time.time()
+        for iid in actual:
+            if iid not in self.desired:
+                self._unknown_first_seen.setdefault(iid, now)
+        for iid in list(self._unknown_first_seen):
+            if iid not in actual or iid in self.desired:
+                del self._unknown_first_seen[iid]
+        actions = [
+            a
+            for a in plan(self.desired, set(), actual, self._unknown_first_seen, now, self.unknown_grace_s)
+            if a.act is not Act.ADOPT and a.instance_id not in self._pending_restarts
+        ]
+        if actions:
+            log.info("resync", actions=[f"{a.act.value}:{a.instance_id}" for a in actions])
+        await asyncio.gather(*(self._apply(a) for a in actions))
+
     async def _apply(self, action: Action) -> None:
         iid = action.instance_id
         try:

@@ -92,6 +92,11 @@ async def follow_engine_events(
             await stream.aclose()
         await asyncio.sleep(config.reconnect_initial_s)
         await wait_for_engine(runtime, config)
+        # The engine restarted (or the stream broke): containers it stopped meanwhile are started again.
+        try:
+            await manager.resync()
+        except RuntimeFailure as exc:
+            log.warning("resync after the engine came back failed", error=str(exc))
 
 
 def _on_engine_event(manager: InstanceManager, ev: ContainerEvent) -> None:

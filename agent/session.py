@@ -193,6 +193,7 @@ class AgentSession:
                 asyncio.create_task(self._write(call), name="session-writer"),
                 asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
                 asyncio.create_task(self.manager.reconcile(welcome), name="reconcile"),
+                asyncio.create_task(self._resync_periodically(), name="resync"),
                 asyncio.create_task(self._renew_when_due(), name="certificate-renewal"),
             ]
             try:
@@ -248,6 +249,15 @@ class AgentSession:
         identity.save_certificate(self.config.data_dir, cert_pem)
         self.identity = renewed
         log.info("node certificate renewed", not_after=renewed.not_after())
+
+    async def _resync_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.resync_interval_s)
+            try:
+                await self.manager.resync()
+            except Exception as exc:
+                # The engine may be restarting: the engine watcher resyncs once it is back.
+                log.warning("resync skipped", error=str(exc))
 
     async def _heartbeats(self) -> None:
         while True:

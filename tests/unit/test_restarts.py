@@ -118,3 +118,24 @@ async def test_an_oom_kill_is_one_crash_with_its_reason_and_a_stop_meanwhile_win
     await asyncio.sleep(0.1)
     assert runtime.containers[cid].status is ContainerStatus.EXITED
     await manager.close()
+
+
+async def test_resync_between_welcomes_recreates_starts_and_removes_what_differs() -> None:
+    manager, runtime, _ = await running_manager(RestartPolicy(initial_delay_s=60))
+    manager.unknown_grace_s = 0.0
+    cid = next(iter(runtime.containers))
+    # Stopped behind our back (the engine restarted): started again, no back-off involved.
+    runtime.containers[cid] = replace(runtime.containers[cid], status=ContainerStatus.EXITED)
+    stray = await runtime.create(replace(spec("stray"), name="stray"))  # labelled, wanted by nobody
+    await manager.resync()
+    assert runtime.containers[cid].status is ContainerStatus.RUNNING
+    assert stray not in runtime.containers
+    # Gone entirely: re-created.
+    runtime.containers.clear()
+    await manager.resync()
+    assert [c.instance_id for c in runtime.containers.values()] == ["i1"]
+    # A crash waiting out its back-off is left to it.
+    crash(manager, runtime)
+    await manager.resync()
+    assert next(iter(runtime.containers.values())).status is ContainerStatus.EXITED
+    await manager.close()
