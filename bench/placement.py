@@ -121,7 +121,7 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
                 conn, node_id, [(str(uuid.uuid4()), "0.0.0.0", 30_000 + p) for p in range(PORTS_PER_NODE)]
             )
     for n in range(NODES):
-        fleet.record_heartbeat(f"node-{n}", {}, [])
+        fleet.record_heartbeat(f"node-{n}", None, [])
     return store, DeployService(core), Principal("u", "u", org, True)
 
 

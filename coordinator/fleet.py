@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import heapq
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from common.logging import get
@@ -43,11 +43,24 @@ class Session:
             self.outbox.put_nowait(None)
 
 
+def host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
+    """The API's shape of a heartbeat's host metrics (made when read or written, not per heartbeat)."""
+    return {
+        "cpuPercent": round(h.cpu_percent, 2),
+        "memoryUsedMiB": h.memory_used_mib,
+        "memoryTotalMiB": h.memory_total_mib,
+        "diskUsedMiB": h.disk_used_mib,
+        "diskTotalMiB": h.disk_total_mib,
+        "load": [round(h.load1, 2), round(h.load5, 2), round(h.load15, 2)],
+        "rxMbps": round(h.net_rx_mbps, 3),
+        "txMbps": round(h.net_tx_mbps, 3),
+    }
+
+
 @dataclass(slots=True)
 class LiveNode:
     last_heartbeat: float | None = None
-    host: dict[str, Any] = field(default_factory=dict)
-    instances: dict[str, pb.InstanceStatus] = field(default_factory=dict)
+    host: pb.HostMetrics | None = None
     status: NodeStatus = NodeStatus.AWAITING_HEARTBEAT
     #: From the agent's Hello: images on the host and whether it may pull others.
     images: frozenset[str] = frozenset()
@@ -110,14 +123,13 @@ class Fleet:
     # ------------------------------------------------------------ heartbeats and health
 
     def record_heartbeat(
-        self, node_id: str, host: dict[str, Any], instances: list[pb.InstanceStatus]
+        self, node_id: str, host: pb.HostMetrics | None, instances: Sequence[pb.InstanceStatus]
     ) -> None:
         now = self.clock()
         live = self.live.setdefault(node_id, LiveNode())
         live.last_heartbeat = now
-        if host:
+        if host is not None:
             live.host = host
-        live.instances = {i.instance_id: i for i in instances}
         self.bandwidth.record(instances)
         self._dirty.add(node_id)
         heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
@@ -154,7 +166,7 @@ class Fleet:
 
     def host_metrics(self, node: Node) -> dict[str, Any]:
         live = self.live.get(node.id)
-        return live.host if live and live.host else node.host_metrics
+        return host_metrics(live.host) if live and live.host is not None else node.host_metrics
 
     def last_heartbeat(self, node: Node) -> float | None:
         live = self.live.get(node.id)
@@ -192,7 +204,7 @@ class Fleet:
 
     def take_dirty(self) -> dict[str, tuple[float, dict[str, Any]]]:
         batch = {
-            node_id: (live.last_heartbeat, live.host)
+            node_id: (live.last_heartbeat, host_metrics(live.host) if live.host is not None else {})
             for node_id in self._dirty
             if (live := self.live.get(node_id)) is not None and live.last_heartbeat is not None
         }

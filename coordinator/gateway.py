@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -107,6 +108,7 @@ class Gateway(pb_grpc.CoordinatorServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message must be Hello")
         assert isinstance(first, pb.AgentMessage)
         session = self.core.fleet.attach(node_id)
+        self.core.metrics.sessions.set(len(self.core.fleet.sessions))
         log.info("agent connected", node_id=node_id, agent_version=first.hello.agent_version)
         writer = asyncio.create_task(self._write(session, context))
         reader: asyncio.Task[None] | None = None
@@ -120,6 +122,7 @@ class Gateway(pb_grpc.CoordinatorServicer):
             closed.cancel()
         finally:
             self.core.fleet.detach(session)
+            self.core.metrics.sessions.set(len(self.core.fleet.sessions))
             for task in (reader, writer):
                 if task is not None:
                     task.cancel()
@@ -131,6 +134,7 @@ class Gateway(pb_grpc.CoordinatorServicer):
         """Read without ever waiting for the database: a heartbeat counts for liveness as it arrives; what
         needs a write goes to the session's worker, in order (consecutive heartbeats coalesce)."""
         inbox = Inbox()
+        metrics = self.core.metrics
         worker = asyncio.create_task(self._work(node_id, inbox))
         try:
             while True:
@@ -139,7 +143,15 @@ class Gateway(pb_grpc.CoordinatorServicer):
                     return
                 assert isinstance(message, pb.AgentMessage)
                 if message.HasField("heartbeat"):
-                    self.reports.note_heartbeat(node_id, message.heartbeat)
+                    read_at = time.perf_counter()
+                    beat = message.heartbeat
+                    self.reports.note_heartbeat(node_id, beat)
+                    metrics.heartbeats.inc()
+                    metrics.heartbeat_handling.observe(time.perf_counter() - read_at)
+                    if beat.sent_at_ms:
+                        metrics.heartbeat_delay.observe(max(time.time() - beat.sent_at_ms / 1000, 0.0))
+                    if not self.reports.needs_work(beat):
+                        continue
                 inbox.put(message)
         finally:
             worker.cancel()

@@ -86,9 +86,10 @@ async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, dict[str, 
     """Dirty nodes' lastChecked and metrics and instances' bandwidth totals, in one transaction."""
     bandwidth = core.fleet.bandwidth.take_dirty()
     if nodes or bandwidth:
-        async with core.store.write() as conn:
-            await nodes_store.write_heartbeats(conn, nodes)
-            await instances_store.write_bandwidth(conn, bandwidth)
+        with core.metrics.batch_writes.time():
+            async with core.store.write() as conn:
+                await nodes_store.write_heartbeats(conn, nodes)
+                await instances_store.write_bandwidth(conn, bandwidth)
 
 
 async def flush_batches(core: Core, access: AccessService) -> None:

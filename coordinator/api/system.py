@@ -41,3 +41,9 @@ async def health(call: Call) -> Health:
 async def openapi(call: Call) -> web.Response:
     """This document: every route, its models and its errors."""
     return web.json_response(call.request.app[OPENAPI])
+
+
+@router.route("GET", "/metrics", response=str, access="admin")
+async def metrics(call: Call) -> web.Response:
+    """Prometheus metrics (text exposition): heartbeats and their timings, sessions, batch writes."""
+    return web.Response(body=call.services.core.metrics.render(), content_type="text/plain", charset="utf-8")

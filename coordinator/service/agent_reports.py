@@ -24,19 +24,6 @@ ACTIVE = set(WANTED_STATES)
 Handler = Callable[[str, Any], Awaitable[None]]
 
 
-def host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
-    return {
-        "cpuPercent": round(h.cpu_percent, 2),
-        "memoryUsedMiB": h.memory_used_mib,
-        "memoryTotalMiB": h.memory_total_mib,
-        "diskUsedMiB": h.disk_used_mib,
-        "diskTotalMiB": h.disk_total_mib,
-        "load": [round(h.load1, 2), round(h.load5, 2), round(h.load15, 2)],
-        "rxMbps": round(h.net_rx_mbps, 3),
-        "txMbps": round(h.net_tx_mbps, 3),
-    }
-
-
 class AgentReports:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -118,8 +105,21 @@ class AgentReports:
 
     def note_heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
         """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
-        host = host_metrics(hb.host) if hb.HasField("host") else {}
-        self.core.fleet.record_heartbeat(node_id, host, list(hb.instances))
+        self.core.fleet.record_heartbeat(node_id, hb.host if hb.HasField("host") else None, hb.instances)
+
+    def needs_work(self, hb: pb.Heartbeat) -> bool:
+        """Whether ``heartbeat`` would change anything in the database: a container running that is not yet
+        confirmed, or one confirmed that no longer runs. Most heartbeats need nothing and skip the
+        session worker altogether (checked in memory, as it is read)."""
+        confirmed = self.core.fleet.confirmed_running
+        for status in hb.instances:
+            running = status.state == pb.CONTAINER_STATE_RUNNING
+            if running and status.health in ("", "healthy"):
+                if status.instance_id not in confirmed:
+                    return True
+            elif not running and status.instance_id in confirmed:
+                return True
+        return False
 
     async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
         """What a heartbeat changes in the database (rarely anything): a container confirmed running for

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
+from coordinator.metrics import Metrics
 from coordinator.pki import CertificateAuthority
 from coordinator.service.snapshot import PlacementSnapshot
 from coordinator.store.engine import Store
@@ -24,6 +25,7 @@ class Core:
     clock: Callable[[], float] = field(default=time.time)
     #: The scheduler's cached view of nodes and regions (service/snapshot.py).
     snapshot: PlacementSnapshot = field(init=False)
+    metrics: Metrics = field(default_factory=Metrics)
     #: Ports the gRPC server actually bound (the config may say 0); agent commands name these.
     session_port: int = 0
     enroll_port: int = 0

@@ -6,7 +6,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Row, select, text, update
+from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState
@@ -251,9 +251,16 @@ async def free_instance_allocations(conn: AsyncConnection, instance_id: str) -> 
 
 
 async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]]) -> None:
-    """The batch writer's bandwidth totals: one statement per instance that moved bytes, one transaction."""
-    for instance_id, values in batch.items():
-        await conn.execute(update(instances).where(instances.c.id == instance_id).values(**values))
+    """The batch writer's bandwidth totals: one executemany for every instance that moved bytes."""
+    if not batch:
+        return
+    rows = [{"b_id": instance_id, **values} for instance_id, values in batch.items()]
+    statement = (
+        update(instances)
+        .where(instances.c.id == bindparam("b_id"))
+        .values({name: bindparam(name) for name in next(iter(batch.values()))})
+    )
+    await conn.execute(statement, rows)
 
 
 async def bandwidth_meters(conn: AsyncConnection) -> list[tuple[str, int, int, str | None, int, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, case, delete, func, insert, or_, select, update
+from sqlalchemy import JSON, Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import Allocation, Node
@@ -207,11 +207,18 @@ async def cert_serial(conn: AsyncConnection, node_id: str) -> str | None:
 
 
 async def write_heartbeats(conn: AsyncConnection, batch: dict[str, tuple[float, dict[str, Any]]]) -> None:
-    """One statement per node, all in the caller's single transaction (the batch writer's)."""
-    for node_id, (last_checked, metrics) in batch.items():
-        await conn.execute(
-            update(nodes).where(nodes.c.id == node_id).values(last_checked=last_checked, host_metrics=metrics)
-        )
+    """One executemany for every dirty node, in the caller's single transaction (the batch writer's)."""
+    if not batch:
+        return
+    statement = (
+        update(nodes)
+        .where(nodes.c.id == bindparam("b_id"))
+        .values(last_checked=bindparam("b_checked"), host_metrics=bindparam("b_metrics", type_=JSON))
+    )
+    rows = [
+        {"b_id": n, "b_checked": checked, "b_metrics": metrics} for n, (checked, metrics) in batch.items()
+    ]
+    await conn.execute(statement, rows)
 
 
 # ---------------------------------------------------------------- join tokens

@@ -56,7 +56,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                 conn, nid, [(f"{nid}-{p}", "0.0.0.0", p) for p in range(30000, 30005)]
             )
     for nid in ("big", "small"):
-        core.fleet.record_heartbeat(nid, {}, [])
+        core.fleet.record_heartbeat(nid, None, [])
     try:
         yield World(store, core, DeployService(core), Principal("u", "u", 1, True))
     finally:

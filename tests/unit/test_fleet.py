@@ -47,7 +47,7 @@ async def test_monitor_reports_each_transition_once() -> None:
     f.listeners.append(listener)
     monitor = asyncio.create_task(f.run_monitor())
     try:
-        f.record_heartbeat("n", {"cpuPercent": 1.0}, [])
+        f.record_heartbeat("n", pb.HostMetrics(cpu_percent=1.0), [])
         await asyncio.sleep(0.05)
         clock.now += 3.5
         f._wake.set()
@@ -55,7 +55,7 @@ async def test_monitor_reports_each_transition_once() -> None:
         clock.now += 7.0
         f._wake.set()
         await asyncio.sleep(0.05)
-        f.record_heartbeat("n", {}, [])
+        f.record_heartbeat("n", None, [])
         await asyncio.sleep(0.05)
     finally:
         monitor.cancel()
@@ -72,8 +72,8 @@ def test_heartbeats_are_batched_not_written_one_by_one() -> None:
     clock = Clock()
     f = fleet(clock)
     for n in range(3):
-        f.record_heartbeat("a", {"cpuPercent": float(n)}, [pb.InstanceStatus(instance_id="i")])
-        f.record_heartbeat("b", {"cpuPercent": 0.0}, [])
+        f.record_heartbeat("a", pb.HostMetrics(cpu_percent=float(n)), [pb.InstanceStatus(instance_id="i")])
+        f.record_heartbeat("b", pb.HostMetrics(), [])
     batch = f.take_dirty()
-    assert set(batch) == {"a", "b"} and batch["a"][1] == {"cpuPercent": 2.0}
+    assert set(batch) == {"a", "b"} and batch["a"][1]["cpuPercent"] == 2.0
     assert f.take_dirty() == {}

@@ -176,3 +176,25 @@ async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places
     async with store.read() as conn:
         node = (await conn.execute(select(nodes).where(nodes.c.id == "n1"))).one()
     assert (node.used_memory_mib, node.used_cpu_percent, node.free_allocations) == (576, 90, 1)
+
+
+async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement_each(store: Store) -> None:
+    inst = await add_instance(store)
+    async with store.write() as conn:
+        await nodes_store.write_heartbeats(conn, {"n1": (123.5, {"cpuPercent": 2.5, "load": [0.1, 0, 0]})})
+        await instances_store.write_bandwidth(
+            conn,
+            {
+                inst.id: {
+                    "rx_bytes": 10,
+                    "tx_bytes": 20,
+                    "net_epoch": "c:1",
+                    "net_rx_seen": 1,
+                    "net_tx_seen": 2,
+                }
+            },
+        )
+    async with store.read() as conn:
+        node = await nodes_store.get_node(conn, "n1")
+        assert node is not None and node.last_checked == 123.5 and node.host_metrics["load"] == [0.1, 0, 0]
+        assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]

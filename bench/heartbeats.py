@@ -1,0 +1,295 @@
+"""Heartbeat ingestion: simulated agents (real gRPC sessions over loopback with mutual TLS, each its own
+node certificate, spread over several processes) against one real coordinator process.
+
+The nodes are written into the coordinator's database and their certificates signed with its CA before it
+starts (enrolling 10,000 agents one by one would measure enrollment, not heartbeats). Each node reports two
+running instances with growing byte counters, so every heartbeat also feeds the bandwidth totals and the
+batch writer. Printed: the coordinator's RSS with 1,000 and with 10,000 sessions at a 5 s interval and the
+p99 heartbeat delay there; heartbeats per second at saturation, the coordinator's CPU for them and the p99
+handling time. Timings come from the coordinator's own /metrics histograms.
+
+    python -m bench.heartbeats                     # the whole benchmark
+    python -m bench.heartbeats generate SPEC.json  # one load-generating process (the benchmark starts them)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from agent.identity import SERVER_NAME, new_key_and_csr
+from coordinator.model import Instance, InstanceState, Node
+from coordinator.pki import CertificateAuthority
+from coordinator.store import nodes as nodes_store
+from coordinator.store import users as users_store
+from coordinator.store.engine import Store, sqlite_url
+from coordinator.store.instances import INSERT_INSTANCE, instance_params
+from protos import moorage_pb2 as pb
+from protos import moorage_pb2_grpc as pb_grpc
+from tests.daemons import REPO, CoordinatorProcess, wait_for
+
+GENERATORS = 4
+INSTANCES_PER_NODE = 2
+SETTLE_S = 12.0
+FLOOD_S = 10.0
+
+
+# ---------------------------------------------------------------- setup
+
+
+async def _seed(data_dir: Path, count: int) -> dict[str, Any]:
+    """Enrolled nodes with running instances, straight into the database; one key for every node (only
+    the certificates must differ: each names its node)."""
+    store = Store.open(sqlite_url(data_dir))
+    ca = CertificateAuthority.load_or_create(data_dir)
+    key_pem, csr_pem = new_key_and_csr()
+    now = time.time()
+    nodes: list[dict[str, Any]] = []
+    async with store.write() as conn:
+        org = await users_store.create_organization(conn, "bench", now)
+        await users_store.create_user(
+            conn,
+            user_id="bench",
+            username="bench",
+            email="bench@example.com",
+            password_hash=None,
+            admin=False,
+            organization_id=org,
+            now=now,
+        )
+        for n in range(count):
+            node_id = str(uuid.uuid4())
+            issued = ca.sign_node(csr_pem, node_id, dt.timedelta(days=1))
+            node = Node(node_id, f"n{n}", "127.0.0.1", 8080, None, [], 65536, 65536, 32, 0, False, True, now)
+            await nodes_store.insert_node(conn, node)
+            await nodes_store.mark_enrolled(
+                conn, node_id, cert_serial=issued.serial, agent_version="b", now=now
+            )
+            instance_ids = [str(uuid.uuid4()) for _ in range(INSTANCES_PER_NODE)]
+            for iid in instance_ids:
+                inst = Instance(
+                    iid, "i", org, "bench", "img", "img", 64, 10, 0, {}, node_id, None,
+                    InstanceState.RUNNING, None, False, f"c{iid}", now, now, now, now, None,
+                )  # fmt: skip
+                await conn.exec_driver_sql(INSERT_INSTANCE, instance_params(inst))
+            nodes.append({"id": node_id, "cert": issued.pem.decode(), "instances": instance_ids})
+    await store.close()
+    ca_pem = ca.cert_pem.decode()
+    return {"key": key_pem.decode(), "ca": ca_pem, "nodes": nodes}
+
+
+# ---------------------------------------------------------------- one generator process
+
+
+def _statuses(instances: list[str], tick: int) -> list[pb.InstanceStatus]:
+    return [
+        pb.InstanceStatus(
+            instance_id=iid,
+            container_id=f"c{iid}",
+            state=pb.CONTAINER_STATE_RUNNING,
+            started_at_ms=1,
+            rx_bytes=1000 * tick,
+            tx_bytes=5000 * tick,
+            rx_mbps=0.01,
+            tx_mbps=0.05,
+        )
+        for iid in instances
+    ]
+
+
+async def _session(spec: dict[str, Any], node: dict[str, Any], ready: asyncio.Semaphore) -> None:
+    creds = grpc.ssl_channel_credentials(spec["ca"].encode(), spec["key"].encode(), node["cert"].encode())
+    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
+    async with grpc.aio.secure_channel(spec["target"], creds, options=options) as channel:
+        call = pb_grpc.CoordinatorStub(channel).Connect()
+        await call.write(pb.AgentMessage(hello=pb.Hello(agent_version="bench")))
+        await call.read()  # Welcome
+        ready.release()
+
+        async def drain() -> None:
+            while isinstance(await call.read(), pb.CoordinatorMessage):
+                pass
+
+        drainer = asyncio.create_task(drain())
+        host = pb.HostMetrics(cpu_percent=3.5, memory_used_mib=900, memory_total_mib=65536, load1=0.2)
+        tick = 0
+        interval = spec["interval"]
+        await asyncio.sleep(random.uniform(0, interval))
+        while True:
+            tick += 1
+            beat = pb.Heartbeat(
+                seq=tick,
+                sent_at_ms=int(time.time() * 1000),
+                host=host,
+                instances=_statuses(node["instances"], tick),
+            )
+            await call.write(pb.AgentMessage(heartbeat=beat))
+            if interval > 0:
+                await asyncio.sleep(interval * random.uniform(0.9, 1.1))
+            elif tick % 50 == 0:
+                await asyncio.sleep(0)  # flood, but let every session have its turn
+        drainer.cancel()
+
+
+async def _generate(spec: dict[str, Any]) -> None:
+    ready = asyncio.Semaphore(0)
+    tasks = []
+    for node in spec["nodes"]:
+        tasks.append(asyncio.create_task(_session(spec, node, ready)))
+        await asyncio.sleep(0.002)  # do not storm the TLS handshakes all at once
+    for _ in spec["nodes"]:
+        await ready.acquire()
+    print("ready", flush=True)
+    await asyncio.gather(*tasks)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _scrape(coordinator: CoordinatorProcess) -> dict[str, float]:
+    req = urllib.request.Request(coordinator.endpoints["http"] + "/metrics")
+    req.add_header("x-api-key", coordinator.admin_key)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(moorage_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
+        if m:
+            values[m.group(1)] = float(m.group(2))
+    return values
+
+
+def _p99(before: dict[str, float], after: dict[str, float], name: str) -> str:
+    """The bucket bound under which 99% of the window's observations fall."""
+    total = after[f"{name}_count"] - before.get(f"{name}_count", 0.0)
+    if total <= 0:
+        return "n/a"
+    buckets = sorted(
+        (float(m.group(1)), after[k] - before.get(k, 0.0))
+        for k in after
+        if (m := re.match(rf'^{name}_bucket\{{le="([0-9.e+-]+)"\}}$', k))
+    )
+    for bound, count in buckets:
+        if count >= 0.99 * total:
+            return f"≤ {bound * 1000:g} ms"
+    return "> 2.5 s"
+
+
+def _start_generators(
+    spec: dict[str, Any], nodes: list[dict[str, Any]], tmp: Path
+) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for g in range(GENERATORS):
+        path = tmp / f"gen-{g}.json"
+        path.write_text(json.dumps({**spec, "nodes": nodes[g::GENERATORS]}))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bench.heartbeats", "generate", str(path)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != b"ready":
+            raise RuntimeError("a load generator did not get its sessions up")
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
+    target = f"127.0.0.1:{coordinator.endpoints['grpc_port']}"
+    spec = {"target": target, "key": seeded["key"], "ca": seeded["ca"], "interval": 5.0}
+    started = time.monotonic()
+    procs = _start_generators(spec, seeded["nodes"][:count], tmp)
+    connect_s = time.monotonic() - started
+    try:
+        wait_for(lambda: _scrape(coordinator).get("moorage_agent_sessions") == count, 60, f"{count} sessions")
+        time.sleep(SETTLE_S / 2)
+        before = _scrape(coordinator)
+        t0 = time.monotonic()
+        time.sleep(SETTLE_S)
+        after = _scrape(coordinator)
+        rate = (after["moorage_heartbeats_total"] - before["moorage_heartbeats_total"]) / (
+            time.monotonic() - t0
+        )
+        rss = psutil.Process(coordinator.proc.pid).memory_info().rss / 2**20  # type: ignore[union-attr]
+        print(
+            f"{count:>6} sessions at 5 s: coordinator RSS {rss:6.0f} MiB   {rate:7.0f} heartbeats/s   "
+            f"p99 delay {_p99(before, after, 'moorage_heartbeat_delay_seconds')}   "
+            f"(sessions up in {connect_s:.1f} s)"
+        )
+    finally:
+        _stop(procs)
+
+
+def _flood(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
+    target = f"127.0.0.1:{coordinator.endpoints['grpc_port']}"
+    spec = {"target": target, "key": seeded["key"], "ca": seeded["ca"], "interval": 0.0}
+    procs = _start_generators(spec, seeded["nodes"][:count], tmp)
+    proc = psutil.Process(coordinator.proc.pid)  # type: ignore[union-attr]
+    try:
+        time.sleep(2.0)
+        before, cpu0, t0 = _scrape(coordinator), proc.cpu_times(), time.monotonic()
+        time.sleep(FLOOD_S)
+        after, cpu1, elapsed = _scrape(coordinator), proc.cpu_times(), time.monotonic() - t0
+        beats = after["moorage_heartbeats_total"] - before["moorage_heartbeats_total"]
+        cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
+        print(
+            f"saturation, {count} sessions flooding: {beats / elapsed:7.0f} heartbeats/s on "
+            f"{cpu:.2f} cores of coordinator CPU = {beats / elapsed / max(cpu, 1e-9):7.0f} per core-second   "
+            f"p99 handling {_p99(before, after, 'moorage_heartbeat_handling_seconds')}   "
+            f"p99 batch write {_p99(before, after, 'moorage_batch_write_seconds')}"
+        )
+    finally:
+        _stop(procs)
+
+
+def main(sizes: tuple[int, ...] = (1_000, 10_000)) -> None:
+    print(f"heartbeats: {GENERATORS} load generators, {INSTANCES_PER_NODE} instances a node, mutual TLS")
+    with tempfile.TemporaryDirectory() as raw:
+        tmp = Path(raw)
+        data_dir = tmp / "coordinator"
+        data_dir.mkdir()
+        fleet = {"heartbeat_interval_s": 5.0, "offline_after_s": 300.0, "batch_period_s": 1.0}
+        coordinator = CoordinatorProcess(data_dir, fleet=fleet, extra={"log_level": "warning"})
+        coordinator.start()  # once, to create its database, CA and admin key; then the fleet is seeded
+        coordinator.stop()
+        seeded = asyncio.run(_seed(data_dir, max(sizes)))
+        coordinator.start()
+        try:
+            _flood(coordinator, seeded, min(1_000, max(sizes)), tmp)
+            for count in sizes:
+                _steady(coordinator, seeded, count, tmp)
+        finally:
+            coordinator.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "generate":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_generate(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        main()
