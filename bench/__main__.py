@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import deploy, placement, tls
+from bench import deploy, heartbeats, placement, tls
 
 
 def main() -> None:
@@ -11,6 +11,8 @@ def main() -> None:
     tls.main()
     print()
     placement.main()
+    print()
+    heartbeats.main()
 
 
 if __name__ == "__main__":

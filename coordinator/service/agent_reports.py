@@ -24,6 +24,12 @@ ACTIVE = set(WANTED_STATES)
 Handler = Callable[[str, Any], Awaitable[None]]
 
 
+def _runs(status: pb.InstanceStatus | None) -> bool:
+    return (
+        status is not None and status.state == pb.CONTAINER_STATE_RUNNING and status.health in ("", "healthy")
+    )
+
+
 class AgentReports:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -91,6 +97,10 @@ class AgentReports:
         for inst in on_node:
             if inst.state is S.RELEASING and inst.id not in reported:
                 await self._release(inst.id)
+            elif inst.state is S.RUNNING and _runs(reported.get(inst.id)):
+                # Already known running (a reconnect, or a coordinator restart): nothing to write. A
+                # reconnect storm of a whole fleet then costs reads, not a write per instance.
+                self.core.fleet.confirmed_running.add(inst.id)
         beat = pb.Heartbeat(instances=hello.instances)
         self.note_heartbeat(node_id, beat)
         await self.heartbeat(node_id, beat)
@@ -142,6 +152,13 @@ class AgentReports:
 
     async def _confirm_running(self, status: pb.InstanceStatus) -> None:
         now = self.core.clock()
+        async with self.core.store.read() as conn:
+            known = await instances_store.get_instance(conn, status.instance_id)
+        if known is None or known.state not in (S.STARTING, S.UNHEALTHY, S.RUNNING):
+            return
+        if known.state is S.RUNNING:
+            self.core.fleet.confirmed_running.add(known.id)
+            return
         async with self.core.store.write() as conn:
             inst = await instances_store.get_instance(conn, status.instance_id)
             if inst is None:

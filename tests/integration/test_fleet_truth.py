@@ -268,3 +268,25 @@ def test_a_coordinator_killed_in_a_burst_of_deploys_loses_and_duplicates_nothing
     assert node_view(api, fleet.node_id)["allocations"]["assigned"] == held, "no orphaned allocation"
     for inst in burst:
         api.delete("/api/instance/delete", {"id": inst["id"]})
+
+
+def test_metrics_count_sessions_and_heartbeats(fleet: OneNodeFleet) -> None:
+    def scrape() -> str:
+        r = urllib.request.Request(fleet.coordinator.endpoints["http"] + "/metrics")
+        r.add_header("x-api-key", fleet.coordinator.admin_key)
+        with urllib.request.urlopen(r, timeout=5) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text: str = resp.read().decode()
+        return text
+
+    def heartbeats(text: str) -> float:
+        return float(
+            next(line for line in text.splitlines() if line.startswith("moorage_heartbeats_total ")).split()[
+                1
+            ]
+        )
+
+    first = scrape()
+    assert "moorage_agent_sessions 1.0" in first
+    assert 'moorage_heartbeat_handling_seconds_bucket{le="0.02"}' in first
+    wait_for(lambda: heartbeats(scrape()) >= heartbeats(first) + 2, 5, "two more heartbeats counted")
