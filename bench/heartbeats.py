@@ -125,7 +125,9 @@ async def _session(
     async with grpc.aio.secure_channel(spec["target"], creds, options=options) as channel:
         async with connecting:
             call = pb_grpc.CoordinatorStub(channel).Connect()
-            await call.write(pb.AgentMessage(hello=pb.Hello(agent_version="bench")))
+            # As a real agent does, the Hello carries what runs (the coordinator confirms it from there).
+            hello = pb.Hello(agent_version="bench", instances=_statuses(node["instances"], 0))
+            await call.write(pb.AgentMessage(hello=hello))
             await call.read()  # Welcome
         ready.release()
 
