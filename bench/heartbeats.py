@@ -26,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,30 +239,53 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         proc.wait()
 
 
-def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
+@dataclass
+class Window:
+    """What the coordinator did over a measured stretch: its metrics before and after, its CPU in cores."""
+
+    before: dict[str, float]
+    after: dict[str, float]
+    seconds: float
+    cores: float
+    rss_mib: float
+
+    @property
+    def heartbeats_per_s(self) -> float:
+        return (
+            self.after["moorage_heartbeats_total"] - self.before["moorage_heartbeats_total"]
+        ) / self.seconds
+
+    def p99(self, name: str) -> str:
+        return _p99(self.before, self.after, name)
+
+
+def _measure(coordinator: CoordinatorProcess, seconds: float) -> Window:
+    proc = psutil.Process(coordinator.proc.pid)  # type: ignore[union-attr]
+    before, cpu0, t0 = _scrape(coordinator), proc.cpu_times(), time.monotonic()
+    time.sleep(seconds)
+    after, cpu1, elapsed = _scrape(coordinator), proc.cpu_times(), time.monotonic() - t0
+    cores = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
+    return Window(before, after, elapsed, cores, proc.memory_info().rss / 2**20)
+
+
+def _spec(coordinator: CoordinatorProcess, seeded: dict[str, Any], interval: float) -> dict[str, Any]:
     target = f"127.0.0.1:{coordinator.endpoints['grpc_port']}"
-    spec = {"target": target, "key": seeded["key"], "ca": seeded["ca"], "interval": 5.0}
+    return {"target": target, "key": seeded["key"], "ca": seeded["ca"], "interval": interval}
+
+
+def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
     started = time.monotonic()
-    procs = _start_generators(spec, seeded["nodes"][:count], tmp)
+    procs = _start_generators(_spec(coordinator, seeded, 5.0), seeded["nodes"][:count], tmp)
     connect_s = time.monotonic() - started
     try:
         wait_for(lambda: _scrape(coordinator).get("moorage_agent_sessions") == count, 60, f"{count} sessions")
         time.sleep(SETTLE_S / 2)
-        proc = psutil.Process(coordinator.proc.pid)  # type: ignore[union-attr]
-        before, cpu0 = _scrape(coordinator), proc.cpu_times()
-        t0 = time.monotonic()
-        time.sleep(SETTLE_S)
-        after, cpu1 = _scrape(coordinator), proc.cpu_times()
-        cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (time.monotonic() - t0)
-        rate = (after["moorage_heartbeats_total"] - before["moorage_heartbeats_total"]) / (
-            time.monotonic() - t0
-        )
-        rss = proc.memory_info().rss / 2**20
+        w = _measure(coordinator, SETTLE_S)
         print(
-            f"{count:>6} sessions at 5 s: coordinator RSS {rss:6.0f} MiB   {rate:7.0f} heartbeats/s "
-            f"on {cpu:.2f} cores   "
-            f"p99 delay {_p99(before, after, 'moorage_heartbeat_delay_seconds')}   "
-            f"p99 batch write {_p99(before, after, 'moorage_batch_write_seconds')}   "
+            f"{count:>6} sessions at 5 s: coordinator RSS {w.rss_mib:6.0f} MiB   "
+            f"{w.heartbeats_per_s:7.0f} heartbeats/s on {w.cores:.2f} cores   "
+            f"p99 delay {w.p99('moorage_heartbeat_delay_seconds')}   "
+            f"p99 batch write {w.p99('moorage_batch_write_seconds')}   "
             f"(sessions up in {connect_s:.1f} s)"
         )
     finally:
@@ -269,22 +293,15 @@ def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int,
 
 
 def _flood(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
-    target = f"127.0.0.1:{coordinator.endpoints['grpc_port']}"
-    spec = {"target": target, "key": seeded["key"], "ca": seeded["ca"], "interval": 0.0}
-    procs = _start_generators(spec, seeded["nodes"][:count], tmp)
-    proc = psutil.Process(coordinator.proc.pid)  # type: ignore[union-attr]
+    procs = _start_generators(_spec(coordinator, seeded, 0.0), seeded["nodes"][:count], tmp)
     try:
         time.sleep(2.0)
-        before, cpu0, t0 = _scrape(coordinator), proc.cpu_times(), time.monotonic()
-        time.sleep(FLOOD_S)
-        after, cpu1, elapsed = _scrape(coordinator), proc.cpu_times(), time.monotonic() - t0
-        beats = after["moorage_heartbeats_total"] - before["moorage_heartbeats_total"]
-        cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
+        w = _measure(coordinator, FLOOD_S)
         print(
-            f"saturation, {count} sessions flooding: {beats / elapsed:7.0f} heartbeats/s on "
-            f"{cpu:.2f} cores of coordinator CPU = {beats / elapsed / max(cpu, 1e-9):7.0f} per core-second   "
-            f"p99 handling {_p99(before, after, 'moorage_heartbeat_handling_seconds')}   "
-            f"p99 batch write {_p99(before, after, 'moorage_batch_write_seconds')}"
+            f"saturation, {count} sessions flooding: {w.heartbeats_per_s:7.0f} heartbeats/s on "
+            f"{w.cores:.2f} cores of coordinator CPU = {w.heartbeats_per_s / max(w.cores, 1e-9):7.0f} per "
+            f"core-second   p99 handling {w.p99('moorage_heartbeat_handling_seconds')}   "
+            f"p99 batch write {w.p99('moorage_batch_write_seconds')}"
         )
     finally:
         _stop(procs)
@@ -303,8 +320,6 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000)) -> None:
         seeded = asyncio.run(_seed(data_dir, max(sizes)))
         coordinator.start()
         try:
-            # Steady first: each instance's first heartbeat confirms it running (a database write); the
-            # flood then measures heartbeats, not that one-time wave.
             # The flood comes last: it leaves the coordinator holding transport buffers, which would
             # count in the RSS of a later phase.
             for count in sizes:

@@ -43,7 +43,7 @@ class Session:
             self.outbox.put_nowait(None)
 
 
-def host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
+def shape_host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
     """The API's shape of a heartbeat's host metrics (made when read or written, not per heartbeat)."""
     return {
         "cpuPercent": round(h.cpu_percent, 2),
@@ -166,7 +166,7 @@ class Fleet:
 
     def host_metrics(self, node: Node) -> dict[str, Any]:
         live = self.live.get(node.id)
-        return host_metrics(live.host) if live and live.host is not None else node.host_metrics
+        return shape_host_metrics(live.host) if live and live.host is not None else node.host_metrics
 
     def last_heartbeat(self, node: Node) -> float | None:
         live = self.live.get(node.id)
@@ -204,7 +204,7 @@ class Fleet:
 
     def take_dirty(self) -> dict[str, tuple[float, dict[str, Any]]]:
         batch = {
-            node_id: (live.last_heartbeat, host_metrics(live.host) if live.host is not None else {})
+            node_id: (live.last_heartbeat, shape_host_metrics(live.host) if live.host is not None else {})
             for node_id in self._dirty
             if (live := self.live.get(node_id)) is not None and live.last_heartbeat is not None
         }

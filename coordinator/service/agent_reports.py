@@ -4,7 +4,7 @@ moves an instance backwards."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from common.logging import get
@@ -117,38 +117,38 @@ class AgentReports:
         """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
         self.core.fleet.record_heartbeat(node_id, hb.host if hb.HasField("host") else None, hb.instances)
 
-    def needs_work(self, hb: pb.Heartbeat) -> bool:
-        """Whether ``heartbeat`` would change anything in the database: a container running that is not yet
-        confirmed, or one confirmed that no longer runs. Most heartbeats need nothing and skip the
-        session worker altogether (checked in memory, as it is read)."""
+    def _changes(self, hb: pb.Heartbeat) -> Iterator[tuple[pb.InstanceStatus, bool]]:
+        """(status, runs) for each status that changes the database: a container running that is not yet
+        confirmed, or one confirmed that no longer runs (one running with a failing health check is
+        neither: it waits for its check)."""
         confirmed = self.core.fleet.confirmed_running
         for status in hb.instances:
-            running = status.state == pb.CONTAINER_STATE_RUNNING
-            if running and status.health in ("", "healthy"):
+            if _runs(status):
                 if status.instance_id not in confirmed:
-                    return True
-            elif not running and status.instance_id in confirmed:
-                return True
-        return False
+                    yield status, True
+            elif status.state != pb.CONTAINER_STATE_RUNNING and status.instance_id in confirmed:
+                yield status, False
+
+    def needs_work(self, hb: pb.Heartbeat) -> bool:
+        """Whether ``heartbeat`` would change anything in the database. Most heartbeats need nothing and
+        skip the session worker altogether (checked in memory, as each is read)."""
+        return next(self._changes(hb), None) is not None
 
     async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
         """What a heartbeat changes in the database (rarely anything): a container confirmed running for
         the first time, or one we believed running that is not (it died while we were away)."""
-        fleet = self.core.fleet
-        for status in hb.instances:
-            running = status.state == pb.CONTAINER_STATE_RUNNING
-            if running and status.health in ("", "healthy"):
-                if status.instance_id not in fleet.confirmed_running:
-                    await self._confirm_running(status)
-            elif not running and status.instance_id in fleet.confirmed_running:
-                fleet.confirmed_running.discard(status.instance_id)
-                state = pb.ContainerState.Name(status.state).removeprefix("CONTAINER_STATE_").lower()
-                reason = (
-                    "the container was OOM-killed"
-                    if status.oom_killed
-                    else (f"the container is {state} (exit code {status.exit_code})")
-                )
-                await self._transition(status.instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
+        for status, runs in list(self._changes(hb)):
+            if runs:
+                await self._confirm_running(status)
+                continue
+            self.core.fleet.confirmed_running.discard(status.instance_id)
+            state = pb.ContainerState.Name(status.state).removeprefix("CONTAINER_STATE_").lower()
+            reason = (
+                "the container was OOM-killed"
+                if status.oom_killed
+                else (f"the container is {state} (exit code {status.exit_code})")
+            )
+            await self._transition(status.instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
 
     async def _confirm_running(self, status: pb.InstanceStatus) -> None:
         now = self.core.clock()
