@@ -217,6 +217,11 @@ class InstanceManager:
 
     # ------------------------------------------------------------ reconcile
 
+    def removal_time(self, instance_id: str) -> float | None:
+        """When a labelled container nobody wants will be removed (None for a wanted one)."""
+        first = self._unknown_first_seen.get(instance_id)
+        return None if first is None or instance_id in self.desired else first + self.unknown_grace_s
+
     async def reconcile(self, welcome: pb.Welcome) -> None:
         """Adopt what runs as wanted, create what is missing, remove what was released."""
         self.desired = {

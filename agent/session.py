@@ -67,8 +67,11 @@ class Outbox:
             self.items.appendleft(message)
 
 
-def instance_status(info: ContainerInfo, telemetry: Telemetry, restarts: int = 0) -> pb.InstanceStatus:
-    """``restarts``: the crash restarts this agent made (the engine's own count stays 0: we own restarts)."""
+def instance_status(
+    info: ContainerInfo, telemetry: Telemetry, restarts: int = 0, remove_at: float | None = None
+) -> pb.InstanceStatus:
+    """``restarts``: the crash restarts this agent made (the engine's own count stays 0: we own restarts);
+    ``remove_at``: when a container nobody wants is removed (operators see it in the node view meanwhile)."""
     rx, tx, rx_mbps, tx_mbps = telemetry.container_network(info.container_id, info.pid)
     return pb.InstanceStatus(
         instance_id=info.instance_id,
@@ -83,6 +86,7 @@ def instance_status(info: ContainerInfo, telemetry: Telemetry, restarts: int = 0
         tx_bytes=tx,
         rx_mbps=rx_mbps,
         tx_mbps=tx_mbps,
+        remove_at_ms=int(remove_at * 1000) if remove_at is not None else 0,
     )
 
 
@@ -117,7 +121,12 @@ class AgentSession:
         containers = await self.runtime.list(self.identity.node_id)
         return await asyncio.to_thread(
             lambda: [
-                instance_status(c, self.telemetry, self.manager.restarts.get(c.instance_id, 0))
+                instance_status(
+                    c,
+                    self.telemetry,
+                    self.manager.restarts.get(c.instance_id, 0),
+                    self.manager.removal_time(c.instance_id),
+                )
                 for c in containers
                 if c.instance_id
             ]

@@ -12,13 +12,13 @@ import contextlib
 import heapq
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.logging import get
 from coordinator.bandwidth import Bandwidth
 from coordinator.config import FleetOptions
-from coordinator.model import Node, NodeStatus
+from coordinator.model import Instance, Node, NodeStatus
 from protos import moorage_pb2 as pb
 
 log = get("coordinator.fleet")
@@ -57,6 +57,11 @@ def shape_host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
     }
 
 
+def state_name(state: pb.ContainerState.ValueType) -> str:
+    """CONTAINER_STATE_EXITED -> "exited", as the API and error messages say it."""
+    return pb.ContainerState.Name(state).removeprefix("CONTAINER_STATE_").lower()
+
+
 @dataclass(slots=True)
 class LiveNode:
     last_heartbeat: float | None = None
@@ -65,6 +70,10 @@ class LiveNode:
     #: From the agent's Hello: images on the host and whether it may pull others.
     images: frozenset[str] = frozenset()
     pull_policy: str = "missing"
+    #: Instances of this node the database shows running: a heartbeat without one of them means it vanished.
+    confirmed: set[str] = field(default_factory=set)
+    #: Labelled containers the agent reports as wanted by nobody, each with the time it removes them.
+    unwanted: tuple[pb.InstanceStatus, ...] = ()
 
 
 #: Called by the monitor when a node's status changes: (node id, old, new).
@@ -84,8 +93,11 @@ class Fleet:
         self.listeners: list[StatusListener] = []
         #: Nodes whose last heartbeat is fresh, kept as statuses change: placement reads it per decision.
         self.ready: set[str] = set()
-        #: Instances known to be running in the database, so a heartbeat confirming them costs nothing.
-        self.confirmed_running: set[str] = set()
+        #: Instances known to be running in the database (to their node), so a heartbeat confirming them
+        #: costs nothing.
+        self.confirmed_running: dict[str, str] = {}
+        #: Crash restarts the agents made, per instance (as their heartbeats last said).
+        self.restarts: dict[str, int] = {}
         #: Per-instance byte totals and rates, folded from every heartbeat's counters.
         self.bandwidth = Bandwidth()
 
@@ -113,12 +125,49 @@ class Fleet:
 
     def forget(self, node_id: str) -> None:
         self.disconnect(node_id)
-        self.live.pop(node_id, None)
+        live = self.live.pop(node_id, None)
+        for instance_id in live.confirmed if live is not None else ():
+            self.confirmed_running.pop(instance_id, None)
         self.ready.discard(node_id)
         self._dirty.discard(node_id)
 
     def is_connected(self, node_id: str) -> bool:
         return node_id in self.sessions
+
+    # ------------------------------------------------------------ confirmed instances
+
+    def confirm(self, node_id: str, instance_id: str) -> None:
+        self.confirmed_running[instance_id] = node_id
+        self.live.setdefault(node_id, LiveNode()).confirmed.add(instance_id)
+
+    def unconfirm(self, instance_id: str) -> None:
+        node_id = self.confirmed_running.pop(instance_id, None)
+        live = self.live.get(node_id) if node_id is not None else None
+        if live is not None:
+            live.confirmed.discard(instance_id)
+
+    def vanished(self, node_id: str, instances: Sequence[pb.InstanceStatus]) -> set[str]:
+        """Confirmed instances of the node that a full report (heartbeat or Hello) no longer lists."""
+        live = self.live.get(node_id)
+        if live is None or not live.confirmed:
+            return set()
+        return live.confirmed.difference(s.instance_id for s in instances)
+
+    def forget_instance(self, instance_id: str) -> None:
+        """A released instance: nothing of it stays in memory."""
+        self.unconfirm(instance_id)
+        self.restarts.pop(instance_id, None)
+        self.bandwidth.retire(instance_id)
+
+    def overlay(self, inst: Instance) -> Instance:
+        """The stored instance with what only heartbeats know: fresh byte totals, rates, crash restarts."""
+        found = self.bandwidth.overlay(inst)
+        restarts = self.restarts.get(inst.id, 0)
+        return replace(found, restarts=restarts) if restarts else found
+
+    def unwanted(self, node_id: str) -> tuple[pb.InstanceStatus, ...]:
+        live = self.live.get(node_id)
+        return live.unwanted if live is not None else ()
 
     # ------------------------------------------------------------ heartbeats and health
 
@@ -131,6 +180,14 @@ class Fleet:
         if host is not None:
             live.host = host
         self.bandwidth.record(instances)
+        unwanted = []
+        for status in instances:
+            if status.restarts:
+                self.restarts[status.instance_id] = status.restarts
+            if status.remove_at_ms:
+                unwanted.append(status)
+        if unwanted or live.unwanted:
+            live.unwanted = tuple(unwanted)
         self._dirty.add(node_id)
         heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
         self.ready.add(node_id)

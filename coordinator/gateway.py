@@ -150,7 +150,7 @@ class Gateway(pb_grpc.CoordinatorServicer):
                     metrics.heartbeat_handling.observe(time.perf_counter() - read_at)
                     if beat.sent_at_ms:
                         metrics.heartbeat_delay.observe(max(time.time() - beat.sent_at_ms / 1000, 0.0))
-                    if not self.reports.needs_work(beat):
+                    if not self.reports.needs_work(node_id, beat):
                         continue
                 inbox.put(message)
         finally:

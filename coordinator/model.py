@@ -124,6 +124,8 @@ class Instance:
     tx_bytes: int = 0
     rx_mbps: float = 0.0
     tx_mbps: float = 0.0
+    #: Crash restarts its agent made since the agent started (from heartbeats; not stored).
+    restarts: int = 0
 
     @property
     def primary(self) -> Allocation | None:

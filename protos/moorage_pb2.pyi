@@ -392,6 +392,7 @@ class InstanceStatus(_message.Message):
     RX_MBPS_FIELD_NUMBER: _builtins.int
     TX_MBPS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    REMOVE_AT_MS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     container_id: _builtins.str
     state: Global___ContainerState.ValueType
@@ -407,6 +408,8 @@ class InstanceStatus(_message.Message):
     rx_mbps: _builtins.float
     tx_mbps: _builtins.float
     error: _builtins.str
+    remove_at_ms: _builtins.int
+    """Set for a labelled container this node's desired set does not hold: when the agent removes it."""
     def __init__(
         self,
         *,
@@ -425,10 +428,11 @@ class InstanceStatus(_message.Message):
         rx_mbps: _builtins.float = ...,
         tx_mbps: _builtins.float = ...,
         error: _builtins.str = ...,
+        remove_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_percent", b"cpu_percent", "error", b"error", "exit_code", b"exit_code", "health", b"health", "instance_id", b"instance_id", "memory_bytes", b"memory_bytes", "oom_killed", b"oom_killed", "restarts", b"restarts", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "started_at_ms", b"started_at_ms", "state", b"state", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_percent", b"cpu_percent", "error", b"error", "exit_code", b"exit_code", "health", b"health", "instance_id", b"instance_id", "memory_bytes", b"memory_bytes", "oom_killed", b"oom_killed", "remove_at_ms", b"remove_at_ms", "restarts", b"restarts", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "started_at_ms", b"started_at_ms", "state", b"state", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -127,6 +127,13 @@ class NodeUse(BaseModel):
     cpu: int = Field(description="Percent of one core (a 2-core node has 200).")
 
 
+class UnwantedContainerOut(BaseModel):
+    instanceId: str
+    containerId: str
+    state: str
+    removeAt: str | None = Field(description="When the agent removes it (after its grace period).")
+
+
 class NodeOut(BaseModel):
     id: str
     name: str
@@ -150,6 +157,9 @@ class NodeOut(BaseModel):
     used: NodeUse
     overallocation: int = Field(description="Percent above capacity the node may be reserved.")
     maintenance: bool
+    unwantedContainers: list[UnwantedContainerOut] = Field(
+        description="Labelled containers on the host that no instance wants, removed after a grace period."
+    )
     createdAt: str | None
 
     @classmethod
@@ -182,6 +192,15 @@ class NodeOut(BaseModel):
             used=NodeUse(ram=n.used_memory_mib, disk=n.used_disk_mib, cpu=n.used_cpu_percent),
             overallocation=n.overallocation_pct,
             maintenance=n.maintenance,
+            unwantedContainers=[
+                UnwantedContainerOut(
+                    instanceId=u.instance_id,
+                    containerId=u.container_id,
+                    state=u.state,
+                    removeAt=iso(u.remove_at),
+                )
+                for u in v.unwanted
+            ],
             createdAt=iso(n.created_at),
         )
 
@@ -317,6 +336,7 @@ class InstanceOut(BaseModel):
     releasedAt: str | None
     regionId: str | None = None
     network: NetworkUse
+    restarts: int = Field(description="Crash restarts its agent made (since that agent started).")
     placement: Placement | None = Field(None, description="Only in a deploy's answer.")
 
     @classmethod
@@ -350,6 +370,7 @@ class InstanceOut(BaseModel):
             network=NetworkUse(
                 rxBytes=i.rx_bytes, txBytes=i.tx_bytes, rxMbps=round(i.rx_mbps, 3), txMbps=round(i.tx_mbps, 3)
             ),
+            restarts=i.restarts,
             placement=placement,
         )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from common.logging import get
 from coordinator.commands import instance_spec
+from coordinator.fleet import state_name
 from coordinator.model import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
@@ -22,6 +23,8 @@ PRE_START = {S.PENDING, S.PROVISIONING, S.CREATED}
 ACTIVE = set(WANTED_STATES)
 
 Handler = Callable[[str, Any], Awaitable[None]]
+
+MISSING = "the container is missing on the host; the agent re-creates it"
 
 
 def _runs(status: pb.InstanceStatus | None) -> bool:
@@ -54,9 +57,10 @@ class AgentReports:
             changed = await instances_store.release(
                 conn, instance_id, allowed_from={S.RELEASING}, now=self.core.clock()
             )
-        self.core.fleet.confirmed_running.discard(instance_id)
         if changed:
-            self.core.fleet.bandwidth.retire(instance_id)
+            self.core.fleet.forget_instance(instance_id)
+        else:
+            self.core.fleet.unconfirm(instance_id)
         return changed
 
     async def _fail(self, instance_id: str, reason: str) -> None:
@@ -100,7 +104,11 @@ class AgentReports:
             elif inst.state is S.RUNNING and _runs(reported.get(inst.id)):
                 # Already known running (a reconnect, or a coordinator restart): nothing to write. A
                 # reconnect storm of a whole fleet then costs reads, not a write per instance.
-                self.core.fleet.confirmed_running.add(inst.id)
+                self.core.fleet.confirm(node_id, inst.id)
+            elif inst.state is S.RUNNING and inst.id not in reported:
+                # Gone while nobody watched (removed while the agent or we were down): the agent re-creates
+                # it from this Welcome; until a heartbeat shows it running again it is not running.
+                await self._transition(inst.id, S.UNHEALTHY, {S.RUNNING}, error=MISSING)
         beat = pb.Heartbeat(instances=hello.instances)
         self.note_heartbeat(node_id, beat)
         await self.heartbeat(node_id, beat)
@@ -117,47 +125,50 @@ class AgentReports:
         """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
         self.core.fleet.record_heartbeat(node_id, hb.host if hb.HasField("host") else None, hb.instances)
 
-    def _changes(self, hb: pb.Heartbeat) -> Iterator[tuple[pb.InstanceStatus, bool]]:
-        """(status, runs) for each status that changes the database: a container running that is not yet
-        confirmed, or one confirmed that no longer runs (one running with a failing health check is
-        neither: it waits for its check)."""
+    def _changes(self, node_id: str, hb: pb.Heartbeat) -> Iterator[tuple[str, pb.InstanceStatus | None]]:
+        """(instance id, status) for each report that changes the database: a container running that is not
+        yet confirmed, one confirmed that no longer runs, or one confirmed that is gone altogether (status
+        None). One running with a failing health check is none of these: it waits for its check."""
         confirmed = self.core.fleet.confirmed_running
         for status in hb.instances:
             if _runs(status):
                 if status.instance_id not in confirmed:
-                    yield status, True
+                    yield status.instance_id, status
             elif status.state != pb.CONTAINER_STATE_RUNNING and status.instance_id in confirmed:
-                yield status, False
+                yield status.instance_id, status
+        for instance_id in self.core.fleet.vanished(node_id, hb.instances):
+            yield instance_id, None
 
-    def needs_work(self, hb: pb.Heartbeat) -> bool:
+    def needs_work(self, node_id: str, hb: pb.Heartbeat) -> bool:
         """Whether ``heartbeat`` would change anything in the database. Most heartbeats need nothing and
         skip the session worker altogether (checked in memory, as each is read)."""
-        return next(self._changes(hb), None) is not None
+        return next(self._changes(node_id, hb), None) is not None
 
     async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
         """What a heartbeat changes in the database (rarely anything): a container confirmed running for
-        the first time, or one we believed running that is not (it died while we were away)."""
-        for status, runs in list(self._changes(hb)):
-            if runs:
-                await self._confirm_running(status)
+        the first time, or one we believed running that is not (it died or vanished while we were away)."""
+        for instance_id, status in list(self._changes(node_id, hb)):
+            if _runs(status):
+                assert status is not None
+                await self._confirm_running(node_id, status)
                 continue
-            self.core.fleet.confirmed_running.discard(status.instance_id)
-            state = pb.ContainerState.Name(status.state).removeprefix("CONTAINER_STATE_").lower()
-            reason = (
-                "the container was OOM-killed"
-                if status.oom_killed
-                else (f"the container is {state} (exit code {status.exit_code})")
-            )
-            await self._transition(status.instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
+            self.core.fleet.unconfirm(instance_id)
+            if status is None:
+                reason = MISSING
+            elif status.oom_killed:
+                reason = "the container was OOM-killed"
+            else:
+                reason = f"the container is {state_name(status.state)} (exit code {status.exit_code})"
+            await self._transition(instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
 
-    async def _confirm_running(self, status: pb.InstanceStatus) -> None:
+    async def _confirm_running(self, node_id: str, status: pb.InstanceStatus) -> None:
         now = self.core.clock()
         async with self.core.store.read() as conn:
             known = await instances_store.get_instance(conn, status.instance_id)
         if known is None or known.state not in (S.STARTING, S.UNHEALTHY, S.RUNNING):
             return
         if known.state is S.RUNNING:
-            self.core.fleet.confirmed_running.add(known.id)
+            self.core.fleet.confirm(node_id, known.id)
             return
         async with self.core.store.write() as conn:
             inst = await instances_store.get_instance(conn, status.instance_id)
@@ -174,9 +185,9 @@ class AgentReports:
                     container_id=status.container_id or inst.container_id,
                     delivered_at=inst.delivered_at or now,
                 )
-                self.core.fleet.confirmed_running.add(inst.id)
+                self.core.fleet.confirm(node_id, inst.id)
             elif inst.state is S.RUNNING:
-                self.core.fleet.confirmed_running.add(inst.id)
+                self.core.fleet.confirm(node_id, inst.id)
 
     async def event(self, node_id: str, ev: pb.InstanceEvent) -> None:
         iid = ev.instance_id
@@ -201,16 +212,16 @@ class AgentReports:
             self.core.fleet.bandwidth.stopped([iid])
             # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
             if await self._transition(iid, S.UNHEALTHY, {S.STARTING, S.RUNNING, S.UNHEALTHY}, error=reason):
-                self.core.fleet.confirmed_running.discard(iid)
+                self.core.fleet.unconfirm(iid)
         elif kind == pb.EVENT_KIND_STOPPED:
             self.core.fleet.bandwidth.stopped([iid])
             if await self._transition(iid, S.STOPPED, {S.STARTING, S.RUNNING, S.UNHEALTHY}):
-                self.core.fleet.confirmed_running.discard(iid)
+                self.core.fleet.unconfirm(iid)
         elif kind == pb.EVENT_KIND_REMOVED and not await self._release(iid):
             # Removed by someone else while it should exist: it keeps its ports; the agent re-creates it.
             removed = "the container was removed outside Moorage"
             if await self._transition(iid, S.UNHEALTHY, ACTIVE, error=removed):
-                self.core.fleet.confirmed_running.discard(iid)
+                self.core.fleet.unconfirm(iid)
 
     async def result(self, node_id: str, result: pb.CommandResult) -> None:
         self.core.fleet.resolve(result)
@@ -236,5 +247,5 @@ class AgentReports:
                         now=now,
                         error=f"node {node_id} stopped sending heartbeats",
                     )
-                    self.core.fleet.confirmed_running.discard(inst.id)
+                    self.core.fleet.unconfirm(inst.id)
                     self.core.fleet.bandwidth.stopped([inst.id])

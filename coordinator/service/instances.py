@@ -101,7 +101,7 @@ class InstanceService:
             inst = await instances_store.get_instance(conn, instance_id)
         if inst is None:
             raise NotFound(f"instance {instance_id} does not exist", field=field)
-        return self.core.fleet.bandwidth.overlay(inst)
+        return self.core.fleet.overlay(inst)
 
     async def list_visible(
         self, caller: Principal, *, owner_id: str | None = None, own_only: bool = False
@@ -116,7 +116,7 @@ class InstanceService:
             found = await instances_store.list_instances(
                 conn, organization_id=None if caller.admin else caller.organization_id, owner_id=owner_id
             )
-        return [self.core.fleet.bandwidth.overlay(i) for i in found]
+        return [self.core.fleet.overlay(i) for i in found]
 
     # ------------------------------------------------------------ power and suspension
 
@@ -177,7 +177,7 @@ class InstanceService:
         if not moved or current is None:
             raise Conflict(f"id: instance {inst.id} changed meanwhile; retry the {action}", field="id")
         # Whatever ran before, the next heartbeat that shows it running must confirm it again.
-        self.core.fleet.confirmed_running.discard(inst.id)
+        self.core.fleet.unconfirm(inst.id)
         if current.node_id is not None:
             cmd = command(kind, current)
             if self.core.fleet.dispatch(current.node_id, cmd):
@@ -208,7 +208,7 @@ class InstanceService:
                     )
         waits = []
         for inst in found:
-            self.core.fleet.confirmed_running.discard(inst.id)
+            self.core.fleet.unconfirm(inst.id)
             if inst.node_id is None or inst.state in (InstanceState.RELEASED, InstanceState.ERROR):
                 continue
             cmd = command(pb.COMMAND_KIND_REMOVE, inst)
@@ -234,5 +234,5 @@ class InstanceService:
                     now=now,
                     error="released with its node; the agent did not confirm removal",
                 )
-                self.core.fleet.bandwidth.retire(inst.id)
+                self.core.fleet.forget_instance(inst.id)
         return [inst.id for inst in found]

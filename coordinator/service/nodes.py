@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
 from coordinator import secrets
+from coordinator.fleet import state_name
 from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus
 from coordinator.pki import CertificateRequestError
 from coordinator.service import policy
@@ -47,6 +48,16 @@ class NodeOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class UnwantedContainer:
+    """A container labelled for this node that no instance wants; its agent removes it at ``remove_at``."""
+
+    instance_id: str
+    container_id: str
+    state: str
+    remove_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class NodeView:
     node: Node
     status: NodeStatus
@@ -55,6 +66,7 @@ class NodeView:
     connected: bool
     allocations_total: int
     allocations_assigned: int
+    unwanted: tuple[UnwantedContainer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +125,15 @@ class NodeService:
             connected=fleet.is_connected(node.id),
             allocations_total=counts[0],
             allocations_assigned=counts[1],
+            unwanted=tuple(
+                UnwantedContainer(
+                    s.instance_id,
+                    s.container_id,
+                    state_name(s.state),
+                    s.remove_at_ms / 1000,
+                )
+                for s in fleet.unwanted(node.id)
+            ),
         )
 
     async def create(self, caller: Principal, order: NodeOrder) -> CreatedNode:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import os
 import signal
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +17,9 @@ from typing import Any
 import docker
 import pytest
 
+from agent.runtime.base import LABEL_INSTANCE, LABEL_MANAGED, LABEL_NODE
 from tests.daemons import (
+    TEST_FLEET,
     AgentProcess,
     OneNodeFleet,
     instance,
@@ -30,12 +34,14 @@ pytestmark = pytest.mark.docker
 
 #: The agent's crash back-off in these tests: quick, and a loop after three crashes in a row.
 RESTART = {"initial_delay_s": 0.5, "max_delay_s": 2.0, "reset_after_s": 30.0, "crash_loop_after": 3}
+#: The agent's options here: that back-off, and containers nobody wants noticed (resync) and removed quickly.
+AGENT: dict[str, Any] = {"restart": RESTART, "resync_interval_s": 2.0, "unknown_container_grace_s": 3.0}
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
     require_docker()
-    with one_node_fleet(tmp_path_factory.mktemp("truth"), ports=12, restart=RESTART) as found:
+    with one_node_fleet(tmp_path_factory.mktemp("truth"), ports=16, **AGENT) as found:
         yield found
 
 
@@ -82,6 +88,7 @@ def test_a_killed_process_makes_the_instance_unhealthy_then_it_is_restarted(
     assert "exited with code 137" in unhealthy["error"] and "restarting in" in unhealthy["error"]
     back = wait_state(fleet.api, iid, "running", timeout=10)
     assert back["ContainerId"] == cid and back["error"] is None  # the same container, started again
+    assert back["restarts"] == 1
     wait_for(lambda: serves(port), 5, "the restarted container to serve")
     assert container_state(engine, cid)["Pid"] != pid
 
@@ -109,7 +116,7 @@ def test_an_agent_restart_adopts_five_containers_without_restarting_any(
 
     fleet.agent.stop(signal.SIGKILL)  # no goodbye: the agent is simply gone
     wait_for(lambda: not node_view(fleet.api, fleet.node_id)["connected"], 10, "the session to drop")
-    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, restart=RESTART)
+    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, **AGENT)
     fleet.agent.start()
     wait_for(lambda: node_view(fleet.api, fleet.node_id)["connected"], 20, "the new agent's session")
     for iid, cid in zip(ids, containers, strict=True):
@@ -139,7 +146,7 @@ def test_a_silent_node_goes_abnormal_then_offline_and_comes_back_untouched(
     wait_for(lambda: node_view(api, fleet.node_id)["status"] == "offline", 4.0 + 1.0, "offline")
     assert serves(port)  # nobody touched the container meanwhile
 
-    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, restart=RESTART)
+    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, **AGENT)
     fleet.agent.start()
     wait_for(lambda: node_view(api, fleet.node_id)["status"] == "ready", 20, "ready again")
     back = wait_state(api, iid, "running", timeout=10)
@@ -228,7 +235,7 @@ def restart_both(fleet: OneNodeFleet, coordinator_signal: int) -> None:
     fleet.coordinator.stop(coordinator_signal)
     fleet.agent.stop(signal.SIGTERM)
     fleet.coordinator.start()
-    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, restart=RESTART)
+    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, **AGENT)
     fleet.agent.start()
     wait_for(lambda: node_view(fleet.api, fleet.node_id)["status"] == "ready", 20, "the node back")
 
@@ -290,3 +297,86 @@ def test_metrics_count_sessions_and_heartbeats(fleet: OneNodeFleet) -> None:
     assert "moorage_agent_sessions 1.0" in first
     assert 'moorage_heartbeat_handling_seconds_bucket{le="0.02"}' in first
     wait_for(lambda: heartbeats(scrape()) >= heartbeats(first) + 2, 5, "two more heartbeats counted")
+
+
+def test_an_oom_kill_is_reported_with_its_reason_and_restarted(fleet: OneNodeFleet) -> None:
+    # A shell doubling a string until the 64 MiB limit kills it (no swap beyond the limit).
+    hog = {
+        "name": "hog",
+        "image": TEST_IMAGE,
+        "startup": ["sh", "-c", "sleep 1; x=0123456789; while :; do x=$x$x; done"],
+    }
+    assert fleet.api.post("/api/images", hog).status == 201
+    iid = deploy(fleet, fleet.ports[12], "hog", image="hog")["id"]
+
+    def oom_killed() -> dict[str, Any] | None:
+        found = instance(fleet.api, iid)
+        return found if found["state"] == "unhealthy" and "OOM-killed" in (found["error"] or "") else None
+
+    found = wait_for(oom_killed, 20, "the OOM kill to be reported", interval=0.05)
+    assert "restarting in" in found["error"] or "crash loop" in found["error"]
+    wait_for(lambda: instance(fleet.api, iid)["restarts"] >= 1, 10, "the agent to restart it")
+    assert fleet.api.delete("/api/instance/delete", {"id": iid}).body["state"] == "released"
+
+
+def test_a_container_nobody_wants_is_shown_on_its_node_then_removed_after_its_grace(
+    fleet: OneNodeFleet, engine: docker.DockerClient
+) -> None:
+    labels = {LABEL_INSTANCE: "left-behind", LABEL_NODE: fleet.node_id, LABEL_MANAGED: "true"}
+    stray = engine.containers.run(TEST_IMAGE, detach=True, labels=labels)
+    try:
+
+        def shown() -> dict[str, Any] | None:
+            found = node_view(fleet.api, fleet.node_id)["unwantedContainers"]
+            return found[0] if found else None
+
+        # Noticed by the agent's next resync (every 2 s here), reported in the next heartbeat.
+        seen = wait_for(shown, 6, "the unwanted container in the node view")
+        assert seen["instanceId"] == "left-behind" and seen["containerId"] == stray.id
+        assert seen["state"] == "running" and seen["removeAt"]
+        # Removed once its grace (3 s) passed, at a resync; then gone from the view too.
+        wait_for(lambda: not engine.containers.list(all=True, filters={"id": stray.id}), 10, "its removal")
+        wait_for(lambda: not shown(), 3, "the node view to drop it")
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            stray.remove(force=True)
+
+
+def test_a_container_removed_while_its_agent_was_down_is_recreated_and_reported(
+    fleet: OneNodeFleet, engine: docker.DockerClient
+) -> None:
+    iid = deploy(fleet, fleet.ports[13], "removed-unseen")["id"]
+    cid = wait_state(fleet.api, iid, "running")["ContainerId"]
+    fleet.agent.stop(signal.SIGKILL)
+    engine.containers.get(cid).remove(force=True)  # no agent saw it: no event will ever say so
+    fleet.agent = AgentProcess(fleet.agent.data_dir, fleet.coordinator, None, **AGENT)
+    fleet.agent.start()
+
+    def recreated() -> dict[str, Any] | None:
+        found = instance(fleet.api, iid)
+        return found if found["state"] == "running" and found["ContainerId"] != cid else None
+
+    # The Hello lacks it: unhealthy ("missing"), re-created from the Welcome, confirmed with its new id.
+    back = wait_for(recreated, 20, "the instance running in a new container")
+    assert engine.containers.get(back["ContainerId"]).labels[LABEL_INSTANCE] == iid
+    wait_for(lambda: serves(fleet.ports[13]), 5, "the new container to serve")
+    fleet.api.delete("/api/instance/delete", {"id": iid})
+
+
+def test_last_checked_lags_by_at_most_one_interval_plus_the_batch_period(fleet: OneNodeFleet) -> None:
+    """In the API (memory) and in the database row (the batch writer), sampled over a few seconds."""
+    interval, batch = TEST_FLEET["heartbeat_interval_s"], TEST_FLEET["batch_period_s"]
+    slack = 0.25  # scheduling on a 2-core machine running the whole suite
+    db = sqlite3.connect(fleet.coordinator.data_dir / "moorage.db")
+    try:
+        worst_api = worst_db = 0.0
+        for _ in range(20):
+            view = node_view(fleet.api, fleet.node_id)
+            worst_api = max(worst_api, view["heartbeatAgeSeconds"])
+            (stored,) = db.execute("SELECT last_checked FROM nodes WHERE id = ?", (fleet.node_id,)).fetchone()
+            worst_db = max(worst_db, time.time() - stored)
+            time.sleep(0.17)
+    finally:
+        db.close()
+    assert worst_api <= interval * 1.1 + slack, worst_api  # the agent jitters its interval by ±10%
+    assert worst_db <= interval * 1.1 + batch + slack, worst_db

@@ -12,7 +12,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.model import InstanceState
 from coordinator.pki import CertificateAuthority
-from coordinator.service.agent_reports import AgentReports
+from coordinator.service.agent_reports import MISSING, AgentReports
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
 from coordinator.store.claims import claim_now
@@ -122,3 +122,35 @@ async def test_a_container_removed_behind_our_back_keeps_its_ports(reports: Agen
     await put(reports, S.RUNNING)
     await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
     assert await state_of(reports) == (S.UNHEALTHY, "the container was removed outside Moorage", 1)
+
+
+async def test_a_confirmed_container_missing_from_a_heartbeat_is_unhealthy(reports: AgentReports) -> None:
+    await put(reports, S.STARTING)
+    await reports.heartbeat("n1", running())
+    assert not reports.needs_work("n1", running())  # confirmed: the same report again costs nothing
+    assert reports.needs_work("n1", pb.Heartbeat())
+    await reports.heartbeat("n1", pb.Heartbeat())  # the agent reports every labelled container; i1 is not one
+    assert await state_of(reports) == (S.UNHEALTHY, MISSING, 1)
+    await reports.heartbeat("n1", running())  # re-created by the agent and running again
+    assert (await state_of(reports))[:2] == (S.RUNNING, None)
+
+
+async def test_a_hello_without_a_running_instance_makes_it_unhealthy(reports: AgentReports) -> None:
+    """Removed while the agent (or the coordinator) was down: no event ever said so, the Hello does."""
+    await put(reports, S.RUNNING)
+    welcome = await reports.hello("n1", pb.Hello())
+    assert [s.instance_id for s in welcome.desired] == ["i1"]  # so the agent re-creates it
+    assert await state_of(reports) == (S.UNHEALTHY, MISSING, 1)
+
+
+async def test_unwanted_containers_and_restarts_are_kept_from_heartbeats(reports: AgentReports) -> None:
+    fleet = reports.core.fleet
+    stray = pb.InstanceStatus(
+        instance_id="old", container_id="c9", state=pb.CONTAINER_STATE_RUNNING, remove_at_ms=1_700_000_000_000
+    )
+    mine = pb.InstanceStatus(instance_id="i1", container_id="c", state=pb.CONTAINER_STATE_RUNNING, restarts=2)
+    reports.note_heartbeat("n1", pb.Heartbeat(instances=[mine, stray]))
+    assert [s.instance_id for s in fleet.unwanted("n1")] == ["old"]
+    assert fleet.overlay(make_instance("i1", node_id="n1", state=S.RUNNING)).restarts == 2
+    reports.note_heartbeat("n1", pb.Heartbeat(instances=[mine]))  # removed by the agent
+    assert fleet.unwanted("n1") == ()
