@@ -26,12 +26,13 @@ USER_FIELDS = {"userId", "username", "email", "admin", "organizationId", "create
 INSTANCE_FIELDS = {
     "id", "name", "nodeId", "userId", "organizationId", "Image", "image", "Memory", "Cpu", "Ports", "Primary",
     "Variables", "ContainerId", "InternalState", "suspended", "state", "error", "allocations", "createdAt",
-    "updatedAt", "stateChangedAt", "deliveredAt", "releasedAt", "regionId", "network", "placement",
+    "updatedAt", "stateChangedAt", "deliveredAt", "releasedAt", "regionId", "network", "restarts",
+    "placement",
 }  # fmt: skip
 NODE_FIELDS = {
     "id", "name", "tags", "ram", "disk", "processor", "address", "port", "regionId", "organizationId",
     "status", "isOnline", "connected", "lastChecked", "heartbeatAgeSeconds", "enrolled", "agentVersion",
-    "hostMetrics", "allocations", "used", "overallocation", "maintenance", "createdAt",
+    "hostMetrics", "allocations", "used", "overallocation", "maintenance", "unwantedContainers", "createdAt",
 }  # fmt: skip
 MISSING = "00000000-0000-0000-0000-000000000000"
 
