@@ -9,6 +9,7 @@ p99 heartbeat delay there; heartbeats per second at saturation, the coordinator'
 handling time. Timings come from the coordinator's own /metrics histograms.
 
     python -m bench.heartbeats                     # the whole benchmark
+    python -m bench.heartbeats flood 1000          # only the saturation phase, with that many sessions
     python -m bench.heartbeats generate SPEC.json  # one load-generating process (the benchmark starts them)
 """
 
@@ -307,7 +308,7 @@ def _flood(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, 
         _stop(procs)
 
 
-def main(sizes: tuple[int, ...] = (1_000, 10_000)) -> None:
+def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
     print(f"heartbeats: {GENERATORS} load generators, {INSTANCES_PER_NODE} instances a node, mutual TLS")
     with tempfile.TemporaryDirectory() as raw:
         tmp = Path(raw)
@@ -322,7 +323,7 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000)) -> None:
         try:
             # The flood comes last: it leaves the coordinator holding transport buffers, which would
             # count in the RSS of a later phase.
-            for count in sizes:
+            for count in sizes if steady else ():
                 _steady(coordinator, seeded, count, tmp)
             _flood(coordinator, seeded, sizes[0], tmp)
         finally:
@@ -333,5 +334,7 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "generate":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_generate(json.loads(Path(sys.argv[2]).read_text())))
+    elif len(sys.argv) == 3 and sys.argv[1] == "flood":
+        main((int(sys.argv[2]),), steady=False)  # only the saturation phase, for profiling
     else:
         main()

@@ -328,7 +328,7 @@ def test_a_container_nobody_wants_is_shown_on_its_node_then_removed_after_its_gr
 
         def shown() -> dict[str, Any] | None:
             found = node_view(fleet.api, fleet.node_id)["unwantedContainers"]
-            return found[0] if found else None
+            return next((u for u in found if u["instanceId"] == "left-behind"), None)
 
         # Noticed by the agent's next resync (every 2 s here), reported in the next heartbeat.
         seen = wait_for(shown, 6, "the unwanted container in the node view")
