@@ -146,10 +146,10 @@ class Gateway(pb_grpc.CoordinatorServicer):
                     read_at = time.perf_counter()
                     beat = message.heartbeat
                     self.reports.note_heartbeat(node_id, beat)
-                    metrics.heartbeats.inc()
-                    metrics.heartbeat_handling.observe(time.perf_counter() - read_at)
-                    if beat.sent_at_ms:
-                        metrics.heartbeat_delay.observe(max(time.time() - beat.sent_at_ms / 1000, 0.0))
+                    metrics.heartbeats.observe(
+                        time.perf_counter() - read_at,
+                        max(time.time() - beat.sent_at_ms / 1000, 0.0) if beat.sent_at_ms else None,
+                    )
                     if not self.reports.needs_work(node_id, beat):
                         continue
                 inbox.put(message)

@@ -10,6 +10,7 @@ from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState
+from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
 from coordinator.store.tables import allocations, instances, nodes, regions
 
@@ -260,7 +261,7 @@ async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]
         .where(instances.c.id == bindparam("b_id"))
         .values({name: bindparam(name) for name in next(iter(batch.values()))})
     )
-    await conn.execute(statement, rows)
+    await execute_many(conn, statement, rows)
 
 
 async def bandwidth_meters(conn: AsyncConnection) -> list[tuple[str, int, int, str | None, int, int]]:

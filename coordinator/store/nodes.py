@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Row, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import Allocation, Node
+from coordinator.store.engine import execute_many
 from coordinator.store.tables import allocations, join_tokens, nodes, regions
 
 
@@ -213,12 +215,13 @@ async def write_heartbeats(conn: AsyncConnection, batch: dict[str, tuple[float, 
     statement = (
         update(nodes)
         .where(nodes.c.id == bindparam("b_id"))
-        .values(last_checked=bindparam("b_checked"), host_metrics=bindparam("b_metrics", type_=JSON))
+        .values(last_checked=bindparam("b_checked"), host_metrics=bindparam("b_metrics"))
     )
     rows = [
-        {"b_id": n, "b_checked": checked, "b_metrics": metrics} for n, (checked, metrics) in batch.items()
+        {"b_id": n, "b_checked": checked, "b_metrics": json.dumps(metrics)}
+        for n, (checked, metrics) in batch.items()
     ]
-    await conn.execute(statement, rows)
+    await execute_many(conn, statement, rows)
 
 
 # ---------------------------------------------------------------- join tokens
