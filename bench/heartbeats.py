@@ -11,6 +11,7 @@ handling time. Timings come from the coordinator's own /metrics histograms.
     python -m bench.heartbeats                     # the whole benchmark
     python -m bench.heartbeats flood 1000          # only the saturation phase, with that many sessions
     python -m bench.heartbeats generate SPEC.json  # one load-generating process (the benchmark starts them)
+    python -m bench.heartbeats bare DATA_DIR       # the ceiling's do-nothing server (the benchmark starts it)
 """
 
 from __future__ import annotations
@@ -174,6 +175,79 @@ async def _generate(spec: dict[str, Any]) -> None:
     await asyncio.gather(*tasks)
 
 
+# ---------------------------------------------------------------- the ceiling
+
+
+class _Bare(pb_grpc.CoordinatorServicer):
+    """The same sessions (mutual TLS, Hello, Welcome) with nothing done per heartbeat: what grpc.aio itself
+    costs here, the ceiling any handling sits under."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def Enroll(self, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the ceiling server does not enroll")
+
+    async def Connect(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
+        await context.read()
+        await context.write(pb.CoordinatorMessage(welcome=pb.Welcome()))
+        while (await context.read()) is not grpc.aio.EOF:
+            self.count += 1
+
+
+async def _bare_server(data_dir: Path) -> None:
+    """Serve until stdin closes; each "measure S" line answers "heartbeats/s cores" over S seconds."""
+    ca = CertificateAuthority.load_or_create(data_dir)
+    key, chain = ca.server_credentials([SERVER_NAME])
+    creds = grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca.cert_pem, require_client_auth=True
+    )
+    servicer = _Bare()
+    server = grpc.aio.server()
+    pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", creds)
+    await server.start()
+    print(port, flush=True)
+    me = psutil.Process()
+    while line := await asyncio.to_thread(sys.stdin.readline):
+        seconds = float(line.split()[1])
+        cpu, at, count = sum(me.cpu_times()[:2]), time.monotonic(), servicer.count
+        await asyncio.sleep(seconds)
+        elapsed = time.monotonic() - at
+        rate, cores = (servicer.count - count) / elapsed, (sum(me.cpu_times()[:2]) - cpu) / elapsed
+        print(f"{rate} {cores}", flush=True)
+    await server.stop(None)
+
+
+def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, tmp: Path) -> None:
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.heartbeats", "bare", str(data_dir)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert bare.stdin is not None and bare.stdout is not None
+    try:
+        port = int(bare.stdout.readline())
+        spec = {"target": f"127.0.0.1:{port}", "key": seeded["key"], "ca": seeded["ca"], "interval": 0.0}
+        procs = _start_generators(spec, seeded["nodes"][:count], tmp)
+        try:
+            time.sleep(2.0)
+            bare.stdin.write(f"measure {FLOOD_S}\n".encode())
+            bare.stdin.flush()
+            rate, cores = map(float, bare.stdout.readline().split())
+            print(
+                f"ceiling, the same {count} sessions against a server that does nothing per heartbeat: "
+                f"{rate:7.0f} heartbeats/s on {cores:.2f} cores = "
+                f"{rate / max(cores, 1e-9):7.0f} per core-second"
+            )
+        finally:
+            _stop(procs)
+    finally:
+        bare.kill()
+        bare.wait()
+
+
 # ---------------------------------------------------------------- measuring
 
 
@@ -328,12 +402,15 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
             _flood(coordinator, seeded, sizes[0], tmp)
         finally:
             coordinator.stop()
+        _ceiling(data_dir, seeded, sizes[0], tmp)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "generate":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_generate(json.loads(Path(sys.argv[2]).read_text())))
+    elif len(sys.argv) == 3 and sys.argv[1] == "bare":
+        asyncio.run(_bare_server(Path(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] == "flood":
         main((int(sys.argv[2]),), steady=False)  # only the saturation phase, for profiling
     else:
