@@ -273,15 +273,17 @@ class AgentSession:
             try:
                 self._seq += 1
                 host = await asyncio.to_thread(self.telemetry.host)
-                beat = pb.Heartbeat(
-                    seq=self._seq,
-                    sent_at_ms=int(time.time() * 1000),
-                    host=host,
-                    instances=await self.statuses(),
-                )
+                beat = pb.Heartbeat(seq=self._seq, sent_at_ms=int(time.time() * 1000), host=host)
+                try:
+                    # Bounded: an engine shutting down may accept the request and never answer.
+                    wait_s = max(self.heartbeat_interval_s, 2.0)
+                    beat.instances.extend(await asyncio.wait_for(self.statuses(), wait_s))
+                except Exception as exc:
+                    # The engine is down or restarting: this host and agent are alive, its containers unknown.
+                    why = str(exc) or f"no answer within {wait_s:g} s"
+                    beat.engine_error = f"the container engine does not answer: {why}"[:500]
                 self.outbox.put_heartbeat(pb.AgentMessage(heartbeat=beat))
             except Exception as exc:
-                # The engine may be restarting; skip this beat rather than end the session.
                 log.warning("heartbeat skipped", error=str(exc))
             self._beat_now.clear()
             interval = self.heartbeat_interval_s * random.uniform(0.9, 1.1)

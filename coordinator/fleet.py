@@ -74,6 +74,8 @@ class LiveNode:
     confirmed: set[str] = field(default_factory=set)
     #: Labelled containers the agent reports as wanted by nobody, each with the time it removes them.
     unwanted: tuple[pb.InstanceStatus, ...] = ()
+    #: Why the node's container engine did not answer its agent, as of the last heartbeat ("" when it did).
+    engine_error: str = ""
 
 
 #: Called by the monitor when a node's status changes: (node id, old, new).
@@ -147,10 +149,13 @@ class Fleet:
             live.confirmed.discard(instance_id)
 
     def vanished(self, node_id: str, instances: Sequence[pb.InstanceStatus]) -> set[str]:
-        """Confirmed instances of the node that a full report (heartbeat or Hello) no longer lists."""
+        """Confirmed instances of the node that a full report (heartbeat or Hello) no longer lists; all of
+        them while its engine does not answer (nothing is known to run)."""
         live = self.live.get(node_id)
         if live is None or not live.confirmed:
             return set()
+        if live.engine_error:
+            return set(live.confirmed)
         return live.confirmed.difference(s.instance_id for s in instances)
 
     def forget_instance(self, instance_id: str) -> None:
@@ -165,6 +170,10 @@ class Fleet:
         restarts = self.restarts.get(inst.id, 0)
         return replace(found, restarts=restarts) if restarts else found
 
+    def engine_error(self, node_id: str) -> str | None:
+        live = self.live.get(node_id)
+        return (live.engine_error or None) if live is not None else None
+
     def unwanted(self, node_id: str) -> tuple[pb.InstanceStatus, ...]:
         live = self.live.get(node_id)
         return live.unwanted if live is not None else ()
@@ -172,11 +181,18 @@ class Fleet:
     # ------------------------------------------------------------ heartbeats and health
 
     def record_heartbeat(
-        self, node_id: str, host: pb.HostMetrics | None, instances: Sequence[pb.InstanceStatus]
+        self,
+        node_id: str,
+        host: pb.HostMetrics | None,
+        instances: Sequence[pb.InstanceStatus],
+        engine_error: str = "",
     ) -> None:
         now = self.clock()
         live = self.live.setdefault(node_id, LiveNode())
         live.last_heartbeat = now
+        if engine_error != live.engine_error:
+            live.engine_error = engine_error
+            log.warning("container engine", node_id=node_id, error=engine_error or "answers again")
         if host is not None:
             live.host = host
         self.bandwidth.record(instances)

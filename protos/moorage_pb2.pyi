@@ -305,8 +305,11 @@ class Heartbeat(_message.Message):
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    ENGINE_ERROR_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     sent_at_ms: _builtins.int
+    engine_error: _builtins.str
+    """Set when the container engine did not answer: instances is then empty, not "no containers"."""
     @_builtins.property
     def host(self) -> Global___HostMetrics: ...
     @_builtins.property
@@ -318,10 +321,11 @@ class Heartbeat(_message.Message):
         sent_at_ms: _builtins.int = ...,
         host: Global___HostMetrics | None = ...,
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
+        engine_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "instances", b"instances", "sent_at_ms", b"sent_at_ms", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_error", b"engine_error", "host", b"host", "instances", b"instances", "sent_at_ms", b"sent_at_ms", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

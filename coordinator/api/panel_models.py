@@ -160,6 +160,7 @@ class NodeOut(BaseModel):
     unwantedContainers: list[UnwantedContainerOut] = Field(
         description="Labelled containers on the host that no instance wants, removed after a grace period."
     )
+    engineError: str | None = Field(description="Why the host's container engine does not answer its agent.")
     createdAt: str | None
 
     @classmethod
@@ -201,6 +202,7 @@ class NodeOut(BaseModel):
                 )
                 for u in v.unwanted
             ],
+            engineError=v.engine_error,
             createdAt=iso(n.created_at),
         )
 

@@ -123,7 +123,9 @@ class AgentReports:
 
     def note_heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
         """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
-        self.core.fleet.record_heartbeat(node_id, hb.host if hb.HasField("host") else None, hb.instances)
+        self.core.fleet.record_heartbeat(
+            node_id, hb.host if hb.HasField("host") else None, hb.instances, hb.engine_error
+        )
 
     def _changes(self, node_id: str, hb: pb.Heartbeat) -> Iterator[tuple[str, pb.InstanceStatus | None]]:
         """(instance id, status) for each report that changes the database: a container running that is not
@@ -154,7 +156,7 @@ class AgentReports:
                 continue
             self.core.fleet.unconfirm(instance_id)
             if status is None:
-                reason = MISSING
+                reason = hb.engine_error or MISSING
             elif status.oom_killed:
                 reason = "the container was OOM-killed"
             else:

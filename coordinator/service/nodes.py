@@ -67,6 +67,7 @@ class NodeView:
     allocations_total: int
     allocations_assigned: int
     unwanted: tuple[UnwantedContainer, ...] = ()
+    engine_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ class NodeService:
                 )
                 for s in fleet.unwanted(node.id)
             ),
+            engine_error=fleet.engine_error(node.id),
         )
 
     async def create(self, caller: Principal, order: NodeOrder) -> CreatedNode:

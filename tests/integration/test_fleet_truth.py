@@ -9,16 +9,20 @@ import contextlib
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
+import psutil
 import pytest
 
 from agent.runtime.base import LABEL_INSTANCE, LABEL_MANAGED, LABEL_NODE
 from tests.daemons import (
+    REPO,
     TEST_FLEET,
     AgentProcess,
     OneNodeFleet,
@@ -41,7 +45,7 @@ AGENT: dict[str, Any] = {"restart": RESTART, "resync_interval_s": 2.0, "unknown_
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
     require_docker()
-    with one_node_fleet(tmp_path_factory.mktemp("truth"), ports=16, **AGENT) as found:
+    with one_node_fleet(tmp_path_factory.mktemp("truth"), ports=18, **AGENT) as found:
         yield found
 
 
@@ -380,3 +384,52 @@ def test_last_checked_lags_by_at_most_one_interval_plus_the_batch_period(fleet: 
         db.close()
     assert worst_api <= interval * 1.1 + slack, worst_api  # the agent jitters its interval by ±10%
     assert worst_db <= interval * 1.1 + batch + slack, worst_db
+
+
+def restart_docker_engine(seen: list[str], fleet: OneNodeFleet, while_down: Callable[[], None]) -> None:
+    """Stop the host's dockerd as its init system would (SIGTERM: it stops the containers too) and start
+    it again the way `make test-env` does, noting the node's status all the while."""
+    pid_file = Path("/var/run/docker.pid")
+    if not pid_file.exists():
+        if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
+            pytest.fail("restarting the engine needs this host's dockerd (no /var/run/docker.pid)")
+        pytest.skip("the Docker engine is not a local dockerd this test can restart")
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+
+    def stopped() -> bool:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return True
+
+    def note() -> dict[str, Any]:
+        view = node_view(fleet.api, fleet.node_id)
+        seen.append(view["status"])
+        return view
+
+    wait_for(lambda: note() and stopped(), 60, "dockerd to stop")
+    wait_for(lambda: note()["engineError"], 5, "the node to report its engine down")
+    while_down()
+    subprocess.run(["bash", str(REPO / "tests/env/ensure-docker.sh")], check=True, timeout=120)
+    wait_for(lambda: note()["engineError"] is None, 20, "the node to report its engine back")
+
+
+def test_a_docker_engine_restart_is_noticed_and_its_containers_started_again(fleet: OneNodeFleet) -> None:
+    ids = [deploy(fleet, fleet.ports[14 + n], f"survivor-{n}")["id"] for n in range(2)]
+    containers = [wait_state(fleet.api, iid, "running")["ContainerId"] for iid in ids]
+    seen: list[str] = []
+
+    def unhealthy_while_down() -> None:
+        for iid in ids:
+            found = wait_state(fleet.api, iid, "unhealthy", timeout=3)
+            assert "engine" in found["error"] or "exited" in found["error"], found["error"]
+
+    restart_docker_engine(seen, fleet, unhealthy_while_down)
+    assert set(seen) == {"ready"}, "the agent kept its heartbeats while the engine was away"
+    for iid, cid in zip(ids, containers, strict=True):
+        back = wait_state(fleet.api, iid, "running", timeout=20)
+        assert back["ContainerId"] == cid  # the same container, started again by the agent
+    ports = fleet.ports[14:16]
+    wait_for(lambda: all(serves(port) for port in ports), 10, "the containers to serve again")
+    for iid in ids:
+        fleet.api.delete("/api/instance/delete", {"id": iid})

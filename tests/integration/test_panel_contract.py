@@ -32,7 +32,8 @@ INSTANCE_FIELDS = {
 NODE_FIELDS = {
     "id", "name", "tags", "ram", "disk", "processor", "address", "port", "regionId", "organizationId",
     "status", "isOnline", "connected", "lastChecked", "heartbeatAgeSeconds", "enrolled", "agentVersion",
-    "hostMetrics", "allocations", "used", "overallocation", "maintenance", "unwantedContainers", "createdAt",
+    "hostMetrics", "allocations", "used", "overallocation", "maintenance", "unwantedContainers",
+    "engineError", "createdAt",
 }  # fmt: skip
 MISSING = "00000000-0000-0000-0000-000000000000"
 

@@ -154,3 +154,20 @@ async def test_unwanted_containers_and_restarts_are_kept_from_heartbeats(reports
     assert fleet.overlay(make_instance("i1", node_id="n1", state=S.RUNNING)).restarts == 2
     reports.note_heartbeat("n1", pb.Heartbeat(instances=[mine]))  # removed by the agent
     assert fleet.unwanted("n1") == ()
+
+
+async def test_an_unanswering_engine_makes_running_instances_unhealthy(
+    reports: AgentReports,
+) -> None:
+    await put(reports, S.STARTING)
+    await reports.heartbeat("n1", running())
+    down = pb.Heartbeat(engine_error="the container engine does not answer: connection refused")
+    reports.note_heartbeat("n1", down)
+    assert reports.needs_work("n1", down)
+    await reports.heartbeat("n1", down)
+    assert await state_of(reports) == (S.UNHEALTHY, down.engine_error, 1)
+    assert reports.core.fleet.engine_error("n1") == down.engine_error
+    reports.note_heartbeat("n1", running())
+    await reports.heartbeat("n1", running())
+    assert (await state_of(reports))[:2] == (S.RUNNING, None)
+    assert reports.core.fleet.engine_error("n1") is None
