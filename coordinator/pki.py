@@ -64,15 +64,12 @@ class CertificateAuthority:
         self.sha256 = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
     @classmethod
-    def load_or_create(cls, directory: Path) -> CertificateAuthority:
-        key_path, cert_path = directory / "ca.key", directory / "ca.pem"
-        if key_path.exists() and cert_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{key_path} is not an EC private key")
-            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+    def create(
+        cls, common_name: str, lifetime: dt.timedelta = dt.timedelta(days=3650)
+    ) -> CertificateAuthority:
+        """A new self-signed CA, in memory (the caller decides where its key lives)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Moorage coordinator CA")])
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         now = _now()
         cert = (
             x509.CertificateBuilder()
@@ -81,7 +78,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=3650))
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -89,17 +86,28 @@ class CertificateAuthority:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        directory.mkdir(parents=True, exist_ok=True)
-        _write_private(key_path, _pem_key(key))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert)
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> CertificateAuthority:
+        key_path, cert_path = directory / "ca.key", directory / "ca.pem"
+        if key_path.exists() and cert_path.exists():
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{key_path} is not an EC private key")
+            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+        ca = cls.create("Moorage coordinator CA")
+        directory.mkdir(parents=True, exist_ok=True)
+        _write_private(key_path, _pem_key(ca.key))
+        cert_path.write_bytes(ca.cert_pem)
+        return ca
 
     def _issue(
         self,
         subject: x509.Name,
         public_key: ec.EllipticCurvePublicKey,
         names: list[str],
-        usage: x509.ObjectIdentifier,
+        usage: list[x509.ObjectIdentifier],
         lifetime: dt.timedelta,
     ) -> IssuedCertificate:
         now = _now()
@@ -114,7 +122,7 @@ class CertificateAuthority:
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
             .add_extension(_san(names), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
@@ -127,15 +135,16 @@ class CertificateAuthority:
 
     def server_credentials(self, names: list[str]) -> tuple[bytes, bytes]:
         """A fresh gRPC server key and chain (leaf + CA, so agents can pin the CA from the handshake)."""
+        key, cert = self.issue_key_pair(names, dt.timedelta(days=365), [ExtendedKeyUsageOID.SERVER_AUTH])
+        return key, cert + self.cert_pem
+
+    def issue_key_pair(
+        self, names: list[str], lifetime: dt.timedelta, usage: list[x509.ObjectIdentifier]
+    ) -> tuple[bytes, bytes]:
+        """(key PEM, certificate PEM) for ``names``, the first also its common name."""
         key = ec.generate_private_key(ec.SECP256R1())
-        issued = self._issue(
-            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "moorage")]),
-            key.public_key(),
-            names,
-            ExtendedKeyUsageOID.SERVER_AUTH,
-            dt.timedelta(days=365),
-        )
-        return _pem_key(key), issued.pem + self.cert_pem
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "moorage")])
+        return _pem_key(key), self._issue(subject, key.public_key(), names, usage, lifetime).pem
 
     def sign_node(self, csr_pem: bytes, node_id: str, lifetime: dt.timedelta) -> IssuedCertificate:
         """Sign an agent's CSR. Only its public key is taken: the subject is ours (the node id), never the
@@ -156,7 +165,7 @@ class CertificateAuthority:
             ]
         )
         return self._issue(
-            subject, public_key, [f"{node_id}.node.moorage"], ExtendedKeyUsageOID.CLIENT_AUTH, lifetime
+            subject, public_key, [f"{node_id}.node.moorage"], [ExtendedKeyUsageOID.CLIENT_AUTH], lifetime
         )
 
 
@@ -168,3 +177,23 @@ def node_id_from_certificate(pem: bytes) -> tuple[str, str] | None:
     if not cn or not ou or ou[0].value != NODE_OU:
         return None
     return str(cn[0].value), format(cert.serial_number, "x")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """A server's own CA and one certificate (PEM) that serves and authenticates as the server's name and
+    address: the service inside presents it and requires it back, so only holders of these files talk."""
+
+    ca_key: bytes
+    ca_cert: bytes
+    tls_key: bytes
+    tls_cert: bytes
+
+
+def issue_server_tls(name: str, address: str, lifetime: dt.timedelta = dt.timedelta(days=3650)) -> ServerTls:
+    ca = CertificateAuthority.create(f"Moorage server CA for {name}", lifetime)
+    names = [name] + ([address] if address and address != name else [])
+    key, cert = ca.issue_key_pair(
+        names, lifetime, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    )
+    return ServerTls(_pem_key(ca.key), ca.cert_pem, key, cert)
