@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.files import FileStore
 from agent.reconcile import Act, Action, Desired, plan
 from agent.restarts import RestartPolicy, describe, on_crash
 from agent.runtime.base import (
@@ -17,6 +18,7 @@ from agent.runtime.base import (
     ContainerNotFound,
     ContainerSpec,
     ContainerStatus,
+    FileSet,
     PortBinding,
     PullPolicy,
     Runtime,
@@ -54,6 +56,7 @@ def to_spec(node_id: str, spec: pb.InstanceSpec) -> ContainerSpec:
         stop_signal=spec.stop_signal or "SIGTERM",
         stop_timeout_s=spec.stop_timeout_s or 10,
         labels=dict(spec.labels),
+        files=tuple(FileSet(f.target_dir, dict(f.contents)) for f in spec.files),
     )
 
 
@@ -83,6 +86,8 @@ class InstanceManager:
     emit: Emit
     unknown_grace_s: float = 300.0
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    #: Where instances' files are written for their mounts (agent/files.py); None: instances with files fail.
+    files: FileStore | None = None
     desired: dict[str, Desired] = field(default_factory=dict)
     #: Instances we are stopping or removing on purpose: their "die" is not a crash.
     expected_exit: set[str] = field(default_factory=set)
@@ -156,7 +161,8 @@ class InstanceManager:
         self.emit(event(pb.EVENT_KIND_ACCEPTED, iid))
         try:
             await self.runtime.ensure_image(want.spec.image, self.pull_policy)
-            container_id = await self.runtime.create(want.spec)
+            spec = await self._with_files(want.spec)
+            container_id = await self.runtime.create(spec)
         except RuntimeFailure as exc:
             self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
             raise
@@ -171,6 +177,17 @@ class InstanceManager:
                 raise
             self._started(iid, container_id)
         return container_id
+
+    async def _with_files(self, spec: ContainerSpec) -> ContainerSpec:
+        if not spec.files:
+            return spec
+        if self.files is None:
+            raise RuntimeFailure("this agent has no directory for instance files")
+        files = self.files
+        try:
+            return await asyncio.to_thread(files.materialize, spec)
+        except (OSError, ValueError) as exc:
+            raise RuntimeFailure(f"cannot write the instance's files: {exc}") from exc
 
     async def _stop(self, instance_id: str, timeout_s: int) -> None:
         """Stop the container if it runs (a kill is a stop with no grace)."""
@@ -213,6 +230,8 @@ class InstanceManager:
                 pass
         for record in (self.restarts, self._crashes_in_a_row, self._started_at):
             record.pop(instance_id, None)
+        if self.files is not None:
+            await asyncio.to_thread(self.files.remove, instance_id)
         self.emit(event(pb.EVENT_KIND_REMOVED, instance_id, container_id=have.container_id if have else ""))
 
     # ------------------------------------------------------------ reconcile

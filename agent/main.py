@@ -11,6 +11,7 @@ import sys
 
 from agent import __version__, identity
 from agent.config import AgentConfig
+from agent.files import FileStore
 from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
 from agent.instances import InstanceManager
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
@@ -117,6 +118,7 @@ async def run(config: AgentConfig) -> None:
         emit=lambda _e: None,
         unknown_grace_s=config.unknown_container_grace_s,
         restart_policy=config.restart,
+        files=FileStore(config.data_dir / "files"),
     )
     session = AgentSession(config, node, runtime, manager, Telemetry(disk_path=str(config.data_dir)))
     systemd.notify("READY=1")

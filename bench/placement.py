@@ -24,6 +24,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.pki import CertificateAuthority
 from coordinator.placement import Decision, NodeInfo, RankedNodes, RegionInfo, Request, Snapshot, place
+from coordinator.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import ServiceError
@@ -92,7 +93,14 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
     store = Store.open(f"sqlite:///{tmp / 'bench.db'}")
     await store.migrate()
     fleet = Fleet(config.fleet)
-    core = Core(config, store, fleet, Catalog([]), CertificateAuthority.load_or_create(tmp))
+    core = Core(
+        config,
+        store,
+        fleet,
+        Catalog([]),
+        CertificateAuthority.load_or_create(tmp),
+        Sealer.load_or_create(tmp),
+    )
     region_ids = [str(uuid.uuid4()) for _ in range(REGIONS)]
     async with store.write() as conn:
         org = await seed_user(conn, admin=True)

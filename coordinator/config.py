@@ -85,6 +85,22 @@ class PlacementOptions(_Section):
 class CatalogOptions(_Section):
     #: Image catalog; relative paths are resolved against the config file's directory.
     images: str = ""
+    #: Size catalog (the servers and client dialects order by size name).
+    sizes: str = ""
+
+
+class ServersOptions(_Section):
+    """What POST /api/servers (and a client order) uses for what the request leaves out."""
+
+    #: Catalog image name or Docker reference.
+    image: str = ""
+    #: Region id, identifier or country (ISO-3166 alpha-2) to place in; its fallbacks follow.
+    region: str = ""
+    #: Size catalog name.
+    size: str = ""
+    #: What the servers dialect reports as `provider` and `platform`.
+    provider: str = "moorage"
+    platform: str = "linux/amd64"
 
 
 class CoordinatorConfig(_Section):
@@ -101,6 +117,7 @@ class CoordinatorConfig(_Section):
     auth: AuthOptions = Field(default_factory=AuthOptions)
     catalog: CatalogOptions = Field(default_factory=CatalogOptions)
     placement: PlacementOptions = Field(default_factory=PlacementOptions)
+    servers: ServersOptions = Field(default_factory=ServersOptions)
     #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
     _source: Path | None = PrivateAttr(None)
 

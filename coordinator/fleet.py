@@ -100,6 +100,9 @@ class Fleet:
         self.confirmed_running: dict[str, str] = {}
         #: Crash restarts the agents made, per instance (as their heartbeats last said).
         self.restarts: dict[str, int] = {}
+        #: Releasing instances whose agent has been told to remove the container (the servers dialect
+        #: shows them "stopping" rather than "shutdown").
+        self.removing: set[str] = set()
         #: Per-instance byte totals and rates, folded from every heartbeat's counters.
         self.bandwidth = Bandwidth()
 
@@ -161,6 +164,7 @@ class Fleet:
     def forget_instance(self, instance_id: str) -> None:
         """A released instance: nothing of it stays in memory."""
         self.unconfirm(instance_id)
+        self.removing.discard(instance_id)
         self.restarts.pop(instance_id, None)
         self.bandwidth.retire(instance_id)
 

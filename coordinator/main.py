@@ -29,15 +29,19 @@ from coordinator.credentials import JwtSigner
 from coordinator.fleet import Fleet
 from coordinator.gateway import Gateway, start_server
 from coordinator.pki import CertificateAuthority
+from coordinator.sealing import Sealer
 from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin
+from coordinator.service.clients import ClientService
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
+from coordinator.service.servers import ServerService
+from coordinator.sizes import SizeCatalog, SizeCatalogError
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store, sqlite_url
@@ -141,6 +145,8 @@ class Coordinator:
             fleet=Fleet(cfg.fleet),
             catalog=catalog,
             ca=CertificateAuthority.load_or_create(cfg.data_dir),
+            sealer=Sealer.load_or_create(cfg.data_dir),
+            sizes=SizeCatalog.load(cfg.resolve(cfg.catalog.sizes) if cfg.catalog.sizes else None),
         )
         await store.migrate()
         async with store.read() as conn:
@@ -160,15 +166,18 @@ class Coordinator:
             JwtSigner.load_or_create(cfg.data_dir, cfg.auth.jwt_ttl_s),
             FailureLimiter(cfg.auth.failed_attempts, cfg.auth.failed_window_s),
         )
+        deploys = DeployService(core, cfg.placement.strategy)
         services = Services(
             core=core,
             auth=Authenticator(access),
             access=access,
             nodes=nodes,
             instances=instances,
-            deploys=DeployService(core, cfg.placement.strategy),
+            deploys=deploys,
             regions=RegionService(core),
             images=images,
+            servers=ServerService(core, deploys, instances),
+            clients=ClientService(core, deploys, instances),
         )
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -244,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(config.log_level, config.log_json)
     try:
         asyncio.run(serve(config))
-    except CatalogError as exc:
+    except (CatalogError, SizeCatalogError) as exc:
         print(f"moorage-coordinator: {exc}", file=sys.stderr)
         raise SystemExit(78) from exc
     except StartupError as exc:

@@ -92,6 +92,20 @@ class Node:
     used_disk_mib: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """What the servers dialect adds to an instance: a unique name, its own CA and a certificate for its
+    name and address, and a secret. ``secret``, ``ca_key`` and ``tls_key`` are sealed (coordinator/sealing.py)
+    wherever this record travels; only the agent's spec and the servers API answer carry them opened."""
+
+    name: str
+    secret: str
+    ca_key: str
+    ca_cert: str
+    tls_key: str
+    tls_cert: str
+
+
 @dataclass(slots=True)
 class Instance:
     id: str
@@ -126,6 +140,10 @@ class Instance:
     tx_mbps: float = 0.0
     #: Crash restarts its agent made since the agent started (from heartbeats; not stored).
     restarts: int = 0
+    #: The catalog size it was ordered with (servers and client dialects).
+    size: str | None = None
+    #: Set for instances provisioned through the servers API.
+    server: ServerIdentity | None = None
 
     @property
     def primary(self) -> Allocation | None:

@@ -70,6 +70,8 @@ class NodeInfo:
     name: str = ""
     #: Dedicated to this organization; None: open to every organization.
     organization_id: int | None = None
+    #: Host name or IP clients reach it at.
+    address: str = ""
 
     def plus(self, memory_mib: int, cpu_percent: int, disk_mib: int, allocations: int) -> NodeInfo:
         """The node with one more instance of that size on it (what a committed claim did)."""
@@ -90,6 +92,7 @@ class NodeInfo:
             self.free_ports,
             self.name,
             self.organization_id,
+            self.address,
         )
 
     def _cap(self, total: int) -> float:

@@ -704,6 +704,7 @@ class InstanceSpec(_message.Message):
     DESIRED_STATE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     BANDWIDTH_MBPS_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     image: _builtins.str
@@ -722,6 +723,12 @@ class InstanceSpec(_message.Message):
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortBinding]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___MountedFiles]:
+        """Files the agent writes on the host and bind-mounts read-only into the container (e.g. a server's TLS
+        files at /etc/moorage/tls/). Rewritten on every create; removed with the container.
+        """
+
     def __init__(
         self,
         *,
@@ -739,14 +746,61 @@ class InstanceSpec(_message.Message):
         desired_state: Global___DesiredState.ValueType = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         bandwidth_mbps: _builtins.int = ...,
+        files: _abc.Iterable[Global___MountedFiles] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "command", b"command", "cpu_percent", b"cpu_percent", "desired_state", b"desired_state", "disk_mib", b"disk_mib", "env", b"env", "image", b"image", "instance_id", b"instance_id", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "ports", b"ports", "stop_signal", b"stop_signal", "stop_timeout_s", b"stop_timeout_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bandwidth_mbps", b"bandwidth_mbps", "command", b"command", "cpu_percent", b"cpu_percent", "desired_state", b"desired_state", "disk_mib", b"disk_mib", "env", b"env", "files", b"files", "image", b"image", "instance_id", b"instance_id", "labels", b"labels", "memory_mib", b"memory_mib", "name", b"name", "ports", b"ports", "stop_signal", b"stop_signal", "stop_timeout_s", b"stop_timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceSpec: _TypeAlias = InstanceSpec  # noqa: Y015
+
+@_typing.final
+class MountedFiles(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ContentsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TARGET_DIR_FIELD_NUMBER: _builtins.int
+    CONTENTS_FIELD_NUMBER: _builtins.int
+    target_dir: _builtins.str
+    """An absolute directory inside the container."""
+    @_builtins.property
+    def contents(self) -> _containers.ScalarMap[_builtins.str, _builtins.bytes]:
+        """File name -> content."""
+
+    def __init__(
+        self,
+        *,
+        target_dir: _builtins.str = ...,
+        contents: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contents", b"contents", "target_dir", b"target_dir"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MountedFiles: _TypeAlias = MountedFiles  # noqa: Y015
 
 @_typing.final
 class RenewResponse(_message.Message):

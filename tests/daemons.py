@@ -22,6 +22,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "config" / "images.yaml"
+SIZES = REPO / "config" / "sizes.yaml"
 
 #: Fast clocks for tests: heartbeats every 0.5 s, abnormal after 1.5 s.
 TEST_FLEET = {
@@ -191,7 +192,7 @@ class CoordinatorProcess(Process):
             "http": {"listen": "127.0.0.1:0"},
             "grpc": {"listen": "127.0.0.1:0", "public_address": "127.0.0.1"},
             "fleet": {**TEST_FLEET, **(fleet or {})},
-            "catalog": {"images": str(CATALOG)},
+            "catalog": {"images": str(CATALOG), "sizes": str(SIZES)},
             **(extra or {}),
         }
         self.config_path = write_config(data_dir, config)

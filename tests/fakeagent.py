@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.files import FileStore
 from agent.instances import InstanceManager
 from agent.main import obtain_identity
 from agent.runtime.base import (
@@ -28,6 +29,7 @@ from agent.runtime.base import (
     ContainerNotFound,
     ContainerSpec,
     ContainerStatus,
+    ImageNotFound,
     PullPolicy,
 )
 from agent.session import AgentSession
@@ -65,7 +67,9 @@ class MemoryRuntime:
         return list(self._images)
 
     async def ensure_image(self, image: str, policy: PullPolicy) -> None:
-        return None
+        # A name for tests that need a failed provisioning without Docker.
+        if "/missing" in image:
+            raise ImageNotFound(f"pull access denied for {image}: repository does not exist")
 
     async def create(self, spec: ContainerSpec) -> str:
         for info in self.containers.values():
@@ -126,7 +130,13 @@ async def run_one(spec: dict[str, Any]) -> None:
     config = AgentConfig.model_validate({"reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, **spec})
     node = await obtain_identity(config)
     runtime = MemoryRuntime()
-    manager = InstanceManager(runtime, node.node_id, PullPolicy.MISSING, emit=lambda _e: None)
+    manager = InstanceManager(
+        runtime,
+        node.node_id,
+        PullPolicy.MISSING,
+        emit=lambda _e: None,
+        files=FileStore(config.data_dir / "files"),
+    )
     session = AgentSession(config, node, runtime, manager, Telemetry(disk_path="/"))
     await session.run()
 

@@ -43,6 +43,23 @@ class PortBinding:
 
 
 @dataclass(frozen=True, slots=True)
+class FileSet:
+    """Files to appear read-only in the container under ``target_dir``."""
+
+    target_dir: str
+    contents: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A host directory bind-mounted into the container."""
+
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerSpec:
     instance_id: str
     node_id: str
@@ -56,6 +73,9 @@ class ContainerSpec:
     stop_signal: str = "SIGTERM"
     stop_timeout_s: int = 10
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: What the coordinator sent; the agent writes it to the host (agent/files.py) and fills in ``mounts``.
+    files: Sequence[FileSet] = ()
+    mounts: Sequence[Mount] = ()
 
 
 class ContainerStatus(enum.StrEnum):

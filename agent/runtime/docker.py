@@ -347,6 +347,7 @@ class DockerRuntime:
             limits.update(cpu_period=_CPU_PERIOD_US, cpu_quota=spec.cpu_percent * _CPU_PERIOD_US // 100)
         host_config = api.create_host_config(
             port_bindings=bindings,
+            binds={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
             restart_policy={"Name": "no"},  # the agent owns restarts and their back-off
             init=False,
             **limits,

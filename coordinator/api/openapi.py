@@ -31,10 +31,16 @@ def build(routes: list[Route], version: str) -> dict[str, Any]:
             "responses": {},
         }
         params = re.findall(r"{(\w+)(?::[^}]*)?}", r.path)
-        if params:
-            op["parameters"] = [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
-            ]
+        parameters: list[dict[str, Any]] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+        ]
+        if r.query is not None:
+            schema = _schema(r.query, "validation", defs)
+            required = set(schema.get("required", []))
+            for name, prop in schema.get("properties", {}).items():
+                parameters.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+        if parameters:
+            op["parameters"] = parameters
         if r.body is not None:
             op["requestBody"] = {
                 "required": True,

@@ -69,6 +69,7 @@ class Route:
     tag: str
     errors: Mapping[int, str]
     status_map: Mapping[int, int]
+    query: type[BaseModel] | None = None
 
 
 @dataclass
@@ -93,9 +94,11 @@ class Router:
         summary: str = "",
         errors: Mapping[int, str] | None = None,
         status_map: Mapping[int, int] | None = None,
+        query: type[BaseModel] | None = None,
     ) -> Callable[[Handler], Handler]:
         """``status_map`` re-words statuses where the dialect's document does (the panel answers 400 for an
-        instance it cannot find)."""
+        instance it cannot find). ``query``: a model of the query parameters, validated and handed to the
+        handler after the body."""
 
         def register(handler: Handler) -> Handler:
             self.routes.append(
@@ -111,6 +114,7 @@ class Router:
                     self.tag,
                     errors or {},
                     status_map or {},
+                    query,
                 )
             )
             return handler
@@ -156,6 +160,8 @@ class Router:
                 args: list[Any] = [Call(request, services, principal)]
                 if route.body is not None:
                     args.append(await parse_body(request, route.body))
+                if route.query is not None:
+                    args.append(parse_query(request, route.query))
                 result = await route.handler(*args)
                 response = self._render(route, adapter, result)
             except ServiceError as exc:
@@ -195,6 +201,15 @@ async def parse_body(request: web.Request, model: type[B]) -> B:
         data = json.loads(raw) if raw.strip() else {}
     except ValueError as exc:
         raise BodyError(f"the request body is not valid JSON: {exc}") from exc
+    return validate(model, data)
+
+
+def parse_query(request: web.Request, model: type[B]) -> B:
+    """Query parameters by the model: a name given several times, or spelled ``name[]``, is a list."""
+    data: dict[str, Any] = {}
+    for key in set(request.query.keys()):
+        values = request.query.getall(key)
+        data[key] = values if len(values) > 1 or key.endswith("[]") else values[0]
     return validate(model, data)
 
 

@@ -8,12 +8,14 @@ from aiohttp import web
 
 from coordinator.api.auth import Authenticator
 from coordinator.service.access import AccessService
+from coordinator.service.clients import ClientService
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
+from coordinator.service.servers import ServerService
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Services:
     deploys: DeployService
     regions: RegionService
     images: ImageService
+    servers: ServerService
+    clients: ClientService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from common.logging import get
-from coordinator.commands import instance_spec
 from coordinator.fleet import state_name
 from coordinator.model import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
@@ -96,8 +95,9 @@ class AgentReports:
         for inst in on_node:
             if inst.state is S.RELEASING:
                 remove.append(inst.id)
+                self.core.fleet.removing.add(inst.id)
             else:
-                desired.append(instance_spec(inst))
+                desired.append(self.core.spec(inst))
         for inst in on_node:
             if inst.state is S.RELEASING and inst.id not in reported:
                 await self._release(inst.id)

@@ -7,12 +7,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from coordinator.catalog import Catalog
+from coordinator.commands import command, instance_spec
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.metrics import Metrics
+from coordinator.model import Instance, ServerIdentity
 from coordinator.pki import CertificateAuthority
+from coordinator.sealing import Sealer
 from coordinator.service.snapshot import PlacementSnapshot
+from coordinator.sizes import SizeCatalog
 from coordinator.store.engine import Store
+from protos import moorage_pb2 as pb
 
 
 @dataclass
@@ -22,6 +27,9 @@ class Core:
     fleet: Fleet
     catalog: Catalog
     ca: CertificateAuthority
+    #: Opens the secrets stored sealed (server keys and secrets); its key lives in the data directory.
+    sealer: Sealer
+    sizes: SizeCatalog = field(default_factory=lambda: SizeCatalog([]))
     clock: Callable[[], float] = field(default=time.time)
     #: The scheduler's cached view of nodes and regions (service/snapshot.py).
     snapshot: PlacementSnapshot = field(init=False)
@@ -32,3 +40,24 @@ class Core:
 
     def __post_init__(self) -> None:
         self.snapshot = PlacementSnapshot(self.store)
+
+    def opened(self, inst: Instance) -> ServerIdentity | None:
+        """The instance's server identity with its secret and keys opened (None for other instances)."""
+        sealed = inst.server
+        if sealed is None:
+            return None
+        return ServerIdentity(
+            sealed.name,
+            self.sealer.open(sealed.secret, inst.id).decode(),
+            self.sealer.open(sealed.ca_key, inst.id).decode(),
+            sealed.ca_cert,
+            self.sealer.open(sealed.tls_key, inst.id).decode(),
+            sealed.tls_cert,
+        )
+
+    def spec(self, inst: Instance) -> pb.InstanceSpec:
+        """What the agent gets for the instance: the whole spec, secrets included."""
+        return instance_spec(inst, self.opened(inst))
+
+    def command(self, kind: pb.CommandKind.ValueType, inst: Instance) -> pb.Command:
+        return command(kind, self.spec(inst))

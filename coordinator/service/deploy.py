@@ -3,9 +3,9 @@ claim it in one short transaction, tell the agent. Shared by every dialect that 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from coordinator.commands import command
 from coordinator.model import Instance, InstanceState, time_ordered_id
 from coordinator.placement import (
     Candidate,
@@ -22,12 +22,16 @@ from coordinator.service.errors import BadRequest, Conflict, Forbidden, Unavaila
 from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store import users as users_store
-from coordinator.store.claims import ClaimLost, ClaimQueue
+from coordinator.store.claims import ClaimLost, ClaimQueue, Statement
 from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
 
 #: A stale snapshot can lose every race; placement is re-run from a fresh one this many times.
 SNAPSHOT_ATTEMPTS = 3
+
+#: Given the node a claim is about to take: the instance as it will be stored there (e.g. with a TLS
+#: identity for that node's address) and further rows written in the claim's transaction (or not at all).
+Finish = Callable[[Instance, NodeInfo], tuple[Instance, Sequence[Statement]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +48,11 @@ class DeployOrder:
     owner_id: str | None = None
     variables: dict[str, str] = field(default_factory=dict)
     disk_mib: int = 0
+    #: Placement: only nodes carrying every one of these tags.
     tags: frozenset[str] = frozenset()
+    #: The catalog size it was ordered by (kept on the instance for usage reports).
+    size: str | None = None
+    finish: Finish | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,7 @@ class DeployService:
             released_at=None,
             command=image.command,
             stop_signal=image.stop_signal,
+            size=order.size,
         )
         if order.node_id is not None:
             placed = await self._on_node(caller, draft, order, request)
@@ -146,7 +155,9 @@ class DeployService:
             placed = await self._in_region(draft, order, request)
         if placed.node_id and self.core.fleet.is_connected(placed.node_id):
             # Otherwise nothing is lost: the agent gets its desired set in the Welcome of its next session.
-            self.core.fleet.dispatch(placed.node_id, command(pb.COMMAND_KIND_DEPLOY, placed.instance))
+            self.core.fleet.dispatch(
+                placed.node_id, self.core.command(pb.COMMAND_KIND_DEPLOY, placed.instance)
+            )
         return Deployed(placed.instance, placed.region_identifier, placed.fallback_used)
 
     # ------------------------------------------------------------ where
@@ -250,8 +261,13 @@ class DeployService:
         now = self.core.clock()
         inst = _with(draft, node.id, candidate.region.id if candidate else None, now)
         region_id = candidate.region.id if candidate else None
+        extra: Sequence[Statement] = ()
+        if order.finish is not None:
+            inst, extra = order.finish(inst, node)
         try:
-            held = await self.claims.claim(inst, ports=order.ports, port_count=1, primary=order.primary)
+            held = await self.claims.claim(
+                inst, ports=order.ports, port_count=1, primary=order.primary, extra=extra
+            )
         except ClaimLost:
             if region_id is not None:
                 await self.core.snapshot.lost(region_id, node.id)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from coordinator.commands import command
 from coordinator.model import LIVE_STATES, Instance, InstanceState
 from coordinator.service import policy
 from coordinator.service.core import Core
@@ -179,7 +178,7 @@ class InstanceService:
         # Whatever ran before, the next heartbeat that shows it running must confirm it again.
         self.core.fleet.unconfirm(inst.id)
         if current.node_id is not None:
-            cmd = command(kind, current)
+            cmd = self.core.command(kind, current)
             if self.core.fleet.dispatch(current.node_id, cmd):
                 await self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
         return await self.get_unchecked(inst.id)
@@ -194,9 +193,9 @@ class InstanceService:
         await self.release([inst])
         return await self.get(caller, instance_id)
 
-    async def release(self, found: list[Instance]) -> None:
+    async def release(self, found: list[Instance], *, wait: bool = True) -> None:
         """Mark each releasing (a failed one released at once: nothing of it runs), ask the agents to remove
-        the containers, and wait for their reports a bounded time."""
+        the containers, and (``wait``) wait for their reports a bounded time."""
         now = self.core.clock()
         async with self.core.store.write() as conn:
             for inst in found:
@@ -211,11 +210,13 @@ class InstanceService:
             self.core.fleet.unconfirm(inst.id)
             if inst.node_id is None or inst.state in (InstanceState.RELEASED, InstanceState.ERROR):
                 continue
-            cmd = command(pb.COMMAND_KIND_REMOVE, inst)
+            cmd = self.core.command(pb.COMMAND_KIND_REMOVE, inst)
             if self.core.fleet.dispatch(inst.node_id, cmd):
-                waits.append(
-                    self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
-                )
+                self.core.fleet.removing.add(inst.id)
+                if wait:
+                    waits.append(
+                        self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
+                    )
         await asyncio.gather(*waits)
 
     async def release_node(self, node_id: str) -> list[str]:

@@ -53,10 +53,16 @@ class PlacementSnapshot:
         return self._regions
 
     def _lookup(self, key: str) -> RegionInfo | None:
-        return self._regions.get(key) or self._regions.get(self._identifiers.get(key, ""))
+        found = self._regions.get(key) or self._regions.get(self._identifiers.get(key, ""))
+        if found is None and len(key) == 2 and key.isalpha():
+            # A country (ISO-3166 alpha-2): its region with room first, then by identifier, so the same
+            # answer comes back while nothing changes. The chain then follows that region's fallbacks.
+            country = [r for r in self._regions.values() if (r.country_id or "").upper() == key.upper()]
+            found = min(country, key=lambda r: (r.full, r.identifier), default=None)
+        return found
 
     async def find(self, key: str) -> RegionInfo | None:
-        """A region by id or identifier (re-reading once when the view does not know it)."""
+        """A region by id, identifier or country code (re-reading once when the view does not know it)."""
         if self._regions_at is not None and self.clock() - self._regions_at <= self.ttl_s:
             found = self._lookup(key)
             if found is not None:

@@ -40,6 +40,15 @@ class ClaimLost(Exception):
     Nothing of the attempt is kept."""
 
 
+class ClaimRefused(Exception):
+    """A row written with the claim was refused by the database (e.g. a server name taken meanwhile). No
+    other candidate would do better; nothing of the attempt is kept."""
+
+
+#: A further statement written in the claim's transaction (SQL with named parameters).
+Statement = tuple[str, dict[str, Any]]
+
+
 _TAKE_REGION_PLACE = """
 UPDATE regions SET live_count = live_count + 1
 WHERE id = :region AND live_count < server_limit RETURNING id"""
@@ -81,9 +90,16 @@ def _in(name: str, values: Sequence[Any]) -> tuple[str, dict[str, Any]]:
 
 
 def claim(
-    sql: Sql, inst: Instance, *, ports: Sequence[int], port_count: int, primary: int | None
+    sql: Sql,
+    inst: Instance,
+    *,
+    ports: Sequence[int],
+    port_count: int,
+    primary: int | None,
+    extra: Sequence[Statement] = (),
 ) -> list[Allocation]:
-    """Claim inside the caller's transaction; on ClaimLost the caller rolls back (to its savepoint)."""
+    """Claim inside the caller's transaction; on ClaimLost or ClaimRefused the caller rolls back (to its
+    savepoint). ``extra`` rows (the instance's identity, its tags) are written with it or not at all."""
     need = len(ports) if ports else port_count
     if inst.region_id is not None and not sql(_TAKE_REGION_PLACE, {"region": inst.region_id}):
         raise ClaimLost("region at its serverLimit")
@@ -130,6 +146,11 @@ def claim(
         # Several free allocations and no primary named: the lowest port is the primary.
         sql("UPDATE allocations SET is_primary = :yes WHERE id = :id", {"yes": True, "id": held[0].id})
         held[0].primary = True
+    for statement, values in extra:
+        try:
+            sql(statement, values)
+        except Exception as exc:  # the driver's IntegrityError: sqlite3's or SQLAlchemy's
+            raise ClaimRefused(str(exc)) from exc
     return held
 
 
@@ -139,20 +160,33 @@ class _Claim:
     ports: Sequence[int]
     port_count: int
     primary: int | None
+    extra: Sequence[Statement]
     done: asyncio.Future[list[Allocation]]
 
 
-def _claim_each(sql: Sql, batch: Sequence[_Claim]) -> list[list[Allocation] | None]:
-    outcomes: list[list[Allocation] | None] = []
+Outcome = list[Allocation] | ClaimRefused | None
+
+
+def _claim_each(sql: Sql, batch: Sequence[_Claim]) -> list[Outcome]:
+    outcomes: list[Outcome] = []
     for item in batch:
         sql("SAVEPOINT claim")
+        held: Outcome
         try:
-            held: list[Allocation] | None = claim(
-                sql, item.inst, ports=item.ports, port_count=item.port_count, primary=item.primary
+            held = claim(
+                sql,
+                item.inst,
+                ports=item.ports,
+                port_count=item.port_count,
+                primary=item.primary,
+                extra=item.extra,
             )
         except ClaimLost:
             sql("ROLLBACK TO SAVEPOINT claim")
             held = None
+        except ClaimRefused as exc:
+            sql("ROLLBACK TO SAVEPOINT claim")
+            held = exc
         sql("RELEASE SAVEPOINT claim")
         outcomes.append(held)
     return outcomes
@@ -170,11 +204,18 @@ class ClaimQueue:
         self._drainer: asyncio.Task[None] | None = None
 
     async def claim(
-        self, inst: Instance, *, ports: Sequence[int], port_count: int, primary: int | None
+        self,
+        inst: Instance,
+        *,
+        ports: Sequence[int],
+        port_count: int,
+        primary: int | None,
+        extra: Sequence[Statement] = (),
     ) -> list[Allocation]:
-        """The allocations held, once durable; ClaimLost when the candidate was taken meanwhile."""
+        """The allocations held, once durable; ClaimLost when the candidate was taken meanwhile,
+        ClaimRefused when the database refused one of the ``extra`` rows."""
         done: asyncio.Future[list[Allocation]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Claim(inst, ports, port_count, primary, done))
+        self._waiting.append(_Claim(inst, ports, port_count, primary, extra, done))
         self._arrived.set()
         # Its own task, not the caller's: a caller that goes away must not strand the others' claims.
         if self._drainer is None or self._drainer.done():
@@ -201,7 +242,7 @@ class ClaimQueue:
                     return
             batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
             try:
-                outcomes: list[list[Allocation] | None] | BaseException = transact(
+                outcomes: list[Outcome] | BaseException = transact(
                     functools.partial(_claim_each, batch=batch)
                 )
             except Exception as exc:  # the commit itself failed: nobody's claim holds
@@ -211,7 +252,7 @@ class ClaimQueue:
                 return
 
 
-def _settle(batch: Sequence[_Claim], outcomes: Sequence[list[Allocation] | None] | BaseException) -> None:
+def _settle(batch: Sequence[_Claim], outcomes: Sequence[Outcome] | BaseException) -> None:
     for n, item in enumerate(batch):
         if item.done.done():
             continue

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState
+from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
-from coordinator.store.tables import allocations, instances, nodes, regions
+from coordinator.store.tables import allocations, instance_tags, instances, nodes, regions, servers
 
 
 def instance_from_row(row: Row[Any]) -> Instance:
@@ -40,19 +40,19 @@ def instance_from_row(row: Row[Any]) -> Instance:
         released_at=row.released_at,
         command=list(row.command or []),
         stop_signal=row.stop_signal,
-        tags=list(row.tags or []),
         rx_bytes=row.rx_bytes,
         tx_bytes=row.tx_bytes,
+        size=row.size,
     )
 
 
 INSERT_INSTANCE = """
 INSERT INTO instances (id, name, organization_id, owner_id, image, image_ref, command, stop_signal,
     memory_mib, cpu_percent, disk_mib, env, tags, node_id, region_id, state, error, suspended, released,
-    created_at, updated_at, state_changed_at)
+    created_at, updated_at, state_changed_at, size)
 VALUES (:id, :name, :organization_id, :owner_id, :image, :image_ref, :command, :stop_signal,
     :memory_mib, :cpu_percent, :disk_mib, :env, :tags, :node_id, :region_id, :state, :error, :suspended,
-    :released, :created_at, :updated_at, :state_changed_at)"""
+    :released, :created_at, :updated_at, :state_changed_at, :size)"""
 
 
 def instance_params(inst: Instance) -> dict[str, Any]:
@@ -69,7 +69,8 @@ def instance_params(inst: Instance) -> dict[str, Any]:
         cpu_percent=inst.cpu_percent,
         disk_mib=inst.disk_mib,
         env=json.dumps(inst.env),
-        tags=json.dumps(inst.tags),
+        # Superseded by the instance_tags table (migration 0009): a server's tags live there.
+        tags="[]",
         node_id=inst.node_id,
         region_id=inst.region_id,
         state=inst.state.value,
@@ -79,6 +80,7 @@ def instance_params(inst: Instance) -> dict[str, Any]:
         created_at=inst.created_at,
         updated_at=inst.updated_at,
         state_changed_at=inst.state_changed_at,
+        size=inst.size,
     )
 
 
@@ -110,7 +112,7 @@ async def get_instance(conn: AsyncConnection, instance_id: str) -> Instance | No
     if row is None:
         return None
     inst = instance_from_row(row)
-    await _attach_allocations(conn, [inst])
+    await _attach(conn, [inst])
     return inst
 
 
@@ -132,7 +134,7 @@ async def list_instances(
     if states is not None:
         query = query.where(instances.c.state.in_([s.value for s in states]))
     found = [instance_from_row(r) for r in await conn.execute(query)]
-    await _attach_allocations(conn, found)
+    await _attach(conn, found)
     return found
 
 
@@ -142,17 +144,30 @@ async def desired_for_node(conn: AsyncConnection, node_id: str) -> list[Instance
     return await list_instances(conn, node_id=node_id, states=WANTED_STATES)
 
 
-async def _attach_allocations(conn: AsyncConnection, found: list[Instance]) -> None:
+async def _attach(conn: AsyncConnection, found: list[Instance]) -> None:
+    """What lives in other tables: allocations, the servers dialect's identity, tags."""
     if not found:
         return
     by_id = {i.id: i for i in found}
+    ids = list(by_id)
     rows = await conn.execute(
         select(allocations)
-        .where(allocations.c.instance_id.in_(list(by_id)))
+        .where(allocations.c.instance_id.in_(ids))
         .order_by(allocations.c.is_primary.desc(), allocations.c.port)
     )
     for r in rows:
         by_id[r.instance_id].allocations.append(allocation_from_row(r))
+    for r in await conn.execute(select(servers).where(servers.c.instance_id.in_(ids))):
+        by_id[r.instance_id].server = ServerIdentity(
+            r.name, r.secret, r.ca_key, r.ca_cert, r.tls_key, r.tls_cert
+        )
+    tagged = await conn.execute(
+        select(instance_tags.c.instance_id, instance_tags.c.tag)
+        .where(instance_tags.c.instance_id.in_(ids))
+        .order_by(instance_tags.c.tag)
+    )
+    for r in tagged:
+        by_id[r.instance_id].tags.append(r.tag)
 
 
 async def transition(
@@ -277,3 +292,18 @@ async def bandwidth_meters(conn: AsyncConnection) -> list[tuple[str, int, int, s
         ).where(instances.c.state.in_([s.value for s in LIVE_STATES]))
     )
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+
+async def instances_by_ids(conn: AsyncConnection, ids: Sequence[str]) -> list[Instance]:
+    """The instances in the order asked (a page of ids a query chose)."""
+    if not ids:
+        return []
+    found = {
+        i.id: i
+        for i in map(
+            instance_from_row, await conn.execute(select(instances).where(instances.c.id.in_(list(ids))))
+        )
+    }
+    ordered = [found[i] for i in ids if i in found]
+    await _attach(conn, ordered)
+    return ordered

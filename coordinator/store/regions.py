@@ -143,6 +143,7 @@ def _node_info(n: Row[Any], ready: set[str] | None, free_wanted: frozenset[int] 
         free_ports=free_wanted,
         name=n.name,
         organization_id=n.organization_id,
+        address=n.address,
     )
 
 

@@ -168,9 +168,60 @@ instances = Table(
     Column("net_epoch", String(120), nullable=True),
     Column("net_rx_seen", BigInteger, nullable=False, server_default=text("0")),
     Column("net_tx_seen", BigInteger, nullable=False, server_default=text("0")),
+    #: The catalog size it was ordered with (servers and client dialects); None for explicit limits.
+    Column("size", String(64), nullable=True),
     UniqueConstraint("id", "released", name="uq_instances_id_released"),
     CheckConstraint("released = (state = 'released')", name="released_flag"),
 )
+# What a server's tags reference, so a tag can only sit on a server of its own organization.
+Index("uq_instances_id_organization", instances.c.id, instances.c.organization_id, unique=True)
+
+#: Instances provisioned through the servers API: a unique name and a per-server identity. ``secret``,
+#: ``ca_key`` and ``tls_key`` are sealed (coordinator/sealing.py); the certificates are public.
+servers = Table(
+    "servers",
+    metadata,
+    Column("instance_id", String(ID), ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("secret", Text, nullable=False),
+    Column("ca_key", Text, nullable=False),
+    Column("ca_cert", Text, nullable=False),
+    Column("tls_key", Text, nullable=False),
+    Column("tls_cert", Text, nullable=False),
+)
+
+#: A client's (organization's) tags. They exist on their own; servers carry only existing ones, so a rename
+#: or delete reaches every server in the same statement (ON UPDATE / ON DELETE CASCADE).
+client_tags = Table(
+    "client_tags",
+    metadata,
+    Column("organization_id", Integer, ForeignKey("organizations.id"), primary_key=True),
+    Column("tag", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+)
+
+instance_tags = Table(
+    "instance_tags",
+    metadata,
+    Column("instance_id", String(ID), primary_key=True),
+    Column("organization_id", Integer, nullable=False),
+    Column("tag", String(64), primary_key=True),
+    Column("added_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["instance_id", "organization_id"],
+        ["instances.id", "instances.organization_id"],
+        name="fk_instance_tags_instance_id_instances",
+        ondelete="CASCADE",
+    ),
+    ForeignKeyConstraint(
+        ["organization_id", "tag"],
+        ["client_tags.organization_id", "client_tags.tag"],
+        name="fk_instance_tags_organization_id_client_tags",
+        onupdate="CASCADE",
+        ondelete="CASCADE",
+    ),
+)
+Index("ix_instance_tags_organization_id_tag", instance_tags.c.organization_id, instance_tags.c.tag)
 
 allocations = Table(
     "allocations",

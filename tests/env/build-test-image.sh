@@ -3,12 +3,14 @@
 #
 # No registry is reachable from the dev machines or CI, so the image is imported from a tiny rootfs instead
 # of pulled. Its default command serves /www (index.html says "moorage-test-ok") with busybox httpd on
-# $SERVER_PORT (default 8080), the way a hosted server listens on its allocation. Bump IMAGE_REV when the
+# $SERVER_PORT (default 8080), the way a hosted server listens on its allocation. It also carries the host's
+# openssl binary (with the shared libraries it links), so a test can run a mutual-TLS `openssl s_server` in a
+# container. Bump IMAGE_REV when the
 # contents change so existing machines rebuild instead of keeping a stale image.
 set -euo pipefail
 
 IMAGE=moorage-test/busybox:latest
-IMAGE_REV=2
+IMAGE_REV=3
 BUSYBOX=/bin/busybox
 
 say() { echo "build-test-image: $*" >&2; }
@@ -35,6 +37,16 @@ if [ ! -x "$BUSYBOX" ] || ldd "$BUSYBOX" >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 
+if ! command -v openssl >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        say "need openssl (Debian package openssl) and cannot install it without root/apt-get"
+        exit 1
+    fi
+    say "installing openssl"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
@@ -49,6 +61,15 @@ done
 for required in sh httpd nc ls cat echo sleep wget dd head kill ps env mkdir rm true false yes seq; do
     [ -e "$root/bin/$required" ] || { say "busybox lacks the applet $required"; exit 1; }
 done
+# openssl and exactly the shared objects it links (ldd's resolved paths), at the same paths, plus its config.
+OPENSSL=$(command -v openssl)
+install -D -m 0755 "$OPENSSL" "$root/bin/openssl"
+for lib in $(ldd "$OPENSSL" | grep -o '/[^ ]*'); do
+    install -D -m 0755 "$(readlink -f "$lib")" "$root$lib"
+done
+if [ -f /usr/lib/ssl/openssl.cnf ]; then
+    install -D -m 0644 "$(readlink -f /usr/lib/ssl/openssl.cnf)" "$root/usr/lib/ssl/openssl.cnf"
+fi
 printf 'moorage-test-ok\n' >"$root/www/index.html"
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' >"$root/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
@@ -64,7 +85,7 @@ tar --numeric-owner --owner=0 --group=0 -C "$root" -c . | docker import \
     --change "LABEL moorage.test-image-rev=$IMAGE_REV" \
     - "$IMAGE" >/dev/null
 
-out=$(docker run --rm "$IMAGE" sh -c 'echo ok')
+out=$(docker run --rm "$IMAGE" sh -c 'openssl version >/dev/null && echo ok')
 if [ "$out" != ok ]; then
     say "the new image does not run: expected 'ok', got '$out'"
     exit 1

@@ -12,6 +12,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.model import InstanceState
 from coordinator.pki import CertificateAuthority
+from coordinator.sealing import Sealer
 from coordinator.service.agent_reports import MISSING, AgentReports
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
@@ -27,7 +28,12 @@ async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
     config = CoordinatorConfig(data_dir=tmp_path)
     store = await seeded_store(tmp_path / "m.db", range(30000, 30001))
     core = Core(
-        config, store, Fleet(config.fleet), Catalog([]), CertificateAuthority.load_or_create(tmp_path)
+        config,
+        store,
+        Fleet(config.fleet),
+        Catalog([]),
+        CertificateAuthority.load_or_create(tmp_path),
+        Sealer.load_or_create(tmp_path),
     )
     try:
         yield AgentReports(core)

@@ -15,11 +15,13 @@ from agent.config import AgentConfig
 from common.config import load
 from coordinator.catalog import Catalog
 from coordinator.config import CatalogOptions, CoordinatorConfig
+from coordinator.sizes import SizeCatalog, SizeCatalogError
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 COORDINATOR_YAML = CONFIG / "coordinator.yaml"
 AGENT_YAML = CONFIG / "agent.yaml"
 IMAGES_YAML = CONFIG / "images.yaml"
+SIZES_YAML = CONFIG / "sizes.yaml"
 
 
 def option_names(model: type[BaseModel], prefix: str = "") -> set[str]:
@@ -76,10 +78,11 @@ def test_every_key_has_a_comment(path: Path) -> None:
 
 def test_coordinator_yaml_holds_the_defaults() -> None:
     config = load(CoordinatorConfig, COORDINATOR_YAML, env={})
-    assert config.catalog == CatalogOptions(images="images.yaml")
+    assert config.catalog == CatalogOptions(images="images.yaml", sizes="sizes.yaml")
     config.set_source(COORDINATOR_YAML)
     assert config.resolve(config.catalog.images) == IMAGES_YAML
-    expected = CoordinatorConfig(catalog=CatalogOptions(images="images.yaml"))
+    assert config.resolve(config.catalog.sizes) == SIZES_YAML
+    expected = CoordinatorConfig(catalog=CatalogOptions(images="images.yaml", sizes="sizes.yaml"))
     assert config.model_dump() == expected.model_dump()
 
 
@@ -107,3 +110,23 @@ def test_busybox_entry_keeps_the_image_command() -> None:
     assert entry.image == "moorage-test/busybox:latest"
     assert entry.startup == []
     assert Catalog.resolve_variables(entry, {}) == {"SERVER_MOTD": "hello"}
+
+
+def test_size_catalog_loads_and_orders_by_resources() -> None:
+    sizes = SizeCatalog.load(SIZES_YAML)
+    listed = sizes.listed()
+    assert [s.name for s in listed][:2] == ["nano", "small"]
+    assert [s.memory for s in listed] == sorted(s.memory for s in listed)
+    small = sizes.get("small")
+    assert small is not None and small.memory >= 64 and small.cpu > 0 and small.capacity >= 1
+
+
+def test_size_catalog_refuses_duplicates_and_bad_fields(tmp_path: Path) -> None:
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("sizes:\n  - {name: a, memory: 64, cpu: 10}\n  - {name: a, memory: 128, cpu: 10}\n")
+    with pytest.raises(SizeCatalogError, match="twice"):
+        SizeCatalog.load(twice)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sizes:\n  - {name: a, memory: 1, cpu: 10}\n")
+    with pytest.raises(SizeCatalogError, match="memory"):
+        SizeCatalog.load(bad)

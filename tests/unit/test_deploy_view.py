@@ -17,6 +17,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.model import LIVE_STATES
 from coordinator.pki import CertificateAuthority
+from coordinator.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import Conflict
@@ -44,7 +45,12 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     config = CoordinatorConfig(data_dir=tmp_path)
     store = await seeded_store(tmp_path / "m.db", range(0))
     core = Core(
-        config, store, Fleet(config.fleet), Catalog([]), CertificateAuthority.load_or_create(tmp_path)
+        config,
+        store,
+        Fleet(config.fleet),
+        Catalog([]),
+        CertificateAuthority.load_or_create(tmp_path),
+        Sealer.load_or_create(tmp_path),
     )
     async with store.write() as conn:
         await regions_store.insert_region(

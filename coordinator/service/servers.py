@@ -1,0 +1,221 @@
+"""The servers dialect's use cases (seed 002, the Drone autoscaler's server API): provision by size with a
+per-server identity, find and list by name, terminate.
+
+A server is an instance with a row in ``servers``: a unique name, its own CA and a certificate for its name
+and its node's address, and a secret. The identity is made for the node the claim takes and written in the
+claim's transaction, so a server never exists without it; the keys and the secret are sealed at rest."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from coordinator.model import Instance, InstanceState, ServerIdentity
+from coordinator.pki import issue_server_tls
+from coordinator.placement import NodeInfo
+from coordinator.service import policy
+from coordinator.service.core import Core
+from coordinator.service.deploy import DeployOrder, DeployService, Finish
+from coordinator.service.errors import BadRequest, Conflict, NotFound, ServiceError
+from coordinator.service.instances import InstanceService
+from coordinator.store import instances as instances_store
+from coordinator.store import servers as servers_store
+from coordinator.store.claims import ClaimRefused, Statement
+from coordinator.store.users import Principal
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def generated_name() -> str:
+    """``agent-`` and 8 random characters, as the autoscaler names its servers."""
+    return "agent-" + "".join(secrets.choice(_ALPHABET) for _ in range(8))
+
+
+@dataclass(frozen=True, slots=True)
+class SizedOrder:
+    """An order by catalog size, as the servers and client dialects place them; ``None`` takes the
+    coordinator's ``servers:`` default."""
+
+    name: str
+    image: str | None
+    region: str | None
+    size: str | None
+    #: The dialect's names for image, region and size (errors name what the caller sent).
+    fields: Mapping[str, str]
+
+
+def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployOrder:
+    defaults = core.config.servers
+    image = want.image or defaults.image
+    region = want.region or defaults.region
+    size_name = want.size or defaults.size
+    for key, value in (("image", image), ("region", region), ("size", size_name)):
+        if not value:
+            field = want.fields[key]
+            raise BadRequest(
+                f"{field}: is required (the coordinator has no servers.{key} default)", field=field
+            )
+    size = core.sizes.get(size_name)
+    if size is None:
+        field = want.fields["size"]
+        known = ", ".join(s.name for s in core.sizes.listed()) or "none configured"
+        raise BadRequest(f"{field}: unknown size {size_name!r} (sizes: {known})", field=field)
+    return DeployOrder(
+        image=image,
+        memory_mib=size.memory,
+        cpu_percent=size.cpu,
+        disk_mib=size.disk,
+        name=want.name,
+        region=region,
+        size=size.name,
+        finish=finish,
+    )
+
+
+def renamed(exc: ServiceError, fields: Mapping[str, str]) -> ServiceError:
+    """The deploy use case's error with its field named as the dialect names it."""
+    if exc.field is None or exc.field not in fields:
+        return exc
+    new = fields[exc.field]
+    message = exc.message
+    if message.startswith(f"{exc.field}:"):
+        message = new + message[len(exc.field) :]
+    return type(exc)(message, field=new)
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Where an instance runs, as the servers and client dialects show it."""
+
+    region: str  # identifier ("" when it has none)
+    country: str  # ISO-3166 alpha-2 ("" when its region names none)
+    host: str  # the node's address
+    port: int  # the primary allocation's port (0 when it holds none)
+
+    @property
+    def address(self) -> str:
+        if not self.host:
+            return ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}" if self.port else host
+
+
+async def where(core: Core, found: Sequence[Instance]) -> dict[str, Where]:
+    async with core.store.read() as conn:
+        by_region, by_node = await servers_store.places(
+            conn, {i.region_id for i in found if i.region_id}, {i.node_id for i in found if i.node_id}
+        )
+    out: dict[str, Where] = {}
+    for inst in found:
+        region, country = by_region.get(inst.region_id or "", ("", None))
+        primary = inst.primary
+        out[inst.id] = Where(
+            region, country or "", by_node.get(inst.node_id or "", ""), primary.port if primary else 0
+        )
+    return out
+
+
+SERVER_FIELDS = {"image": "image", "region": "region", "size": "size"}
+#: The deploy use case names these as the panel does.
+DEPLOY_FIELDS = {"regionId": "region", "nodeId": "region"}
+
+
+class ServerService:
+    def __init__(self, core: Core, deploys: DeployService, instances: InstanceService) -> None:
+        self.core = core
+        self.deploys = deploys
+        self.instances = instances
+
+    # ------------------------------------------------------------ reads
+
+    async def find(self, caller: Principal, name: str) -> Instance:
+        async with self.core.store.read() as conn:
+            instance_id = await servers_store.instance_id_by_name(conn, name)
+        if instance_id is None:
+            raise NotFound(f"server {name} does not exist", field="name")
+        inst = await self.instances.get_unchecked(instance_id, field="name")
+        policy.check_visible(caller, inst.organization_id, f"server {name}", field="name")
+        return inst
+
+    async def list(self, caller: Principal) -> list[Instance]:
+        async with self.core.store.read() as conn:
+            ids = await servers_store.server_instance_ids(
+                conn, None if caller.admin else caller.organization_id
+            )
+            found = await instances_store.instances_by_ids(conn, ids)
+        return [self.core.fleet.overlay(i) for i in found]
+
+    def opened(self, inst: Instance) -> ServerIdentity:
+        opened = self.core.opened(inst)
+        assert opened is not None, "a server always has its identity"
+        return opened
+
+    # ------------------------------------------------------------ provision
+
+    async def provision(
+        self, caller: Principal, name: str | None, image: str | None, region: str | None, size: str | None
+    ) -> Instance:
+        if name is not None and not NAME.match(name):
+            raise BadRequest(
+                "name: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                field="name",
+            )
+        chosen = name or await self._free_name()
+        async with self.core.store.read() as conn:
+            if await servers_store.instance_id_by_name(conn, chosen) is not None:
+                raise Conflict(f"name: a server named {chosen} exists", field="name")
+        secret = secrets.token_urlsafe(32)
+
+        def finish(inst: Instance, node: NodeInfo) -> tuple[Instance, list[Statement]]:
+            # Made for the node this claim takes: the certificate names the server and that node's address.
+            tls = issue_server_tls(chosen, node.address)
+            seal = self.core.sealer.seal
+            identity = ServerIdentity(
+                chosen,
+                seal(secret.encode(), inst.id),
+                seal(tls.ca_key, inst.id),
+                tls.ca_cert.decode(),
+                seal(tls.tls_key, inst.id),
+                tls.tls_cert.decode(),
+            )
+            return replace(inst, server=identity), [servers_store.insert_server(inst.id, identity)]
+
+        order = deploy_order(self.core, SizedOrder(chosen, image, region, size, SERVER_FIELDS), finish)
+        try:
+            deployed = await self.deploys.deploy(caller, order)
+        except ClaimRefused as exc:  # the name was taken between the check and the claim
+            raise Conflict(f"name: a server named {chosen} exists", field="name") from exc
+        except ServiceError as exc:
+            raise renamed(exc, DEPLOY_FIELDS) from exc
+        return deployed.instance
+
+    async def _free_name(self) -> str:
+        async with self.core.store.read() as conn:
+            while True:
+                name = generated_name()
+                if await servers_store.instance_id_by_name(conn, name) is None:
+                    return name
+
+    # ------------------------------------------------------------ terminate
+
+    async def terminate(self, caller: Principal, name: str, force: bool) -> Instance | None:
+        """A failed server with ``force`` is removed outright (None: nothing left to show). Otherwise the
+        server is released without waiting for its agent: the answer shows it shutting down, and it reads
+        stopping, then stopped, as the agent stops and removes the container."""
+        inst = await self.find(caller, name)
+        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"server {name}", field="name")
+        if inst.state is InstanceState.ERROR and force:
+            await self.instances.release([inst], wait=False)
+            async with self.core.store.write() as conn:
+                await servers_store.delete_server(conn, inst.id)
+            self.core.fleet.forget_instance(inst.id)
+            return None
+        if inst.state in (InstanceState.RELEASING, InstanceState.RELEASED):
+            return inst
+        await self.instances.release([inst], wait=False)
+        # A failed one is released at once (nothing of it runs); the others are on their way.
+        return await self.instances.get_unchecked(inst.id)

@@ -1,0 +1,58 @@
+"""The size catalog (config/sizes.yaml): named resource shapes the servers and client dialects order by,
+as a cloud's instance types ("small" = 512 MiB, half a core, 2 GiB disk, 1 concurrent job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Size(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    description: str = ""
+    #: Memory limit in MiB.
+    memory: int = Field(ge=4)
+    #: CPU in percent of one core (100 = one core).
+    cpu: int = Field(ge=1)
+    #: Disk in MiB (what placement reserves on the node).
+    disk: int = Field(0, ge=0)
+    #: What the servers dialect reports as `capacity` (e.g. concurrent builds a runner of this size takes).
+    capacity: int = Field(1, ge=1)
+
+
+class SizeCatalogError(Exception):
+    pass
+
+
+class SizeCatalog:
+    def __init__(self, sizes: list[Size]) -> None:
+        self.sizes = {s.name: s for s in sizes}
+
+    @classmethod
+    def load(cls, path: Path | None) -> SizeCatalog:
+        if path is None:
+            return cls([])
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise SizeCatalogError(f"size catalog {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise SizeCatalogError(f"size catalog {path} is not valid YAML: {exc}") from exc
+        try:
+            sizes = [Size.model_validate(s) for s in data.get("sizes", [])]
+        except ValidationError as exc:
+            raise SizeCatalogError(f"{path}: {exc}") from exc
+        names = [s.name for s in sizes]
+        if len(set(names)) != len(names):
+            raise SizeCatalogError(f"{path}: a size name is listed twice")
+        return cls(sizes)
+
+    def get(self, name: str) -> Size | None:
+        return self.sizes.get(name)
+
+    def listed(self) -> list[Size]:
+        return sorted(self.sizes.values(), key=lambda s: (s.memory, s.cpu, s.name))

@@ -1,0 +1,87 @@
+"""A fleet for the servers and client dialects: a coordinator with the size catalog and `servers:`
+defaults, two regions (eu in DE falling back to us in US) with one node each, and users of their own
+organizations."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.daemons import Api, CoordinatorProcess, FakeAgents, Process, create_node, port_block, wait_for
+
+SERVERS = {"image": "busybox-httpd", "region": "eu", "size": "nano"}
+
+
+@dataclass
+class SizedFleet:
+    coordinator: CoordinatorProcess
+    tmp: Path
+    regions: dict[str, str] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    agents: list[Process] = field(default_factory=list)
+
+    @property
+    def api(self) -> Api:
+        return self.coordinator.api()
+
+    def region(self, identifier: str, country: str, limit: int, fallback: str | None = None) -> str:
+        body: dict[str, Any] = {"name": identifier.upper(), "identifier": identifier, "countryId": country}
+        body["serverLimit"] = limit
+        if fallback:
+            body["fallbackRegionId"] = self.regions[fallback]
+        r = self.api.post("/api/regions", body)
+        assert r.status == 201, r.body
+        self.regions[identifier] = r.body["id"]
+        return str(r.body["id"])
+
+    def node(self, region: str, ports: int = 8) -> dict[str, Any]:
+        made = create_node(self.api, port_block(ports), name=f"node-{region}", regionId=self.regions[region])
+        self.nodes[region] = made
+        return made
+
+    def user(self, name: str) -> tuple[Api, int]:
+        """A user of a new organization of its own: (their API, their organization id)."""
+        r = self.api.post(
+            "/api/auth/create-user", {"username": name, "email": f"{name}@example.com", "password": "pw-" * 4}
+        )
+        assert r.status == 201, r.body
+        token = self.api.post("/api/auth/login", {"username": name, "password": "pw-" * 4}, key=False)
+        api = Api(self.api.url, None, headers={"Authorization": f"Bearer {token.body['token']}"})
+        me = api.get("/api/users").body
+        return api, int(next(u for u in me if u["username"] == name)["organizationId"])
+
+    def wait_online(self) -> None:
+        def online() -> bool:
+            listed = {n["id"]: n["isOnline"] for n in self.api.get("/api/nodes").body}
+            return all(listed.get(n["id"]) for n in self.nodes.values())
+
+        wait_for(online, 30, "every node online")
+
+
+@contextlib.contextmanager
+def sized_fleet(tmp: Path, *, eu_limit: int = 2, **fleet: Any) -> Iterator[SizedFleet]:
+    """Fake agents (real agent code, in-memory runtime) on nodes in eu (DE, serverLimit ``eu_limit``,
+    falling back to us) and us (US)."""
+    coordinator = CoordinatorProcess(
+        tmp / "coordinator",
+        fleet=fleet or None,
+        extra={"servers": SERVERS},
+    )
+    coordinator.start()
+    world = SizedFleet(coordinator, tmp)
+    try:
+        world.region("us", "US", 50)
+        world.region("eu", "DE", eu_limit, fallback="us")
+        tokens = [world.node(r)["joinToken"] for r in ("eu", "us")]
+        agents = FakeAgents(tmp / "agents", coordinator, tokens)
+        agents.start()
+        world.agents.append(agents)
+        world.wait_online()
+        yield world
+    finally:
+        for p in world.agents:
+            p.stop()
+        coordinator.stop()
