@@ -131,7 +131,7 @@ def test_terminate_goes_shutdown_stopping_stopped(world: SizedFleet) -> None:
     def stopped() -> bool:
         s = server(world.api, "by-country")
         seen.add(s["state"])
-        return s["state"] == "stopped" and s["stopped"] > 0
+        return bool(s["state"] == "stopped" and s["stopped"] > 0)
 
     wait_for(stopped, 20, "the server stopped", interval=0.01)
     assert seen <= {"shutdown", "stopping", "stopped"}
