@@ -1,6 +1,6 @@
 """Suite-wide checks. The secret scan: after every test has run, no response body the suite received may
 contain a secret — not a password hash, key digest, join-token digest, CA or node private key, the JWT
-secret or the admin key — and a secret shown once at creation (API key, join token, JWT) may appear in
+secret, the sealing key, a sealed value or the admin key — and a secret shown once at creation (API key, join token, JWT) may appear in
 one response only."""
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ def known_secrets(data_dirs: list[Path]) -> dict[str, str]:
                 found[line] = f"{d / name}"
         if (d / "admin.key").exists():
             found[(d / "admin.key").read_text().strip()] = f"{d}/admin.key"
-        if (d / "jwt.secret").exists():
-            raw = (d / "jwt.secret").read_bytes()
-            found[raw.hex()] = found[base64.b64encode(raw).decode()] = f"{d}/jwt.secret"
+        for name in ("jwt.secret", "sealing.key"):
+            if (d / name).exists():
+                raw = (d / name).read_bytes()
+                found[raw.hex()] = found[base64.b64encode(raw).decode()] = f"{d}/{name}"
         db = d / "moorage.db"
         if db.exists():
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
@@ -60,6 +61,8 @@ def scan(responses: list[str], data_dirs: list[Path]) -> list[str]:
         for secret, where in secrets.items():
             if len(secret) >= 16 and secret in body:
                 problems.append(f"{where} appears in a response: {body[:200]}")
+    # Sealed values (server keys and secrets at rest) are opened before any answer carries them.
+    problems += [f"a sealed value appears in a response: {b[:200]}" for b in responses if "sealed1:" in b]
     seen: dict[str, int] = {}
     for body in responses:
         for token in set(SHOWN_ONCE.findall(body)):

@@ -255,7 +255,7 @@ class ClientService:
             assert inst.delivered_at is not None
             ran_until = min(inst.released_at if inst.released_at is not None else now, hi)
             billable = max(0.0, ran_until - max(inst.delivered_at, lo))
-            rows.append(Usage(self.core.fleet.overlay(inst), int(billable)))
+            rows.append(Usage(self.core.fleet.overlay(inst), round(billable)))
         return Page(rows, total, page, limit)
 
 
