@@ -1,7 +1,7 @@
 """Suite-wide checks. The secret scan: after every test has run, no response body the suite received may
 contain a secret — not a password hash, key digest, join-token digest, CA or node private key, the JWT
-secret, the sealing key, a sealed value or the admin key — and a secret shown once at creation (API key, join token, JWT) may appear in
-one response only."""
+secret, the sealing key, a sealed value or the admin key — and a secret shown once at creation (API key,
+join token, JWT) may appear in one response only."""
 
 from __future__ import annotations
 

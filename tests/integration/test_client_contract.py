@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Api, wait_for
+from tests.daemons import wait_for
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 SERVER_FIELDS = {
-    "uuid", "clientId", "name", "status", "statusMessage", "size", "image", "location", "country", "ipAddress",
-    "port", "tags", "memory", "cpu", "disk", "bytesIn", "bytesOut", "createdAt", "deliveredAt", "releasedAt",
+    "uuid", "clientId", "name", "status", "statusMessage", "size", "image", "location", "country",
+    "ipAddress", "port", "tags", "memory", "cpu", "disk", "bytesIn", "bytesOut", "createdAt", "deliveredAt", "releasedAt",
 }  # fmt: skip
 USAGE_FIELDS = {
     "uuid", "name", "size", "location", "status", "deliveredAt", "releasedAt", "billableSeconds", "bytesIn",
