@@ -19,7 +19,8 @@ from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 SERVER_FIELDS = {
     "uuid", "clientId", "name", "status", "statusMessage", "size", "image", "location", "country",
-    "ipAddress", "port", "tags", "memory", "cpu", "disk", "bytesIn", "bytesOut", "createdAt", "deliveredAt", "releasedAt",
+    "ipAddress", "port", "tags", "memory", "cpu", "disk", "bytesIn", "bytesOut", "createdAt", "deliveredAt",
+    "releasedAt",
 }  # fmt: skip
 USAGE_FIELDS = {
     "uuid", "name", "size", "location", "status", "deliveredAt", "releasedAt", "billableSeconds", "bytesIn",
