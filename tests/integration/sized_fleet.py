@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.daemons import Api, CoordinatorProcess, FakeAgents, Process, create_node, port_block, wait_for
+from tests.daemons import (
+    AgentProcess,
+    Api,
+    CoordinatorProcess,
+    FakeAgents,
+    Process,
+    create_node,
+    leave_no_containers,
+    port_block,
+    wait_for,
+)
 
 SERVERS = {"image": "busybox-httpd", "region": "eu", "size": "nano"}
 
@@ -62,26 +72,34 @@ class SizedFleet:
 
 
 @contextlib.contextmanager
-def sized_fleet(tmp: Path, *, eu_limit: int = 2, **fleet: Any) -> Iterator[SizedFleet]:
-    """Fake agents (real agent code, in-memory runtime) on nodes in eu (DE, serverLimit ``eu_limit``,
-    falling back to us) and us (US)."""
-    coordinator = CoordinatorProcess(
-        tmp / "coordinator",
-        fleet=fleet or None,
-        extra={"servers": SERVERS},
-    )
+def sized_fleet(
+    tmp: Path, *, eu_limit: int = 2, docker: bool = False, extra: dict[str, Any] | None = None
+) -> Iterator[SizedFleet]:
+    """Nodes in eu (DE, serverLimit ``eu_limit``, falling back to us) and us (US): fake agents (real agent
+    code, in-memory runtime) on both, or with ``docker`` one real agent process on this host's engine in
+    eu only."""
+    coordinator = CoordinatorProcess(tmp / "coordinator", extra={"servers": SERVERS, **(extra or {})})
     coordinator.start()
     world = SizedFleet(coordinator, tmp)
     try:
         world.region("us", "US", 50)
         world.region("eu", "DE", eu_limit, fallback="us")
-        tokens = [world.node(r)["joinToken"] for r in ("eu", "us")]
-        agents = FakeAgents(tmp / "agents", coordinator, tokens)
-        agents.start()
-        world.agents.append(agents)
+        if docker:
+            token = world.node("eu")["joinToken"]
+            agent = AgentProcess(tmp / "agent", coordinator, token)
+            agent.start()
+            world.agents.append(agent)
+        else:
+            tokens = [world.node(r)["joinToken"] for r in ("eu", "us")]
+            agents = FakeAgents(tmp / "agents", coordinator, tokens)
+            agents.start()
+            world.agents.append(agents)
         world.wait_online()
         yield world
     finally:
         for p in world.agents:
             p.stop()
         coordinator.stop()
+        if docker:
+            for node in world.nodes.values():
+                leave_no_containers(node["id"])
