@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,6 +68,24 @@ class CatalogError(Exception):
     pass
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_entries(path: Path, key: str, model: type[M], what: str) -> list[M]:
+    """The list under ``key`` of a catalog file (images.yaml, sizes.yaml), each entry validated; any
+    problem is a CatalogError naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise CatalogError(f"{what} {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{what} {path} is not valid YAML: {exc}") from exc
+    try:
+        return [model.model_validate(i) for i in data.get(key, [])]
+    except ValidationError as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+
+
 class Catalog:
     """The configured images (config/images.yaml, read-only here) and those admins added through the API
     (kept in the database, loaded at start)."""
@@ -86,18 +105,7 @@ class Catalog:
 
     @classmethod
     def load(cls, path: Path | None) -> Catalog:
-        if path is None:
-            return cls([])
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise CatalogError(f"image catalog {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise CatalogError(f"image catalog {path} is not valid YAML: {exc}") from exc
-        try:
-            return cls([CatalogImage.model_validate(i) for i in data.get("images", [])])
-        except ValidationError as exc:
-            raise CatalogError(f"{path}: {exc}") from exc
+        return cls(read_entries(path, "images", CatalogImage, "image catalog") if path else [])
 
     def get(self, name: str) -> CatalogImage | None:
         return self.images.get(name)

@@ -41,7 +41,7 @@ from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
-from coordinator.sizes import SizeCatalog, SizeCatalogError
+from coordinator.sizes import SizeCatalog
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store, sqlite_url
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(config.log_level, config.log_json)
     try:
         asyncio.run(serve(config))
-    except (CatalogError, SizeCatalogError) as exc:
+    except CatalogError as exc:  # the image or the size catalog
         print(f"moorage-coordinator: {exc}", file=sys.stderr)
         raise SystemExit(78) from exc
     except StartupError as exc:

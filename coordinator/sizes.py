@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from coordinator.catalog import CatalogError, read_entries
 
 
 class Size(BaseModel):
@@ -24,7 +25,7 @@ class Size(BaseModel):
     capacity: int = Field(1, ge=1)
 
 
-class SizeCatalogError(Exception):
+class SizeCatalogError(CatalogError):
     pass
 
 
@@ -37,15 +38,9 @@ class SizeCatalog:
         if path is None:
             return cls([])
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise SizeCatalogError(f"size catalog {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise SizeCatalogError(f"size catalog {path} is not valid YAML: {exc}") from exc
-        try:
-            sizes = [Size.model_validate(s) for s in data.get("sizes", [])]
-        except ValidationError as exc:
-            raise SizeCatalogError(f"{path}: {exc}") from exc
+            sizes = read_entries(path, "sizes", Size, "size catalog")
+        except CatalogError as exc:
+            raise SizeCatalogError(str(exc)) from exc
         names = [s.name for s in sizes]
         if len(set(names)) != len(names):
             raise SizeCatalogError(f"{path}: a size name is listed twice")

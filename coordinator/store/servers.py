@@ -213,17 +213,7 @@ async def page_instance_ids(
             .having(func.count() == len(set(tags)))
         )
         where.append(instances.c.id.in_(carrying))
-    ids = (
-        await conn.execute(
-            select(instances.c.id)
-            .where(*where)
-            .order_by(instances.c.created_at, instances.c.id)
-            .offset(offset)
-            .limit(limit)
-        )
-    ).scalars()
-    total = (await conn.execute(select(func.count()).select_from(instances).where(*where))).scalar_one()
-    return list(ids), int(total)
+    return await _page(conn, where, instances.c.created_at, offset, limit)
 
 
 async def page_billable_ids(
@@ -237,17 +227,7 @@ async def page_billable_ids(
         instances.c.delivered_at < end,
         (instances.c.released_at.is_(None)) | (instances.c.released_at > start),
     ]
-    ids = (
-        await conn.execute(
-            select(instances.c.id)
-            .where(*where)
-            .order_by(instances.c.delivered_at, instances.c.id)
-            .offset(offset)
-            .limit(limit)
-        )
-    ).scalars()
-    total = (await conn.execute(select(func.count()).select_from(instances).where(*where))).scalar_one()
-    return list(ids), int(total)
+    return await _page(conn, where, instances.c.delivered_at, offset, limit)
 
 
 async def places(
@@ -267,3 +247,16 @@ async def places(
         rows = await conn.execute(select(nodes.c.id, nodes.c.address).where(nodes.c.id.in_(list(node_ids))))
         found_nodes = {r.id: r.address for r in rows}
     return found_regions, found_nodes
+
+
+async def _page(
+    conn: AsyncConnection, where: Sequence[Any], order: Any, offset: int, limit: int
+) -> tuple[list[str], int]:
+    """One page of instance ids (by ``order``, then id: stable across pages) and how many match."""
+    ids = (
+        await conn.execute(
+            select(instances.c.id).where(*where).order_by(order, instances.c.id).offset(offset).limit(limit)
+        )
+    ).scalars()
+    total = (await conn.execute(select(func.count()).select_from(instances).where(*where))).scalar_one()
+    return list(ids), int(total)

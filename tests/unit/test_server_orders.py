@@ -1,0 +1,116 @@
+"""Pure pieces of the servers and client dialects: order defaults and their errors, field renaming, how an
+address is written, the client list's filter, usage times, and the agent's instance files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.files import FileStore
+from agent.runtime.base import ContainerSpec, FileSet
+from coordinator.api.client_models import STATES_OF, ServerListQuery, parse_time
+from coordinator.catalog import Catalog
+from coordinator.config import CoordinatorConfig, ServersOptions
+from coordinator.fleet import Fleet
+from coordinator.model import InstanceState
+from coordinator.pki import CertificateAuthority
+from coordinator.sealing import Sealer
+from coordinator.service.core import Core
+from coordinator.service.errors import BadRequest, Conflict
+from coordinator.service.servers import SERVER_FIELDS, SizedOrder, Where, deploy_order, renamed
+from coordinator.sizes import Size, SizeCatalog
+from coordinator.store.engine import Store
+
+
+def core(tmp_path: Path, **servers: str) -> Core:
+    config = CoordinatorConfig(data_dir=tmp_path, servers=ServersOptions(**servers))
+    return Core(
+        config,
+        Store.open(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"),
+        Fleet(config.fleet),
+        Catalog([]),
+        CertificateAuthority.load_or_create(tmp_path),
+        Sealer.load_or_create(tmp_path),
+        SizeCatalog([Size(name="small", memory=512, cpu=50, disk=100, capacity=2)]),
+    )
+
+
+async def test_order_takes_defaults_and_names_what_is_missing(tmp_path: Path) -> None:
+    c = core(tmp_path, image="busybox", region="eu", size="small")
+    order = deploy_order(c, SizedOrder("a", None, None, None, SERVER_FIELDS), None)
+    assert (order.image, order.region, order.size, order.memory_mib, order.cpu_percent, order.disk_mib) == (
+        "busybox", "eu", "small", 512, 50, 100
+    )  # fmt: skip
+    bare = core(tmp_path / "bare")
+    with pytest.raises(BadRequest, match=r"^location: is required") as missing:
+        deploy_order(
+            bare, SizedOrder("a", "busybox", None, "small", {**SERVER_FIELDS, "region": "location"}), None
+        )
+    assert missing.value.field == "location"
+    with pytest.raises(BadRequest, match=r"unknown size 'huge'.*small"):
+        deploy_order(c, SizedOrder("a", None, None, "huge", SERVER_FIELDS), None)
+    await c.store.close()
+    await bare.store.close()
+
+
+def test_renamed_keeps_the_status_and_rewords_the_field() -> None:
+    moved = renamed(Conflict("regionId: no placement: eu full", field="regionId"), {"regionId": "location"})
+    assert isinstance(moved, Conflict)
+    assert (moved.message, moved.field) == ("location: no placement: eu full", "location")
+    other = BadRequest("image: nope", field="image")
+    assert renamed(other, {"regionId": "location"}) is other
+
+
+def test_address_brackets_ipv6_and_omits_a_missing_port() -> None:
+    assert Where("eu", "DE", "10.0.0.5", 30001).address == "10.0.0.5:30001"
+    assert Where("eu", "DE", "2001:db8::1", 30001).address == "[2001:db8::1]:30001"
+    assert Where("eu", "DE", "node.example.net", 0).address == "node.example.net"
+    assert Where("", "", "", 0).address == ""
+
+
+def test_filter_joins_encoded_and_top_level_parameters() -> None:
+    q = ServerListQuery.model_validate({"filter": "status=delivered&tag[]=a", "tag[]": ["b"]})
+    states, tags = q.filters()
+    assert states == STATES_OF["delivered"] and InstanceState.UNHEALTHY in states
+    assert sorted(tags) == ["a", "b"]
+    assert ServerListQuery.model_validate({"tag[]": "solo"}).filters() == (None, ["solo"])
+    for bad in ("colour=red", "status=asleep"):
+        with pytest.raises(BadRequest) as err:
+            ServerListQuery.model_validate({"filter": bad}).filters()
+        assert err.value.field == "filter"
+
+
+def test_usage_times_accept_the_documents_form_iso_and_unix() -> None:
+    assert parse_time("2030-01-02 22:55:00") == 1893624900.0
+    assert parse_time("2030-01-02T22:55:00Z") == 1893624900.0
+    assert parse_time("2030-01-02T23:55:00+01:00") == 1893624900.0
+    assert parse_time("1893624900") == 1893624900.0
+    assert parse_time(None) is None and parse_time("") is None
+    with pytest.raises(ValueError, match="is not a time"):
+        parse_time("yesterday")
+
+
+def spec(files: tuple[FileSet, ...], iid: str = "i-1") -> ContainerSpec:
+    return ContainerSpec(iid, "n", "name", "img", {}, 64, 10, files=files)
+
+
+def test_files_are_written_read_only_swapped_whole_and_removed(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "files")
+    first = store.materialize(spec((FileSet("/etc/moorage/tls", {"ca.pem": b"A", "key.pem": b"K"}),)))
+    (mount,) = first.mounts
+    assert (mount.target, mount.read_only) == ("/etc/moorage/tls", True)
+    source = Path(mount.source)
+    assert (source / "ca.pem").read_bytes() == b"A" and (source / "key.pem").stat().st_mode & 0o777 == 0o444
+    # A re-create writes the current set; files of the old set do not linger.
+    again = store.materialize(spec((FileSet("/etc/moorage/tls", {"ca.pem": b"B"}),)))
+    assert again.mounts == first.mounts
+    assert sorted(p.name for p in source.iterdir()) == ["ca.pem"] and (source / "ca.pem").read_bytes() == b"B"
+    store.remove("i-1")
+    assert not (tmp_path / "files" / "i-1").exists()
+    assert store.materialize(spec(())).mounts == ()
+    for bad in (FileSet("relative", {"a": b""}), FileSet("/x", {"../escape": b""}), FileSet("/x", {"": b""})):
+        with pytest.raises(ValueError):
+            store.materialize(spec((bad,)))
+    with pytest.raises(ValueError):
+        store.materialize(spec((FileSet("/x", {"a": b""}),), iid="../up"))
