@@ -11,6 +11,7 @@ import ipaddress
 import re
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -95,6 +96,18 @@ def test_names_are_unique_and_checked(world: SizedFleet) -> None:
         assert bad.status == 400, (body, bad.body)
         assert bad.body["field"] == field and bad.body["message"].startswith(f"{field}:"), bad.body
     assert world.api.get("/api/servers/no-such-server").status == 404
+
+
+def test_one_name_under_concurrent_provisions(world: SizedFleet) -> None:
+    """The database holds the name unique: of 10 concurrent provisions with one name, one wins."""
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(
+            pool.map(lambda _: world.api.post("/api/servers", {"name": "race", "region": "us"}), range(10))
+        )
+    assert sorted(a.status for a in answers) == [200] + [409] * 9, [a.body for a in answers]
+    assert all(a.body["field"] == "name" for a in answers if a.status == 409)
+    assert [s["name"] for s in world.api.get("/api/servers").body].count("race") == 1
+    assert world.api.delete("/api/servers/race").status == 200
 
 
 def test_region_chain_falls_back_and_says_where(world: SizedFleet) -> None:

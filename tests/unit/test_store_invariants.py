@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.model import Instance, InstanceState
+from coordinator.model import Instance, InstanceState, ServerIdentity
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
-from coordinator.store.claims import ClaimLost, ClaimQueue, claim_now
+from coordinator.store.claims import ClaimLost, ClaimQueue, ClaimRefused, claim_now
 from coordinator.store.engine import Store
+from coordinator.store.servers import insert_server
 from coordinator.store.tables import allocations, instances, nodes, regions
 from tests.unit.factories import make_instance, seeded_store
 
@@ -198,3 +199,28 @@ async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement
         node = await nodes_store.get_node(conn, "n1")
         assert node is not None and node.last_checked == 123.5 and node.host_metrics["load"] == [0.1, 0, 0]
         assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]
+
+
+async def test_a_refused_extra_row_rolls_back_only_its_own_claim(store: Store) -> None:
+    """Claims batched in one transaction: the one whose server name is taken loses everything it wrote (its
+    allocation too), the others in the same batch hold."""
+    identity = ServerIdentity("same-name", "s", "k", "c", "k", "c")
+    queue = ClaimQueue(store)
+    contenders = [make_instance(str(uuid.uuid4()), node_id="n1") for _ in range(6)]
+    outcomes = await asyncio.gather(
+        *(
+            queue.claim(i, ports=(), port_count=1, primary=None, extra=[insert_server(i.id, identity)])
+            for i in contenders
+        ),
+        return_exceptions=True,
+    )
+    won = [i for i, o in zip(contenders, outcomes, strict=True) if isinstance(o, list)]
+    assert len(won) == 1
+    assert all(isinstance(o, ClaimRefused) for o in outcomes if not isinstance(o, list))
+    async with store.read() as conn:
+        held = (
+            await conn.execute(text("SELECT instance_id FROM allocations WHERE instance_id IS NOT NULL"))
+        ).all()
+        rows = (await conn.execute(text("SELECT id FROM instances"))).all()
+        names = (await conn.execute(text("SELECT instance_id FROM servers"))).all()
+    assert [r[0] for r in held] == [r[0] for r in rows] == [r[0] for r in names] == [won[0].id]
