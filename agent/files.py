@@ -2,8 +2,8 @@
 agent's data directory and bind-mounted read-only into the container. They are rewritten before every
 create, so a re-created container gets the current ones, and removed with the container.
 
-The data directory is the agent's own (mode 0700), so on the host only root reads them; inside the
-container they are world-readable (0444), because the service that needs them may not run as root."""
+On the host they sit in directories of mode 0700, so only root reads them; inside the container they are
+world-readable (0444), because the service that needs them may not run as root."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ class FileStore:
         if not spec.files:
             return spec
         base = self._dir(spec.instance_id)
+        # Only root on the host reads them, whatever the data directory's own mode: the engine bind-mounts
+        # the set's directory itself, so the container does not need its parents.
+        for private in (self.root, base):
+            private.mkdir(parents=True, exist_ok=True)
+            os.chmod(private, 0o700)
         mounts: list[Mount] = []
         for n, fileset in enumerate(spec.files):
             if not fileset.target_dir.startswith("/"):

@@ -165,6 +165,7 @@ class InstanceManager:
             container_id = await self.runtime.create(spec)
         except RuntimeFailure as exc:
             self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
+            await self._drop_files(iid)
             raise
         self.emit(event(pb.EVENT_KIND_CREATED, iid, container_id=container_id))
         if want.running:
@@ -174,6 +175,7 @@ class InstanceManager:
                 # e.g. the port is bound by something else on the host: nothing runs, say why, clean up.
                 self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
                 await self.runtime.remove(container_id)
+                await self._drop_files(iid)
                 raise
             self._started(iid, container_id)
         return container_id
@@ -188,6 +190,11 @@ class InstanceManager:
             return await asyncio.to_thread(files.materialize, spec)
         except (OSError, ValueError) as exc:
             raise RuntimeFailure(f"cannot write the instance's files: {exc}") from exc
+
+    async def _drop_files(self, instance_id: str) -> None:
+        """A failed or removed instance's files (its keys) do not stay on the host."""
+        if self.files is not None:
+            await asyncio.to_thread(self.files.remove, instance_id)
 
     async def _stop(self, instance_id: str, timeout_s: int) -> None:
         """Stop the container if it runs (a kill is a stop with no grace)."""
@@ -230,8 +237,7 @@ class InstanceManager:
                 pass
         for record in (self.restarts, self._crashes_in_a_row, self._started_at):
             record.pop(instance_id, None)
-        if self.files is not None:
-            await asyncio.to_thread(self.files.remove, instance_id)
+        await self._drop_files(instance_id)
         self.emit(event(pb.EVENT_KIND_REMOVED, instance_id, container_id=have.container_id if have else ""))
 
     # ------------------------------------------------------------ reconcile

@@ -214,7 +214,7 @@ async def delete_tag(call: Call) -> None:
 async def usage(call: Call, query: UsageQuery) -> UsagePage:
     """Servers that ran within the deliveredAt to releasedAt window, with the seconds billable inside it."""
     start, end = parse_time(query.deliveredAt), parse_time(query.releasedAt)
-    page = await call.services.clients.usage(
+    page, window_end = await call.services.clients.usage(
         call.caller, client_id(call), start=start, end=end, page=query.page, limit=query.limit
     )
     places = await where(call.services.core, [r.instance for r in page.items])
@@ -223,6 +223,6 @@ async def usage(call: Call, query: UsageQuery) -> UsagePage:
         limit=page.limit,
         total=page.total,
         deliveredAt=int(start) if start is not None else None,
-        releasedAt=int(end if end is not None else call.services.core.clock()),
+        releasedAt=window_end,
         data=[UsageRow.of(r, places[r.instance.id]) for r in page.items],
     )

@@ -46,7 +46,7 @@ def unix(at: float | None) -> int | None:
 class Paging(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    page: int = Field(1, ge=1, description="Page number, from 1.")
+    page: int = Field(1, ge=1, le=1_000_000, description="Page number, from 1.")
     limit: int = Field(15, ge=1, le=100, description="Items per page (at most 100).")
 
 

@@ -84,7 +84,7 @@ def _unix(at: float | None) -> int:
 def render(call: Call, inst: Instance, place: Where, *, just_asked: bool = False) -> ServerOut:
     servers: ServerService = call.services.servers
     core = call.services.core
-    identity = servers.opened(inst)
+    identity = servers.opened(call.caller, inst)
     size = core.sizes.get(inst.size or "")
     if inst.state is S.RELEASING:
         state = "stopping" if inst.id in core.fleet.removing and not just_asked else "shutdown"

@@ -27,7 +27,7 @@ from coordinator.service.servers import DEPLOY_FIELDS, SizedOrder, deploy_order,
 from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
 from coordinator.store import users as users_store
-from coordinator.store.claims import Statement
+from coordinator.store.claims import ClaimRefused, Statement
 from coordinator.store.users import Principal
 
 TAG = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
@@ -148,26 +148,40 @@ class ClientService:
         order = deploy_order(self.core, SizedOrder(chosen, image, location, size, ORDER_FIELDS), finish)
         try:
             deployed = await self.deploys.deploy(caller, order)
+        except ClaimRefused as exc:  # a tag deleted while the order was placed
+            raise Conflict(
+                f"tags: a tag changed while the order was placed; retry ({exc})", field="tags"
+            ) from exc
         except ServiceError as exc:
             raise renamed(renamed(exc, DEPLOY_FIELDS), {"region": "location"}) from exc
         return await self.instances.get_unchecked(deployed.instance.id)
 
     # ------------------------------------------------------------ a server's tags
 
+    async def _own_server(self, caller: Principal, client_id: int, server_id: str) -> Instance:
+        """A server the caller may change: its owner's, or an admin's."""
+        inst = await self.get_server(caller, client_id, server_id)
+        policy.check_owner(
+            caller, inst.owner_id, inst.organization_id, f"server {server_id}", field="serverUuid"
+        )
+        return inst
+
     async def tag_server(self, caller: Principal, client_id: int, server_id: str, tag: str) -> Instance:
         check_tag(tag)
-        inst = await self.get_server(caller, client_id, server_id)
+        inst = await self._own_server(caller, client_id, server_id)
         async with self.core.store.write() as conn:
-            if tag not in inst.tags and await servers_store.instance_tag_count(conn, inst.id) >= MAX_TAGS:
-                raise BadRequest(
-                    f"tag: server {server_id} carries {MAX_TAGS} tags, the most a server may", field="tag"
-                )
-            await servers_store.add_instance_tag(conn, client_id, inst.id, tag, self.core.clock())
+            added = await servers_store.add_instance_tag(
+                conn, client_id, inst.id, tag, self.core.clock(), MAX_TAGS
+            )
+        if added == "full":
+            raise BadRequest(
+                f"tag: server {server_id} carries {MAX_TAGS} tags, the most a server may", field="tag"
+            )
         return await self.get_server(caller, client_id, server_id)
 
     async def untag_server(self, caller: Principal, client_id: int, server_id: str, tag: str) -> Instance:
         check_tag(tag)
-        inst = await self.get_server(caller, client_id, server_id)
+        inst = await self._own_server(caller, client_id, server_id)
         async with self.core.store.write() as conn:
             if not await servers_store.remove_instance_tag(conn, inst.id, tag):
                 raise NotFound(f"tag: server {server_id} does not carry the tag {tag}", field="tag")
@@ -236,13 +250,15 @@ class ClientService:
         end: float | None,
         page: int,
         limit: int,
-    ) -> Page[Usage]:
+    ) -> tuple[Page[Usage], int]:
         """Every server of the client that ran within [start, end) (delivered before its end, not released
-        before its start), with the seconds it ran inside the window. ``end`` defaults to now."""
+        before its start), with the whole seconds it ran inside the window, and the window's end (``end``
+        defaults to now). Every time is cut to its whole second first, as the answers show them, so the
+        seconds add up across adjacent windows and match the shown delivery and release times."""
         await self.check_client(caller, client_id)
-        now = self.core.clock()
-        lo = start if start is not None else 0.0
-        hi = end if end is not None else now
+        now = int(self.core.clock())
+        lo = int(start) if start is not None else 0
+        hi = int(end) if end is not None else now
         if hi < lo:
             raise BadRequest("releasedAt: the window ends before it starts (deliveredAt)", field="releasedAt")
         async with self.core.store.read() as conn:
@@ -253,10 +269,10 @@ class ClientService:
         rows = []
         for inst in found:
             assert inst.delivered_at is not None
-            ran_until = min(inst.released_at if inst.released_at is not None else now, hi)
-            billable = max(0.0, ran_until - max(inst.delivered_at, lo))
-            rows.append(Usage(self.core.fleet.overlay(inst), round(billable)))
-        return Page(rows, total, page, limit)
+            ran_until = min(int(inst.released_at) if inst.released_at is not None else now, hi)
+            billable = max(0, ran_until - max(int(inst.delivered_at), lo))
+            rows.append(Usage(self.core.fleet.overlay(inst), billable))
+        return Page(rows, total, page, limit), hi
 
 
 def _tag(row: dict[str, Any]) -> TagInfo:

@@ -149,10 +149,14 @@ class ServerService:
             found = await instances_store.instances_by_ids(conn, ids)
         return [self.core.fleet.overlay(i) for i in found]
 
-    def opened(self, inst: Instance) -> ServerIdentity:
+    def opened(self, caller: Principal, inst: Instance) -> ServerIdentity:
+        """The identity as the caller may see it: the keys and the secret for the server's owner and
+        admins; colleagues who may look at it get the public certificates only."""
         opened = self.core.opened(inst)
         assert opened is not None, "a server always has its identity"
-        return opened
+        if caller.admin or caller.user_id == inst.owner_id:
+            return opened
+        return replace(opened, secret="", ca_key="", tls_key="")
 
     # ------------------------------------------------------------ provision
 
@@ -166,7 +170,7 @@ class ServerService:
             )
         chosen = name or await self._free_name()
         async with self.core.store.read() as conn:
-            if await servers_store.instance_id_by_name(conn, chosen) is not None:
+            if await servers_store.name_in_use(conn, chosen):
                 raise Conflict(f"name: a server named {chosen} exists", field="name")
         secret = secrets.token_urlsafe(32)
 
@@ -182,7 +186,10 @@ class ServerService:
                 seal(tls.tls_key, inst.id),
                 tls.tls_cert.decode(),
             )
-            return replace(inst, server=identity), [servers_store.insert_server(inst.id, identity)]
+            return replace(inst, server=identity), [
+                servers_store.free_released_name(chosen),
+                servers_store.insert_server(inst.id, identity),
+            ]
 
         order = deploy_order(self.core, SizedOrder(chosen, image, region, size, SERVER_FIELDS), finish)
         try:
@@ -197,7 +204,7 @@ class ServerService:
         async with self.core.store.read() as conn:
             while True:
                 name = generated_name()
-                if await servers_store.instance_id_by_name(conn, name) is None:
+                if not await servers_store.name_in_use(conn, name):
                     return name
 
     # ------------------------------------------------------------ terminate
@@ -217,5 +224,8 @@ class ServerService:
         if inst.state in (InstanceState.RELEASING, InstanceState.RELEASED):
             return inst
         await self.instances.release([inst], wait=False)
-        # A failed one is released at once (nothing of it runs); the others are on their way.
-        return await self.instances.get_unchecked(inst.id)
+        if inst.state is InstanceState.ERROR:  # released at once: nothing of it runs
+            return await self.instances.get_unchecked(inst.id)
+        # What was asked and is now durable; the agent works on it from here (a fast one may be done by the
+        # time a re-read ran, and the answer would not say that the shutdown started).
+        return replace(inst, state=InstanceState.RELEASING, updated_at=self.core.clock())

@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy.exc import IntegrityError
 
 from coordinator.model import Allocation, Instance
 from coordinator.store.engine import Sql, Store, Transact
@@ -149,7 +152,7 @@ def claim(
     for statement, values in extra:
         try:
             sql(statement, values)
-        except Exception as exc:  # the driver's IntegrityError: sqlite3's or SQLAlchemy's
+        except (sqlite3.IntegrityError, IntegrityError) as exc:  # the raw writer's, or SQLAlchemy's
             raise ClaimRefused(str(exc)) from exc
     return held
 

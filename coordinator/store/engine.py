@@ -170,7 +170,8 @@ def _raw_transaction(raw: sqlite3.Connection, work: Callable[[Sql], T]) -> T:
 
 def _sqlalchemy_transaction(sync: Connection, work: Callable[[Sql], T]) -> T:
     def sql(statement: str, params: Mapping[str, Any] | None = None, /) -> Sequence[Any]:
-        return sync.execute(text(statement), dict(params or {})).all()
+        result = sync.execute(text(statement), dict(params or {}))
+        return result.all() if result.returns_rows else []
 
     with sync.begin():
         return work(sql)

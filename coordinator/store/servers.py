@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import InstanceState, ServerIdentity
@@ -30,6 +30,26 @@ def insert_server(instance_id: str, identity: ServerIdentity) -> Statement:
             tls_cert=identity.tls_cert,
         ),
     )
+
+
+def free_released_name(name: str) -> Statement:
+    """A stopped (released) server gives its name up to a new one: its row goes, its instance (usage
+    history) stays. Written in the new server's claim, before its row."""
+    return (
+        "DELETE FROM servers WHERE name = :name"
+        " AND instance_id IN (SELECT id FROM instances WHERE released = :yes)",
+        dict(name=name, yes=True),
+    )
+
+
+async def name_in_use(conn: AsyncConnection, name: str) -> bool:
+    """Whether a server that is not released holds the name."""
+    found = await conn.execute(
+        select(servers.c.instance_id)
+        .join(instances, instances.c.id == servers.c.instance_id)
+        .where(servers.c.name == name, instances.c.released.is_(False))
+    )
+    return found.first() is not None
 
 
 async def instance_id_by_name(conn: AsyncConnection, name: str) -> str | None:
@@ -82,16 +102,15 @@ def tag_statements(
 
 
 async def ensure_tag(conn: AsyncConnection, organization_id: int, tag: str, now: float) -> bool:
-    """Create the client's tag unless it exists; True when created."""
-    exists = await conn.execute(
-        select(client_tags.c.tag).where(
-            client_tags.c.organization_id == organization_id, client_tags.c.tag == tag
-        )
+    """Create the client's tag unless it exists; True when created (a concurrent create is no error)."""
+    done = await conn.execute(
+        text(
+            "INSERT INTO client_tags (organization_id, tag, created_at) VALUES (:org, :tag, :now)"
+            " ON CONFLICT DO NOTHING"
+        ),
+        dict(org=organization_id, tag=tag, now=now),
     )
-    if exists.first() is not None:
-        return False
-    await conn.execute(insert(client_tags).values(organization_id=organization_id, tag=tag, created_at=now))
-    return True
+    return bool(done.rowcount)
 
 
 async def tag_rows(
@@ -154,31 +173,29 @@ async def delete_tag(conn: AsyncConnection, organization_id: int, tag: str) -> b
     return bool(done.rowcount)
 
 
-async def instance_tag_count(conn: AsyncConnection, instance_id: str) -> int:
-    found = await conn.execute(
-        select(func.count()).select_from(instance_tags).where(instance_tags.c.instance_id == instance_id)
-    )
-    return int(found.scalar_one())
-
-
 async def add_instance_tag(
-    conn: AsyncConnection, organization_id: int, instance_id: str, tag: str, now: float
-) -> bool:
-    """False when the server carries it already."""
-    exists = await conn.execute(
-        select(instance_tags.c.tag).where(
-            instance_tags.c.instance_id == instance_id, instance_tags.c.tag == tag
-        )
+    conn: AsyncConnection, organization_id: int, instance_id: str, tag: str, now: float, most: int
+) -> str:
+    """ "added", "present" (it carries the tag already) or "full" (it carries ``most`` tags). The server's
+    row is locked first (SELECT … FOR UPDATE where the database has it; SQLite's write transaction is one
+    writer already), so concurrent adds cannot both pass the count."""
+    await conn.execute(select(instances.c.id).where(instances.c.id == instance_id).with_for_update())
+    carried = set(
+        (
+            await conn.execute(select(instance_tags.c.tag).where(instance_tags.c.instance_id == instance_id))
+        ).scalars()
     )
-    if exists.first() is not None:
-        return False
+    if tag in carried:
+        return "present"
+    if len(carried) >= most:
+        return "full"
     await ensure_tag(conn, organization_id, tag, now)
     await conn.execute(
         insert(instance_tags).values(
             instance_id=instance_id, organization_id=organization_id, tag=tag, added_at=now
         )
     )
-    return True
+    return "added"
 
 
 async def remove_instance_tag(conn: AsyncConnection, instance_id: str, tag: str) -> bool:

@@ -152,6 +152,12 @@ def test_terminate_goes_shutdown_stopping_stopped(world: SizedFleet) -> None:
     again = world.api.delete("/api/servers/by-country")
     assert again.status == 200 and again.body["state"] == "stopped"
     assert world.api.delete("/api/servers/never-was").status == 404
+    # A stopped server's name is free for a new one, which then answers to it.
+    old_id = again.body["id"]
+    reused = world.api.post("/api/servers", {"name": "by-country", "region": "us"})
+    assert reused.status == 200 and reused.body["id"] != old_id, reused.body
+    assert server(world.api, "by-country")["id"] == reused.body["id"]
+    assert [s["name"] for s in world.api.get("/api/servers").body].count("by-country") == 1
 
 
 def test_force_removes_a_failed_server(world: SizedFleet) -> None:
@@ -165,6 +171,30 @@ def test_force_removes_a_failed_server(world: SizedFleet) -> None:
     # The name is free again.
     assert world.api.post("/api/servers", {"name": "broken", "region": "us"}).status == 200
     assert world.api.delete("/api/servers/broken?force=maybe").status == 400
+
+
+def test_colleagues_see_certificates_but_not_keys_or_secret(world: SizedFleet) -> None:
+    users = world.api.get("/api/users").body
+    admin_org = next(u["organizationId"] for u in users if u["admin"])
+    r = world.api.post(
+        "/api/auth/create-user",
+        {
+            "username": "colleague",
+            "email": "co@example.com",
+            "password": "pw-" * 4,
+            "organization": admin_org,
+        },
+    )
+    assert r.status == 201, r.body
+    token = world.api.post("/api/auth/login", {"username": "colleague", "password": "pw-" * 4}, key=False)
+    colleague = Api(world.api.url, None, headers={"Authorization": f"Bearer {token.body['token']}"})
+    seen = colleague.get("/api/servers/runner-one")
+    assert seen.status == 200, seen.body
+    assert (seen.body["secret"], seen.body["ca_key"], seen.body["tls_key"]) == ("", "", "")
+    assert seen.body["ca_cert"] == server(world.api, "runner-one")["ca_cert"]
+    assert all(s["tls_key"] == "" for s in colleague.get("/api/servers").body)
+    denied = colleague.delete("/api/servers/runner-one")
+    assert denied.status == 403 and denied.body["field"] == "name"
 
 
 def test_keys_and_secret_are_sealed_at_rest(world: SizedFleet) -> None:

@@ -102,6 +102,9 @@ def test_files_are_written_read_only_swapped_whole_and_removed(tmp_path: Path) -
     assert (mount.target, mount.read_only) == ("/etc/moorage/tls", True)
     source = Path(mount.source)
     assert (source / "ca.pem").read_bytes() == b"A" and (source / "key.pem").stat().st_mode & 0o777 == 0o444
+    # Only root on the host gets to them, whatever mode the directory above had.
+    assert (tmp_path / "files").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "files" / "i-1").stat().st_mode & 0o777 == 0o700
     # A re-create writes the current set; files of the old set do not linger.
     again = store.materialize(spec((FileSet("/etc/moorage/tls", {"ca.pem": b"B"}),)))
     assert again.mounts == first.mounts
