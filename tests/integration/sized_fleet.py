@@ -52,11 +52,12 @@ class SizedFleet:
         self.nodes[region] = made
         return made
 
-    def user(self, name: str) -> tuple[Api, int]:
-        """A user of a new organization of its own: (their API, their organization id)."""
-        r = self.api.post(
-            "/api/auth/create-user", {"username": name, "email": f"{name}@example.com", "password": "pw-" * 4}
-        )
+    def user(self, name: str, organization: int | None = None) -> tuple[Api, int]:
+        """A user of ``organization`` (default: a new one of its own): (their API, their organization id)."""
+        body: dict[str, Any] = {"username": name, "email": f"{name}@example.com", "password": "pw-" * 4}
+        if organization is not None:
+            body["organization"] = organization
+        r = self.api.post("/api/auth/create-user", body)
         assert r.status == 201, r.body
         token = self.api.post("/api/auth/login", {"username": name, "password": "pw-" * 4}, key=False)
         api = Api(self.api.url, None, headers={"Authorization": f"Bearer {token.body['token']}"})

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Api, wait_for
+from tests.daemons import wait_for
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 SERVER_FIELDS = {
@@ -168,20 +168,7 @@ def test_server_tags_add_remove_and_the_limit(erin: Client) -> None:
 
 
 def test_a_colleague_may_look_but_not_change(world: SizedFleet, erin: Client) -> None:
-    r = world.api.post(
-        "/api/auth/create-user",
-        {
-            "username": "erins-colleague",
-            "email": "ec@example.com",
-            "password": "pw-" * 4,
-            "organization": erin.id,
-        },
-    )
-    assert r.status == 201, r.body
-    token = world.api.post(
-        "/api/auth/login", {"username": "erins-colleague", "password": "pw-" * 4}, key=False
-    )
-    colleague = Api(world.api.url, None, headers={"Authorization": f"Bearer {token.body['token']}"})
+    colleague, _ = world.user("erins-colleague", organization=erin.id)
     web = erin.listing("?tag[]=prod")["data"][0]["uuid"]
     assert colleague.get(f"{erin.base}/server/{web}").status == 200
     for method, path in (

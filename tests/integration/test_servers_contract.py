@@ -176,18 +176,7 @@ def test_force_removes_a_failed_server(world: SizedFleet) -> None:
 def test_colleagues_see_certificates_but_not_keys_or_secret(world: SizedFleet) -> None:
     users = world.api.get("/api/users").body
     admin_org = next(u["organizationId"] for u in users if u["admin"])
-    r = world.api.post(
-        "/api/auth/create-user",
-        {
-            "username": "colleague",
-            "email": "co@example.com",
-            "password": "pw-" * 4,
-            "organization": admin_org,
-        },
-    )
-    assert r.status == 201, r.body
-    token = world.api.post("/api/auth/login", {"username": "colleague", "password": "pw-" * 4}, key=False)
-    colleague = Api(world.api.url, None, headers={"Authorization": f"Bearer {token.body['token']}"})
+    colleague, _ = world.user("colleague", organization=admin_org)
     seen = colleague.get("/api/servers/runner-one")
     assert seen.status == 200, seen.body
     assert (seen.body["secret"], seen.body["ca_key"], seen.body["tls_key"]) == ("", "", "")
