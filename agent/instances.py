@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent import shaping
 from agent.files import FileStore
 from agent.reconcile import Act, Action, Desired, plan
 from agent.restarts import RestartPolicy, describe, on_crash
@@ -24,6 +25,7 @@ from agent.runtime.base import (
     Runtime,
     RuntimeFailure,
 )
+from agent.shaping import Shaper
 from common.logging import get
 from protos import moorage_pb2 as pb
 
@@ -57,6 +59,7 @@ def to_spec(node_id: str, spec: pb.InstanceSpec) -> ContainerSpec:
         stop_timeout_s=spec.stop_timeout_s or 10,
         labels=dict(spec.labels),
         files=tuple(FileSet(f.target_dir, dict(f.contents)) for f in spec.files),
+        bandwidth_mbps=spec.bandwidth_mbps,
     )
 
 
@@ -88,6 +91,10 @@ class InstanceManager:
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     #: Where instances' files are written for their mounts (agent/files.py); None: instances with files fail.
     files: FileStore | None = None
+    #: Sets a bandwidth cap on a running container (by its pid); tests without Docker pass their own.
+    shaper: Shaper = shaping.cap
+    #: Why an instance's bandwidth cap is not in force (reported in heartbeats).
+    limit_errors: dict[str, str] = field(default_factory=dict)
     desired: dict[str, Desired] = field(default_factory=dict)
     #: Instances we are stopping or removing on purpose: their "die" is not a crash.
     expected_exit: set[str] = field(default_factory=set)
@@ -177,6 +184,7 @@ class InstanceManager:
                 await self.runtime.remove(container_id)
                 await self._drop_files(iid)
                 raise
+            await self._shape(iid, container_id)
             self._started(iid, container_id)
         return container_id
 
@@ -190,6 +198,24 @@ class InstanceManager:
             return await asyncio.to_thread(files.materialize, spec)
         except (OSError, ValueError) as exc:
             raise RuntimeFailure(f"cannot write the instance's files: {exc}") from exc
+
+    async def _shape(self, instance_id: str, container_id: str) -> None:
+        """Set the instance's bandwidth cap in the container's fresh namespace; when that fails the container
+        still runs (it is not the tenant's fault), and the heartbeats say why it is uncapped."""
+        want = self.desired.get(instance_id)
+        mbps = want.spec.bandwidth_mbps if want is not None else 0
+        if mbps <= 0:
+            self.limit_errors.pop(instance_id, None)
+            return
+        try:
+            info = await self.runtime.inspect(container_id)
+            await self.shaper(info.pid, mbps)
+        except (RuntimeFailure, shaping.ShapingError) as exc:
+            message = f"bandwidth cap of {mbps} Mbps not in force: {exc}"
+            self.limit_errors[instance_id] = message
+            log.warning("bandwidth cap not set", instance_id=instance_id, error=str(exc))
+        else:
+            self.limit_errors.pop(instance_id, None)
 
     async def _drop_files(self, instance_id: str) -> None:
         """A failed or removed instance's files (its keys) do not stay on the host."""
@@ -213,6 +239,7 @@ class InstanceManager:
         running = have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING)
         if want.running and not running:
             await self.runtime.start(have.container_id)
+            await self._shape(iid, have.container_id)
             self._started(iid, have.container_id)
         elif not want.running and running:
             await self._stop_container(iid, have, want.spec.stop_timeout_s)
@@ -235,7 +262,7 @@ class InstanceManager:
                 await self.runtime.remove(have.container_id)
             except ContainerNotFound:
                 pass
-        for record in (self.restarts, self._crashes_in_a_row, self._started_at):
+        for record in (self.restarts, self._crashes_in_a_row, self._started_at, self.limit_errors):
             record.pop(instance_id, None)
         await self._drop_files(instance_id)
         self.emit(event(pb.EVENT_KIND_REMOVED, instance_id, container_id=have.container_id if have else ""))
@@ -374,6 +401,7 @@ class InstanceManager:
                     await self._deploy(want)
                     return
                 await self.runtime.start(have.container_id)
+                await self._shape(instance_id, have.container_id)
                 self._started(instance_id, have.container_id, message=f"restarted after crash {n} in a row")
                 log.info("restarted after a crash", instance_id=instance_id, in_a_row=n)
         except Exception as exc:

@@ -68,7 +68,11 @@ class Outbox:
 
 
 def instance_status(
-    info: ContainerInfo, telemetry: Telemetry, restarts: int = 0, remove_at: float | None = None
+    info: ContainerInfo,
+    telemetry: Telemetry,
+    restarts: int = 0,
+    remove_at: float | None = None,
+    limit_error: str = "",
 ) -> pb.InstanceStatus:
     """``restarts``: the crash restarts this agent made (the engine's own count stays 0: we own restarts);
     ``remove_at``: when a container nobody wants is removed (operators see it in the node view meanwhile)."""
@@ -87,6 +91,7 @@ def instance_status(
         rx_mbps=rx_mbps,
         tx_mbps=tx_mbps,
         remove_at_ms=int(remove_at * 1000) if remove_at is not None else 0,
+        limit_error=limit_error,
     )
 
 
@@ -126,6 +131,7 @@ class AgentSession:
                     self.telemetry,
                     self.manager.restarts.get(c.instance_id, 0),
                     self.manager.removal_time(c.instance_id),
+                    self.manager.limit_errors.get(c.instance_id, ""),
                 )
                 for c in containers
                 if c.instance_id

@@ -59,6 +59,7 @@ def instance_spec(inst: Instance, opened: ServerIdentity | None = None) -> pb.In
         ),
         labels={"moorage.organization": str(inst.organization_id)},
         files=files,
+        bandwidth_mbps=inst.bandwidth_mbps,
     )
 
 

@@ -89,6 +89,13 @@ class CatalogOptions(_Section):
     sizes: str = ""
 
 
+class InstancesOptions(_Section):
+    #: Seconds an instance lives before it expires and is released (the vpn dialect's expire_time); 0: never.
+    default_lifetime_s: float = Field(0.0, ge=0)
+    #: How often expired instances are looked for and released.
+    expiry_check_s: float = Field(10.0, gt=0)
+
+
 class ServersOptions(_Section):
     """What POST /api/servers (and a client order) uses for what the request leaves out."""
 
@@ -118,6 +125,7 @@ class CoordinatorConfig(_Section):
     catalog: CatalogOptions = Field(default_factory=CatalogOptions)
     placement: PlacementOptions = Field(default_factory=PlacementOptions)
     servers: ServersOptions = Field(default_factory=ServersOptions)
+    instances: InstancesOptions = Field(default_factory=InstancesOptions)
     #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
     _source: Path | None = PrivateAttr(None)
 

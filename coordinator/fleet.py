@@ -100,6 +100,8 @@ class Fleet:
         self.confirmed_running: dict[str, str] = {}
         #: Crash restarts the agents made, per instance (as their heartbeats last said).
         self.restarts: dict[str, int] = {}
+        #: Why an instance's bandwidth cap is not in force, as its agent's heartbeats last said.
+        self.limit_errors: dict[str, str] = {}
         #: Releasing instances whose agent has been told to remove the container (the servers dialect
         #: shows them "stopping" rather than "shutdown").
         self.removing: set[str] = set()
@@ -166,13 +168,17 @@ class Fleet:
         self.unconfirm(instance_id)
         self.removing.discard(instance_id)
         self.restarts.pop(instance_id, None)
+        self.limit_errors.pop(instance_id, None)
         self.bandwidth.retire(instance_id)
 
     def overlay(self, inst: Instance) -> Instance:
         """The stored instance with what only heartbeats know: fresh byte totals, rates, crash restarts."""
         found = self.bandwidth.overlay(inst)
         restarts = self.restarts.get(inst.id, 0)
-        return replace(found, restarts=restarts) if restarts else found
+        limit_error = self.limit_errors.get(inst.id)
+        if restarts or limit_error:
+            return replace(found, restarts=restarts, limit_error=limit_error)
+        return found
 
     def engine_error(self, node_id: str) -> str | None:
         live = self.live.get(node_id)
@@ -204,6 +210,10 @@ class Fleet:
         for status in instances:
             if status.restarts:
                 self.restarts[status.instance_id] = status.restarts
+            if status.limit_error:
+                self.limit_errors[status.instance_id] = status.limit_error
+            elif self.limit_errors and status.instance_id in self.limit_errors:
+                del self.limit_errors[status.instance_id]
             if status.remove_at_ms:
                 unwanted.append(status)
         if unwanted or live.unwanted:

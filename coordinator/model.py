@@ -140,10 +140,23 @@ class Instance:
     tx_mbps: float = 0.0
     #: Crash restarts its agent made since the agent started (from heartbeats; not stored).
     restarts: int = 0
+    #: Why its bandwidth cap is not in force (from heartbeats; not stored).
+    limit_error: str | None = None
     #: The catalog size it was ordered with (servers and client dialects).
     size: str | None = None
     #: Set for instances provisioned through the servers API.
     server: ServerIdentity | None = None
+    #: A stable integer the database hands out in creation order (the vpn dialect's id).
+    number: int = 0
+    #: Allocated bandwidth in Mbps (0: none); the agent enforces it on the container's interface.
+    bandwidth_mbps: int = 0
+    #: When it expires and is released (None: never).
+    expires_at: float | None = None
+    #: How many more times it may be redeployed without force.
+    redeploy_max_count: int = 1
+    #: The instance it was redeployed from; and whether this one waits to be released for a replacement.
+    replaces_id: str | None = None
+    pending_release: bool = False
 
     @property
     def primary(self) -> Allocation | None:

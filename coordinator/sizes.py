@@ -23,6 +23,8 @@ class Size(BaseModel):
     disk: int = Field(0, ge=0)
     #: What the servers dialect reports as `capacity` (e.g. concurrent builds a runner of this size takes).
     capacity: int = Field(1, ge=1)
+    #: Bandwidth cap each way in Mbps (0: none), enforced by the agent.
+    bandwidth: int = Field(0, ge=0)
 
 
 class SizeCatalogError(CatalogError):

@@ -397,6 +397,7 @@ class InstanceStatus(_message.Message):
     TX_MBPS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     REMOVE_AT_MS_FIELD_NUMBER: _builtins.int
+    LIMIT_ERROR_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     container_id: _builtins.str
     state: Global___ContainerState.ValueType
@@ -414,6 +415,8 @@ class InstanceStatus(_message.Message):
     error: _builtins.str
     remove_at_ms: _builtins.int
     """Set for a labelled container this node's desired set does not hold: when the agent removes it."""
+    limit_error: _builtins.str
+    """Why the instance's bandwidth cap is not in force (empty: it is, or it has none)."""
     def __init__(
         self,
         *,
@@ -433,10 +436,11 @@ class InstanceStatus(_message.Message):
         tx_mbps: _builtins.float = ...,
         error: _builtins.str = ...,
         remove_at_ms: _builtins.int = ...,
+        limit_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_percent", b"cpu_percent", "error", b"error", "exit_code", b"exit_code", "health", b"health", "instance_id", b"instance_id", "memory_bytes", b"memory_bytes", "oom_killed", b"oom_killed", "remove_at_ms", b"remove_at_ms", "restarts", b"restarts", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "started_at_ms", b"started_at_ms", "state", b"state", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_percent", b"cpu_percent", "error", b"error", "exit_code", b"exit_code", "health", b"health", "instance_id", b"instance_id", "limit_error", b"limit_error", "memory_bytes", b"memory_bytes", "oom_killed", b"oom_killed", "remove_at_ms", b"remove_at_ms", "restarts", b"restarts", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "started_at_ms", b"started_at_ms", "state", b"state", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,6 +126,10 @@ class MemoryRuntime:
         return None
 
 
+async def accept_cap(pid: int, mbps: int) -> None:
+    """In memory there is no interface to shape: every cap counts as set."""
+
+
 async def run_one(spec: dict[str, Any]) -> None:
     config = AgentConfig.model_validate({"reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, **spec})
     node = await obtain_identity(config)
@@ -136,6 +140,7 @@ async def run_one(spec: dict[str, Any]) -> None:
         PullPolicy.MISSING,
         emit=lambda _e: None,
         files=FileStore(config.data_dir / "files"),
+        shaper=accept_cap,
     )
     session = AgentSession(config, node, runtime, manager, Telemetry(disk_path="/"))
     await session.run()

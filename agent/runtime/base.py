@@ -76,6 +76,8 @@ class ContainerSpec:
     #: What the coordinator sent; the agent writes it to the host (agent/files.py) and fills in ``mounts``.
     files: Sequence[FileSet] = ()
     mounts: Sequence[Mount] = ()
+    #: Bandwidth cap each way in Mbps (0: none); the agent sets it after every start (agent/shaping.py).
+    bandwidth_mbps: int = 0
 
 
 class ContainerStatus(enum.StrEnum):

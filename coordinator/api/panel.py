@@ -164,6 +164,7 @@ async def deploy(call: Call, body: Deploy) -> InstanceOut:
         variables=body.variables,
         disk_mib=body.disk,
         tags=frozenset(body.tags),
+        bandwidth_mbps=body.bandwidth,
     )
     deployed = await call.services.deploys.deploy(call.caller, order)
     return InstanceOut.of(

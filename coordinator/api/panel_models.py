@@ -265,6 +265,9 @@ class Deploy(Body):
     variables: Annotated[dict[str, EnvValue], BeforeValidator(_variables)] = Field(default_factory=dict)
     disk: int = Field(0, ge=0, description="Disk, MiB (counted against the node's disk).")
     tags: list[str] = Field(default_factory=list, description="Only nodes carrying every one of these tags.")
+    bandwidth: int = Field(
+        0, ge=0, le=100_000, description="Bandwidth cap each way, Mbps (0: none); the agent enforces it."
+    )
 
     @field_validator("ports")
     @classmethod

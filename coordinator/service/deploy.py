@@ -53,6 +53,13 @@ class DeployOrder:
     #: The catalog size it was ordered by (kept on the instance for usage reports).
     size: str | None = None
     finish: Finish | None = None
+    #: Bandwidth cap each way, Mbps (0: none).
+    bandwidth_mbps: int = 0
+    #: When it expires (None: the coordinator's instances.default_lifetime_s from now, if set).
+    expires_at: float | None = None
+    #: A redeploy: the instance it replaces, and how many more redeploys the new one allows.
+    replaces_id: str | None = None
+    redeploy_max_count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,10 @@ class DeployService:
             command=image.command,
             stop_signal=image.stop_signal,
             size=order.size,
+            bandwidth_mbps=order.bandwidth_mbps,
+            expires_at=order.expires_at,
+            replaces_id=order.replaces_id,
+            redeploy_max_count=order.redeploy_max_count,
         )
         if order.node_id is not None:
             placed = await self._on_node(caller, draft, order, request)
@@ -259,7 +270,8 @@ class DeployService:
         self, draft: Instance, node: NodeInfo, candidate: Candidate | None, order: DeployOrder
     ) -> _Placed | None:
         now = self.core.clock()
-        inst = _with(draft, node.id, candidate.region.id if candidate else None, now)
+        lifetime = self.core.config.instances.default_lifetime_s
+        inst = _with(draft, node.id, candidate.region.id if candidate else None, now, lifetime)
         region_id = candidate.region.id if candidate else None
         extra: Sequence[Statement] = ()
         if order.finish is not None:
@@ -313,7 +325,16 @@ class _Placed:
     fallback_used: bool
 
 
-def _with(draft: Instance, node_id: str, region_id: str | None, now: float) -> Instance:
+def _with(draft: Instance, node_id: str, region_id: str | None, now: float, lifetime_s: float) -> Instance:
+    expires_at = draft.expires_at
+    if expires_at is None and lifetime_s > 0:
+        expires_at = now + lifetime_s
     return replace(
-        draft, node_id=node_id, region_id=region_id, created_at=now, updated_at=now, state_changed_at=now
+        draft,
+        node_id=node_id,
+        region_id=region_id,
+        created_at=now,
+        updated_at=now,
+        state_changed_at=now,
+        expires_at=expires_at,
     )

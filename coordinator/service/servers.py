@@ -73,6 +73,7 @@ def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployO
         region=region,
         size=size.name,
         finish=finish,
+        bandwidth_mbps=size.bandwidth,
     )
 
 

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from coordinator.model import Allocation, Instance
 from coordinator.store.engine import Sql, Store, Transact
-from coordinator.store.instances import INSERT_INSTANCE, instance_params
+from coordinator.store.instances import INSERT_INSTANCE, INSERT_NUMBER, instance_params
 
 #: Claims per transaction at most: bounds how long a caller waits for a commit.
 MAX_BATCH = 24
@@ -118,6 +118,7 @@ def claim(
     if not sql(_TAKE_NODE_ROOM, room):
         raise ClaimLost("node resources or allocations taken, or the node is another organization's")
     sql(INSERT_INSTANCE, instance_params(inst))
+    sql(INSERT_NUMBER, {"id": inst.id})
     pick = "SELECT id FROM allocations WHERE node_id = :node AND instance_id IS NULL"
     params: dict[str, Any] = {"node": inst.node_id, "need": need}
     if ports:

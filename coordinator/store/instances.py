@@ -12,7 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
-from coordinator.store.tables import allocations, instance_tags, instances, nodes, regions, servers
+from coordinator.store.tables import (
+    allocations,
+    instance_numbers,
+    instance_tags,
+    instances,
+    nodes,
+    regions,
+    servers,
+)
 
 
 def instance_from_row(row: Row[Any]) -> Instance:
@@ -43,16 +51,26 @@ def instance_from_row(row: Row[Any]) -> Instance:
         rx_bytes=row.rx_bytes,
         tx_bytes=row.tx_bytes,
         size=row.size,
+        bandwidth_mbps=row.bandwidth_mbps,
+        expires_at=row.expires_at,
+        redeploy_max_count=row.redeploy_max_count,
+        replaces_id=row.replaces_id,
+        pending_release=bool(row.pending_release),
     )
 
 
 INSERT_INSTANCE = """
 INSERT INTO instances (id, name, organization_id, owner_id, image, image_ref, command, stop_signal,
     memory_mib, cpu_percent, disk_mib, env, tags, node_id, region_id, state, error, suspended, released,
-    created_at, updated_at, state_changed_at, size)
+    created_at, updated_at, state_changed_at, size, bandwidth_mbps, expires_at, redeploy_max_count,
+    replaces_id)
 VALUES (:id, :name, :organization_id, :owner_id, :image, :image_ref, :command, :stop_signal,
     :memory_mib, :cpu_percent, :disk_mib, :env, :tags, :node_id, :region_id, :state, :error, :suspended,
-    :released, :created_at, :updated_at, :state_changed_at, :size)"""
+    :released, :created_at, :updated_at, :state_changed_at, :size, :bandwidth_mbps, :expires_at,
+    :redeploy_max_count, :replaces_id)"""
+
+#: Every instance's stable number, handed out with its insert.
+INSERT_NUMBER = "INSERT INTO instance_numbers (instance_id) VALUES (:id)"
 
 
 def instance_params(inst: Instance) -> dict[str, Any]:
@@ -81,11 +99,16 @@ def instance_params(inst: Instance) -> dict[str, Any]:
         updated_at=inst.updated_at,
         state_changed_at=inst.state_changed_at,
         size=inst.size,
+        bandwidth_mbps=inst.bandwidth_mbps,
+        expires_at=inst.expires_at,
+        redeploy_max_count=inst.redeploy_max_count,
+        replaces_id=inst.replaces_id,
     )
 
 
 async def insert_instance(conn: AsyncConnection, inst: Instance) -> None:
     await conn.execute(text(INSERT_INSTANCE), instance_params(inst))
+    await conn.execute(text(INSERT_NUMBER), {"id": inst.id})
 
 
 async def free_allocations_by_port(
@@ -157,6 +180,9 @@ async def _attach(conn: AsyncConnection, found: list[Instance]) -> None:
     )
     for r in rows:
         by_id[r.instance_id].allocations.append(allocation_from_row(r))
+    numbered = select(instance_numbers.c.instance_id, instance_numbers.c.number)
+    for r in await conn.execute(numbered.where(instance_numbers.c.instance_id.in_(ids))):
+        by_id[r.instance_id].number = r.number
     for r in await conn.execute(select(servers).where(servers.c.instance_id.in_(ids))):
         by_id[r.instance_id].server = ServerIdentity(
             r.name, r.secret, r.ca_key, r.ca_cert, r.tls_key, r.tls_cert

@@ -170,11 +170,31 @@ instances = Table(
     Column("net_tx_seen", BigInteger, nullable=False, server_default=text("0")),
     #: The catalog size it was ordered with (servers and client dialects); None for explicit limits.
     Column("size", String(64), nullable=True),
+    #: Allocated bandwidth in Mbps (0: none), enforced by the agent on the container's interface.
+    Column("bandwidth_mbps", Integer, nullable=False, server_default=text("0")),
+    #: When it expires and is released (None: never).
+    Column("expires_at", Float, nullable=True, index=True),
+    #: How many more times it may be redeployed without force.
+    Column("redeploy_max_count", Integer, nullable=False, server_default=text("1")),
+    #: The instance it was redeployed from, and whether it waits to be released for its replacement.
+    Column("replaces_id", String(ID), nullable=True, index=True),
+    Column("pending_release", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("id", "released", name="uq_instances_id_released"),
     CheckConstraint("released = (state = 'released')", name="released_flag"),
 )
 # What a server's tags reference, so a tag can only sit on a server of its own organization.
 Index("uq_instances_id_organization", instances.c.id, instances.c.organization_id, unique=True)
+
+#: A stable integer per instance (the vpn dialect's ``id``), handed out by the database in creation order.
+instance_numbers = Table(
+    "instance_numbers",
+    metadata,
+    Column("number", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "instance_id", String(ID), ForeignKey("instances.id", ondelete="CASCADE"), nullable=False, unique=True
+    ),
+    sqlite_autoincrement=True,
+)
 
 #: Instances provisioned through the servers API: a unique name and a per-server identity. ``secret``,
 #: ``ca_key`` and ``tls_key`` are sealed (coordinator/sealing.py); the certificates are public.
