@@ -115,7 +115,7 @@ def test_busybox_entry_keeps_the_image_command() -> None:
 def test_size_catalog_loads_and_orders_by_resources() -> None:
     sizes = SizeCatalog.load(SIZES_YAML)
     listed = sizes.listed()
-    assert [s.name for s in listed][:2] == ["nano", "small"]
+    assert [s.name for s in listed][:3] == ["nano", "vpn-8", "small"]
     assert [s.memory for s in listed] == sorted(s.memory for s in listed)
     small = sizes.get("small")
     assert small is not None and small.memory >= 64 and small.cpu > 0 and small.capacity >= 1
