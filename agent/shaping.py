@@ -1,13 +1,15 @@
-"""Bandwidth caps: a token bucket on the container's interface, set with tc inside the container's network
-namespace (entered through /proc/<pid>/ns/net with nsenter; the agent's unit keeps CAP_NET_ADMIN and
-CAP_SYS_ADMIN for exactly this). Egress (what the container sends: downloads from it) is shaped with tbf,
-which queues to the rate; ingress (uploads to it) is policed, since a qdisc cannot queue what arrives.
+"""Bandwidth caps: a token bucket (tbf) each way on the container's veth pair. What the container sends
+(downloads from it) is shaped on its own eth0, set inside its network namespace (entered through
+/proc/<pid>/ns/net with nsenter); what it receives (uploads to it) is shaped on the host's end of the pair,
+as that end's egress (no ingress policing: it needs act_police, which kernels often lack). The agent's unit
+keeps CAP_NET_ADMIN and CAP_SYS_ADMIN for exactly this.
 
-A namespace is new with every container start, so the cap is set after each start."""
+A namespace and its veth pair are new with every container start, so the cap is set after each start."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -27,38 +29,49 @@ def burst_bytes(mbps: int) -> int:
     return max(32 * 1024, mbps * 1_000_000 // 8 // 50)
 
 
-def commands(pid: int, mbps: int, device: str = DEVICE) -> list[list[str]]:
-    """The tc calls (in the container's namespace) that set the cap; a leading "-" marks one whose failure
-    is expected (removing what may not be there)."""
-    enter = ["nsenter", f"--net=/proc/{pid}/ns/net", "tc"]
-    burst = burst_bytes(mbps)
-    return [
-        [*enter, "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{mbps}mbit", "burst", str(burst),
-         "latency", "50ms"],
-        ["-", *enter, "qdisc", "del", "dev", device, "ingress"],
-        [*enter, "qdisc", "add", "dev", device, "handle", "ffff:", "ingress"],
-        [*enter, "filter", "add", "dev", device, "parent", "ffff:", "protocol", "all", "u32", "match", "u32",
-         "0", "0", "police", "rate", f"{mbps}mbit", "burst", str(burst), "drop", "flowid", ":1"],
-    ]  # fmt: skip
+def tbf(device: str, mbps: int) -> list[str]:
+    return ["tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", f"{mbps}mbit", "burst",
+            str(burst_bytes(mbps)), "latency", "50ms"]  # fmt: skip
 
 
-async def _run(argv: Sequence[str]) -> tuple[int, str]:
+def peer_index(link_line: str) -> int:
+    """The host-side interface index from ``ip -o link show eth0`` in the container ("5: eth0@if6: ...")."""
+    match = re.match(r"\d+:\s*[^@:]+@if(\d+):", link_line)
+    if match is None:
+        raise ShapingError(f"cannot tell the container interface's host peer from {link_line[:80]!r}")
+    return int(match.group(1))
+
+
+def host_device(links: str, index: int) -> str:
+    """The name of the host interface with that index, from ``ip -o link``."""
+    for line in links.splitlines():
+        match = re.match(r"(\d+):\s*([^@:]+)", line)
+        if match and int(match.group(1)) == index:
+            return match.group(2)
+    raise ShapingError(f"no host interface with index {index} (the container's veth peer)")
+
+
+async def _run(argv: Sequence[str]) -> str:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    _, err = await proc.communicate()
-    return proc.returncode or 0, err.decode(errors="replace").strip()
+    out, err = await proc.communicate()
+    if proc.returncode:
+        what = " ".join(a for a in argv if not a.startswith("--net="))
+        raise ShapingError(
+            f"{what[:120]}: {err.decode(errors='replace').strip() or f'exit {proc.returncode}'}"
+        )
+    return out.decode(errors="replace")
 
 
 async def cap(pid: int, mbps: int) -> None:
     """Limit the container (by its process) to ``mbps`` each way. Raises ShapingError saying why not."""
     if pid <= 0:
         raise ShapingError("the container is not running")
-    for tool in ("nsenter", "tc"):
+    for tool in ("nsenter", "tc", "ip"):
         if shutil.which(tool) is None:
             raise ShapingError(f"{tool} is not installed on the host (packages util-linux, iproute2)")
-    for argv in commands(pid, mbps):
-        optional = argv[0] == "-"
-        code, err = await _run(argv[1:] if optional else argv)
-        if code != 0 and not optional:
-            raise ShapingError(f"{' '.join(argv[3:6])}: {err or f'exit {code}'}")
+    inside = ["nsenter", f"--net=/proc/{pid}/ns/net"]
+    await _run([*inside, *tbf(DEVICE, mbps)])
+    peer = peer_index(await _run([*inside, "ip", "-o", "link", "show", DEVICE]))
+    await _run(tbf(host_device(await _run(["ip", "-o", "link"]), peer), mbps))

@@ -41,6 +41,7 @@ from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
+from coordinator.service.vpn import VpnService
 from coordinator.sizes import SizeCatalog
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
@@ -178,6 +179,7 @@ class Coordinator:
             images=images,
             servers=ServerService(core, deploys, instances),
             clients=ClientService(core, deploys, instances),
+            vpn=VpnService(core, deploys, instances),
         )
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -194,6 +196,7 @@ class Coordinator:
             asyncio.create_task(core.fleet.run_monitor(), name="fleet-monitor"),
             asyncio.create_task(flush_batches(core, access), name="batch-writer"),
             asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
+            asyncio.create_task(services.vpn.run_sweeps(), name="release-sweeps"),
         ]
         endpoints = {
             "http": f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{self.http_port}",

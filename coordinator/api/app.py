@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common.logging import get
 from coordinator import __version__
-from coordinator.api import accounts, client, images, nodes, openapi, panel, regions, servers, system
+from coordinator.api import accounts, client, images, nodes, openapi, panel, regions, servers, system, vpn
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
 
@@ -26,6 +26,7 @@ ROUTERS: list[Router] = [
     regions.router,
     servers.router,
     client.router,
+    vpn.router,
 ]
 
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]

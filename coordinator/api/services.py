@@ -16,6 +16,7 @@ from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
+from coordinator.service.vpn import VpnService
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Services:
     images: ImageService
     servers: ServerService
     clients: ClientService
+    vpn: VpnService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

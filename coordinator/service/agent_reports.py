@@ -190,6 +190,12 @@ class AgentReports:
                 self.core.fleet.confirm(node_id, inst.id)
             elif inst.state is S.RUNNING:
                 self.core.fleet.confirm(node_id, inst.id)
+                return
+            else:
+                return
+        # After the commit: hooks may write (a redeploy's original is released once its replacement runs).
+        for hook in self.core.running_hooks:
+            await hook(inst)
 
     async def event(self, node_id: str, ev: pb.InstanceEvent) -> None:
         iid = ev.instance_id

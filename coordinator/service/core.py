@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from coordinator.catalog import Catalog
@@ -34,6 +34,8 @@ class Core:
     #: The scheduler's cached view of nodes and regions (service/snapshot.py).
     snapshot: PlacementSnapshot = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
+    #: Called when an instance is confirmed running for the first time since it started.
+    running_hooks: list[Callable[[Instance], Awaitable[None]]] = field(default_factory=list)
     #: Ports the gRPC server actually bound (the config may say 0); agent commands name these.
     session_port: int = 0
     enroll_port: int = 0

@@ -96,6 +96,8 @@ class Where:
     country: str  # ISO-3166 alpha-2 ("" when its region names none)
     host: str  # the node's address
     port: int  # the primary allocation's port (0 when it holds none)
+    node_name: str = ""
+    bind_address: str = ""  # the primary allocation's
 
     @property
     def address(self) -> str:
@@ -113,9 +115,15 @@ async def where(core: Core, found: Sequence[Instance]) -> dict[str, Where]:
     out: dict[str, Where] = {}
     for inst in found:
         region, country = by_region.get(inst.region_id or "", ("", None))
+        host, node_name = by_node.get(inst.node_id or "", ("", ""))
         primary = inst.primary
         out[inst.id] = Where(
-            region, country or "", by_node.get(inst.node_id or "", ""), primary.port if primary else 0
+            region,
+            country or "",
+            host,
+            primary.port if primary else 0,
+            node_name,
+            primary.bind_address if primary else "",
         )
     return out
 

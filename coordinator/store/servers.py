@@ -249,8 +249,8 @@ async def page_billable_ids(
 
 async def places(
     conn: AsyncConnection, region_ids: Collection[str], node_ids: Collection[str]
-) -> tuple[dict[str, tuple[str, str | None]], dict[str, str]]:
-    """({region id: (identifier, country)}, {node id: address}) for rendering where instances run."""
+) -> tuple[dict[str, tuple[str, str | None]], dict[str, tuple[str, str]]]:
+    """({region id: (identifier, country)}, {node id: (address, name)}) for rendering where instances run."""
     found_regions: dict[str, tuple[str, str | None]] = {}
     if region_ids:
         rows = await conn.execute(
@@ -259,10 +259,12 @@ async def places(
             )
         )
         found_regions = {r.id: (r.identifier, r.country_id) for r in rows}
-    found_nodes: dict[str, str] = {}
+    found_nodes: dict[str, tuple[str, str]] = {}
     if node_ids:
-        rows = await conn.execute(select(nodes.c.id, nodes.c.address).where(nodes.c.id.in_(list(node_ids))))
-        found_nodes = {r.id: r.address for r in rows}
+        rows = await conn.execute(
+            select(nodes.c.id, nodes.c.address, nodes.c.name).where(nodes.c.id.in_(list(node_ids)))
+        )
+        found_nodes = {r.id: (r.address, r.name) for r in rows}
     return found_regions, found_nodes
 
 

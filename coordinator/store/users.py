@@ -215,3 +215,12 @@ async def revoke_api_key(conn: AsyncConnection, key_id: str, now: float) -> None
 async def write_audit(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if rows:
         await conn.execute(insert(audit_log), rows)
+
+
+async def organization_names(conn: AsyncConnection, ids: set[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        select(organizations.c.id, organizations.c.name).where(organizations.c.id.in_(ids))
+    )
+    return {r.id: r.name for r in rows}

@@ -1,0 +1,181 @@
+"""The vpn dialect's use cases (seed 004, Bingo VPN's open API): an organization's endpoints by their
+stable number, renaming, redeploying to another country, and releasing what expired or was replaced.
+
+A redeploy places a new instance with the same configuration (image, variables, resources, bandwidth,
+expiry) by country, marks the original Pending Release, and releases it once the new one runs (at once with
+force). The release does not depend on anything staying in memory: a sweep finds originals whose
+replacement runs, and expired instances, every ``instances.expiry_check_s``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+
+import pycountry
+
+from common.logging import get
+from coordinator.model import Instance, InstanceState
+from coordinator.service import policy
+from coordinator.service.core import Core
+from coordinator.service.deploy import DeployOrder, DeployService
+from coordinator.service.errors import BadRequest, NotFound
+from coordinator.service.instances import InstanceService
+from coordinator.service.servers import where
+from coordinator.store import instances as instances_store
+from coordinator.store import vpn as vpn_store
+from coordinator.store.users import Principal
+
+log = get("coordinator.vpn")
+
+NOT_FOUND = "Can not find the server"
+
+S = InstanceState
+#: The lifecycle table's vpn column: (code, display). 11, 12, 21 and -1 are ours (the document lists the
+#: others); an instance waiting to be released for its replacement (or expiry) is 20 whatever it runs.
+STATUS: dict[InstanceState, tuple[int, str]] = {
+    S.PENDING: (-10, "Preparing"),
+    S.PROVISIONING: (-10, "Preparing"),
+    S.CREATED: (9, "Deployment Successful"),
+    S.STARTING: (10, "Awaiting Heartbeat"),
+    S.RUNNING: (19, "Ready"),
+    S.UNHEALTHY: (18, "Heartbeat Abnormal"),
+    S.STOPPED: (11, "Stopped"),
+    S.SUSPENDED: (12, "Suspended"),
+    S.RELEASING: (20, "Pending Release"),
+    S.RELEASED: (21, "Released"),
+    S.ERROR: (-1, "Failed"),
+}
+PENDING_RELEASE = (20, "Pending Release")
+#: Redeploy without force only from these.
+REDEPLOYABLE = frozenset({9, 10, 18, 19})
+
+
+def status(inst: Instance) -> tuple[int, str]:
+    if inst.pending_release and inst.live:
+        return PENDING_RELEASE
+    return STATUS[inst.state]
+
+
+@dataclass(frozen=True, slots=True)
+class Redeployed:
+    original: Instance
+    new: Instance
+    country: str
+
+
+class VpnService:
+    def __init__(self, core: Core, deploys: DeployService, instances: InstanceService) -> None:
+        self.core = core
+        self.deploys = deploys
+        self.instances = instances
+        core.running_hooks.append(self._running)
+
+    async def _running(self, inst: Instance) -> None:
+        """A replacement runs: its original goes now rather than at the next sweep."""
+        if inst.replaces_id is not None:
+            await self.sweep()
+
+    # ------------------------------------------------------------ reads
+
+    async def page(self, caller: Principal, *, page: int, page_size: int) -> tuple[list[Instance], int]:
+        async with self.core.store.read() as conn:
+            ids, total = await vpn_store.page_numbered(
+                conn,
+                None if caller.admin else caller.organization_id,
+                offset=(page - 1) * page_size,
+                limit=page_size,
+            )
+            found = await instances_store.instances_by_ids(conn, ids)
+        return [self.core.fleet.overlay(i) for i in found], total
+
+    async def get(self, caller: Principal, number: int) -> Instance:
+        async with self.core.store.read() as conn:
+            instance_id = await vpn_store.instance_id_by_number(conn, number)
+        if instance_id is None:
+            raise NotFound(NOT_FOUND)
+        inst = await self.instances.get_unchecked(instance_id)
+        if not policy.can_see(caller, inst.organization_id):
+            raise NotFound(NOT_FOUND)
+        return inst
+
+    # ------------------------------------------------------------ changes
+
+    async def rename(self, caller: Principal, number: int, name: str) -> Instance:
+        inst = await self.get(caller, number)
+        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"node {number}")
+        async with self.core.store.write() as conn:
+            await vpn_store.rename(conn, inst.id, name, self.core.clock())
+        return await self.get(caller, number)
+
+    async def valid_countries(self) -> list[str]:
+        async with self.core.store.read() as conn:
+            return await vpn_store.region_countries(conn)
+
+    async def redeploy(
+        self, caller: Principal, number: int, force: bool, country_code: str | None
+    ) -> Redeployed:
+        inst = await self.get(caller, number)
+        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"node {number}")
+        country = (country_code or await self._country_of(inst)).upper()
+        valid = await self.valid_countries()
+        if pycountry.countries.get(alpha_2=country) is None or country not in valid:
+            raise BadRequest(
+                f"Invalid country code: {country}. Valid country codes include: {', '.join(valid) or 'none'}",
+                field="country_code",
+            )
+        code = status(inst)[0]
+        if not force and code not in REDEPLOYABLE:
+            raise BadRequest(f"Server cann't redeploy on this status({code})")
+        if not force and inst.redeploy_max_count <= 0:
+            raise BadRequest("Server cann't redeploy now (max redeploy count reached)")
+        order = DeployOrder(
+            image=inst.image,
+            memory_mib=inst.memory_mib,
+            cpu_percent=inst.cpu_percent,
+            disk_mib=inst.disk_mib,
+            name=inst.name,
+            region=country,
+            owner_id=inst.owner_id,
+            variables=dict(inst.env),
+            size=inst.size,
+            bandwidth_mbps=inst.bandwidth_mbps,
+            expires_at=inst.expires_at,
+            replaces_id=inst.id,
+            redeploy_max_count=0,
+        )
+        deployed = await self.deploys.deploy(caller, order)
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            await vpn_store.mark_pending_release(conn, [inst.id], now)
+        if force:
+            await self.instances.release([inst], wait=False)
+        original = replace(inst, pending_release=True, updated_at=now)
+        return Redeployed(original, await self.instances.get_unchecked(deployed.instance.id), country)
+
+    async def _country_of(self, inst: Instance) -> str:
+        return (await where(self.core, [inst]))[inst.id].country
+
+    # ------------------------------------------------------------ releases nobody asks for
+
+    async def sweep(self) -> list[str]:
+        """Release what expired and what waited for a replacement that now runs. Returns their ids."""
+        now = self.core.clock()
+        async with self.core.store.read() as conn:
+            due = await vpn_store.due_for_release(conn, now)
+            found = await instances_store.instances_by_ids(conn, due)
+        if not found:
+            return []
+        async with self.core.store.write() as conn:
+            await vpn_store.mark_pending_release(conn, [i.id for i in found], now)
+        await self.instances.release(found, wait=False)
+        log.info("released expired or replaced instances", count=len(found))
+        return [i.id for i in found]
+
+    async def run_sweeps(self) -> None:
+        """Forever, every ``instances.expiry_check_s``; a failed sweep is logged and retried."""
+        while True:
+            await asyncio.sleep(self.core.config.instances.expiry_check_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("release sweep failed; retrying at the next one")

@@ -1,0 +1,86 @@
+"""Queries the vpn dialect needs: instances by their stable number, pages of an organization's endpoints,
+and the instances due for release (expired, or replaced by a redeploy that now runs)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import aliased
+
+from coordinator.model import LIVE_STATES, InstanceState
+from coordinator.store.tables import instance_numbers, instances, regions
+
+_LIVE = [s.value for s in LIVE_STATES]
+
+
+async def instance_id_by_number(conn: AsyncConnection, number: int) -> str | None:
+    found = await conn.execute(
+        select(instance_numbers.c.instance_id).where(instance_numbers.c.number == number)
+    )
+    return found.scalar_one_or_none()
+
+
+async def page_numbered(
+    conn: AsyncConnection, organization_id: int | None, *, offset: int, limit: int
+) -> tuple[list[str], int]:
+    """Instance ids by number (creation order) of the organization (all for None), released ones left out,
+    and how many there are."""
+    where = [instances.c.state != InstanceState.RELEASED.value]
+    if organization_id is not None:
+        where.append(instances.c.organization_id == organization_id)
+    joined = instance_numbers.join(instances, instances.c.id == instance_numbers.c.instance_id)
+    ids = await conn.execute(
+        select(instance_numbers.c.instance_id)
+        .select_from(joined)
+        .where(*where)
+        .order_by(instance_numbers.c.number)
+        .offset(offset)
+        .limit(limit)
+    )
+    total = await conn.execute(select(func.count()).select_from(joined).where(*where))
+    return list(ids.scalars()), int(total.scalar_one())
+
+
+async def rename(conn: AsyncConnection, instance_id: str, name: str, now: float) -> None:
+    await conn.execute(
+        update(instances).where(instances.c.id == instance_id).values(name=name, updated_at=now)
+    )
+
+
+async def mark_pending_release(conn: AsyncConnection, instance_ids: list[str], now: float) -> None:
+    if instance_ids:
+        await conn.execute(
+            update(instances)
+            .where(instances.c.id.in_(instance_ids))
+            .values(pending_release=True, updated_at=now)
+        )
+
+
+async def due_for_release(conn: AsyncConnection, now: float) -> list[str]:
+    """Live instances that expired, or that wait for a replacement which now runs."""
+    replacement = aliased(instances)
+    expired = select(instances.c.id).where(
+        instances.c.state.in_(_LIVE),
+        instances.c.state != InstanceState.RELEASING.value,
+        instances.c.expires_at.is_not(None),
+        instances.c.expires_at <= now,
+    )
+    replaced = (
+        select(instances.c.id)
+        .join(replacement, replacement.c.replaces_id == instances.c.id)
+        .where(
+            instances.c.state.in_(_LIVE),
+            instances.c.state != InstanceState.RELEASING.value,
+            replacement.c.state == InstanceState.RUNNING.value,
+        )
+    )
+    found = await conn.execute(expired.union(replaced))
+    return sorted(set(found.scalars()))
+
+
+async def region_countries(conn: AsyncConnection) -> list[str]:
+    """Countries (upper-case ISO-3166 alpha-2) that have at least one region, sorted."""
+    rows = await conn.execute(
+        select(regions.c.country_id).where(regions.c.country_id.is_not(None)).distinct()
+    )
+    return sorted({str(c).upper() for c in rows.scalars() if c})
