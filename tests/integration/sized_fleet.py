@@ -74,23 +74,27 @@ class SizedFleet:
 
 @contextlib.contextmanager
 def sized_fleet(
-    tmp: Path, *, eu_limit: int = 2, docker: bool = False, extra: dict[str, Any] | None = None
+    tmp: Path,
+    *,
+    eu_limit: int = 2,
+    docker: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[SizedFleet]:
     """Nodes in eu (DE, serverLimit ``eu_limit``, falling back to us) and us (US): fake agents (real agent
-    code, in-memory runtime) on both, or with ``docker`` one real agent process on this host's engine in
-    eu only."""
+    code, in-memory runtime) on both, or real agent processes on this host's engine for the regions named
+    in ``docker``."""
     coordinator = CoordinatorProcess(tmp / "coordinator", extra={"servers": SERVERS, **(extra or {})})
     coordinator.start()
     world = SizedFleet(coordinator, tmp)
     try:
         world.region("us", "US", 50)
         world.region("eu", "DE", eu_limit, fallback="us")
-        if docker:
-            token = world.node("eu")["joinToken"]
-            agent = AgentProcess(tmp / "agent", coordinator, token)
+        for region in docker:
+            token = world.node(region)["joinToken"]
+            agent = AgentProcess(tmp / f"agent-{region}", coordinator, token)
             agent.start()
             world.agents.append(agent)
-        else:
+        if not docker:
             tokens = [world.node(r)["joinToken"] for r in ("eu", "us")]
             agents = FakeAgents(tmp / "agents", coordinator, tokens)
             agents.start()

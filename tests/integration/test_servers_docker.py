@@ -52,7 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SizedFleet]:
         "catalog": {"images": str(images), "sizes": str(SIZES)},
         "servers": {**SERVERS, "image": "tls-echo"},
     }
-    with sized_fleet(tmp, docker=True, extra=extra) as w:
+    with sized_fleet(tmp, docker=("eu",), extra=extra) as w:
         yield w
 
 
@@ -126,7 +126,7 @@ def test_a_server_serves_mutual_tls_with_its_own_certificates(world: SizedFleet,
     assert down.status == 200 and down.body["state"] == "shutdown"
     wait_for(lambda: world.api.get(f"/api/servers/{name}").body["state"] == "stopped", 30, "stopped")
     assert container_of(iid) is None
-    assert not (world.tmp / "agent" / "files" / iid).exists()
+    assert not (world.tmp / "agent-eu" / "files" / iid).exists()
     assert world.api.delete("/api/servers/other-server").status == 200
 
 
