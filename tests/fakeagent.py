@@ -33,6 +33,7 @@ from agent.runtime.base import (
     PullPolicy,
 )
 from agent.session import AgentSession
+from agent.shaping import ShapingError
 from agent.telemetry import Telemetry
 
 _ids = itertools.count(1)
@@ -127,7 +128,10 @@ class MemoryRuntime:
 
 
 async def accept_cap(pid: int, mbps: int) -> None:
-    """In memory there is no interface to shape: every cap counts as set."""
+    """In memory there is no interface to shape: a cap counts as set, up to what a 1 Gbit/s link could
+    carry (above that the refusal shows how an agent reports a cap it cannot set)."""
+    if mbps > 1000:
+        raise ShapingError(f"the fake interface carries at most 1000 Mbps, not {mbps}")
 
 
 async def run_one(spec: dict[str, Any]) -> None:

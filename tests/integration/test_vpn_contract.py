@@ -172,6 +172,14 @@ def test_redeploy_refuses_a_status_it_may_not_leave(vera: Vpn) -> None:
     assert (r.status, r.body) == (400, {"detail": "Server cann't redeploy on this status(11)"})
 
 
+def test_a_cap_the_agent_cannot_set_is_reported_in_info(vera: Vpn) -> None:
+    number = vera.deploy("too-fast", bandwidth=5000)
+    node = vera.wait_status(number, 19)
+    info = wait_for(lambda: vera.node(number)["info"], 10, "the agent's report in info")
+    assert info.startswith("bandwidth cap of 5000 Mbps not in force") and "1000 Mbps" in info
+    assert node["bandwidth"] == 5000.0
+
+
 def test_openapi_lists_both_spellings(world: SizedFleet) -> None:
     paths = world.api.get("/api/openapi.json").body["paths"]
     for path in ("/api/v2/nodes/", "/api/v2/nodes/{node_id}/", "/api/v2/nodes/{node_id}/redeploy/"):
