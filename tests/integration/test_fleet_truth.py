@@ -187,6 +187,12 @@ def host_side_rx(engine: docker.DockerClient, container_id: str) -> int:
     raise AssertionError(f"no host interface with ifindex {peer}")
 
 
+#: Bytes on the wire per payload byte at most: headers count, and how many depends on segmentation offload
+#: (0.2% over with 64 KiB GSO segments, ~5-10% with MSS-sized ones, both seen here). Counting a download
+#: twice would be +100%.
+WIRE = 1.15
+
+
 def settled_network(fleet: OneNodeFleet, iid: str, at_least: int) -> dict[str, Any]:
     """The instance's network totals once they reached ``at_least`` sent bytes and stopped moving."""
     last: list[int] = []
@@ -211,7 +217,7 @@ def test_bandwidth_totals_match_the_payload_and_the_host_interface_across_restar
 
     assert download(port) == PAYLOAD
     net = settled_network(fleet, iid, PAYLOAD)
-    assert PAYLOAD <= net["txBytes"] <= PAYLOAD * 1.08, net  # headers and ACKs count on the wire
+    assert PAYLOAD <= net["txBytes"] <= PAYLOAD * WIRE, net
     veth = host_side_rx(engine, cid)
     assert abs(net["txBytes"] - veth) <= 0.02 * veth, (net, veth)
     assert net["rxBytes"] > 0
@@ -230,7 +236,7 @@ def test_bandwidth_totals_match_the_payload_and_the_host_interface_across_restar
     wait_for(lambda: serves(port), 5, "the page after the restart")
     assert download(port) == PAYLOAD
     again = settled_network(fleet, iid, net["txBytes"] + PAYLOAD)
-    assert again["txBytes"] <= net["txBytes"] + PAYLOAD * 1.08
+    assert again["txBytes"] <= net["txBytes"] + PAYLOAD * WIRE
     fleet.api.delete("/api/instance/delete", {"id": iid})
 
 
