@@ -209,8 +209,8 @@ class InstanceManager:
             return
         try:
             info = await self.runtime.inspect(container_id)
-            await self.shaper(info.pid, mbps)
-        except (RuntimeFailure, shaping.ShapingError) as exc:
+            await self.shaper(info.netns, mbps)
+        except (RuntimeFailure, shaping.ShapingError, OSError) as exc:
             message = f"bandwidth cap of {mbps} Mbps not in force: {exc}"
             self.limit_errors[instance_id] = message
             log.warning("bandwidth cap not set", instance_id=instance_id, error=str(exc))
@@ -244,7 +244,9 @@ class InstanceManager:
         elif not want.running and running:
             await self._stop_container(iid, have, want.spec.stop_timeout_s)
         elif running:
-            # Already as wanted (adopted, or a redelivered deploy): let the coordinator catch up.
+            # Already as wanted (adopted, or a redelivered deploy): let the coordinator catch up. The cap is
+            # set again (idempotent): an agent restart forgot whether it was, an older agent never set it.
+            await self._shape(iid, have.container_id)
             self._started_at.setdefault(iid, have.started_at or time.time())
             self.emit(event(pb.EVENT_KIND_STARTED, iid, container_id=have.container_id))
         else:

@@ -1,8 +1,10 @@
 """Bandwidth caps: a token bucket (tbf) each way on the container's veth pair. What the container sends
-(downloads from it) is shaped on its own eth0, set inside its network namespace (entered through
-/proc/<pid>/ns/net with nsenter); what it receives (uploads to it) is shaped on the host's end of the pair,
-as that end's egress (no ingress policing: it needs act_police, which kernels often lack). The agent's unit
-keeps CAP_NET_ADMIN and CAP_SYS_ADMIN for exactly this.
+(downloads from it) is shaped on its own eth0, inside its network namespace, entered with nsenter through
+the engine's handle on it (Docker's SandboxKey: unlike /proc/<pid>/ns/net it needs no ptrace rights over
+the container, and a pid reused by a host process cannot send tc into the host's namespace). What it
+receives (uploads to it) is shaped on the host's end of the pair, as that end's egress (no ingress
+policing: it needs act_police, which kernels often lack). The agent's unit keeps CAP_NET_ADMIN and
+CAP_SYS_ADMIN for exactly this.
 
 A namespace and its veth pair are new with every container start, so the cap is set after each start."""
 
@@ -16,7 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 #: The interface Docker gives a container on its bridge network.
 DEVICE = "eth0"
 
-Shaper = Callable[[int, int], Awaitable[None]]
+#: (the container's network namespace handle, Mbps)
+Shaper = Callable[[str, int], Awaitable[None]]
+#: How long one tc or ip call may take before the cap is given up (and reported).
+CALL_TIMEOUT_S = 10.0
 
 
 class ShapingError(Exception):
@@ -52,10 +57,20 @@ def host_device(links: str, index: int) -> str:
 
 
 async def _run(argv: Sequence[str]) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+    except OSError as exc:
+        raise ShapingError(f"{argv[0]}: {exc.strerror}") from exc
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), CALL_TIMEOUT_S)
+    except (TimeoutError, asyncio.CancelledError) as exc:
+        proc.kill()
+        await proc.wait()  # no zombie left behind
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise ShapingError(f"{argv[0]} did not finish within {CALL_TIMEOUT_S:g} s") from exc
     if proc.returncode:
         what = " ".join(a for a in argv if not a.startswith("--net="))
         raise ShapingError(
@@ -64,14 +79,15 @@ async def _run(argv: Sequence[str]) -> str:
     return out.decode(errors="replace")
 
 
-async def cap(pid: int, mbps: int) -> None:
-    """Limit the container (by its process) to ``mbps`` each way. Raises ShapingError saying why not."""
-    if pid <= 0:
-        raise ShapingError("the container is not running")
+async def cap(netns: str, mbps: int) -> None:
+    """Limit the container (by its network namespace) to ``mbps`` each way. Raises ShapingError saying
+    why not."""
+    if not netns:
+        raise ShapingError("the container has no network namespace (not running, or host networking)")
     for tool in ("nsenter", "tc", "ip"):
         if shutil.which(tool) is None:
             raise ShapingError(f"{tool} is not installed on the host (packages util-linux, iproute2)")
-    inside = ["nsenter", f"--net=/proc/{pid}/ns/net"]
+    inside = ["nsenter", f"--net={netns}"]
     await _run([*inside, *tbf(DEVICE, mbps)])
     peer = peer_index(await _run([*inside, "ip", "-o", "link", "show", DEVICE]))
     await _run(tbf(host_device(await _run(["ip", "-o", "link"]), peer), mbps))

@@ -127,7 +127,7 @@ class MemoryRuntime:
         return None
 
 
-async def accept_cap(pid: int, mbps: int) -> None:
+async def accept_cap(netns: str, mbps: int) -> None:
     """In memory there is no interface to shape: a cap counts as set, up to what a 1 Gbit/s link could
     carry (above that the refusal shows how an agent reports a cap it cannot set)."""
     if mbps > 1000:

@@ -107,6 +107,8 @@ class ContainerInfo:
     restart_count: int
     health: str  # "", "starting", "healthy", "unhealthy"
     labels: Mapping[str, str]
+    #: The engine's handle on the container's network namespace ("" when it has none, e.g. not running).
+    netns: str = ""
 
 
 class EventKind(enum.StrEnum):

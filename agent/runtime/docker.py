@@ -103,6 +103,7 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         restart_count=int(attrs.get("RestartCount") or 0),
         health=str(health.get("Status", "")),
         labels=labels,
+        netns=str((attrs.get("NetworkSettings") or {}).get("SandboxKey") or ""),
     )
 
 

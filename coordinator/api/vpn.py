@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -23,6 +24,7 @@ from coordinator.service.vpn import NOT_FOUND, status
 from coordinator.store import users as users_store
 
 T = TypeVar("T")
+NUMBER = re.compile(r"[0-9]{1,9}")
 S = InstanceState
 
 
@@ -199,7 +201,7 @@ async def rendered(call: Call, found: list[Instance]) -> list[VpnNode]:
 
 def node_number(call: Call) -> int:
     raw = call.path("node_id")
-    if not raw.isdigit():
+    if not NUMBER.fullmatch(raw):
         raise NotFound(NOT_FOUND)
     return int(raw)
 

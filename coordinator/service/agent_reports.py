@@ -4,6 +4,7 @@ moves an instance backwards."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -35,6 +36,7 @@ def _runs(status: pb.InstanceStatus | None) -> bool:
 class AgentReports:
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._hooks: set[asyncio.Task[None]] = set()
         self.handlers: dict[str, Handler] = {
             "heartbeat": self.heartbeat,
             "event": self.event,
@@ -163,6 +165,11 @@ class AgentReports:
                 reason = f"the container is {state_name(status.state)} (exit code {status.exit_code})"
             await self._transition(instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
 
+    def _hook_done(self, task: asyncio.Task[None]) -> None:
+        self._hooks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a running hook failed", error=str(task.exception()))
+
     async def _confirm_running(self, node_id: str, status: pb.InstanceStatus) -> None:
         now = self.core.clock()
         async with self.core.store.read() as conn:
@@ -193,9 +200,12 @@ class AgentReports:
                 return
             else:
                 return
-        # After the commit: hooks may write (a redeploy's original is released once its replacement runs).
+        # After the commit, in their own task (this may be a Hello, whose Welcome must go first): hooks may
+        # write (a redeploy's original is released once its replacement runs).
         for hook in self.core.running_hooks:
-            await hook(inst)
+            task = asyncio.create_task(hook(inst), name=f"running-hook-{inst.id}")
+            self._hooks.add(task)
+            task.add_done_callback(self._hook_done)
 
     async def event(self, node_id: str, ev: pb.InstanceEvent) -> None:
         iid = ev.instance_id

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from coordinator.catalog import Catalog
 from coordinator.commands import command, instance_spec
@@ -35,7 +36,7 @@ class Core:
     snapshot: PlacementSnapshot = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     #: Called when an instance is confirmed running for the first time since it started.
-    running_hooks: list[Callable[[Instance], Awaitable[None]]] = field(default_factory=list)
+    running_hooks: list[Callable[[Instance], Coroutine[Any, Any, None]]] = field(default_factory=list)
     #: Ports the gRPC server actually bound (the config may say 0); agent commands name these.
     session_port: int = 0
     enroll_port: int = 0

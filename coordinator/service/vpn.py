@@ -15,6 +15,7 @@ import pycountry
 
 from common.logging import get
 from coordinator.model import Instance, InstanceState
+from coordinator.placement import NodeInfo
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
@@ -22,7 +23,9 @@ from coordinator.service.errors import BadRequest, NotFound
 from coordinator.service.instances import InstanceService
 from coordinator.service.servers import where
 from coordinator.store import instances as instances_store
+from coordinator.store import servers as servers_store
 from coordinator.store import vpn as vpn_store
+from coordinator.store.claims import Statement
 from coordinator.store.users import Principal
 
 log = get("coordinator.vpn")
@@ -68,6 +71,7 @@ class VpnService:
         self.core = core
         self.deploys = deploys
         self.instances = instances
+        self._sweeping = asyncio.Lock()
         core.running_hooks.append(self._running)
 
     async def _running(self, inst: Instance) -> None:
@@ -116,6 +120,8 @@ class VpnService:
     ) -> Redeployed:
         inst = await self.get(caller, number)
         policy.check_owner(caller, inst.owner_id, inst.organization_id, f"node {number}")
+        if inst.server is not None:
+            raise BadRequest("Server cann't redeploy: it is a server of the servers API (terminate it there)")
         country = (country_code or await self._country_of(inst)).upper()
         valid = await self.valid_countries()
         if pycountry.countries.get(alpha_2=country) is None or country not in valid:
@@ -128,6 +134,17 @@ class VpnService:
             raise BadRequest(f"Server cann't redeploy on this status({code})")
         if not force and inst.redeploy_max_count <= 0:
             raise BadRequest("Server cann't redeploy now (max redeploy count reached)")
+        now = self.core.clock()
+        # Marked first, in one guarded statement: of two concurrent redeploys one goes on, and a replacement
+        # that runs at once finds its original waiting for it.
+        async with self.core.store.write() as conn:
+            if not await vpn_store.claim_redeploy(conn, inst.id, now):
+                raise BadRequest(f"Server cann't redeploy on this status({PENDING_RELEASE[0]})")
+        tags = sorted(inst.tags)
+
+        def finish(new: Instance, node: NodeInfo) -> tuple[Instance, list[Statement]]:
+            return new, servers_store.tag_statements(new.organization_id, new.id, tags, self.core.clock())
+
         order = DeployOrder(
             image=inst.image,
             memory_mib=inst.memory_mib,
@@ -142,15 +159,19 @@ class VpnService:
             expires_at=inst.expires_at,
             replaces_id=inst.id,
             redeploy_max_count=0,
+            finish=finish,
         )
-        deployed = await self.deploys.deploy(caller, order)
-        now = self.core.clock()
-        async with self.core.store.write() as conn:
-            await vpn_store.mark_pending_release(conn, [inst.id], now)
+        try:
+            deployed = await self.deploys.deploy(caller, order)
+        except BaseException:
+            async with self.core.store.write() as conn:
+                await vpn_store.unmark_pending_release(conn, inst.id, self.core.clock())
+            raise
         if force:
             await self.instances.release([inst], wait=False)
-        original = replace(inst, pending_release=True, updated_at=now)
-        return Redeployed(original, await self.instances.get_unchecked(deployed.instance.id), country)
+        new = await self.instances.get_unchecked(deployed.instance.id)
+        placed = (await where(self.core, [new]))[new.id].country or country
+        return Redeployed(replace(inst, pending_release=True, updated_at=now), new, placed)
 
     async def _country_of(self, inst: Instance) -> str:
         return (await where(self.core, [inst]))[inst.id].country
@@ -158,18 +179,21 @@ class VpnService:
     # ------------------------------------------------------------ releases nobody asks for
 
     async def sweep(self) -> list[str]:
-        """Release what expired and what waited for a replacement that now runs. Returns their ids."""
-        now = self.core.clock()
-        async with self.core.store.read() as conn:
-            due = await vpn_store.due_for_release(conn, now)
-            found = await instances_store.instances_by_ids(conn, due)
-        if not found:
-            return []
-        async with self.core.store.write() as conn:
-            await vpn_store.mark_pending_release(conn, [i.id for i in found], now)
-        await self.instances.release(found, wait=False)
+        """Release what expired and what waited for a replacement that now runs; originals whose
+        replacement ended without running go back to normal. Returns the released ids. One at a time (the
+        running hook and the timer may both ask)."""
+        async with self._sweeping:
+            now = self.core.clock()
+            async with self.core.store.write() as conn:
+                await vpn_store.clear_abandoned(conn, now)
+                due = await vpn_store.due_for_release(conn, now)
+                found = await instances_store.instances_by_ids(conn, due)
+                await vpn_store.mark_pending_release(conn, due, now)
+            if not found:
+                return []
+            await self.instances.release(found, wait=False)
         log.info("released expired or replaced instances", count=len(found))
-        return [i.id for i in found]
+        return due
 
     async def run_sweeps(self) -> None:
         """Forever, every ``instances.expiry_check_s``; a failed sweep is logged and retried."""

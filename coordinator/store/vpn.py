@@ -47,6 +47,46 @@ async def rename(conn: AsyncConnection, instance_id: str, name: str, now: float)
     )
 
 
+async def claim_redeploy(conn: AsyncConnection, instance_id: str, now: float) -> bool:
+    """Mark the instance Pending Release unless it is already: of two concurrent redeploys one wins."""
+    done = await conn.execute(
+        update(instances)
+        .where(instances.c.id == instance_id, instances.c.pending_release.is_(False))
+        .values(pending_release=True, updated_at=now)
+    )
+    return bool(done.rowcount)
+
+
+async def unmark_pending_release(conn: AsyncConnection, instance_id: str, now: float) -> None:
+    await conn.execute(
+        update(instances).where(instances.c.id == instance_id).values(pending_release=False, updated_at=now)
+    )
+
+
+async def clear_abandoned(conn: AsyncConnection, now: float) -> int:
+    """Originals waiting for a replacement that ended without ever running (failed, or released first) go
+    back to normal rather than wait forever. Expired ones are released by the sweep instead."""
+    replacement = aliased(instances)
+    waiting_for_one = (
+        select(replacement.c.id)
+        .where(replacement.c.replaces_id == instances.c.id)
+        .where(replacement.c.state.in_(_LIVE) | replacement.c.delivered_at.is_not(None))
+        .exists()
+    )
+    done = await conn.execute(
+        update(instances)
+        .where(
+            instances.c.pending_release.is_(True),
+            instances.c.state.in_(_LIVE),
+            instances.c.state != InstanceState.RELEASING.value,
+            (instances.c.expires_at.is_(None)) | (instances.c.expires_at > now),
+            ~waiting_for_one,
+        )
+        .values(pending_release=False, updated_at=now)
+    )
+    return int(done.rowcount or 0)
+
+
 async def mark_pending_release(conn: AsyncConnection, instance_ids: list[str], now: float) -> None:
     if instance_ids:
         await conn.execute(
@@ -69,6 +109,7 @@ async def due_for_release(conn: AsyncConnection, now: float) -> list[str]:
         select(instances.c.id)
         .join(replacement, replacement.c.replaces_id == instances.c.id)
         .where(
+            instances.c.pending_release.is_(True),
             instances.c.state.in_(_LIVE),
             instances.c.state != InstanceState.RELEASING.value,
             replacement.c.state == InstanceState.RUNNING.value,

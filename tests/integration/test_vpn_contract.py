@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -102,7 +103,13 @@ def test_list_is_wrapped_paged_and_per_organization(world: SizedFleet, vera: Vpn
 
 
 def test_errors_are_the_documents_bodies(vera: Vpn) -> None:
-    for path in ("/api/v2/nodes/999999/", "/api/v2/nodes/abc/", "/api/v2/nodes/999999/redeploy/"):
+    for path in (
+        "/api/v2/nodes/999999/",
+        "/api/v2/nodes/abc/",
+        "/api/v2/nodes/%C2%B2/",
+        "/api/v2/nodes/99999999999999999999/",
+        "/api/v2/nodes/999999/redeploy/",
+    ):
         method = "POST" if path.endswith("redeploy/") else "GET"
         r = vera.api.call(method, path, {} if method == "POST" else None)
         assert (r.status, r.body) == (404, NOT_FOUND), path
@@ -156,6 +163,30 @@ def test_redeploy_to_another_country(vera: Vpn) -> None:
     forced = vera.api.post(f"/api/v2/nodes/{new['id']}/redeploy/", {"force": True, "country_code": "de"})
     assert forced.status == 200 and forced.body["new_node"]["country"] == "DE"
     vera.wait_status(new["id"], 21)
+
+
+def test_one_of_concurrent_redeploys_goes_on(vera: Vpn) -> None:
+    number = vera.deploy("contended")
+    vera.wait_status(number, 19)
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(
+            pool.map(
+                lambda _: vera.api.post(f"/api/v2/nodes/{number}/redeploy/", {"country_code": "US"}), range(5)
+            )
+        )
+    assert sorted(a.status for a in answers) == [200] + [400] * 4, [a.body for a in answers]
+    refused = [a.body for a in answers if a.status == 400]
+    assert all(b == {"detail": "Server cann't redeploy on this status(20)"} for b in refused), refused
+    vera.wait_status(number, 21)
+
+
+def test_a_servers_api_server_is_not_redeployed_here(world: SizedFleet) -> None:
+    made = world.api.post("/api/servers", {"name": "runner-x"})
+    assert made.status == 200, made.body
+    listed = world.api.get("/api/v2/nodes/?page_size=100").body["data"]["results"]
+    number = next(n["id"] for n in listed if n["name"] == "runner-x")
+    r = world.api.post(f"/api/v2/nodes/{number}/redeploy/", {"force": True, "country_code": "US"})
+    assert r.status == 400 and "servers API" in r.body["detail"]
 
 
 def test_redeploy_refuses_a_status_it_may_not_leave(vera: Vpn) -> None:

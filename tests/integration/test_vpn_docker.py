@@ -85,7 +85,7 @@ def test_ready_only_from_heartbeats_and_abnormal_without_them(world: SizedFleet,
     try:
         abnormal = wait_for(lambda: (n := node(user, number))["status"] == 18 and n, 10, "Heartbeat Abnormal")
         took = time.monotonic() - stopped
-        assert took <= GRACE + 2 * INTERVAL + 0.5, took
+        assert took <= GRACE + 3 * INTERVAL + 0.5, took  # the grace, the monitor's tick, one more beat
         assert abnormal["status_display"] == "Heartbeat Abnormal"
         # Nothing but a heartbeat makes it Ready again.
         for _ in range(5):
@@ -108,16 +108,19 @@ def test_traffic_is_measured_and_the_cap_holds(user: Api) -> None:
     result: dict[str, float] = {}
 
     def download() -> None:
-        started = time.monotonic()
+        """The steady rate: from the first 512 KiB on (TCP's start and the bucket's burst left out)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{ready['port']}/big", timeout=60) as resp:
-            size = len(resp.read())
-        result["mbps"] = size * 8 / (time.monotonic() - started) / 1e6
+            head = len(resp.read(512 * 1024))
+            started = time.monotonic()
+            rest = sum(len(chunk) for chunk in iter(lambda: resp.read(64 * 1024), b""))
+        assert head + rest == PAYLOAD_MIB * 1024 * 1024
+        result["mbps"] = rest * 8 / (time.monotonic() - started) / 1e6
 
     thread = threading.Thread(target=download)
     began = time.monotonic()
     thread.start()
     busy = wait_for(lambda: (n := node(user, number))["bandwidth_used_m"] >= 1 and n, 10, "traffic measured")
-    assert time.monotonic() - began <= 2 * INTERVAL + 1.0
+    assert time.monotonic() - began <= 3 * INTERVAL + 1.0  # two heartbeats, and one of slack
     assert busy["can_redeploy"] is False  # busy endpoints are not moved
     samples: list[float] = []
     while thread.is_alive() and len(samples) < 6:

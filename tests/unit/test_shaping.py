@@ -29,7 +29,7 @@ def test_host_side_peer_from_ip_link() -> None:
 
 
 async def test_a_refused_cap_is_reported_and_the_container_runs() -> None:
-    async def refuse(pid: int, mbps: int) -> None:
+    async def refuse(netns: str, mbps: int) -> None:
         raise ShapingError("tc: Operation not permitted")
 
     runtime = MemoryRuntime()
