@@ -23,7 +23,7 @@ from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
 from coordinator.service.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
 from coordinator.service.instances import InstanceService
-from coordinator.service.servers import DEPLOY_FIELDS, SizedOrder, deploy_order, renamed
+from coordinator.service.servers import SizedOrder, deploy_order, renamed
 from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
 from coordinator.store import users as users_store
@@ -34,6 +34,8 @@ TAG = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 #: The most tags one server carries.
 MAX_TAGS = 60
 ORDER_FIELDS = {"image": "image", "region": "location", "size": "size"}
+#: The deploy use case names the region as the panel does; an order calls it location.
+ORDER_DEPLOY_FIELDS = {"regionId": "location", "nodeId": "location"}
 T = TypeVar("T")
 
 
@@ -153,7 +155,7 @@ class ClientService:
                 f"tags: a tag changed while the order was placed; retry ({exc})", field="tags"
             ) from exc
         except ServiceError as exc:
-            raise renamed(renamed(exc, DEPLOY_FIELDS), {"region": "location"}) from exc
+            raise renamed(exc, ORDER_DEPLOY_FIELDS) from exc
         return await self.instances.get_unchecked(deployed.instance.id)
 
     # ------------------------------------------------------------ a server's tags
@@ -210,11 +212,8 @@ class ClientService:
     async def create_tag(self, caller: Principal, client_id: int, tag: str) -> TagInfo:
         check_tag(tag)
         await self.check_client(caller, client_id)
-        try:
-            async with self.core.store.write() as conn:
-                created = await servers_store.ensure_tag(conn, client_id, tag, self.core.clock())
-        except IntegrityError as exc:  # a concurrent create of the same tag
-            raise Conflict(f"tag: client {client_id} has the tag {tag} already", field="tag") from exc
+        async with self.core.store.write() as conn:
+            created = await servers_store.ensure_tag(conn, client_id, tag, self.core.clock())
         if not created:
             raise Conflict(f"tag: client {client_id} has the tag {tag} already", field="tag")
         return (await self.get_tag(caller, client_id, tag))[0]

@@ -165,7 +165,7 @@ class VpnService:
             deployed = await self.deploys.deploy(caller, order)
         except BaseException:
             async with self.core.store.write() as conn:
-                await vpn_store.unmark_pending_release(conn, inst.id, self.core.clock())
+                await vpn_store.set_pending_release(conn, [inst.id], False, self.core.clock())
             raise
         if force:
             await self.instances.release([inst], wait=False)
@@ -184,11 +184,16 @@ class VpnService:
         running hook and the timer may both ask)."""
         async with self._sweeping:
             now = self.core.clock()
-            async with self.core.store.write() as conn:
-                await vpn_store.clear_abandoned(conn, now)
+            # Looked for with a reader; the writer only when there is something to change.
+            async with self.core.store.read() as conn:
+                back = await vpn_store.abandoned(conn, now)
                 due = await vpn_store.due_for_release(conn, now)
                 found = await instances_store.instances_by_ids(conn, due)
-                await vpn_store.mark_pending_release(conn, due, now)
+            if not back and not found:
+                return []
+            async with self.core.store.write() as conn:
+                await vpn_store.set_pending_release(conn, back, False, now)
+                await vpn_store.set_pending_release(conn, due, True, now)
             if not found:
                 return []
             await self.instances.release(found, wait=False)

@@ -76,6 +76,12 @@ async def delete_server(conn: AsyncConnection, instance_id: str) -> None:
 
 # ---------------------------------------------------------------- tags
 
+#: A client's tag, unless it exists (a concurrent create is no error).
+INSERT_CLIENT_TAG = (
+    "INSERT INTO client_tags (organization_id, tag, created_at) VALUES (:org, :tag, :now)"
+    " ON CONFLICT DO NOTHING"
+)
+
 
 def tag_statements(
     organization_id: int, instance_id: str, tags: Collection[str], now: float
@@ -84,13 +90,7 @@ def tag_statements(
     out: list[Statement] = []
     for tag in sorted(tags):
         values = dict(org=organization_id, tag=tag, now=now, instance=instance_id)
-        out.append(
-            (
-                "INSERT INTO client_tags (organization_id, tag, created_at) VALUES (:org, :tag, :now)"
-                " ON CONFLICT DO NOTHING",
-                values,
-            )
-        )
+        out.append((INSERT_CLIENT_TAG, values))
         out.append(
             (
                 "INSERT INTO instance_tags (instance_id, organization_id, tag, added_at)"
@@ -103,13 +103,7 @@ def tag_statements(
 
 async def ensure_tag(conn: AsyncConnection, organization_id: int, tag: str, now: float) -> bool:
     """Create the client's tag unless it exists; True when created (a concurrent create is no error)."""
-    done = await conn.execute(
-        text(
-            "INSERT INTO client_tags (organization_id, tag, created_at) VALUES (:org, :tag, :now)"
-            " ON CONFLICT DO NOTHING"
-        ),
-        dict(org=organization_id, tag=tag, now=now),
-    )
+    done = await conn.execute(text(INSERT_CLIENT_TAG), dict(org=organization_id, tag=tag, now=now))
     return bool(done.rowcount)
 
 

@@ -184,6 +184,13 @@ instances = Table(
 )
 # What a server's tags reference, so a tag can only sit on a server of its own organization.
 Index("uq_instances_id_organization", instances.c.id, instances.c.organization_id, unique=True)
+# The release sweep's few candidates (as `pending_release IS true` renders per dialect).
+Index(
+    "ix_instances_pending_release",
+    instances.c.id,
+    sqlite_where=text("pending_release IS 1"),
+    postgresql_where=text("pending_release IS true"),
+)
 
 #: A stable integer per instance (the vpn dialect's ``id``), handed out by the database in creation order.
 instance_numbers = Table(

@@ -57,15 +57,9 @@ async def claim_redeploy(conn: AsyncConnection, instance_id: str, now: float) ->
     return bool(done.rowcount)
 
 
-async def unmark_pending_release(conn: AsyncConnection, instance_id: str, now: float) -> None:
-    await conn.execute(
-        update(instances).where(instances.c.id == instance_id).values(pending_release=False, updated_at=now)
-    )
-
-
-async def clear_abandoned(conn: AsyncConnection, now: float) -> int:
-    """Originals waiting for a replacement that ended without ever running (failed, or released first) go
-    back to normal rather than wait forever. Expired ones are released by the sweep instead."""
+async def abandoned(conn: AsyncConnection, now: float) -> list[str]:
+    """Originals waiting for a replacement that ended without ever running (failed, or released first):
+    they go back to normal rather than wait forever. Expired ones are released by the sweep instead."""
     replacement = aliased(instances)
     waiting_for_one = (
         select(replacement.c.id)
@@ -73,26 +67,26 @@ async def clear_abandoned(conn: AsyncConnection, now: float) -> int:
         .where(replacement.c.state.in_(_LIVE) | replacement.c.delivered_at.is_not(None))
         .exists()
     )
-    done = await conn.execute(
-        update(instances)
-        .where(
+    found = await conn.execute(
+        select(instances.c.id).where(
             instances.c.pending_release.is_(True),
             instances.c.state.in_(_LIVE),
             instances.c.state != InstanceState.RELEASING.value,
             (instances.c.expires_at.is_(None)) | (instances.c.expires_at > now),
             ~waiting_for_one,
         )
-        .values(pending_release=False, updated_at=now)
     )
-    return int(done.rowcount or 0)
+    return list(found.scalars())
 
 
-async def mark_pending_release(conn: AsyncConnection, instance_ids: list[str], now: float) -> None:
+async def set_pending_release(
+    conn: AsyncConnection, instance_ids: list[str], pending: bool, now: float
+) -> None:
     if instance_ids:
         await conn.execute(
             update(instances)
             .where(instances.c.id.in_(instance_ids))
-            .values(pending_release=True, updated_at=now)
+            .values(pending_release=pending, updated_at=now)
         )
 
 

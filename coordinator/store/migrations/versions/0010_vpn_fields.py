@@ -49,9 +49,19 @@ def upgrade() -> None:
     )
     op.create_index("ix_instances_expires_at", "instances", ["expires_at"])
     op.create_index("ix_instances_replaces_id", "instances", ["replaces_id"])
+    # The release sweep looks for the few instances waiting to be released; spelled as SQLAlchemy renders
+    # `pending_release IS true` per dialect, so the planners match it.
+    op.create_index(
+        "ix_instances_pending_release",
+        "instances",
+        ["id"],
+        sqlite_where=sa.text("pending_release IS 1"),
+        postgresql_where=sa.text("pending_release IS true"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_instances_pending_release", table_name="instances")
     op.drop_index("ix_instances_replaces_id", table_name="instances")
     op.drop_index("ix_instances_expires_at", table_name="instances")
     for column in ("pending_release", "replaces_id", "redeploy_max_count", "expires_at", "bandwidth_mbps"):
