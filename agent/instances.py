@@ -107,6 +107,8 @@ class InstanceManager:
     _started_at: dict[str, float] = field(default_factory=dict)
     _oom: set[str] = field(default_factory=set)
     _pending_restarts: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    #: Whether a Welcome said what is wanted (before it, nothing is removed as unwanted).
+    welcomed: bool = False
 
     def _lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
@@ -138,7 +140,7 @@ class InstanceManager:
                         command_id=cmd.command_id, instance_id=iid, ok=True, container_id=container_id or ""
                     )
                 if cmd.kind == pb.COMMAND_KIND_REMOVE:
-                    self.desired.pop(iid, None)
+                    self._forget(iid)
                     await self._remove(iid)
                     return pb.CommandResult(command_id=cmd.command_id, instance_id=iid, ok=True)
                 return pb.CommandResult(
@@ -171,8 +173,7 @@ class InstanceManager:
             spec = await self._with_files(want.spec)
             container_id = await self.runtime.create(spec)
         except RuntimeFailure as exc:
-            self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
-            await self._drop_files(iid)
+            await self._failed(iid, str(exc))
             raise
         self.emit(event(pb.EVENT_KIND_CREATED, iid, container_id=container_id))
         if want.running:
@@ -180,13 +181,31 @@ class InstanceManager:
                 await self.runtime.start(container_id)
             except RuntimeFailure as exc:
                 # e.g. the port is bound by something else on the host: nothing runs, say why, clean up.
-                self.emit(event(pb.EVENT_KIND_FAILED, iid, message=str(exc)))
                 await self.runtime.remove(container_id)
-                await self._drop_files(iid)
+                await self._failed(iid, str(exc))
                 raise
             await self._shape(iid, container_id)
             self._started(iid, container_id)
         return container_id
+
+    async def _failed(self, instance_id: str, why: str) -> None:
+        """Provisioning failed and nothing of it is left on the host. Tried again with the crash back-off
+        while the coordinator still wants it: it answers a failure of something it no longer wants (a
+        deploy that never ran) with a removal, which ends the retries."""
+        self.emit(event(pb.EVENT_KIND_FAILED, instance_id, message=why))
+        await self._drop_files(instance_id)
+        if instance_id in self.desired:
+            failure = on_crash(self.restart_policy, self._crashes_in_a_row.get(instance_id, 0), 0.0)
+            self._crashes_in_a_row[instance_id] = failure.in_a_row
+            log.info("deploy failed", instance_id=instance_id, retry_in_s=failure.delay_s, error=why)
+            self._schedule_restart(instance_id, failure.delay_s)
+
+    def _forget(self, instance_id: str) -> None:
+        """Not wanted any more: out of the desired set, and no retry or restart of it is pending."""
+        self.desired.pop(instance_id, None)
+        pending = self._pending_restarts.pop(instance_id, None)
+        if pending is not None and pending is not asyncio.current_task():
+            pending.cancel()
 
     async def _with_files(self, spec: ContainerSpec) -> ContainerSpec:
         if not spec.files:
@@ -277,25 +296,38 @@ class InstanceManager:
         return None if first is None or instance_id in self.desired else first + self.unknown_grace_s
 
     async def reconcile(self, welcome: pb.Welcome) -> None:
-        """Adopt what runs as wanted, create what is missing, remove what was released."""
-        self.desired = {
+        """The Welcome's desired set becomes exactly the agent's: what it lacks is dropped (no retry of it is
+        left), what runs as wanted is adopted, what is missing created, what was released removed.
+        Instances waiting out a failure's back-off are left to it."""
+        wanted = {
             s.instance_id: Desired(to_spec(self.node_id, s), s.desired_state != pb.DESIRED_STATE_STOPPED)
             for s in welcome.desired
         }
+        for iid in set(self.desired) - set(wanted):
+            self._forget(iid)
+        self.desired = wanted
+        self.welcomed = True
         actual = await self.actual()
         now = time.time()
         for iid in actual:
             if iid not in self.desired:
                 self._unknown_first_seen.setdefault(iid, now)
-        actions = plan(
-            self.desired, set(welcome.remove), actual, self._unknown_first_seen, now, self.unknown_grace_s
-        )
+        remove = set(welcome.remove)
+        actions = [
+            a
+            for a in plan(self.desired, remove, actual, self._unknown_first_seen, now, self.unknown_grace_s)
+            if a.instance_id in remove or a.instance_id not in self._pending_restarts
+        ]
         await asyncio.gather(*(self._apply(a) for a in actions))
 
     async def resync(self) -> None:
         """Between Welcomes (periodically, and after the engine came back): close the gap between the desired
         set and what the engine has. Containers nobody wants are removed once past their grace; crashed
-        ones waiting out their back-off are left to it; what already runs as wanted is not re-reported."""
+        or failed ones waiting out their back-off are left to it; what already runs as wanted is not
+        re-reported. Nothing happens before the first Welcome: until then the agent does not know what is
+        wanted, and every container would look unwanted."""
+        if not self.welcomed:
+            return
         actual = await self.actual()
         now = time.time()
         for iid in actual:
@@ -324,8 +356,9 @@ class InstanceManager:
                     if have is not None:
                         await self._converge(self.desired[iid], have)
                 elif action.act in (Act.REMOVE, Act.REPORT_REMOVED):
+                    self._forget(iid)
                     await self._remove(iid)
-                elif action.act is Act.REMOVE_UNKNOWN:
+                elif action.act is Act.REMOVE_UNKNOWN and iid not in self.desired:  # wanted since the plan?
                     log.warning(
                         "removing a container nobody wants", instance_id=iid, container_id=action.container_id
                     )
@@ -374,7 +407,7 @@ class InstanceManager:
 
     def _schedule_restart(self, instance_id: str, delay_s: float) -> None:
         old = self._pending_restarts.pop(instance_id, None)
-        if old is not None:
+        if old is not None and old is not asyncio.current_task():  # a retry that failed schedules the next
             old.cancel()
         task = asyncio.get_running_loop().create_task(self._restart_later(instance_id, delay_s))
         self._pending_restarts[instance_id] = task
@@ -386,22 +419,23 @@ class InstanceManager:
         task.add_done_callback(forget)
 
     async def _restart_later(self, instance_id: str, delay_s: float) -> None:
-        """After the back-off, start it again if it should still run and still does not (a stop, remove or
-        manual start meanwhile wins); a container removed behind our back is re-created."""
+        """After the back-off, start it again if it is still wanted and still does not run (a stop, remove or
+        manual start meanwhile wins); a container that failed to be made, or was removed behind our back,
+        is made again."""
         await asyncio.sleep(delay_s)
         try:
             async with self._lock(instance_id):
                 want = self.desired.get(instance_id)
-                if want is None or not want.running:
+                if want is None:
                     return
                 have = await self._find(instance_id)
-                if have is not None and have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING):
-                    return
-                self.restarts[instance_id] = self.restarts.get(instance_id, 0) + 1
-                n = self._crashes_in_a_row.get(instance_id, 0)
                 if have is None:
                     await self._deploy(want)
                     return
+                if not want.running or have.status in (ContainerStatus.RUNNING, ContainerStatus.RESTARTING):
+                    return
+                self.restarts[instance_id] = self.restarts.get(instance_id, 0) + 1
+                n = self._crashes_in_a_row.get(instance_id, 0)
                 await self.runtime.start(have.container_id)
                 await self._shape(instance_id, have.container_id)
                 self._started(instance_id, have.container_id, message=f"restarted after crash {n} in a row")

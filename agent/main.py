@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 
@@ -100,6 +99,17 @@ async def follow_engine_events(
             log.warning("resync after the engine came back failed", error=str(exc))
 
 
+async def resync_periodically(manager: InstanceManager, config: AgentConfig) -> None:
+    """Close the gap between what is wanted and what runs, whether or not the coordinator is there."""
+    while True:
+        await asyncio.sleep(config.resync_interval_s)
+        try:
+            await manager.resync()
+        except Exception as exc:
+            # The engine may be restarting: the engine watcher resyncs once it is back.
+            log.warning("resync skipped", error=str(exc))
+
+
 def _on_engine_event(manager: InstanceManager, ev: ContainerEvent) -> None:
     if ev.kind is EventKind.EXITED:
         manager.on_container_event("exited", ev.instance_id, ev.exit_code, ev.container_id)
@@ -127,26 +137,32 @@ async def run(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [
+    forever = [
         asyncio.create_task(session.run(), name="session"),
         asyncio.create_task(
             follow_engine_events(runtime, node.node_id, manager, config), name="engine-events"
         ),
-        asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
+        asyncio.create_task(resync_periodically(manager, config), name="resync"),
     ]
+    # Returns at once when systemd set no watchdog.
+    tasks = [*forever, asyncio.create_task(systemd.watchdog_loop(), name="watchdog")]
     stopper = asyncio.create_task(stop.wait())
     try:
-        done, _ = await asyncio.wait([stopper, tasks[0]], return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done:
-            tasks[0].result()  # a permanent refusal surfaces here
+        done, _ = await asyncio.wait([stopper, *forever], return_when=asyncio.FIRST_COMPLETED)
+        for task in done - {stopper}:
+            # None of them ends on its own: a permanent refusal surfaces here (exit 78); anything else is
+            # a defect, and the exit lets systemd start a fresh agent (which re-adopts the containers).
+            error = task.exception() if not task.cancelled() else None
+            if isinstance(error, EnrollmentRefused):
+                raise error
+            log.error("agent task ended", task=task.get_name(), exc_info=error)
+            raise SystemExit(1)
     finally:
         systemd.notify("STOPPING=1")
         log.info("agent stopping; containers keep running")
         for task in [*tasks, stopper]:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)
         await manager.close()
         await runtime.close()
 

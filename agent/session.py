@@ -113,6 +113,8 @@ class AgentSession:
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.connected = asyncio.Event()
         self._seq = 0
+        #: Whether the current attempt got as far as a Welcome.
+        self._welcomed = False
         self._beat_now = asyncio.Event()
         self._commands: set[asyncio.Task[None]] = set()
         manager.emit = self.emit
@@ -139,10 +141,12 @@ class AgentSession:
         )
 
     async def run(self) -> None:
-        """Hold a session forever; a refusal retrying cannot fix (node deleted) raises EnrollmentRefused."""
+        """Hold a session forever. Every end of a call (EOF, UNAVAILABLE, a cancelled call, a write after the
+        call finished, a timeout) is "session lost": reconnect with back-off. Only a refusal retrying cannot
+        fix (node deleted, certificate revoked or expired) ends it, as EnrollmentRefused."""
         backoff = self.config.reconnect_initial_s
         while True:
-            started = time.monotonic()
+            self._welcomed = False
             try:
                 await self._session()
                 log.warning("the coordinator closed the session")
@@ -150,8 +154,14 @@ class AgentSession:
                 if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
                     raise EnrollmentRefused(f"the coordinator refused this node: {exc.details()}") from exc
                 log.warning("session lost", code=exc.code().name, details=exc.details())
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                log.warning("session lost", error=str(exc))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the agent is stopping
+                # grpc raises CancelledError from a call it cancelled itself (its channel went away).
+                log.warning("session lost", error="the call was cancelled")
+            except Exception as exc:
+                log.warning("session lost", error=f"{type(exc).__name__}: {exc}")
             finally:
                 self.connected.clear()
             if self.identity.not_after() <= time.time():
@@ -159,7 +169,9 @@ class AgentSession:
                     "this node's certificate has expired; issue a new join token "
                     "(POST /api/nodes/{id}/join-token) and enroll again with an empty data directory"
                 )
-            if time.monotonic() - started > 2 * self.config.reconnect_max_s:
+            if self._welcomed:
+                # The call worked until it was lost (a coordinator restart, a network blip): come back
+                # quickly; the back-off grows only while attempts fail.
                 backoff = self.config.reconnect_initial_s
             delay = random.uniform(backoff / 2, backoff)  # jitter: a fleet does not reconnect in lockstep
             log.info("reconnecting", in_s=round(delay, 2))
@@ -203,24 +215,33 @@ class AgentSession:
                 "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
             )
             self.connected.set()
+            self._welcomed = True
+            self._reconcile(welcome)
             tasks = [
                 asyncio.create_task(self._read(call), name="session-reader"),
                 asyncio.create_task(self._write(call), name="session-writer"),
                 asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
-                asyncio.create_task(self.manager.reconcile(welcome), name="reconcile"),
-                asyncio.create_task(self._resync_periodically(), name="resync"),
                 asyncio.create_task(self._renew_when_due(), name="certificate-renewal"),
             ]
             try:
                 done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
+                    if task.cancelled():
+                        raise ConnectionError(f"the {task.get_name()} was cancelled with its call")
                     task.result()  # re-raise the reader's or writer's error
             finally:
                 for task in tasks:
                     task.cancel()
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
-                        await task
+                # Whatever the others ended with belongs to the same lost call.
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _reconcile(self, welcome: pb.Welcome) -> None:
+        """Converge to the Welcome's desired set. Not tied to this call: a session lost halfway must not
+        cancel a deploy halfway. A newer Welcome's set replaces this one at once, and every step checks the
+        set in force under its instance's lock, so an older reconcile still running cannot undo it."""
+        task = asyncio.create_task(self.manager.reconcile(welcome), name="reconcile")
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
 
     async def _read(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
         while True:
@@ -264,15 +285,6 @@ class AgentSession:
         identity.save_certificate(self.config.data_dir, cert_pem)
         self.identity = renewed
         log.info("node certificate renewed", not_after=renewed.not_after())
-
-    async def _resync_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.resync_interval_s)
-            try:
-                await self.manager.resync()
-            except Exception as exc:
-                # The engine may be restarting: the engine watcher resyncs once it is back.
-                log.warning("resync skipped", error=str(exc))
 
     async def _heartbeats(self) -> None:
         while True:

@@ -62,6 +62,7 @@ async def running_manager(
     events: list[pb.InstanceEvent] = []
     manager = InstanceManager(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=policy)
     manager.desired["i1"] = Desired(spec("i1"), running=True)
+    manager.welcomed = True  # as if a Welcome had said so
     await manager._deploy(manager.desired["i1"])
     return manager, runtime, events
 

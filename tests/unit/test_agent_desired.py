@@ -1,0 +1,132 @@
+"""The agent's desired set is exactly what the coordinator's Welcome and commands say: a failed deploy is
+retried with the crash back-off only while it is still wanted, and a removal (or a Welcome without it)
+ends every retry, so a released instance never comes back (over the in-memory runtime; the Docker path
+is proven in tests/integration/test_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.instances import InstanceManager, to_spec
+from agent.restarts import RestartPolicy
+from agent.runtime.base import ContainerStatus, PullPolicy, RuntimeFailure
+from protos import moorage_pb2 as pb
+from tests.fakeagent import MemoryRuntime
+
+FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, reset_after_s=60, crash_loop_after=10)
+BUSY = "Bind for 127.0.0.1:30000 failed: port is already allocated"
+
+
+class BusyPortRuntime(MemoryRuntime):
+    """Starting a container fails while ``busy`` is set, as Docker's does when its port is taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = True
+        self.starts = 0
+
+    async def start(self, container_id: str) -> None:
+        self.starts += 1
+        if self.busy:
+            raise RuntimeFailure(BUSY)
+        await super().start(container_id)
+
+
+def spec(iid: str = "i1") -> pb.InstanceSpec:
+    return pb.InstanceSpec(
+        instance_id=iid,
+        name=iid,
+        image="moorage-test/busybox:latest",
+        memory_mib=64,
+        ports=[pb.PortBinding(bind_address="127.0.0.1", port=30000, primary=True)],
+        desired_state=pb.DESIRED_STATE_RUNNING,
+    )
+
+
+def command(kind: pb.CommandKind.ValueType, iid: str = "i1") -> pb.Command:
+    return pb.Command(command_id=f"{kind}-{iid}", kind=kind, instance_id=iid, spec=spec(iid))
+
+
+def manager_over(runtime: MemoryRuntime) -> tuple[InstanceManager, list[pb.InstanceEvent]]:
+    events: list[pb.InstanceEvent] = []
+    manager = InstanceManager(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=FAST)
+    return manager, events
+
+
+def kinds(events: list[pb.InstanceEvent]) -> list[str]:
+    return [pb.EventKind.Name(e.kind).removeprefix("EVENT_KIND_") for e in events]
+
+
+async def test_a_failed_deploy_is_retried_with_the_back_off_while_wanted() -> None:
+    runtime = BusyPortRuntime()
+    manager, events = manager_over(runtime)
+    await manager.reconcile(pb.Welcome())
+    result = await manager.handle(command(pb.COMMAND_KIND_DEPLOY))
+    assert not result.ok and BUSY in result.error
+    assert kinds(events) == ["ACCEPTED", "CREATED", "FAILED"] and not runtime.containers
+    # Resyncs during the back-off do not retry: only the back-off does, further apart each time.
+    for _ in range(5):
+        await manager.resync()
+    assert runtime.starts == 1
+    await asyncio.sleep(0.05 + 0.1 + 0.05)  # two retries: after 0.05 s, then 0.1 s
+    assert runtime.starts == 3 and not runtime.containers
+    runtime.busy = False
+    await asyncio.sleep(0.2 + 0.1)  # the next one (0.2 s later) succeeds
+    assert [c.status for c in runtime.containers.values()] == [ContainerStatus.RUNNING]
+    assert kinds(events)[-1] == "STARTED"
+    await manager.close()
+
+
+async def test_a_removal_ends_the_retries_so_a_released_instance_never_comes_back() -> None:
+    runtime = BusyPortRuntime()
+    manager, events = manager_over(runtime)
+    await manager.reconcile(pb.Welcome())
+    await manager.handle(command(pb.COMMAND_KIND_DEPLOY))
+    removed = await manager.handle(command(pb.COMMAND_KIND_REMOVE))
+    assert removed.ok and kinds(events)[-1] == "REMOVED"
+    runtime.busy = False  # the port is free again: nothing may use it now
+    await asyncio.sleep(0.5)
+    for _ in range(3):
+        await manager.resync()
+    assert not runtime.containers and runtime.starts == 1 and "i1" not in manager.desired
+    await manager.close()
+
+
+async def test_a_welcome_without_the_instance_drops_it_and_its_retry() -> None:
+    runtime = BusyPortRuntime()
+    manager, _ = manager_over(runtime)
+    await manager.reconcile(pb.Welcome(desired=[spec()]))
+    assert runtime.starts == 1 and not runtime.containers
+    # The coordinator failed it while the session was down; the next Welcome no longer holds it.
+    await manager.reconcile(pb.Welcome(desired=[spec("other")]))
+    runtime.busy = False
+    await asyncio.sleep(0.5)
+    await manager.resync()
+    assert [c.instance_id for c in runtime.containers.values()] == ["other"]
+    await manager.close()
+
+
+async def test_a_welcome_removal_of_a_failed_instance_reports_it_removed() -> None:
+    runtime = BusyPortRuntime()
+    manager, events = manager_over(runtime)
+    await manager.reconcile(pb.Welcome(desired=[spec()]))
+    await manager.reconcile(pb.Welcome(remove=["i1"]))
+    runtime.busy = False
+    await asyncio.sleep(0.3)
+    assert kinds(events)[-1] == "REMOVED" and not runtime.containers
+    await manager.close()
+
+
+async def test_no_resync_before_the_first_welcome_removes_anything() -> None:
+    """An agent that starts while its coordinator is away does not know what is wanted yet: its
+    containers are kept, however long that lasts."""
+    runtime = MemoryRuntime()
+    manager, _ = manager_over(runtime)
+    manager.unknown_grace_s = 0.0
+    kept = await runtime.create(to_spec("n", spec()))
+    await runtime.start(kept)
+    await manager.resync()
+    assert kept in runtime.containers
+    await manager.reconcile(pb.Welcome(desired=[spec()]))
+    await manager.resync()
+    assert runtime.containers[kept].status is ContainerStatus.RUNNING

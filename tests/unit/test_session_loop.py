@@ -1,0 +1,88 @@
+"""The agent's session loop: every way a call can end is "session lost, reconnect with back-off", never the
+end of the process; only a refusal retrying cannot fix ends it. The calls' ends are the exception types
+grpc.aio really raises (the real daemons' restarts are in tests/integration/test_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+
+from agent.config import AgentConfig
+from agent.identity import EnrollmentRefused, Identity
+from agent.instances import InstanceManager
+from agent.runtime.base import PullPolicy
+from agent.session import AgentSession
+from agent.telemetry import Telemetry
+from tests.fakeagent import MemoryRuntime
+
+
+class ValidIdentity:
+    node_id = "n"
+
+    def not_after(self) -> float:
+        return time.time() + 3600
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
+
+
+class ScriptedSession(AgentSession):
+    """Each attempt ends as the next entry says (an exception raised, or None: the call ended with EOF)."""
+
+    def __init__(self, tmp: Path, ends: list[Callable[[], BaseException] | None]) -> None:
+        config = AgentConfig(data_dir=tmp, reconnect_initial_s=0.001, reconnect_max_s=0.004)
+        runtime = MemoryRuntime()
+        manager = InstanceManager(runtime, "n", PullPolicy.MISSING, emit=lambda _e: None)
+        super().__init__(config, cast(Identity, ValidIdentity()), runtime, manager, Telemetry(disk_path="/"))
+        self.ends = ends
+        self.attempts = 0
+        self.exhausted = asyncio.Event()
+
+    async def _session(self) -> None:
+        self.attempts += 1
+        if not self.ends:
+            self.exhausted.set()
+            await asyncio.Event().wait()
+        end = self.ends.pop(0)
+        if end is not None:
+            raise end()
+
+
+LOST: list[Callable[[], BaseException] | None] = [
+    lambda: rpc_error(grpc.StatusCode.UNAVAILABLE),  # the coordinator is down, or went away
+    lambda: asyncio.InvalidStateError("RPC already finished."),  # a write after the call ended
+    asyncio.CancelledError,  # grpc cancelled the call itself (its channel closed); we were not cancelled
+    None,  # EOF: the coordinator closed the session
+    lambda: rpc_error(grpc.StatusCode.INTERNAL),
+    lambda: ConnectionError("the coordinator did not answer Hello with Welcome"),
+    TimeoutError,  # no Welcome in time
+    lambda: OSError("connection reset"),
+    lambda: RuntimeError("anything else"),
+]
+
+
+async def test_every_end_of_a_call_is_a_lost_session_and_the_loop_goes_on(tmp_path: Path) -> None:
+    session = ScriptedSession(tmp_path, list(LOST))
+    loop = asyncio.create_task(session.run())
+    await asyncio.wait_for(session.exhausted.wait(), 5)
+    assert session.attempts == len(LOST) + 1 and not loop.done()
+    loop.cancel()  # the agent stopping: a real cancellation still ends the loop
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED])
+async def test_only_a_refusal_ends_it(tmp_path: Path, code: grpc.StatusCode) -> None:
+    session = ScriptedSession(
+        tmp_path, [lambda: rpc_error(grpc.StatusCode.UNAVAILABLE), lambda: rpc_error(code)]
+    )
+    with pytest.raises(EnrollmentRefused):
+        await asyncio.wait_for(session.run(), 5)
+    assert session.attempts == 2
