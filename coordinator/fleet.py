@@ -32,6 +32,8 @@ class Session:
         self.outbox: asyncio.Queue[pb.CoordinatorMessage | None] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.connected_at = time.time()
+        #: Ids of the commands sent here whose results someone waits for.
+        self.waiting: set[str] = set()
 
     def send(self, message: pb.CoordinatorMessage) -> None:
         if not self.closed.is_set():
@@ -76,6 +78,9 @@ class LiveNode:
     unwanted: tuple[pb.InstanceStatus, ...] = ()
     #: Why the node's container engine did not answer its agent, as of the last heartbeat ("" when it did).
     engine_error: str = ""
+    #: When this process started expecting a node that had a session before it (None: not expected). Until
+    #: its first heartbeat here, the node is judged as if it had last reported then.
+    expected_since: float | None = None
 
 
 #: Called by the monitor when a node's status changes: (node id, old, new).
@@ -89,7 +94,7 @@ class Fleet:
         self.sessions: dict[str, Session] = {}
         self.live: dict[str, LiveNode] = {}
         self._dirty: set[str] = set()
-        self._results: dict[str, asyncio.Future[pb.CommandResult]] = {}
+        self._results: dict[str, asyncio.Future[pb.CommandResult | None]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.listeners: list[StatusListener] = []
@@ -115,6 +120,7 @@ class Fleet:
         old = self.sessions.get(node_id)
         if old is not None:
             old.close()
+            self._end_waits(old)
         session = Session(node_id)
         self.sessions[node_id] = session
         self.live.setdefault(node_id, LiveNode())
@@ -122,6 +128,7 @@ class Fleet:
 
     def detach(self, session: Session) -> None:
         session.close()
+        self._end_waits(session)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
 
@@ -137,6 +144,17 @@ class Fleet:
             self.confirmed_running.pop(instance_id, None)
         self.ready.discard(node_id)
         self._dirty.discard(node_id)
+
+    def expect(self, node_ids: Sequence[str]) -> None:
+        """At start: these nodes reported to an earlier run of the coordinator. One whose agent does not
+        come back within the grace period goes heartbeat-abnormal (its instances unhealthy) as if it had
+        gone silent at this start, instead of showing its instances running forever."""
+        now = self.clock()
+        for node_id in node_ids:
+            live = self.live.setdefault(node_id, LiveNode())
+            if live.last_heartbeat is None:
+                live.expected_since, live.status = now, NodeStatus.READY
+                heapq.heappush(self._deadlines, (now + self.grace_s + 0.001, node_id))
 
     def is_connected(self, node_id: str) -> bool:
         return node_id in self.sessions
@@ -273,17 +291,16 @@ class Fleet:
                 live = self.live.get(node_id)
                 if live is None:
                     continue
-                status = self.judge(live.last_heartbeat)
+                last = live.last_heartbeat if live.last_heartbeat is not None else live.expected_since
+                status = self.judge(last)
                 if status is not NodeStatus.READY:
                     self.ready.discard(node_id)
                 if status is not live.status:
                     previous, live.status = live.status, status
                     log.info("node status changed", node_id=node_id, old=previous.value, new=status.value)
                     self._notify(node_id, previous, status)
-                if status is NodeStatus.HEARTBEAT_ABNORMAL and live.last_heartbeat is not None:
-                    heapq.heappush(
-                        self._deadlines, (live.last_heartbeat + self.options.offline_after_s + 0.001, node_id)
-                    )
+                if status is NodeStatus.HEARTBEAT_ABNORMAL and last is not None:
+                    heapq.heappush(self._deadlines, (last + self.options.offline_after_s + 0.001, node_id))
             delay = self._deadlines[0][0] - now if self._deadlines else 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.01), 1.0))
@@ -301,31 +318,50 @@ class Fleet:
     # ------------------------------------------------------------ commands
 
     def dispatch(self, node_id: str, command: pb.Command) -> bool:
-        """Send a command if the node is connected. When it is not, nothing is lost: the node's desired set
-        is in the database and reaches the agent in the Welcome of its next session."""
+        """Send a command if the node is connected, without waiting for its result. When it is not, nothing
+        is lost: the node's desired set is in the database and reaches the agent in its next Welcome."""
         session = self.sessions.get(node_id)
         if session is None:
             return False
-        self._results.setdefault(command.command_id, asyncio.get_running_loop().create_future())
         session.send(pb.CoordinatorMessage(command=command))
         return True
 
-    async def wait_result(self, command_id: str, wait_s: float) -> pb.CommandResult | None:
-        future = self._results.get(command_id)
-        if future is None:
+    async def send(self, node_id: str, command: pb.Command, wait_s: float) -> pb.CommandResult | None:
+        """Send a command and wait up to ``wait_s`` for the agent's result. None when the node is not
+        connected, does not answer in time, or its session ends first; either way nothing of the wait is
+        kept (a result that comes later finds no one waiting and is dropped)."""
+        session = self.sessions.get(node_id)
+        if session is None:
             return None
+        waiter: asyncio.Future[pb.CommandResult | None] = asyncio.get_running_loop().create_future()
+        self._results[command.command_id] = waiter
+        session.waiting.add(command.command_id)
+        session.send(pb.CoordinatorMessage(command=command))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), wait_s)
+            return await asyncio.wait_for(waiter, wait_s)
         except TimeoutError:
             return None
         finally:
-            if future.done():
-                self._results.pop(command_id, None)
+            self._results.pop(command.command_id, None)
+            session.waiting.discard(command.command_id)
 
     def resolve(self, result: pb.CommandResult) -> None:
-        future = self._results.pop(result.command_id, None)
-        if future is not None and not future.done():
-            future.set_result(result)
+        waiter = self._results.pop(result.command_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    @property
+    def waiting(self) -> int:
+        """Commands whose results someone still waits for (a gauge: it must not grow)."""
+        return len(self._results)
+
+    def _end_waits(self, session: Session) -> None:
+        """The session ended: nobody gets an answer through it any more."""
+        for command_id in session.waiting:
+            waiter = self._results.pop(command_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        session.waiting.clear()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -153,6 +153,8 @@ class Coordinator:
         async with store.read() as conn:
             # Before any session: the first heartbeat of each agent must add only what is new.
             core.fleet.bandwidth.load(await instances_store.bandwidth_meters(conn))
+            # Agents of the last run are expected back; one that does not come is judged silent.
+            core.fleet.expect([n.id for n in await nodes_store.list_nodes(conn) if n.enrolled])
         self.admin_key = await ensure_admin(core, cfg.admin_key or None)
         instances = InstanceService(core)
         images = ImageService(core)

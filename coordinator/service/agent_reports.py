@@ -10,21 +10,25 @@ from typing import Any
 
 from common.logging import get
 from coordinator.fleet import state_name
+from coordinator.lifecycle import Event
 from coordinator.model import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
+from coordinator.store.instances import Moved
 from protos import moorage_pb2 as pb
 
 log = get("coordinator.reports")
 
 S = InstanceState
-PRE_START = {S.PENDING, S.PROVISIONING, S.CREATED}
 #: What the agent should have a container for (a suspended one too: stopped, but kept).
 ACTIVE = set(WANTED_STATES)
 
 Handler = Callable[[str, Any], Awaitable[None]]
 
 MISSING = "the container is missing on the host; the agent re-creates it"
+REMOVED = "the container was removed outside Moorage"
+#: Instances nothing of which should run any more.
+ENDED = frozenset({S.ERROR, S.RELEASED})
 
 
 def _runs(status: pb.InstanceStatus | None) -> bool:
@@ -44,41 +48,37 @@ class AgentReports:
         }
         core.fleet.listeners.append(self.node_status_changed)
 
-    async def _transition(
-        self, instance_id: str, to: InstanceState, allowed: set[InstanceState], **values: Any
-    ) -> bool:
+    async def _transition(self, instance_id: str, event: Event, **values: Any) -> Moved | None:
         async with self.core.store.write() as conn:
-            return await instances_store.transition(
-                conn, instance_id, to, allowed_from=allowed, now=self.core.clock(), **values
-            )
+            return await instances_store.transition(conn, instance_id, event, now=self.core.clock(), **values)
 
-    async def _release(self, instance_id: str) -> bool:
-        """The container of a releasing instance is gone: free its allocations and mark it released."""
+    async def _removed(self, instance_id: str) -> None:
+        """The container is gone: a releasing instance is released (its allocations freed); one that should
+        exist was removed outside Moorage and keeps its ports (the agent re-creates it)."""
         async with self.core.store.write() as conn:
-            changed = await instances_store.release(
-                conn, instance_id, allowed_from={S.RELEASING}, now=self.core.clock()
-            )
-        if changed:
+            moved = await instances_store.transition(conn, instance_id, Event.REMOVED, now=self.core.clock())
+            if moved is not None and moved.new is S.UNHEALTHY:
+                await instances_store.update_instance(conn, instance_id, self.core.clock(), error=REMOVED)
+        if moved is not None and moved.new is S.RELEASED:
             self.core.fleet.forget_instance(instance_id)
         else:
             self.core.fleet.unconfirm(instance_id)
-        return changed
 
-    async def _fail(self, instance_id: str, reason: str) -> None:
-        now = self.core.clock()
+    async def _fail(self, node_id: str, instance_id: str, reason: str) -> None:
+        """Provisioning failed. Before it ever ran: the instance is failed, its allocations freed, and the
+        agent is told to drop it (no retry of something nobody wants). When re-creating the container of
+        one that ran failed: it stays wanted and unhealthy with the reason, and the agent retries."""
         async with self.core.store.write() as conn:
-            changed = await instances_store.transition(
-                conn,
-                instance_id,
-                S.ERROR,
-                allowed_from=PRE_START | {S.STARTING},
-                now=now,
-                error=reason[:4000],
+            moved = await instances_store.transition(
+                conn, instance_id, Event.FAILED, now=self.core.clock(), error=reason[:4000]
             )
-            if changed:
-                await instances_store.free_instance_allocations(conn, instance_id)
-        if changed:
+            failed = await instances_store.get_instance(conn, instance_id) if moved else None
+        if moved is None or failed is None:
+            return
+        self.core.fleet.unconfirm(instance_id)
+        if moved.new is S.ERROR:
             log.warning("instance failed", instance_id=instance_id, error=reason)
+            self.core.fleet.dispatch(node_id, self.core.command(pb.COMMAND_KIND_REMOVE, failed))
 
     # ------------------------------------------------------------ session start
 
@@ -93,7 +93,10 @@ class AgentReports:
             on_node = await instances_store.list_instances(
                 conn, node_id=node_id, states=ACTIVE | {S.RELEASING}
             )
-        desired, remove = [], []
+            # Containers of instances that failed or were released while the agent was away: removed now,
+            # not after the grace a container nobody knows gets.
+            ended = await instances_store.ids_in_states(conn, node_id, list(reported), ENDED)
+        desired, remove = [], list(ended)
         for inst in on_node:
             if inst.state is S.RELEASING:
                 remove.append(inst.id)
@@ -102,7 +105,7 @@ class AgentReports:
                 desired.append(self.core.spec(inst))
         for inst in on_node:
             if inst.state is S.RELEASING and inst.id not in reported:
-                await self._release(inst.id)
+                await self._removed(inst.id)
             elif inst.state is S.RUNNING and _runs(reported.get(inst.id)):
                 # Already known running (a reconnect, or a coordinator restart): nothing to write. A
                 # reconnect storm of a whole fleet then costs reads, not a write per instance.
@@ -110,7 +113,7 @@ class AgentReports:
             elif inst.state is S.RUNNING and inst.id not in reported:
                 # Gone while nobody watched (removed while the agent or we were down): the agent re-creates
                 # it from this Welcome; until a heartbeat shows it running again it is not running.
-                await self._transition(inst.id, S.UNHEALTHY, {S.RUNNING}, error=MISSING)
+                await self._transition(inst.id, Event.FAULT, error=MISSING)
         beat = pb.Heartbeat(instances=hello.instances)
         self.note_heartbeat(node_id, beat)
         await self.heartbeat(node_id, beat)
@@ -163,7 +166,7 @@ class AgentReports:
                 reason = "the container was OOM-killed"
             else:
                 reason = f"the container is {state_name(status.state)} (exit code {status.exit_code})"
-            await self._transition(instance_id, S.UNHEALTHY, {S.RUNNING}, error=reason)
+            await self._transition(instance_id, Event.FAULT, error=reason)
 
     def _hook_done(self, task: asyncio.Task[None]) -> None:
         self._hooks.discard(task)
@@ -171,7 +174,6 @@ class AgentReports:
             log.error("a running hook failed", error=str(task.exception()))
 
     async def _confirm_running(self, node_id: str, status: pb.InstanceStatus) -> None:
-        now = self.core.clock()
         async with self.core.store.read() as conn:
             known = await instances_store.get_instance(conn, status.instance_id)
         if known is None or known.state not in (S.STARTING, S.UNHEALTHY, S.RUNNING):
@@ -179,31 +181,17 @@ class AgentReports:
         if known.state is S.RUNNING:
             self.core.fleet.confirm(node_id, known.id)
             return
-        async with self.core.store.write() as conn:
-            inst = await instances_store.get_instance(conn, status.instance_id)
-            if inst is None:
-                return
-            if inst.state in (S.STARTING, S.UNHEALTHY):
-                await instances_store.transition(
-                    conn,
-                    inst.id,
-                    S.RUNNING,
-                    allowed_from={S.STARTING, S.UNHEALTHY},
-                    now=now,
-                    error=None,
-                    container_id=status.container_id or inst.container_id,
-                    delivered_at=inst.delivered_at or now,
-                )
-                self.core.fleet.confirm(node_id, inst.id)
-            elif inst.state is S.RUNNING:
-                self.core.fleet.confirm(node_id, inst.id)
-                return
-            else:
-                return
+        values: dict[str, Any] = {"error": None, "delivered_at": known.delivered_at or self.core.clock()}
+        if status.container_id:
+            values["container_id"] = status.container_id
+        moved = await self._transition(known.id, Event.CONFIRMED, **values)
+        if moved is None:
+            return
+        self.core.fleet.confirm(node_id, known.id)
         # After the commit, in their own task (this may be a Hello, whose Welcome must go first): hooks may
         # write (a redeploy's original is released once its replacement runs).
         for hook in self.core.running_hooks:
-            task = asyncio.create_task(hook(inst), name=f"running-hook-{inst.id}")
+            task = asyncio.create_task(hook(known), name=f"running-hook-{known.id}")
             self._hooks.add(task)
             task.add_done_callback(self._hook_done)
 
@@ -211,15 +199,13 @@ class AgentReports:
         iid = ev.instance_id
         kind = ev.kind
         if kind == pb.EVENT_KIND_ACCEPTED:
-            await self._transition(iid, S.PROVISIONING, {S.PENDING})
+            await self._transition(iid, Event.ACCEPTED)
         elif kind == pb.EVENT_KIND_CREATED:
-            await self._transition(iid, S.CREATED, {S.PENDING, S.PROVISIONING}, container_id=ev.container_id)
+            await self._transition(iid, Event.CREATED, container_id=ev.container_id)
         elif kind == pb.EVENT_KIND_STARTED:
-            # Not from running or unhealthy: a re-adopted container must not flap through "starting"; the
-            # next heartbeat that shows it running confirms it from there.
-            await self._transition(iid, S.STARTING, PRE_START | {S.STOPPED}, container_id=ev.container_id)
+            await self._transition(iid, Event.STARTED, container_id=ev.container_id)
         elif kind == pb.EVENT_KIND_FAILED:
-            await self._fail(iid, ev.message or "the agent could not provision the instance")
+            await self._fail(node_id, iid, ev.message or "the agent could not provision the instance")
         elif kind in (pb.EVENT_KIND_EXITED, pb.EVENT_KIND_OOM_KILLED):
             # The agent's message says what happened and when it restarts it (or that it is a crash loop).
             reason = ev.message or (
@@ -229,17 +215,15 @@ class AgentReports:
             )
             self.core.fleet.bandwidth.stopped([iid])
             # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
-            if await self._transition(iid, S.UNHEALTHY, {S.STARTING, S.RUNNING, S.UNHEALTHY}, error=reason):
+            if await self._transition(iid, Event.FAULT, error=reason):
                 self.core.fleet.unconfirm(iid)
         elif kind == pb.EVENT_KIND_STOPPED:
+            # A stop the coordinator asked for (stop, kill, suspend, or the first half of a restart): the
+            # state already says what is wanted; only the confirmation and the byte rates go.
             self.core.fleet.bandwidth.stopped([iid])
-            if await self._transition(iid, S.STOPPED, {S.STARTING, S.RUNNING, S.UNHEALTHY}):
-                self.core.fleet.unconfirm(iid)
-        elif kind == pb.EVENT_KIND_REMOVED and not await self._release(iid):
-            # Removed by someone else while it should exist: it keeps its ports; the agent re-creates it.
-            removed = "the container was removed outside Moorage"
-            if await self._transition(iid, S.UNHEALTHY, ACTIVE, error=removed):
-                self.core.fleet.unconfirm(iid)
+            self.core.fleet.unconfirm(iid)
+        elif kind == pb.EVENT_KIND_REMOVED:
+            await self._removed(iid)
 
     async def result(self, node_id: str, result: pb.CommandResult) -> None:
         self.core.fleet.resolve(result)
@@ -260,8 +244,7 @@ class AgentReports:
                     await instances_store.transition(
                         conn,
                         inst.id,
-                        S.UNHEALTHY,
-                        allowed_from={S.RUNNING, S.STARTING},
+                        Event.FAULT,
                         now=now,
                         error=f"node {node_id} stopped sending heartbeats",
                     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from coordinator import lifecycle
+from coordinator.lifecycle import Event
 from coordinator.model import LIVE_STATES, Instance, InstanceState
 from coordinator.service import policy
 from coordinator.service.core import Core
@@ -23,40 +25,18 @@ S = InstanceState
 
 @dataclass(frozen=True, slots=True)
 class PowerAction:
-    to: InstanceState
-    allowed_from: frozenset[InstanceState]
+    event: Event
     #: States in which the action is already done: answered as is, nothing sent.
     done_in: frozenset[InstanceState]
     kind: pb.CommandKind.ValueType
 
 
 POWER: dict[str, PowerAction] = {
-    "start": PowerAction(
-        S.STARTING,
-        frozenset({S.CREATED, S.STOPPED, S.UNHEALTHY}),
-        frozenset({S.STARTING, S.RUNNING}),
-        pb.COMMAND_KIND_START,
-    ),
-    "stop": PowerAction(
-        S.STOPPED,
-        frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY}),
-        frozenset({S.STOPPED}),
-        pb.COMMAND_KIND_STOP,
-    ),
-    "restart": PowerAction(
-        S.STARTING,
-        frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPED}),
-        frozenset(),
-        pb.COMMAND_KIND_RESTART,
-    ),
-    "kill": PowerAction(
-        S.STOPPED,
-        frozenset({S.STARTING, S.RUNNING, S.UNHEALTHY}),
-        frozenset({S.STOPPED, S.CREATED}),
-        pb.COMMAND_KIND_KILL,
-    ),
+    "start": PowerAction(Event.START, frozenset({S.STARTING, S.RUNNING}), pb.COMMAND_KIND_START),
+    "stop": PowerAction(Event.STOP, frozenset({S.STOPPED}), pb.COMMAND_KIND_STOP),
+    "restart": PowerAction(Event.RESTART, frozenset(), pb.COMMAND_KIND_RESTART),
+    "kill": PowerAction(Event.KILL, frozenset({S.STOPPED, S.CREATED}), pb.COMMAND_KIND_KILL),
 }
-SUSPENDABLE = frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY, S.STOPPED})
 
 
 def _why_not(inst: Instance, action: str) -> str:
@@ -131,9 +111,9 @@ class InstanceService:
             raise Conflict(_why_not(inst, action), field="id")
         if inst.state in act.done_in:
             return inst
-        if inst.state not in act.allowed_from:
+        if lifecycle.next_state(inst.state, act.event) is None:
             raise Conflict(_why_not(inst, action), field="id")
-        return await self._move(inst, act.to, act.allowed_from, act.kind, action)
+        return await self._move(inst, act.event, act.kind, action)
 
     async def suspend(self, caller: Principal, instance_id: str) -> Instance:
         """An admin stops the instance and every start until unsuspend (billing, abuse)."""
@@ -141,11 +121,9 @@ class InstanceService:
         inst = await self.get(caller, instance_id)
         if inst.suspended:
             return inst
-        if inst.state not in SUSPENDABLE:
+        if lifecycle.next_state(inst.state, Event.SUSPEND) is None:
             raise Conflict(_why_not(inst, "be suspended"), field="id")
-        return await self._move(
-            inst, S.SUSPENDED, SUSPENDABLE, pb.COMMAND_KIND_SUSPEND, "suspend", suspended=True
-        )
+        return await self._move(inst, Event.SUSPEND, pb.COMMAND_KIND_SUSPEND, "suspend", suspended=True)
 
     async def unsuspend(self, caller: Principal, instance_id: str) -> Instance:
         """Lift a suspension: the instance starts again."""
@@ -153,15 +131,12 @@ class InstanceService:
         inst = await self.get(caller, instance_id)
         if not inst.suspended:
             return inst
-        return await self._move(
-            inst, S.STARTING, frozenset({S.SUSPENDED}), pb.COMMAND_KIND_START, "unsuspend", suspended=False
-        )
+        return await self._move(inst, Event.UNSUSPEND, pb.COMMAND_KIND_START, "unsuspend", suspended=False)
 
     async def _move(
         self,
         inst: Instance,
-        to: InstanceState,
-        allowed_from: frozenset[InstanceState],
+        event: Event,
         kind: pb.CommandKind.ValueType,
         action: str,
         **values: object,
@@ -170,7 +145,7 @@ class InstanceService:
         An agent that is away converges from its next Welcome."""
         async with self.core.store.write() as conn:
             moved = await instances_store.transition(
-                conn, inst.id, to, allowed_from=allowed_from, now=self.core.clock(), error=None, **values
+                conn, inst.id, event, now=self.core.clock(), error=None, **values
             )
             current = await instances_store.get_instance(conn, inst.id)
         if not moved or current is None:
@@ -179,8 +154,7 @@ class InstanceService:
         self.core.fleet.unconfirm(inst.id)
         if current.node_id is not None:
             cmd = self.core.command(kind, current)
-            if self.core.fleet.dispatch(current.node_id, cmd):
-                await self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
+            await self.core.fleet.send(current.node_id, cmd, self.core.config.fleet.command_wait_s)
         return await self.get_unchecked(inst.id)
 
     # ------------------------------------------------------------ delete
@@ -195,28 +169,27 @@ class InstanceService:
 
     async def release(self, found: list[Instance], *, wait: bool = True) -> None:
         """Mark each releasing (a failed one released at once: nothing of it runs), ask the agents to remove
-        the containers, and (``wait``) wait for their reports a bounded time."""
+        the containers (a failed one's too: the agent then drops it for good), and (``wait``) wait for
+        their reports a bounded time."""
         now = self.core.clock()
+        found = [inst for inst in found if inst.state is not InstanceState.RELEASED]
         async with self.core.store.write() as conn:
             for inst in found:
-                if inst.state is InstanceState.ERROR:
-                    await instances_store.release(conn, inst.id, allowed_from={InstanceState.ERROR}, now=now)
-                elif inst.state is not InstanceState.RELEASED:
-                    await instances_store.transition(
-                        conn, inst.id, InstanceState.RELEASING, allowed_from=LIVE_STATES, now=now
-                    )
+                await instances_store.transition(conn, inst.id, Event.RELEASE, now=now)
         waits = []
+        fleet = self.core.fleet
         for inst in found:
-            self.core.fleet.unconfirm(inst.id)
-            if inst.node_id is None or inst.state in (InstanceState.RELEASED, InstanceState.ERROR):
+            fleet.unconfirm(inst.id)
+            if inst.node_id is None:
                 continue
             cmd = self.core.command(pb.COMMAND_KIND_REMOVE, inst)
-            if self.core.fleet.dispatch(inst.node_id, cmd):
-                self.core.fleet.removing.add(inst.id)
-                if wait:
-                    waits.append(
-                        self.core.fleet.wait_result(cmd.command_id, self.core.config.fleet.command_wait_s)
-                    )
+            if inst.state is InstanceState.ERROR:
+                fleet.dispatch(inst.node_id, cmd)  # released already: nothing to wait for
+            elif wait and fleet.is_connected(inst.node_id):
+                fleet.removing.add(inst.id)
+                waits.append(fleet.send(inst.node_id, cmd, self.core.config.fleet.command_wait_s))
+            elif fleet.dispatch(inst.node_id, cmd):
+                fleet.removing.add(inst.id)
         await asyncio.gather(*waits)
 
     async def release_node(self, node_id: str) -> list[str]:
@@ -228,10 +201,10 @@ class InstanceService:
         now = self.core.clock()
         async with self.core.store.write() as conn:
             for inst in found:
-                await instances_store.release(
+                await instances_store.transition(
                     conn,
                     inst.id,
-                    allowed_from={InstanceState.RELEASING},
+                    Event.ABANDONED,
                     now=now,
                     error="released with its node; the agent did not confirm removal",
                 )

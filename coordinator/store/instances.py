@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.logging import get
+from coordinator import lifecycle
+from coordinator.lifecycle import Event
 from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
@@ -21,6 +25,8 @@ from coordinator.store.tables import (
     regions,
     servers,
 )
+
+log = get("coordinator.lifecycle")
 
 
 def instance_from_row(row: Row[Any]) -> Instance:
@@ -161,6 +167,24 @@ async def list_instances(
     return found
 
 
+async def ids_in_states(
+    conn: AsyncConnection, node_id: str, ids: Sequence[str], states: Collection[InstanceState]
+) -> list[str]:
+    """Which of ``ids`` are instances of the node in one of ``states``."""
+    if not ids:
+        return []
+    rows = await conn.execute(
+        select(instances.c.id)
+        .where(
+            instances.c.id.in_(list(ids)),
+            instances.c.node_id == node_id,
+            instances.c.state.in_([s.value for s in states]),
+        )
+        .order_by(instances.c.id)
+    )
+    return [r.id for r in rows]
+
+
 async def desired_for_node(conn: AsyncConnection, node_id: str) -> list[Instance]:
     """What the node should run: every instance placed on it that is neither released nor failed nor
     being removed."""
@@ -196,86 +220,84 @@ async def _attach(conn: AsyncConnection, found: list[Instance]) -> None:
         by_id[r.instance_id].tags.append(r.tag)
 
 
-async def transition(
-    conn: AsyncConnection,
-    instance_id: str,
-    to: InstanceState,
-    *,
-    allowed_from: Collection[InstanceState],
-    now: float,
-    **values: Any,
-) -> bool:
-    """Move to ``to`` only from one of ``allowed_from`` (a guarded UPDATE: stale reports cannot undo a newer
-    state). Extra column values ride along. Returns whether the row changed.
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """A transition that happened: the state before and after (equal for one that only updates, e.g. the
+    reason of an unhealthy instance)."""
 
-    Leaving the live states gives the instance's place in its region back (the counter the placement claim
-    raises and the database caps at serverLimit), in the same transaction."""
-    leaves_live = to not in LIVE_STATES and bool(allowed_from) and set(allowed_from) <= LIVE_STATES
-    assert to in LIVE_STATES or leaves_live or not set(allowed_from) & LIVE_STATES, "mixed live/dead origins"
-    result = await conn.execute(
-        update(instances)
-        .where(instances.c.id == instance_id, instances.c.state.in_([s.value for s in allowed_from]))
-        .values(state=to.value, state_changed_at=now, updated_at=now, **values)
-        .returning(
-            instances.c.region_id,
-            instances.c.node_id,
-            instances.c.memory_mib,
-            instances.c.cpu_percent,
-            instances.c.disk_mib,
-        )
-    )
-    row = result.first()
-    if row is None:
-        return False
-    if leaves_live and row.region_id is not None:
+    old: InstanceState
+    new: InstanceState
+
+
+async def transition(
+    conn: AsyncConnection, instance_id: str, event: Event, *, now: float, **values: Any
+) -> Moved | None:
+    """Apply ``event`` as the lifecycle table says, under the row's lock (FOR UPDATE where the database has
+    it; SQLite has one writer), or refuse it (None, logged): a stale report never undoes a newer state.
+    Extra column values ride along.
+
+    What the new state implies is written in the same transaction: leaving the live states gives the
+    instance's place in its region and its share of the node back (the counters the placement claim
+    raises), and a state that holds no allocations frees them (first: the database refuses a released
+    instance that still holds one)."""
+    row = (
         await conn.execute(
-            update(regions).where(regions.c.id == row.region_id).values(live_count=regions.c.live_count - 1)
-        )
-    if leaves_live and row.node_id is not None:
-        await conn.execute(
-            update(nodes)
-            .where(nodes.c.id == row.node_id)
-            .values(
-                used_memory_mib=nodes.c.used_memory_mib - row.memory_mib,
-                used_cpu_percent=nodes.c.used_cpu_percent - row.cpu_percent,
-                used_disk_mib=nodes.c.used_disk_mib - row.disk_mib,
+            select(
+                instances.c.state,
+                instances.c.region_id,
+                instances.c.node_id,
+                instances.c.memory_mib,
+                instances.c.cpu_percent,
+                instances.c.disk_mib,
             )
+            .where(instances.c.id == instance_id)
+            .with_for_update()
         )
-    return True
+    ).first()
+    if row is None:
+        return None
+    old = InstanceState(row.state)
+    new = lifecycle.next_state(old, event)
+    if new is None:
+        quiet = (old, event) in lifecycle.EXPECTED_REFUSALS
+        (log.debug if quiet else log.info)(
+            "transition refused", instance_id=instance_id, state=old.value, transition_event=event.value
+        )
+        return None
+    if not lifecycle.holds_allocations(new):
+        await free_instance_allocations(conn, instance_id)
+    if new is InstanceState.RELEASED:
+        values = {"released": True, "released_at": now, **values}
+    if new is not old:
+        values["state_changed_at"] = now
+    await conn.execute(
+        update(instances)
+        .where(instances.c.id == instance_id, instances.c.state == old.value)
+        .values(state=new.value, updated_at=now, **values)
+    )
+    if old in LIVE_STATES and new not in LIVE_STATES:
+        if row.region_id is not None:
+            await conn.execute(
+                update(regions)
+                .where(regions.c.id == row.region_id)
+                .values(live_count=regions.c.live_count - 1)
+            )
+        if row.node_id is not None:
+            await conn.execute(
+                update(nodes)
+                .where(nodes.c.id == row.node_id)
+                .values(
+                    used_memory_mib=nodes.c.used_memory_mib - row.memory_mib,
+                    used_cpu_percent=nodes.c.used_cpu_percent - row.cpu_percent,
+                    used_disk_mib=nodes.c.used_disk_mib - row.disk_mib,
+                )
+            )
+    return Moved(old, new)
 
 
 async def update_instance(conn: AsyncConnection, instance_id: str, now: float, **values: Any) -> None:
     await conn.execute(
         update(instances).where(instances.c.id == instance_id).values(updated_at=now, **values)
-    )
-
-
-async def release(
-    conn: AsyncConnection,
-    instance_id: str,
-    *,
-    allowed_from: Collection[InstanceState],
-    now: float,
-    **values: Any,
-) -> bool:
-    """Free the instance's allocations and mark it released, or change nothing (False) when it is not in
-    one of ``allowed_from``. Freed first because the database refuses a released instance that still
-    holds an allocation; the row lock (FOR UPDATE where the database has it) keeps the two steps atomic."""
-    state = (
-        await conn.execute(select(instances.c.state).where(instances.c.id == instance_id).with_for_update())
-    ).scalar_one_or_none()
-    if state is None or InstanceState(state) not in allowed_from:
-        return False
-    await free_instance_allocations(conn, instance_id)
-    return await transition(
-        conn,
-        instance_id,
-        InstanceState.RELEASED,
-        allowed_from=allowed_from,
-        now=now,
-        released=True,
-        released_at=now,
-        **values,
     )
 
 

@@ -16,9 +16,10 @@ from coordinator.sealing import Sealer
 from coordinator.service.agent_reports import MISSING, AgentReports
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
+from coordinator.store import nodes as nodes_store
 from coordinator.store.claims import claim_now
 from protos import moorage_pb2 as pb
-from tests.unit.factories import make_instance, seeded_store
+from tests.unit.factories import make_instance, make_node, seeded_store
 
 S = InstanceState
 
@@ -177,3 +178,47 @@ async def test_an_unanswering_engine_makes_running_instances_unhealthy(
     await reports.heartbeat("n1", running())
     assert (await state_of(reports))[:2] == (S.RUNNING, None)
     assert reports.core.fleet.engine_error("n1") is None
+
+
+async def test_a_failed_deploy_is_dropped_by_the_agent_it_failed_on(reports: AgentReports) -> None:
+    """Failed before it ever ran: nobody wants it any more, so its agent is told to remove it (and with
+    that, to stop retrying it)."""
+    await put(reports, S.PROVISIONING)
+    session = reports.core.fleet.attach("n1")
+    busy = "Bind for 127.0.0.1:30000 failed: port is already allocated"
+    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message=busy))
+    assert await state_of(reports) == (S.ERROR, busy, 0)
+    sent = session.outbox.get_nowait()
+    assert sent is not None and sent.command.kind == pb.COMMAND_KIND_REMOVE
+    assert sent.command.instance_id == "i1"
+    # Its removal reported back changes nothing: it stays failed, with its reason.
+    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
+    assert await state_of(reports) == (S.ERROR, busy, 0)
+
+
+async def test_a_failed_re_creation_keeps_the_instance_wanted(reports: AgentReports) -> None:
+    """Its container vanished and making it again failed: it keeps its ports and stays wanted (the agent
+    retries with its back-off); the reason is shown."""
+    await put(reports, S.UNHEALTHY)
+    session = reports.core.fleet.attach("n1")
+    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message="busy"))
+    assert await state_of(reports) == (S.UNHEALTHY, "busy", 1)
+    assert session.outbox.empty()
+
+
+async def test_a_hello_reporting_ended_instances_asks_to_remove_them_at_once(reports: AgentReports) -> None:
+    """Failed or released while the agent was away, yet their containers are on the host: removed now,
+    not after the grace a container nobody knows gets."""
+    await put(reports, S.RUNNING, "keep")
+    async with reports.core.store.write() as conn:
+        await instances_store.insert_instance(conn, make_instance("failed", node_id="n1", state=S.ERROR))
+        await instances_store.insert_instance(conn, make_instance("gone", node_id="n1", state=S.RELEASED))
+        await nodes_store.insert_node(conn, make_node("n2"))
+        await instances_store.insert_instance(conn, make_instance("elsewhere", node_id="n2", state=S.ERROR))
+    reported = [
+        pb.InstanceStatus(instance_id=i, container_id=f"c-{i}", state=pb.CONTAINER_STATE_RUNNING)
+        for i in ("keep", "failed", "gone", "elsewhere", "unknown")
+    ]
+    welcome = await reports.hello("n1", pb.Hello(instances=reported))
+    assert [s.instance_id for s in welcome.desired] == ["keep"]
+    assert sorted(welcome.remove) == ["failed", "gone"]

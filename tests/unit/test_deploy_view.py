@@ -15,7 +15,7 @@ from sqlalchemy import update
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
-from coordinator.model import LIVE_STATES
+from coordinator.lifecycle import Event
 from coordinator.pki import CertificateAuthority
 from coordinator.sealing import Sealer
 from coordinator.service.core import Core
@@ -80,7 +80,8 @@ async def test_a_release_the_view_did_not_see_does_not_refuse_a_deploy(world: Wo
         await world.deploys.deploy(world.caller, order())
     # Released behind the view's back (as an agent report would): the view still counts the region full.
     async with world.store.write() as conn:
-        assert await instances_store.release(conn, first.id, allowed_from=LIVE_STATES, now=1.0)
+        assert await instances_store.transition(conn, first.id, Event.RELEASE, now=1.0)
+        assert await instances_store.transition(conn, first.id, Event.REMOVED, now=1.0)
     third = await world.deploys.deploy(world.caller, order())
     assert third.region_identifier == "eu"
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import itertools
+import tracemalloc
 
 from coordinator.config import FleetOptions
-from coordinator.fleet import Fleet
+from coordinator.fleet import Fleet, Session
 from coordinator.model import NodeStatus
 from protos import moorage_pb2 as pb
 from tests.unit.factories import make_node
@@ -68,6 +71,38 @@ async def test_monitor_reports_each_transition_once() -> None:
     ]
 
 
+async def test_a_node_expected_after_a_restart_that_never_reports_goes_abnormal() -> None:
+    """After a coordinator restart, an agent that does not come back is judged silent from that start:
+    its node goes abnormal, then offline, so its instances do not read running forever. One that comes
+    back in time changes nothing."""
+    clock = Clock()
+    f = fleet(clock)
+    seen: list[tuple[str, NodeStatus, NodeStatus]] = []
+
+    async def listener(node_id: str, old: NodeStatus, new: NodeStatus) -> None:
+        seen.append((node_id, old, new))
+
+    f.listeners.append(listener)
+    f.expect(["gone", "back"])
+    monitor = asyncio.create_task(f.run_monitor())
+    try:
+        await asyncio.sleep(0.05)
+        assert seen == [] and f.status_of(make_node("back")) is NodeStatus.AWAITING_HEARTBEAT
+        for _ in range(6):  # 12 s: past the grace (3 s) and the offline time (10 s) of "gone"
+            f.record_heartbeat("back", None, [])
+            clock.now += 2.0
+            f._wake.set()
+            await asyncio.sleep(0.02)
+    finally:
+        monitor.cancel()
+        await asyncio.gather(monitor, return_exceptions=True)
+    assert seen == [
+        ("gone", NodeStatus.READY, NodeStatus.HEARTBEAT_ABNORMAL),
+        ("gone", NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE),
+    ]
+    assert "back" in f.ready and "gone" not in f.ready
+
+
 def test_heartbeats_are_batched_not_written_one_by_one() -> None:
     clock = Clock()
     f = fleet(clock)
@@ -77,3 +112,49 @@ def test_heartbeats_are_batched_not_written_one_by_one() -> None:
     batch = f.take_dirty()
     assert set(batch) == {"a", "b"} and batch["a"][1]["cpuPercent"] == 2.0
     assert f.take_dirty() == {}
+
+
+def drain(session: Session) -> None:
+    """What the gateway's writer does: the messages leave for the agent (which never answers here)."""
+    while not session.outbox.empty():
+        session.outbox.get_nowait()
+
+
+async def test_commands_nobody_answers_leave_nothing_behind() -> None:
+    """An agent that goes away (or never answers) before its results: every wait ends, on its timeout or
+    when the session ends, and the coordinator's memory does not grow with such commands."""
+    f = Fleet(FleetOptions())
+    ids = itertools.count()
+
+    def command() -> pb.Command:
+        return pb.Command(command_id=f"c{next(ids)}", kind=pb.COMMAND_KIND_START, instance_id="i")
+
+    async def one_round() -> None:
+        session = f.attach("n1")
+        timed_out = await asyncio.gather(*(f.send("n1", command(), 0.001) for _ in range(200)))
+        assert timed_out == [None] * 200
+        pending = [asyncio.create_task(f.send("n1", command(), 60)) for _ in range(200)]
+        await asyncio.sleep(0)
+        assert f.waiting == 200
+        f.detach(session)  # the agent went away
+        ended = await asyncio.wait_for(asyncio.gather(*pending), 1)
+        assert ended == [None] * 200 and f.waiting == 0
+        drain(session)
+        # A result that arrives after its wait ended finds nobody and is dropped.
+        f.resolve(pb.CommandResult(command_id="c0", ok=True))
+        assert f.waiting == 0
+
+    await one_round()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        await one_round()
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            await one_round()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 64 * 1024, f"{grown} bytes kept after 8,000 unanswered commands"

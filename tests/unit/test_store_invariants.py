@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.model import Instance, InstanceState, ServerIdentity
+from coordinator.lifecycle import Event
+from coordinator.model import Instance, ServerIdentity
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
@@ -46,17 +47,10 @@ async def test_a_released_instance_cannot_hold_an_allocation(store: Store) -> No
             await conn.execute(
                 update(instances).where(instances.c.id == inst.id).values(state="released", released=True)
             )
-    # Freed first, then released: allowed.
+    # Through the lifecycle (freed first, then released): allowed.
     async with store.write() as conn:
-        await instances_store.free_instance_allocations(conn, inst.id)
-        assert await instances_store.transition(
-            conn,
-            inst.id,
-            InstanceState.RELEASED,
-            allowed_from={InstanceState.PENDING},
-            now=1.0,
-            released=True,
-        )
+        assert await instances_store.transition(conn, inst.id, Event.RELEASE, now=1.0)
+        assert await instances_store.transition(conn, inst.id, Event.REMOVED, now=1.0)
 
 
 async def test_a_dedicated_node_takes_only_its_organizations_instances(store: Store) -> None:
@@ -170,10 +164,8 @@ async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places
     # Releasing gives the node its room and its allocation back, in the same transaction.
     some = next(iter(winners))
     async with store.write() as conn:
-        await instances_store.transition(
-            conn, some, InstanceState.RELEASING, allowed_from={InstanceState.PENDING}, now=1.0
-        )
-        assert await instances_store.release(conn, some, allowed_from={InstanceState.RELEASING}, now=2.0)
+        await instances_store.transition(conn, some, Event.RELEASE, now=1.0)
+        assert await instances_store.transition(conn, some, Event.REMOVED, now=2.0)
     async with store.read() as conn:
         node = (await conn.execute(select(nodes).where(nodes.c.id == "n1"))).one()
     assert (node.used_memory_mib, node.used_cpu_percent, node.free_allocations) == (576, 90, 1)
