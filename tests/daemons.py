@@ -46,14 +46,26 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+#: Ports handed out by port_block in this process: free until their daemon binds them, but taken.
+_HANDED_OUT: set[int] = set()
+
+
 def port_block(count: int, start: int = 30000, end: int = 60000) -> list[int]:
-    """``count`` consecutive ports free on 127.0.0.1 for TCP and UDP, from a randomised start."""
+    """``count`` consecutive ports free on 127.0.0.1 for TCP and UDP, from a randomised start, never
+    handed out before in this process."""
     base = start + (os.getpid() * 37 + int(time.time() * 1000)) % (end - start - count)
     for offset in range(0, end - start, count):
         first = start + (base - start + offset) % (end - start - count)
-        if all(_free(p) for p in range(first, first + count)):
-            return list(range(first, first + count))
+        block = range(first, first + count)
+        if not _HANDED_OUT.intersection(block) and all(_free(p) for p in block):
+            _HANDED_OUT.update(block)
+            return list(block)
     raise RuntimeError("no block of free ports")
+
+
+#: Where coordinators listen in tests: below Linux's ephemeral range (32768-60999), so no outgoing
+#: connection can take a port while its coordinator is down for a restart.
+COORDINATOR_PORTS = (20000, 30000)
 
 
 def _free(port: int) -> bool:
@@ -176,9 +188,10 @@ class Process:
         self.proc = None
         return code
 
-    def log(self) -> str:
+    def log(self, tail: int = 4000) -> str:
+        """The last ``tail`` characters of its stderr (where its logs go)."""
         path = self.log_dir / f"{self.name}.err"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
 
 class CoordinatorProcess(Process):
@@ -186,11 +199,14 @@ class CoordinatorProcess(Process):
         self, data_dir: Path, fleet: dict[str, Any] | None = None, extra: dict[str, Any] | None = None
     ) -> None:
         self.data_dir = data_dir
+        # Fixed, pre-picked ports (HTTP, agent sessions, enrollment = sessions + 1), as an operator's: a
+        # restart comes back on the same addresses and the agents reconnect on their own.
+        self.http_port, self.grpc_port, _ = port_block(3, *COORDINATOR_PORTS)
         config = {
             "data_dir": str(data_dir),
             "log_json": True,
-            "http": {"listen": "127.0.0.1:0"},
-            "grpc": {"listen": "127.0.0.1:0", "public_address": "127.0.0.1"},
+            "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            "grpc": {"listen": f"127.0.0.1:{self.grpc_port}", "public_address": "127.0.0.1"},
             "fleet": {**TEST_FLEET, **(fleet or {})},
             "catalog": {"images": str(CATALOG), "sizes": str(SIZES)},
             **(extra or {}),
