@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import deploy, heartbeats, placement, tls
+from bench import coordinator_restart, deploy, heartbeats, placement, tls
 
 
 def main() -> None:
@@ -13,6 +13,8 @@ def main() -> None:
     placement.main()
     print()
     heartbeats.main()
+    print()
+    coordinator_restart.main([])
 
 
 if __name__ == "__main__":
