@@ -10,6 +10,7 @@ import functools
 import gc
 import os
 import socket
+import urllib.request
 import warnings
 
 import pytest
@@ -71,3 +72,12 @@ def free_port() -> int:
                     continue
         return port
     raise RuntimeError("no port free for both TCP and UDP on 127.0.0.1")
+
+
+def serves(port: int) -> bool:
+    """Whether the test image's page answers on the port (its httpd serves "moorage-test-ok")."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return b"moorage-test-ok" in resp.read()
+    except OSError:
+        return False

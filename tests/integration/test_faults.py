@@ -11,7 +11,6 @@ import functools
 import signal
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,7 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE, require_docker
+from tests.dockerenv import TEST_IMAGE, require_docker, serves
 
 pytestmark = pytest.mark.docker
 
@@ -50,13 +49,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
         yield found
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[docker.DockerClient]:
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def agent_pid(fleet: OneNodeFleet) -> Iterator[int]:
     """The agent process every test starts with; it must be the same, alive, at the end."""
@@ -65,14 +57,6 @@ def agent_pid(fleet: OneNodeFleet) -> Iterator[int]:
     yield pid
     if fleet.agent.proc is not None and fleet.agent.proc.pid == pid:
         assert fleet.agent.running, f"the agent died:\n{fleet.agent.log()}"
-
-
-def serves(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
-            return b"moorage-test-ok" in resp.read()
-    except OSError:
-        return False
 
 
 def answers(port: int) -> bool:

@@ -30,7 +30,7 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE, require_docker
+from tests.dockerenv import TEST_IMAGE, require_docker, serves
 
 pytestmark = pytest.mark.docker
 
@@ -45,21 +45,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
     require_docker()
     with one_node_fleet(tmp_path_factory.mktemp("truth"), ports=18, **AGENT) as found:
         yield found
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[docker.DockerClient]:
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-def serves(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
-            return b"moorage-test-ok" in resp.read()
-    except OSError:
-        return False
 
 
 def deploy(fleet: OneNodeFleet, port: int, name: str, image: str = TEST_IMAGE) -> dict[str, Any]:

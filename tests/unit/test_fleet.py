@@ -26,6 +26,17 @@ def fleet(clock: Clock) -> Fleet:
     return Fleet(FleetOptions(heartbeat_interval_s=1.0, grace_intervals=3, offline_after_s=10.0), clock=clock)
 
 
+def recorded(f: Fleet) -> list[tuple[str, NodeStatus, NodeStatus]]:
+    """The status changes the fleet reports to its listeners, as they happen."""
+    seen: list[tuple[str, NodeStatus, NodeStatus]] = []
+
+    async def listener(node_id: str, old: NodeStatus, new: NodeStatus) -> None:
+        seen.append((node_id, old, new))
+
+    f.listeners.append(listener)
+    return seen
+
+
 def test_judge_follows_the_heartbeat_age() -> None:
     clock = Clock()
     f = fleet(clock)
@@ -42,12 +53,7 @@ def test_judge_follows_the_heartbeat_age() -> None:
 async def test_monitor_reports_each_transition_once() -> None:
     clock = Clock()
     f = fleet(clock)
-    seen: list[tuple[str, NodeStatus, NodeStatus]] = []
-
-    async def listener(node_id: str, old: NodeStatus, new: NodeStatus) -> None:
-        seen.append((node_id, old, new))
-
-    f.listeners.append(listener)
+    seen = recorded(f)
     monitor = asyncio.create_task(f.run_monitor())
     try:
         f.record_heartbeat("n", pb.HostMetrics(cpu_percent=1.0), [])
@@ -77,12 +83,7 @@ async def test_a_node_expected_after_a_restart_that_never_reports_goes_abnormal(
     back in time changes nothing."""
     clock = Clock()
     f = fleet(clock)
-    seen: list[tuple[str, NodeStatus, NodeStatus]] = []
-
-    async def listener(node_id: str, old: NodeStatus, new: NodeStatus) -> None:
-        seen.append((node_id, old, new))
-
-    f.listeners.append(listener)
+    seen = recorded(f)
     f.expect(["gone", "back"])
     monitor = asyncio.create_task(f.run_monitor())
     try:
