@@ -74,9 +74,14 @@ for _event, _sources, _to in _RULES:
         assert (_state, _event) not in TABLE, f"two rules for {_state} + {_event}"
         TABLE[(_state, _event)] = _to
 
-#: Refusals that are the normal course of things (a late or repeated report), logged quietly.
+#: Refusals that are the normal course of things (a late or repeated report, a vanished container made
+#: again, an adopted one), logged quietly.
 EXPECTED_REFUSALS = frozenset(
-    {(s, Event.STARTED) for s in (*STARTED_STATES, S.STOPPED, S.SUSPENDED)}
+    {
+        (s, e)
+        for s in (*STARTED_STATES, S.STOPPED, S.SUSPENDED)
+        for e in (Event.ACCEPTED, Event.CREATED, Event.STARTED)
+    }
     | {(S.RUNNING, Event.CONFIRMED), (S.RELEASED, Event.RELEASE)}
     | {(s, Event.FAULT) for s in (*PRE_START, S.STOPPED, S.SUSPENDED, S.RELEASING)}
     | {(s, e) for s in (S.ERROR, S.RELEASED) for e in Event if (s, e) not in TABLE}
