@@ -136,7 +136,7 @@ def instance_rows(instances: list[dict[str, Any]]) -> list[list[str]]:
             i["name"],
             i["state"],
             (i.get("nodeId") or "-")[:8],
-            ",".join(str(p) for p in i["Ports"]) or "-",
+            ",".join(str(p) for p in i["ports"]) or "-",
             i["image"],
         ]
         for i in instances
@@ -303,7 +303,7 @@ def execute(args: argparse.Namespace, client: Client) -> tuple[Any, str]:
             "variables": dict(args.var),
         }
         i = client.call("POST", "/api/instances/deploy", body)
-        ports = ",".join(str(p) for p in i["Ports"]) or "-"
+        ports = ",".join(str(p) for p in i["ports"]) or "-"
         return i, f"instance {i['id']} ({i['name']}) {i['state']} on node {i['nodeId']}, ports {ports}"
     if cmd == "delete":
         i = client.call("DELETE", "/api/instance/delete", {"id": args.id})

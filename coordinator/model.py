@@ -90,6 +90,8 @@ class Node:
     used_memory_mib: int = 0
     used_cpu_percent: int = 0
     used_disk_mib: int = 0
+    #: The processor as its operator described it ("AMD Ryzen 9 5950X"); "" when only cores were given.
+    processor: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,13 @@
-"""The image catalog (seed 001's GET /api/images, plus admin routes to add and remove entries). Thin:
-validate, call the use case, render."""
+"""The image catalog: seed 001's GET /api/images in Skyport's image shape, the same entries in ours at
+/api/catalog/images, and admin routes to add and remove entries. Thin: validate, call the use case,
+render."""
 
 from __future__ import annotations
 
-from typing import Literal
+import shlex
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from coordinator.api.routing import Call, Router
 from coordinator.catalog import CatalogImage, ImageVariable
@@ -43,10 +45,67 @@ def render(image: CatalogImage, source: str) -> ImageOut:
     )
 
 
-@router.route("GET", "/api/images", response=list[ImageOut])
-async def list_images(call: Call) -> list[ImageOut]:
-    """The images a deploy may name (an admin sees all; others those offered to everyone or to their
-    organization), with their defaults and the rules their variables must follow."""
+class SkyportVariable(BaseModel):
+    type: Literal["text"] = "text"
+    default: str
+    required: bool
+    description: str
+    pattern: str | None
+
+
+class SkyportImage(BaseModel):
+    """Seed 001's image record, as Skyport's image files define it and its dashboards read it: `Name` is
+    what a deploy's `imagename` names, `Image` the Docker reference it sends as `image`."""
+
+    Id: str
+    Name: str
+    Image: str
+    AltImages: list[str]
+    Cmd: str
+    Env: list[str] = Field(description='Default variables as "NAME=value".')
+    StopCommand: str
+    Scripts: dict[str, Any] = Field(description="Install scripts: none, the image carries what it runs.")
+    Variables: dict[str, SkyportVariable]
+    Description: str
+    Author: str
+    AuthorName: str
+    Meta: dict[str, str]
+
+    @classmethod
+    def of(cls, image: CatalogImage) -> SkyportImage:
+        return cls(
+            Id=image.name,
+            Name=image.name,
+            Image=image.image,
+            AltImages=[],
+            Cmd=shlex.join(image.startup),
+            Env=[f"{v.name}={v.default}" for v in image.variables if v.default != ""],
+            StopCommand="",
+            Scripts={},
+            Variables={
+                v.name: SkyportVariable(
+                    default=v.default, required=v.required, description=v.description, pattern=v.pattern
+                )
+                for v in image.variables
+            },
+            Description=image.description,
+            Author="moorage",
+            AuthorName="Moorage catalog",
+            Meta={"Version": "Moorage catalog", "StopSignal": image.stop_signal},
+        )
+
+
+@router.route("GET", "/api/images", response=list[SkyportImage])
+async def list_images(call: Call) -> list[SkyportImage]:
+    """The images a deploy may name, in Skyport's image shape (an admin sees all; others those offered to
+    everyone or to their organization). Moorage's own shape is at /api/catalog/images."""
+    return [SkyportImage.of(i) for i in call.services.images.list(call.caller)]
+
+
+@router.route("GET", "/api/catalog/images", response=list[ImageOut])
+async def list_catalog(call: Call) -> list[ImageOut]:
+    """The same images in Moorage's shape: defaults, the rules their variables follow, where each entry
+    is kept."""
     images = call.services.images
     return [render(i, images.source(i.name)) for i in images.list(call.caller)]
 

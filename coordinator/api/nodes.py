@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from coordinator.api.panel_models import AllocationOut, Body, NodeOut, Port, PositiveInt, iso
+from coordinator.api.panel_models import AllocationOut, Body, MiB, NodeOut, Port, Processor, iso
 from coordinator.api.routing import Call, Router
 from coordinator.service.nodes import MAX_ALLOCATIONS_PER_CALL
 
@@ -26,9 +26,11 @@ class NodePatch(Body):
     port: Port | None = None
     regionId: str | None = Field(None, description="The node's region; null takes it out of any region.")
     tags: list[str] | None = None
-    ram: PositiveInt | None = None
-    disk: PositiveInt | None = None
-    processor: PositiveInt | None = None
+    ram: MiB | None = None
+    disk: MiB | None = None
+    processor: Processor | None = Field(
+        None, description="Cores, or the processor as text (the cores then stay as they are)."
+    )
     overallocation: int | None = Field(None, ge=0, le=1000, description="Percent above capacity to allow.")
     maintenance: bool | None = Field(None, description="Nothing new is placed on a node in maintenance.")
     organization: int | None = Field(
@@ -47,16 +49,19 @@ class NodePatch(Body):
             "tags": "tags",
             "ram": "memory_mib",
             "disk": "disk_mib",
-            "processor": "cpu_count",
+            "processor": "cpu_count",  # text goes to the description instead (below)
             "overallocation": "overallocation_pct",
             "maintenance": "maintenance",
             "organization": "organization_id",
         }
-        return {
+        columns = {
             mapping[k]: v
             for k, v in self.model_dump(exclude_unset=True).items()
             if v is not None or k in ("regionId", "organization")
         }
+        if isinstance(columns.get("cpu_count"), str):
+            columns["processor"] = columns.pop("cpu_count")
+        return columns
 
 
 class PortRange(Body):

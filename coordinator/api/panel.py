@@ -9,6 +9,7 @@ from coordinator.api.panel_models import (
     Deploy,
     InstanceId,
     InstanceOut,
+    Listing,
     NodeCreate,
     NodeCreated,
     NodeDelete,
@@ -16,6 +17,7 @@ from coordinator.api.panel_models import (
     NodeOut,
     Placement,
     Power,
+    SkyportNode,
     UserCreate,
     UserCreated,
     UserId,
@@ -24,6 +26,7 @@ from coordinator.api.panel_models import (
     iso,
 )
 from coordinator.api.routing import Call, Router
+from coordinator.model import Instance, InstanceState
 from coordinator.service.access import NewUser
 from coordinator.service.deploy import DeployOrder
 from coordinator.service.nodes import NodeOrder, parse_port_ranges
@@ -89,13 +92,15 @@ async def create_user(call: Call, body: UserCreate) -> UserCreated:
 async def create_node(call: Call, body: NodeCreate) -> NodeCreated:
     """Create a node; the answer carries its one-time join token and the command to run on the host."""
     alloc = body.allocations
+    cpus, processor = body.cpus_and_processor()
     order = NodeOrder(
         name=body.name,
         address=body.address,
         port=body.port,
         memory_mib=body.ram,
         disk_mib=body.disk,
-        cpu_count=body.processor,
+        cpu_count=cpus,
+        processor=processor,
         tags=body.tag_list(),
         region_id=body.regionId,
         bind_address=alloc.bindAddress if alloc else "0.0.0.0",
@@ -140,6 +145,15 @@ async def delete_node(call: Call, body: NodeDelete) -> NodeDeleted:
 # ---------------------------------------------------------------- instances
 
 
+async def render(call: Call, found: list[Instance], placement: Placement | None = None) -> list[InstanceOut]:
+    """Skyport's records: each with its node embedded (one read for all of them)."""
+    nodes = await call.services.nodes.statuses({i.node_id for i in found if i.node_id})
+    return [
+        InstanceOut.of(i, placement, SkyportNode.of(*nodes[i.node_id]) if i.node_id in nodes else None)
+        for i in found
+    ]
+
+
 @router.route(
     "POST",
     "/api/instances/deploy",
@@ -153,6 +167,7 @@ async def deploy(call: Call, body: Deploy) -> InstanceOut:
     It starts pending and runs once its agent confirms it; the answer says which region served."""
     order = DeployOrder(
         image=body.image,
+        catalog_image=body.imagename,
         memory_mib=body.memory,
         cpu_percent=body.cpu,
         node_id=body.nodeId,
@@ -167,9 +182,8 @@ async def deploy(call: Call, body: Deploy) -> InstanceOut:
         bandwidth_mbps=body.bandwidth,
     )
     deployed = await call.services.deploys.deploy(call.caller, order)
-    return InstanceOut.of(
-        deployed.instance, Placement(region=deployed.region_identifier, fallbackUsed=deployed.fallback_used)
-    )
+    placement = Placement(region=deployed.region_identifier, fallbackUsed=deployed.fallback_used)
+    return (await render(call, [deployed.instance], placement))[0]
 
 
 @router.route(
@@ -181,15 +195,16 @@ async def deploy(call: Call, body: Deploy) -> InstanceOut:
     status_map=NOT_FOUND_IS_400,
 )
 async def get_instance(call: Call, body: InstanceId) -> InstanceOut:
-    """One instance with its lifecycle state."""
-    return InstanceOut.of(await call.services.instances.get(call.caller, body.id, own_only=OWN))
+    """One instance with its lifecycle state (a released one too: its history)."""
+    return (await render(call, [await call.services.instances.get(call.caller, body.id, own_only=OWN)]))[0]
 
 
-@router.route("GET", "/api/instances", response=list[InstanceOut])
-async def list_instances(call: Call) -> list[InstanceOut]:
-    """Every instance for an admin; a user's own instances otherwise."""
+@router.route("GET", "/api/instances", query=Listing, response=list[InstanceOut])
+async def list_instances(call: Call, query: Listing) -> list[InstanceOut]:
+    """Every instance for an admin; a user's own instances otherwise. Released ones only with
+    `?released=true` (Skyport forgot a deleted instance; its dashboards count what is listed)."""
     found = await call.services.instances.list_visible(call.caller, own_only=OWN)
-    return [InstanceOut.of(i) for i in found]
+    return await render(call, [i for i in found if query.released or i.state is not InstanceState.RELEASED])
 
 
 @router.route(
@@ -203,22 +218,24 @@ async def list_instances(call: Call) -> list[InstanceOut]:
 )
 async def delete_instance(call: Call, body: InstanceId) -> InstanceOut:
     """Remove the container and free its allocations; the row stays (released) for its history."""
-    return InstanceOut.of(await call.services.instances.delete(call.caller, body.id, own_only=OWN))
+    return (await render(call, [await call.services.instances.delete(call.caller, body.id, own_only=OWN)]))[0]
 
 
 @router.route(
     "POST",
     "/api/getUserInstance",
     body=UserId,
+    query=Listing,
     response=list[InstanceOut],
     errors={400: "Missing user ID or user not found", 403: "Another user's instances (admins only)"},
     status_map=NOT_FOUND_IS_400,
 )
-async def user_instances(call: Call, body: UserId) -> list[InstanceOut]:
-    """The instances a user owns (released ones included, as history)."""
+async def user_instances(call: Call, body: UserId, query: Listing) -> list[InstanceOut]:
+    """The instances a user owns; released ones only with `?released=true` (dashboards add up the
+    Memory and Cpu of what this lists against the user's limits)."""
     user = await call.services.access.find_user(call.caller, "user_id", body.userId, field="userId")
     found = await call.services.instances.list_visible(call.caller, owner_id=user.id, own_only=OWN)
-    return [InstanceOut.of(i) for i in found]
+    return await render(call, [i for i in found if query.released or i.state is not InstanceState.RELEASED])
 
 
 @router.route(
@@ -232,7 +249,7 @@ async def user_instances(call: Call, body: UserId) -> list[InstanceOut]:
 async def suspend(call: Call) -> InstanceOut:
     """Stop the instance and refuse every start, restart and redeploy until unsuspend (it survives restarts
     of the coordinator and the agent: the suspension is the instance's desired state)."""
-    return InstanceOut.of(await call.services.instances.suspend(call.caller, call.path("id")))
+    return (await render(call, [await call.services.instances.suspend(call.caller, call.path("id"))]))[0]
 
 
 @router.route(
@@ -245,7 +262,7 @@ async def suspend(call: Call) -> InstanceOut:
 )
 async def unsuspend(call: Call) -> InstanceOut:
     """Lift the suspension; the instance starts again."""
-    return InstanceOut.of(await call.services.instances.unsuspend(call.caller, call.path("id")))
+    return (await render(call, [await call.services.instances.unsuspend(call.caller, call.path("id"))]))[0]
 
 
 @router.route(
@@ -261,6 +278,5 @@ async def unsuspend(call: Call) -> InstanceOut:
 )
 async def power(call: Call, body: Power) -> InstanceOut:
     """start, stop, restart or kill; answered once the agent has acted (or after a bounded wait)."""
-    return InstanceOut.of(
-        await call.services.instances.power(call.caller, call.path("id"), body.action, own_only=OWN)
-    )
+    powered = await call.services.instances.power(call.caller, call.path("id"), body.action, own_only=OWN)
+    return (await render(call, [powered]))[0]

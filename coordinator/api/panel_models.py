@@ -10,10 +10,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from coordinator.model import Allocation, Instance, InstanceState, NodeStatus
+from coordinator.api.panel_input import (
+    host_port,
+    mebibytes,
+    percent,
+    port_list,
+    processor_spec,
+    skyport_ports,
+)
+from coordinator.model import Allocation, Instance, InstanceState, Node, NodeStatus
 from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
 from coordinator.store.users import UserRecord
+
+#: 1 PiB in MiB: more than any host has, well inside every integer column.
+MAX_MIB = 2**30
 
 PANEL_STATE = {
     InstanceState.PENDING: "INSTALLING",
@@ -41,6 +52,12 @@ def _positive_int(value: Any) -> Any:
 
 PositiveInt = Annotated[int, BeforeValidator(_positive_int), Field(gt=0, strict=False)]
 Port = Annotated[int, BeforeValidator(_positive_int), Field(ge=1, le=65535)]
+#: Memory or disk: 512, "512", "512MB", "1G" (MiB without a unit).
+MiB = Annotated[int, BeforeValidator(mebibytes), Field(gt=0, le=MAX_MIB)]
+#: A node's processor: cores (8, "8") or its description as text.
+Processor = Annotated[int | str, BeforeValidator(processor_spec)]
+#: A deploy's port: 25565, "25565" or "25565:25565" (container:host, the same port).
+HostPort = Annotated[int, BeforeValidator(host_port), Field(ge=1, le=65535)]
 
 
 def iso(ts: float | None) -> str | None:
@@ -73,9 +90,12 @@ class AllocationRange(Body):
 class NodeCreate(Body):
     name: str = Field(min_length=1, max_length=100)
     tags: list[str] | str = Field(default_factory=list, description="A list, or a comma-separated string.")
-    ram: PositiveInt = Field(description="Memory for instances, MiB.")
-    disk: PositiveInt = Field(description="Disk for instances, MiB.")
-    processor: PositiveInt = Field(description="CPU cores for instances.")
+    ram: MiB = Field(description='Memory for instances: MiB, or with a unit ("16GB").')
+    disk: MiB = Field(description='Disk for instances: MiB, or with a unit ("200GB").')
+    processor: Processor = Field(
+        description='CPU cores for instances (8 or "8"), or the processor as text ("AMD Ryzen 9 5950X"): '
+        "then the cores are what the host's agent reports when it connects."
+    )
     address: str = Field(min_length=1, max_length=255, description="The host's public address or FQDN.")
     port: Port = Field(description="The agent's port as panels show it.")
     regionId: str | None = None
@@ -83,6 +103,10 @@ class NodeCreate(Body):
     organization: int | None = Field(
         None, ge=1, description="Dedicate the node to this organization: only its instances run there."
     )
+
+    def cpus_and_processor(self) -> tuple[int, str]:
+        """(cores, description): cores 0 means "as the agent reports"."""
+        return (self.processor, "") if isinstance(self.processor, int) else (0, self.processor)
 
     def tag_list(self) -> list[str]:
         raw = self.tags.split(",") if isinstance(self.tags, str) else self.tags
@@ -140,7 +164,8 @@ class NodeOut(BaseModel):
     tags: list[str]
     ram: int
     disk: int
-    processor: int
+    processor: str = Field(description="The processor as described at creation, or its cores.")
+    cpus: int = Field(description="CPU cores offered to instances (0 until its agent reports them).")
     address: str
     port: int
     regionId: str | None
@@ -172,7 +197,8 @@ class NodeOut(BaseModel):
             tags=n.tags,
             ram=n.memory_mib,
             disk=n.disk_mib,
-            processor=n.cpu_count,
+            processor=n.processor or str(n.cpu_count),
+            cpus=n.cpu_count,
             address=n.address,
             port=n.port,
             regionId=n.region_id,
@@ -217,15 +243,6 @@ class NodeCreated(NodeOut):
 # ---------------------------------------------------------------- instances
 
 
-def _ports(value: Any) -> Any:
-    if isinstance(value, str):
-        pieces = [p.strip() for p in value.split(",") if p.strip()]
-        return pieces
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    return value
-
-
 def _variables(value: Any) -> Any:
     if isinstance(value, str):
         try:
@@ -247,11 +264,24 @@ EnvValue = Annotated[str, BeforeValidator(_env_value)]
 
 
 class Deploy(Body):
-    image: str = Field(min_length=1, max_length=255)
-    memory: PositiveInt = Field(description="Memory limit, MiB.")
-    cpu: PositiveInt = Field(description="CPU limit, percent of one core (100 = one core).")
-    ports: Annotated[list[Port], BeforeValidator(_ports)] = Field(
-        default_factory=list, description='Host ports (free allocations of the node), or "25565,25566".'
+    image: str = Field(
+        min_length=1, max_length=255, description="A catalog image's name, or a Docker reference."
+    )
+    imagename: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="The catalog entry (Skyport's image Name) whose variables and startup apply; `image` is "
+        "then the Docker reference to run.",
+    )
+    memory: MiB = Field(description='Memory limit: MiB, or with a unit ("512MB", "1G").')
+    cpu: Annotated[int, BeforeValidator(percent), Field(gt=0, le=100_000)] = Field(
+        description='CPU limit, percent of one core (100 = one core; "50%" works too).'
+    )
+    ports: Annotated[list[HostPort], BeforeValidator(port_list)] = Field(
+        default_factory=list,
+        description="Host ports (free allocations of the node): a list, or Skyport's "
+        '"25565:25565,25566:25566" (container:host pairs; the container port must be the host port).',
     )
     nodeId: str | None = Field(None, min_length=1, description="Deploy on this node, or give regionId.")
     regionId: str | None = Field(
@@ -261,9 +291,11 @@ class Deploy(Body):
     )
     name: str = Field(min_length=1, max_length=100)
     user: str | None = Field(None, description="Owner's user id; the caller when absent.")
-    primary: Port | None = None
+    primary: HostPort | None = Field(None, description='One of the ports: 25565, "25565" or "25565:25565".')
     variables: Annotated[dict[str, EnvValue], BeforeValidator(_variables)] = Field(default_factory=dict)
-    disk: int = Field(0, ge=0, description="Disk, MiB (counted against the node's disk).")
+    disk: Annotated[int, BeforeValidator(mebibytes), Field(ge=0, le=MAX_MIB)] = Field(
+        0, description="Disk, MiB or with a unit (counted against the node's disk)."
+    )
     tags: list[str] = Field(default_factory=list, description="Only nodes carrying every one of these tags.")
     bandwidth: int = Field(
         0, ge=0, le=100_000, description="Bandwidth cap each way, Mbps (0: none); the agent enforces it."
@@ -290,6 +322,14 @@ class Placement(BaseModel):
     fallbackUsed: bool
 
 
+class Listing(BaseModel):
+    """Query parameters of the panel's instance lists."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    released: bool = Field(False, description="Include released (deleted) instances, kept as history.")
+
+
 class InstanceId(Body):
     id: str = Field(min_length=1)
 
@@ -312,10 +352,45 @@ class NetworkUse(BaseModel):
     txMbps: float
 
 
-class InstanceOut(BaseModel):
-    """Skyport's field names (Memory, Cpu, Ports, Primary, Image, ContainerId, InternalState) beside the
-    canonical ones (state, error), so panels and operators both read what they expect."""
+class SkyportNode(BaseModel):
+    """The node as Skyport embeds it in each instance record (no secrets: Skyport's own carried the node's
+    API key)."""
 
+    id: str
+    name: str
+    tags: list[str]
+    ram: int
+    disk: int
+    processor: str
+    address: str
+    port: int
+    status: Literal["Online", "Offline"] = Field(description="Online while its heartbeats arrive.")
+
+    @classmethod
+    def of(cls, node: Node, status: NodeStatus) -> SkyportNode:
+        return cls(
+            id=node.id,
+            name=node.name,
+            tags=node.tags,
+            ram=node.memory_mib,
+            disk=node.disk_mib,
+            processor=node.processor or str(node.cpu_count),
+            address=node.address,
+            port=node.port,
+            status="Online" if status is NodeStatus.READY else "Offline",
+        )
+
+
+class InstanceOut(BaseModel):
+    """Skyport's record (Id, Name, User, Node, Memory, Cpu, Disk, Ports, Primary, Image, ContainerId,
+    VolumeId, InternalState) beside the canonical fields (id, state, error, ports, ...), so the dashboards
+    written for Skyport and operators both read what they expect."""
+
+    Id: str
+    Name: str
+    User: str
+    Node: SkyportNode | None = Field(description="The node it is placed on, as Skyport embeds it.")
+    VolumeId: str = Field(description="Skyport's volume id: the instance id.")
     id: str
     name: str
     nodeId: str | None
@@ -325,7 +400,9 @@ class InstanceOut(BaseModel):
     image: str
     Memory: int
     Cpu: int
-    Ports: list[int]
+    Disk: int
+    Ports: str = Field(description='Skyport\'s form: "container:host" pairs, e.g. "25565:25565,25566:25566".')
+    ports: list[int] = Field(description="The host ports it holds (its allocations).")
     Primary: int | None
     Variables: dict[str, str]
     ContainerId: str | None
@@ -345,9 +422,17 @@ class InstanceOut(BaseModel):
     placement: Placement | None = Field(None, description="Only in a deploy's answer.")
 
     @classmethod
-    def of(cls, i: Instance, placement: Placement | None = None) -> InstanceOut:
+    def of(
+        cls, i: Instance, placement: Placement | None = None, node: SkyportNode | None = None
+    ) -> InstanceOut:
         primary = i.primary
+        ports = [a.port for a in i.allocations]
         return cls(
+            Id=i.id,
+            Name=i.name,
+            User=i.owner_id,
+            Node=node,
+            VolumeId=i.id,
             id=i.id,
             name=i.name,
             nodeId=i.node_id,
@@ -357,7 +442,9 @@ class InstanceOut(BaseModel):
             image=i.image,
             Memory=i.memory_mib,
             Cpu=i.cpu_percent,
-            Ports=[a.port for a in i.allocations],
+            Disk=i.disk_mib,
+            Ports=skyport_ports(ports),
+            ports=ports,
             Primary=primary.port if primary else None,
             Variables=i.env,
             ContainerId=i.container_id,

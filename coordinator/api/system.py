@@ -1,11 +1,11 @@
-"""Canonical routes of the coordinator itself: health and the OpenAPI document."""
+"""Canonical routes of the coordinator itself: what it is, health, the OpenAPI document, metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from coordinator import __version__
@@ -14,6 +14,35 @@ from coordinator.api.routing import Call, Router
 router = Router("system")
 
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+
+
+class Service(BaseModel):
+    name: str
+    version: str
+    description: str
+    openapi: str = Field(description="Where every route is described.")
+    dialects: dict[str, str] = Field(description="The API documents served, by dialect, with their system.")
+
+
+DIALECTS = {
+    "panel": "Skyport panel 0.3 (/api/users, /api/instances, /api/nodes, /api/images, ...)",
+    "regions": "Kyro game panel regions (/api/regions)",
+    "servers": "Drone autoscaler (/api/servers, /version)",
+    "client": "i3D.net FlexMetal client API (/api/v1/client/{clientId}/...)",
+    "vpn": "Bingo VPN open API v2 (/api/v2/nodes/)",
+}
+
+
+@router.route("GET", "/", response=Service, access="public")
+async def service(call: Call) -> Service:
+    """What answers here (panels check that the base URL answers 200 before they start)."""
+    return Service(
+        name="Moorage",
+        version=__version__,
+        description="A fleet runner for hosting panels: containers across hosts, five panel APIs.",
+        openapi="/api/openapi.json",
+        dialects=DIALECTS,
+    )
 
 
 class Health(BaseModel):

@@ -14,6 +14,7 @@ from coordinator.lifecycle import Event
 from coordinator.model import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
+from coordinator.store import nodes as nodes_store
 from coordinator.store.instances import Moved
 from protos import moorage_pb2 as pb
 
@@ -90,12 +91,21 @@ class AgentReports:
             live.pull_policy = hello.pull_policy or "missing"
         reported = {i.instance_id: i for i in hello.instances}
         async with self.core.store.read() as conn:
+            node = await nodes_store.get_node(conn, node_id)
             on_node = await instances_store.list_instances(
                 conn, node_id=node_id, states=ACTIVE | {S.RELEASING}
             )
             # Containers of instances that failed or were released while the agent was away: removed now,
             # not after the grace a container nobody knows gets.
             ended = await instances_store.ids_in_states(conn, node_id, list(reported), ENDED)
+        if node is not None and node.cpu_count == 0 and hello.capacity.cpu_count:
+            # Created with a processor description and no core count: the agent's cores count (a read
+            # first, so a reconnect storm writes nothing here).
+            cores = min(hello.capacity.cpu_count, 4096)
+            async with self.core.store.write() as conn:
+                if await nodes_store.take_agent_cores(conn, node_id, cores, self.core.clock()):
+                    self.core.snapshot.forget()
+                    log.info("node cores from its agent", node_id=node_id, cores=cores)
         desired, remove = [], list(ended)
         for inst in on_node:
             if inst.state is S.RELEASING:

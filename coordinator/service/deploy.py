@@ -60,6 +60,9 @@ class DeployOrder:
     #: A redeploy: the instance it replaces, and how many more redeploys the new one allows.
     replaces_id: str | None = None
     redeploy_max_count: int = 1
+    #: The catalog entry whose variables, startup and stop signal apply when ``image`` is a Docker
+    #: reference of its own (Skyport's deploy names both: `imagename` and `image`).
+    catalog_image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,19 +87,32 @@ class DeployService:
         self.strategy = strategy
         self.claims = ClaimQueue(core.store)
 
-    def resolve_image(self, image: str, variables: dict[str, str], organization_id: int) -> ResolvedImage:
-        entry = self.core.catalog.get(image)
+    def resolve_image(
+        self, image: str, variables: dict[str, str], organization_id: int, catalog_image: str | None = None
+    ) -> ResolvedImage:
+        """``image`` is a catalog name or a Docker reference; with ``catalog_image``, that entry applies and
+        ``image`` is the reference to run (one of the entry's, or another the caller prefers)."""
+        field = "imagename" if catalog_image is not None else "image"
+        name = catalog_image if catalog_image is not None else image
+        entry = self.core.catalog.get(name)
+        if catalog_image is not None and (entry is None or not entry.offered_to(organization_id)):
+            raise BadRequest(f"imagename: {catalog_image!r} is not in the image catalog", field=field)
         if entry is not None and not entry.offered_to(organization_id):
             raise BadRequest(
                 f"image: catalog image {image!r} is not offered to organization {organization_id}",
                 field="image",
             )
         if entry is not None:
+            reference = entry.image
+            if catalog_image is not None and image != entry.name:
+                if not self.core.catalog.is_reference(image):
+                    raise BadRequest(f"image: {image!r} is not a Docker reference", field="image")
+                reference = image
             try:
                 env = self.core.catalog.resolve_variables(entry, variables)
             except ValueError as exc:
                 raise BadRequest(str(exc), field=str(exc).split(":", 1)[0].split(" ", 1)[0]) from exc
-            return ResolvedImage(entry.name, entry.image, list(entry.startup), entry.stop_signal, env)
+            return ResolvedImage(entry.name, reference, list(entry.startup), entry.stop_signal, env)
         if not self.core.catalog.is_reference(image):
             raise BadRequest(
                 f"image: {image!r} is neither a catalog image nor a Docker reference", field="image"
@@ -119,7 +135,7 @@ class DeployService:
                 owner = await users_store.get_principal(conn, owner_id)
         if owner is None:
             raise BadRequest(f"user: user {owner_id} does not exist", field="user")
-        image = self.resolve_image(order.image, order.variables, owner.organization_id)
+        image = self.resolve_image(order.image, order.variables, owner.organization_id, order.catalog_image)
         request = Request(
             memory_mib=order.memory_mib,
             cpu_percent=order.cpu_percent,

@@ -7,6 +7,7 @@ import datetime as dt
 import shlex
 import socket
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,8 @@ class NodeOrder:
     ports: tuple[int, ...] = ()
     #: Dedicate the node to one organization (None: the shared fleet).
     organization_id: int | None = None
+    #: The processor as described ("AMD Ryzen 9 5950X"); with cpu_count 0 the agent's cores count.
+    processor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,7 @@ class NodeService:
             memory_mib=order.memory_mib,
             disk_mib=order.disk_mib,
             cpu_count=order.cpu_count,
+            processor=order.processor,
             overallocation_pct=0,
             maintenance=False,
             enrolled=False,
@@ -201,6 +205,12 @@ class NodeService:
             )
             counts = await nodes_store.allocation_counts(conn)
         return [self._view(n, counts.get(n.id, (0, 0))) for n in found]
+
+    async def statuses(self, node_ids: Iterable[str]) -> dict[str, tuple[Node, NodeStatus]]:
+        """The nodes named (those that still exist) with their status: what a list of instances embeds."""
+        async with self.core.store.read() as conn:
+            found = await nodes_store.nodes_by_ids(conn, node_ids)
+        return {n.id: (n, self.core.fleet.status_of(n)) for n in found.values()}
 
     async def get(self, node_id: str) -> tuple[NodeView, list[Allocation]]:
         async with self.core.store.read() as conn:

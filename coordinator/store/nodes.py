@@ -37,6 +37,7 @@ def node_from_row(row: Row[Any]) -> Node:
         used_memory_mib=row.used_memory_mib,
         used_cpu_percent=row.used_cpu_percent,
         used_disk_mib=row.used_disk_mib,
+        processor=row.processor or "",
     )
 
 
@@ -67,6 +68,7 @@ async def insert_node(conn: AsyncConnection, node: Node) -> None:
             memory_mib=node.memory_mib,
             disk_mib=node.disk_mib,
             cpu_count=node.cpu_count,
+            processor=node.processor or None,
             overallocation_pct=node.overallocation_pct,
             maintenance=node.maintenance,
             enrolled=node.enrolled,
@@ -150,6 +152,14 @@ async def list_nodes(conn: AsyncConnection, *, organization_id: int | None = Non
         )
     rows = await conn.execute(query.order_by(nodes.c.created_at, nodes.c.id))
     return [node_from_row(r) for r in rows]
+
+
+async def nodes_by_ids(conn: AsyncConnection, node_ids: Iterable[str]) -> dict[str, Node]:
+    wanted = sorted(set(node_ids))
+    if not wanted:
+        return {}
+    rows = await conn.execute(select(nodes).where(nodes.c.id.in_(wanted)))
+    return {r.id: node_from_row(r) for r in rows}
 
 
 async def allocation_counts(conn: AsyncConnection) -> dict[str, tuple[int, int]]:
@@ -252,6 +262,18 @@ async def use_join_token(conn: AsyncConnection, token_id: str, now: float) -> bo
         .values(used_at=now)
     )
     return result.rowcount == 1
+
+
+async def take_agent_cores(conn: AsyncConnection, node_id: str, cores: int, now: float) -> bool:
+    """A node created with a processor description and no core count gets the cores its agent reports
+    (once: an operator's count is never overwritten)."""
+    result = await conn.execute(
+        update(nodes)
+        .where(nodes.c.id == node_id, nodes.c.cpu_count == 0)
+        .values(cpu_count=cores, updated_at=now)
+        .returning(nodes.c.id)
+    )
+    return result.first() is not None
 
 
 async def update_node(conn: AsyncConnection, node_id: str, values: dict[str, Any]) -> bool:

@@ -104,6 +104,8 @@ nodes = Table(
     Column("memory_mib", Integer, nullable=False),
     Column("disk_mib", Integer, nullable=False),
     Column("cpu_count", Integer, nullable=False),
+    # The processor as its operator described it (seed 001's `processor` is text); NULL: cores only.
+    Column("processor", String(200), nullable=True),
     Column("overallocation_pct", Integer, nullable=False, server_default=text("0")),
     Column("maintenance", Boolean, nullable=False, server_default=false()),
     Column("enrolled", Boolean, nullable=False, server_default=false()),

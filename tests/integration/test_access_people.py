@@ -235,8 +235,8 @@ def test_dedicated_nodes_and_images_serve_only_their_organization(admin: Api) ->
     assert admin.post("/api/images", {**image, "name": "nobodys", "organization": 999999}).body["field"] == (
         "organization"
     )
-    assert "kims-tool" in {i["name"] for i in kim.get("/api/images").body}
-    assert "kims-tool" not in {i["name"] for i in lee.get("/api/images").body}
+    assert "kims-tool" in {i["name"] for i in kim.get("/api/catalog/images").body}
+    assert "kims-tool" not in {i["name"] for i in lee.get("/api/catalog/images").body}
     r = lee.post("/api/instances/deploy", {**deploy, "image": "kims-tool", "nodeId": shared["id"]})
     assert (r.status, r.body["field"]) == (400, "image")
     assert (

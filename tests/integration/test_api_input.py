@@ -62,7 +62,7 @@ def test_credentials(api: Api) -> None:
     [
         ({"memory": 0}, "memory"),
         ({"memory": -5}, "memory"),
-        ({"memory": "512MB"}, "memory"),
+        ({"memory": "512TB"}, "memory"),  # "512MB" is 512 (Skyport clients send it)
         ({"memory": 1.5}, "memory"),
         ({"cpu": "half"}, "cpu"),
         ({"cpu": 0}, "cpu"),
@@ -130,7 +130,7 @@ def test_deploy_without_ports_claims_the_first_free_allocation(
         },
     )
     assert r.status == 201
-    assert r.body["Ports"] == [other["allocationList"][0]["port"]]
+    assert r.body["ports"] == [other["allocationList"][0]["port"]]
     assert r.body["allocations"][0]["primary"] is True
 
 

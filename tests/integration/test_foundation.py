@@ -70,7 +70,7 @@ def test_deploy_runs_a_real_container_and_delete_removes_it(fleet: Fleet) -> Non
     r = fleet.api.post("/api/instances/deploy", deploy_body(fleet, port))
     assert r.status == 201, r.body
     assert r.body["state"] == "pending" and r.body["InternalState"] == "INSTALLING"
-    assert r.body["Ports"] == [port] and r.body["Primary"] == port
+    assert r.body["ports"] == [port] and r.body["Ports"] == f"{port}:{port}" and r.body["Primary"] == port
     iid = r.body["id"]
 
     running = wait_state(fleet.api, iid, "running")

@@ -31,7 +31,7 @@ def test_the_catalog_lists_adds_and_removes(tmp_path: Path) -> None:
     coordinator.start()
     try:
         api = coordinator.api()
-        listed = api.get("/api/images")
+        listed = api.get("/api/catalog/images")
         assert listed.status == 200
         httpd = next(i for i in listed.body if i["name"] == "busybox-httpd")
         assert httpd["image"] == "moorage-test/busybox:latest" and httpd["source"] == "config"
@@ -39,9 +39,9 @@ def test_the_catalog_lists_adds_and_removes(tmp_path: Path) -> None:
         assert httpd["stopSignal"] == "SIGTERM"
 
         someone = member(api)
-        assert someone.get("/api/images").status == 200, "any signed-in caller reads the catalog"
+        assert someone.get("/api/catalog/images").status == 200, "any signed-in caller reads the catalog"
         assert someone.post("/api/images", ECHO).status == 403
-        assert api.get("/api/images", key=False).status == 401
+        assert api.get("/api/catalog/images", key=False).status == 401
 
         for bad, field in [
             ({**ECHO, "image": "Not A Reference"}, "image"),
@@ -70,12 +70,12 @@ def test_the_catalog_lists_adds_and_removes(tmp_path: Path) -> None:
         coordinator.stop()
         coordinator.start()
         api = coordinator.api()
-        assert "echo-server" in [i["name"] for i in api.get("/api/images").body]
+        assert "echo-server" in [i["name"] for i in api.get("/api/catalog/images").body]
 
         assert api.delete("/api/images/busybox-httpd").status == 400, "configured entries live in the file"
         assert api.delete("/api/images/nope").status == 404
         assert api.delete("/api/images/echo-server").status == 204
-        assert "echo-server" not in [i["name"] for i in api.get("/api/images").body]
+        assert "echo-server" not in [i["name"] for i in api.get("/api/catalog/images").body]
         assert api.post("/api/getInstance", {"id": placed.body["id"]}).status == 200, "its instance stays"
     finally:
         coordinator.stop()

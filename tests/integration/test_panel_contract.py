@@ -24,13 +24,14 @@ from tests.daemons import (
 
 USER_FIELDS = {"userId", "username", "email", "admin", "organizationId", "createdAt"}
 INSTANCE_FIELDS = {
+    "Id", "Name", "User", "Node", "VolumeId", "Disk", "ports",
     "id", "name", "nodeId", "userId", "organizationId", "Image", "image", "Memory", "Cpu", "Ports", "Primary",
     "Variables", "ContainerId", "InternalState", "suspended", "state", "error", "allocations", "createdAt",
     "updatedAt", "stateChangedAt", "deliveredAt", "releasedAt", "regionId", "network", "restarts",
     "placement",
 }  # fmt: skip
 NODE_FIELDS = {
-    "id", "name", "tags", "ram", "disk", "processor", "address", "port", "regionId", "organizationId",
+    "id", "name", "tags", "ram", "disk", "processor", "cpus", "address", "port", "regionId", "organizationId",
     "status", "isOnline", "connected", "lastChecked", "heartbeatAgeSeconds", "enrolled", "agentVersion",
     "hostMetrics", "allocations", "used", "overallocation", "maintenance", "unwantedContainers",
     "engineError", "createdAt",
@@ -137,9 +138,25 @@ def test_deploy_and_get_instance(panel: Panel) -> None:
     )  # fmt: skip
     assert r.status == 201 and set(r.body) == INSTANCE_FIELDS
     made = r.body
-    assert (made["userId"], made["Memory"], made["Cpu"], made["Ports"], made["Primary"]) == (
+    assert (made["userId"], made["Memory"], made["Cpu"], made["ports"], made["Primary"]) == (
         panel.carol_id, 64, 50, [port], port,
     )  # fmt: skip
+    # Skyport's own record beside ours: its ids, owner, node (no secrets) and "container:host" ports.
+    assert (made["Id"], made["Name"], made["User"], made["VolumeId"]) == (made["id"], "web", panel.carol_id,
+                                                                          made["id"])  # fmt: skip
+    assert made["Ports"] == f"{port}:{port}" and made["Disk"] == 0
+    assert made["Node"]["id"] == panel.node["id"] and made["Node"]["status"] == "Online"
+    assert set(made["Node"]) == {
+        "id",
+        "name",
+        "tags",
+        "ram",
+        "disk",
+        "processor",
+        "address",
+        "port",
+        "status",
+    }
     assert made["Variables"] == {"GREETING": "hi"} and made["InternalState"] == "INSTALLING"
     running = wait_state(panel.admin, made["id"], "running", timeout=20)
     assert running["InternalState"] == "READY" and running["ContainerId"]
@@ -170,6 +187,84 @@ def test_get_user_instance(panel: Panel) -> None:
     assert all(i["userId"] == panel.carol_id and set(i) == INSTANCE_FIELDS for i in r.body)
     error(panel.admin.post("/api/getUserInstance", {}), 400, "userId")
     error(panel.admin.post("/api/getUserInstance", {"userId": "nobody"}), 400, "userId")
+
+
+def test_released_instances_are_listed_only_when_asked_for(panel: Panel) -> None:
+    """Skyport forgot a deleted instance; dashboards add up what getUserInstance lists."""
+    gone = panel.deploy(panel.carol, name="deleted-one")
+    panel.carol.delete("/api/instance/delete", {"id": gone["id"]})
+    wait_state(panel.admin, gone["id"], "released", timeout=20)
+    for listed in (
+        panel.admin.post("/api/getUserInstance", {"userId": panel.carol_id}).body,
+        panel.carol.get("/api/instances").body,
+    ):
+        assert gone["id"] not in {i["id"] for i in listed}
+    history = panel.admin.post("/api/getUserInstance?released=true", {"userId": panel.carol_id}).body
+    assert gone["id"] in {i["id"] for i in history}
+    assert gone["id"] in {i["id"] for i in panel.carol.get("/api/instances?released=true").body}
+    assert panel.carol.post("/api/getInstance", {"id": gone["id"]}).body["state"] == "released"
+
+
+def test_deploy_takes_what_skyport_clients_send(panel: Panel) -> None:
+    """Ports as "c:h" pairs (one, several, a list), primary as "h" or "c:h", sizes with units, and
+    imagename naming the catalog entry whose defaults apply."""
+    a, b, c = (x["port"] for x in panel.node["allocationList"][8:11])
+    made = panel.deploy(ports=f"{a}:{a},{b}:{b}", primary=f"{b}:{b}", memory="512MB", disk="1G", cpu="25%")
+    # The primary first, then the others.
+    assert (made["ports"], made["Primary"], made["Ports"]) == ([b, a], b, f"{b}:{b},{a}:{a}")
+    assert (made["Memory"], made["Disk"], made["Cpu"]) == (512, 1024, 25)
+    listed = panel.deploy(ports=[f"{c}:{c}"], primary=str(c), memory=64, imagename="busybox-httpd",
+                          image="moorage-test/busybox:latest")  # fmt: skip
+    assert listed["ports"] == [c] and listed["Variables"]["SERVER_MOTD"] == "hello"  # the entry's default
+    for iid in (made["id"], listed["id"]):
+        panel.admin.delete("/api/instance/delete", {"id": iid})
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "says"),
+    [
+        ({"ports": "34005:34006"}, "ports", "differs from host port"),
+        ({"ports": "abc"}, "ports", "container:host"),
+        ({"ports": "1:2:3"}, "ports", "container:host"),
+        ({"primary": "34005:34006"}, "primary", "differs"),
+        ({"memory": "512TB"}, "memory", "unknown unit"),
+        ({"memory": "1.5G"}, "memory", "whole number"),
+        ({"disk": "10XB"}, "disk", "unknown unit"),
+        ({"cpu": "lots"}, "cpu", "percentage"),
+        ({"imagename": "not-in-the-catalog"}, "imagename", "not in the image catalog"),
+        ({"imagename": "busybox-httpd", "image": "Not A Reference"}, "image", "not a Docker reference"),
+    ],
+)
+def test_bad_skyport_input_is_refused_naming_the_field_and_leaves_nothing(
+    panel: Panel, over: dict[str, Any], field: str, says: str
+) -> None:
+    before = panel.admin.get("/api/instances?released=true").body
+    body = {"image": "moorage-test/busybox:latest", "memory": "64", "cpu": "10", "name": "bad",
+            "nodeId": panel.node["id"], **over}  # fmt: skip
+    assert says in error(panel.admin.post("/api/instances/deploy", body), 400, field)
+    assert panel.admin.get("/api/instances?released=true").body == before  # no row, no allocation claimed
+
+
+def test_the_base_url_answers_for_dashboards_that_check_it(panel: Panel) -> None:
+    r = panel.admin.get("/", key=False)
+    assert r.status == 200 and r.body["name"] == "Moorage" and "panel" in r.body["dialects"]
+
+
+def test_a_node_described_by_its_processor_gets_its_cores_from_the_agent(panel: Panel) -> None:
+    body = {"name": "described", "tags": "x", "ram": "16GB", "disk": "200GB",
+            "processor": "AMD Ryzen 9 5950X", "address": "10.0.0.9", "port": 8080}  # fmt: skip
+    r = panel.admin.post("/api/nodes/create", body)
+    assert r.status == 201, r.body
+    assert (r.body["processor"], r.body["cpus"], r.body["ram"], r.body["disk"]) == (
+        "AMD Ryzen 9 5950X", 0, 16384, 204800,
+    )  # fmt: skip
+    # An integer there is the cores, as before.
+    counted = panel.admin.post("/api/nodes/create", {**body, "name": "counted", "processor": "8"}).body
+    assert (counted["processor"], counted["cpus"]) == ("8", 8)
+    for bad in (0, -1, "", "x" * 201, True):
+        error(panel.admin.post("/api/nodes/create", {**body, "processor": bad}), 400, "processor")
+    for made in (r.body, counted):
+        assert panel.admin.delete("/api/nodes/delete", {"nodeId": made["id"]}).status == 201
 
 
 def test_suspend_and_unsuspend(panel: Panel) -> None:
@@ -212,11 +307,20 @@ def test_delete_instance(panel: Panel) -> None:
 
 
 def test_images(panel: Panel) -> None:
+    """Skyport's image shape at /api/images (what its dashboards read), Moorage's at /api/catalog/images."""
     r = panel.carol.get("/api/images")
-    assert r.status == 200 and isinstance(r.body, list)
+    assert r.status == 200 and isinstance(r.body, list) and r.body
+    skyport = {"Id", "Name", "Image", "AltImages", "Cmd", "Env", "StopCommand", "Scripts", "Variables",
+               "Description", "Author", "AuthorName", "Meta"}  # fmt: skip
+    assert all(set(i) == skyport for i in r.body)
+    httpd = next(i for i in r.body if i["Name"] == "busybox-httpd")
+    assert httpd["Image"] == "moorage-test/busybox:latest" and "SERVER_MOTD=hello" in httpd["Env"]
+    assert httpd["Variables"]["SERVER_MOTD"]["default"] == "hello"
+    ours = panel.carol.get("/api/catalog/images")
     fields = {"name", "image", "description", "variables", "startup", "stopSignal", "ports", "organization",
               "source"}  # fmt: skip
-    assert all(set(i) == fields for i in r.body)
+    assert ours.status == 200 and all(set(i) == fields for i in ours.body)
+    assert [i["name"] for i in ours.body] == [i["Name"] for i in r.body]
 
 
 def test_nodes(panel: Panel) -> None:

@@ -222,3 +222,24 @@ async def test_a_hello_reporting_ended_instances_asks_to_remove_them_at_once(rep
     welcome = await reports.hello("n1", pb.Hello(instances=reported))
     assert [s.instance_id for s in welcome.desired] == ["keep"]
     assert sorted(welcome.remove) == ["failed", "gone"]
+
+
+async def test_a_node_without_a_core_count_takes_its_agents(reports: AgentReports) -> None:
+    """Created with a processor description only: the cores its agent reports count, once; an operator's
+    count is never overwritten."""
+    async with reports.core.store.write() as conn:
+        await nodes_store.insert_node(
+            conn, make_node("described", cpu_count=0, processor="AMD Ryzen 9 5950X")
+        )
+    hello = pb.Hello(capacity=pb.Capacity(cpu_count=16))
+    await reports.hello("described", hello)
+    await reports.hello("n1", hello)
+    async with reports.core.store.read() as conn:
+        described = await nodes_store.get_node(conn, "described")
+        counted = await nodes_store.get_node(conn, "n1")
+    assert described is not None and (described.cpu_count, described.processor) == (16, "AMD Ryzen 9 5950X")
+    assert counted is not None and counted.cpu_count == 2
+    await reports.hello("described", pb.Hello(capacity=pb.Capacity(cpu_count=4)))
+    async with reports.core.store.read() as conn:
+        again = await nodes_store.get_node(conn, "described")
+    assert again is not None and again.cpu_count == 16

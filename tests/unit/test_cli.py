@@ -75,13 +75,13 @@ def test_instance_rows() -> None:
         "name": "web",
         "state": "running",
         "nodeId": "5d0526d4-aaaa",
-        "Ports": [30000, 30001],
+        "ports": [30000, 30001],
     }
     inst["image"] = "busybox-httpd"
     assert cli.instance_rows([inst]) == [
         ["i-1", "web", "running", "5d0526d4", "30000,30001", "busybox-httpd"]
     ]
-    released = {**inst, "nodeId": None, "Ports": [], "state": "released"}
+    released = {**inst, "nodeId": None, "ports": [], "state": "released"}
     assert cli.instance_rows([released])[0][3:5] == ["-", "-"]
 
 
