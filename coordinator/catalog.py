@@ -1,10 +1,11 @@
-"""The image catalog (config/images.yaml): named images with their defaults, so a panel can deploy
-"minecraft-paper" without knowing a Docker reference, and a deploy's variables are checked before a
-container ever starts."""
+"""The image catalog (coordinator/catalogs/images.yaml built in, or the operator's file): named images with
+their defaults, so a panel can deploy "minecraft-paper" without knowing a Docker reference, and a
+deploy's variables are checked before a container ever starts."""
 
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
@@ -68,6 +69,12 @@ class CatalogError(Exception):
     pass
 
 
+def builtin(name: str) -> Path:
+    """A catalog shipped with the package (coordinator/catalogs/; config/ links to them): what a coordinator
+    uses when its configuration names no catalog file."""
+    return Path(str(resources.files("coordinator") / "catalogs" / name))
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -105,7 +112,8 @@ class Catalog:
 
     @classmethod
     def load(cls, path: Path | None) -> Catalog:
-        return cls(read_entries(path, "images", CatalogImage, "image catalog") if path else [])
+        """The catalog file, or the built-in one (None)."""
+        return cls(read_entries(path or builtin("images.yaml"), "images", CatalogImage, "image catalog"))
 
     def get(self, name: str) -> CatalogImage | None:
         return self.images.get(name)

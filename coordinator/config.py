@@ -83,9 +83,9 @@ class PlacementOptions(_Section):
 
 
 class CatalogOptions(_Section):
-    #: Image catalog; relative paths are resolved against the config file's directory.
+    #: Image catalog; relative paths are resolved against the config file's directory. Empty: built in.
     images: str = ""
-    #: Size catalog (the servers and client dialects order by size name).
+    #: Size catalog (the servers and client dialects order by size name). Empty: built in.
     sizes: str = ""
 
 
@@ -101,10 +101,11 @@ class ServersOptions(_Section):
 
     #: Catalog image name or Docker reference.
     image: str = ""
-    #: Region id, identifier or country (ISO-3166 alpha-2) to place in; its fallbacks follow.
+    #: Region id, identifier or country (ISO-3166 alpha-2) to place in; its fallbacks follow. Empty: any
+    #: region with room, or a node in no region.
     region: str = ""
-    #: Size catalog name.
-    size: str = ""
+    #: Size catalog name (the built-in catalog has "small").
+    size: str = "small"
     #: What the servers dialect reports as `provider` and `platform`.
     provider: str = "moorage"
     platform: str = "linux/amd64"

@@ -312,6 +312,18 @@ def place(
     return Refusal(tuple(reasons), unreachable=not any_ready)
 
 
+def best_nodes(
+    nodes: Collection[NodeInfo],
+    req: Request,
+    ready: AbstractSet[str],
+    strategy: Strategy = Strategy.SPREAD,
+    rng: random.Random | None = None,
+    limit: int = CANDIDATES,
+) -> list[NodeInfo]:
+    """The best ``limit`` nodes of a set outside any region's chain (nodes in no region)."""
+    return _best(nodes, req, Snapshot({}, {}, ready), strategy, rng or _RNG, limit)
+
+
 def _best(
     nodes: Collection[NodeInfo],
     req: Request,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.catalog import CatalogError, read_entries
+from coordinator.catalog import CatalogError, builtin, read_entries
 
 
 class Size(BaseModel):
@@ -37,8 +37,8 @@ class SizeCatalog:
 
     @classmethod
     def load(cls, path: Path | None) -> SizeCatalog:
-        if path is None:
-            return cls([])
+        """The size file, or the built-in one (None)."""
+        path = path or builtin("sizes.yaml")
         try:
             sizes = read_entries(path, "sizes", Size, "size catalog")
         except CatalogError as exc:

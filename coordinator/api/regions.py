@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from coordinator.api.panel_models import Body, iso
 from coordinator.api.routing import Call, Router
-from coordinator.model import Allocation, Node
+from coordinator.model import Allocation, Node, NodeStatus
 from coordinator.service.regions import NodeInRegion, RegionView
 
 
@@ -101,6 +101,14 @@ class UnassignedAllocation(AllocationK):
     node: NodeRef
 
 
+class FallbackRef(BaseModel):
+    """The fallback region by name, as the Kyro admin pages show it beside each region."""
+
+    id: str
+    name: str
+    identifier: str
+
+
 class RegionSummary(BaseModel):
     """A region nested inside a node: everything but its nodes (one level of nesting, no cycles)."""
 
@@ -109,6 +117,7 @@ class RegionSummary(BaseModel):
     identifier: str
     countryId: str | None
     fallbackRegionId: str | None
+    fallbackRegion: FallbackRef | None
     serverLimit: int
     stats: Stats
     createdAt: str | None
@@ -141,6 +150,9 @@ def _summary(view: RegionView) -> RegionSummary:
         identifier=r.identifier,
         countryId=r.country_id,
         fallbackRegionId=r.fallback_region_id,
+        fallbackRegion=(
+            FallbackRef(id=f.id, name=f.name, identifier=f.identifier) if (f := view.fallback) else None
+        ),
         serverLimit=r.server_limit,
         stats=Stats(
             serverCount=s.server_count,
@@ -253,3 +265,48 @@ async def unassigned_allocations(call: Call) -> list[UnassignedAllocation]:
         )
         for a, n in found
     ]
+
+
+class NodeRegion(Body):
+    regionId: uuid.UUID | None = Field(description="The region to put the node in; null takes it out of any.")
+
+
+class NodeRegionOut(BaseModel):
+    """The node as the Kyro admin pages read it after moving it."""
+
+    id: str
+    name: str
+    fqdn: str
+    port: int
+    regionId: str | None
+    isOnline: bool
+    lastChecked: str | None
+    createdAt: str | None
+    updatedAt: str | None
+
+
+@router.route(
+    "PATCH",
+    "/api/nodes/{id}/region",
+    body=NodeRegion,
+    response=NodeRegionOut,
+    access="admin",
+    errors={400: "Invalid request or region not found", 403: "Forbidden", 404: "Node not found"},
+)
+async def assign_region(call: Call, body: NodeRegion) -> NodeRegionOut:
+    """Put a node in a region (or in none, with null), as the Kyro frontend assigns it. Instances already
+    on it keep the region they were placed in."""
+    region_id = str(body.regionId) if body.regionId is not None else None
+    view = await call.services.nodes.update(call.caller, call.path("id"), {"region_id": region_id})
+    n = view.node
+    return NodeRegionOut(
+        id=n.id,
+        name=n.name,
+        fqdn=n.address,
+        port=n.port,
+        regionId=n.region_id,
+        isOnline=view.status is NodeStatus.READY,
+        lastChecked=iso(view.last_heartbeat),
+        createdAt=iso(n.created_at),
+        updatedAt=iso(n.updated_at),
+    )

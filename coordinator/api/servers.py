@@ -5,10 +5,12 @@ the lifecycle of DESIGN.md. Errors are `{"message": ...}` as the autoscaler writ
 from __future__ import annotations
 
 import base64
+import os
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator import __version__
 from coordinator.api.routing import Call, Router
 from coordinator.model import Instance, InstanceState
 from coordinator.service.servers import ServerService, Where, where
@@ -20,6 +22,9 @@ def drone_error(status: int, message: str, field: str | None) -> web.Response:
 
 
 router = Router("servers", render_error=drone_error)
+
+#: What built this (the autoscaler's answer names its repository; Moorage names its distribution).
+SOURCE = "moorage"
 
 S = InstanceState
 #: The lifecycle table's servers column (releasing is "shutdown" until the agent has it, then "stopping").
@@ -116,6 +121,19 @@ def render(call: Call, inst: Instance, place: Where, *, just_asked: bool = False
 
 async def _one(call: Call, inst: Instance, *, just_asked: bool = False) -> ServerOut:
     return render(call, inst, (await where(call.services.core, [inst]))[inst.id], just_asked=just_asked)
+
+
+class Version(BaseModel):
+    version: str
+    commit: str
+    source: str
+
+
+@router.route("GET", "/version", response=Version, access="public")
+async def version(call: Call) -> Version:
+    """What `drone autoscale version` prints: the release, its commit (when the build recorded one) and
+    where the source lives."""
+    return Version(version=__version__, commit=os.environ.get("MOORAGE_COMMIT", ""), source=SOURCE)
 
 
 @router.route("GET", "/api/servers", response=list[ServerOut])

@@ -15,6 +15,7 @@ from coordinator.placement import (
     Request,
     Snapshot,
     Strategy,
+    best_nodes,
     place,
 )
 from coordinator.service.core import Core
@@ -63,6 +64,8 @@ class DeployOrder:
     #: The catalog entry whose variables, startup and stop signal apply when ``image`` is a Docker
     #: reference of its own (Skyport's deploy names both: `imagename` and `image`).
     catalog_image: str | None = None
+    #: Neither node nor region: any region with room (least full first), then the nodes in no region.
+    anywhere: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,9 @@ class DeployService:
         return ResolvedImage(image, image, [], "SIGTERM", dict(variables))
 
     async def deploy(self, caller: Principal, order: DeployOrder) -> Deployed:
-        if (order.node_id is None) == (order.region is None):
+        if (order.node_id is None) == (order.region is None) and not (
+            order.anywhere and order.node_id is None
+        ):
             raise BadRequest("nodeId: give a nodeId or a regionId (one of them)", field="nodeId")
         if order.primary is not None and order.ports and order.primary not in order.ports:
             raise BadRequest(f"primary: {order.primary} is not one of the ports asked for", field="primary")
@@ -177,9 +182,10 @@ class DeployService:
         )
         if order.node_id is not None:
             placed = await self._on_node(caller, draft, order, request)
-        else:
-            assert order.region is not None
+        elif order.region is not None:
             placed = await self._in_region(draft, order, request)
+        else:
+            placed = await self._anywhere(draft, order, request)
         if placed.node_id and self.core.fleet.is_connected(placed.node_id):
             # Otherwise nothing is lost: the agent gets its desired set in the Welcome of its next session.
             self.core.fleet.dispatch(
@@ -265,6 +271,37 @@ class DeployService:
                 raise Conflict(
                     "regionId: every candidate was taken by concurrent deploys; retry", field="regionId"
                 )
+
+    async def _anywhere(self, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
+        """No region asked for or configured: every region in turn, the one with the most room first
+        (its fallbacks follow it as usual), then the Ready nodes that are in no region."""
+        regions = await self.core.snapshot.regions()
+        reasons: list[str] = []
+        unreachable = True
+        by_room = sorted(
+            regions.values(), key=lambda r: (r.full, r.live_count / r.server_limit, r.identifier)
+        )
+        for region in by_room:
+            try:
+                return await self._in_region(draft, replace(order, region=region.id), req)
+            except (Conflict, Unavailable) as exc:
+                unreachable = unreachable and isinstance(exc, Unavailable)
+                reasons.append(exc.message.removeprefix("regionId: no placement: "))
+        async with self.core.store.read() as conn:
+            loose = [
+                n for n in await regions_store.node_infos(conn, ports=order.ports) if n.region_id is None
+            ]
+        for node in best_nodes(loose, req, self.core.fleet.ready, self.strategy):
+            if self._may_run(node.id, draft.image_ref):
+                placed = await self._claim(draft, node, None, order)
+                if placed is not None:
+                    return placed
+        if loose:
+            unreachable = unreachable and not any(n.id in self.core.fleet.ready for n in loose)
+            reasons.append("nodes in no region: none Ready with room")
+        error = Unavailable if unreachable else Conflict
+        found = "; ".join(dict.fromkeys(reasons)) or "no region and no node"
+        raise error(f"regionId: no placement anywhere: {found}", field="regionId")
 
     async def _decide(self, region_key: str, req: Request, fresh_since: float | None) -> Decision | Refusal:
         start = await self.core.snapshot.find(region_key)

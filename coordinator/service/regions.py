@@ -42,6 +42,8 @@ class RegionView:
     region: RegionRecord
     stats: RegionStats
     nodes: list[NodeInRegion]
+    #: The region it falls back to (None: none, or it no longer exists).
+    fallback: RegionRecord | None = None
 
 
 class RegionService:
@@ -52,7 +54,8 @@ class RegionService:
         """Regions with stats computed from live data: live instances counted, nodes judged by the fleet."""
         fleet = self.core.fleet
         async with self.core.store.read() as conn:
-            found = [r for r in await regions_store.list_regions(conn) if only is None or r.id == only]
+            every = {r.id: r for r in await regions_store.list_regions(conn)}
+            found = [r for r in every.values() if only is None or r.id == only]
             counts = await regions_store.live_counts(conn)
             members = [n for n in await nodes_store.list_nodes(conn) if n.region_id in {r.id for r in found}]
             allocations = await nodes_store.allocations_of(conn, [n.id for n in members])
@@ -73,7 +76,8 @@ class RegionService:
                 node_count=len(in_region),
                 online_node_count=sum(1 for m in in_region if m.online),
             )
-            views.append(RegionView(region, stats, in_region))
+            fallback = every.get(region.fallback_region_id or "")
+            views.append(RegionView(region, stats, in_region, fallback))
         return views
 
     async def list_views(self) -> list[RegionView]:

@@ -53,7 +53,7 @@ def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployO
     image = want.image or defaults.image
     region = want.region or defaults.region
     size_name = want.size or defaults.size
-    for key, value in (("image", image), ("region", region), ("size", size_name)):
+    for key, value in (("image", image), ("size", size_name)):
         if not value:
             field = want.fields[key]
             raise BadRequest(
@@ -70,10 +70,12 @@ def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployO
         cpu_percent=size.cpu,
         disk_mib=size.disk,
         name=want.name,
-        region=region,
+        region=region or None,
         size=size.name,
         finish=finish,
         bandwidth_mbps=size.bandwidth,
+        # Neither asked for nor configured: any region with room, or a node in no region.
+        anywhere=not region,
     )
 
 

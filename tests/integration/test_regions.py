@@ -23,6 +23,7 @@ KEYS = {
     "identifier",
     "countryId",
     "fallbackRegionId",
+    "fallbackRegion",
     "serverLimit",
     "stats",
     "nodes",
@@ -218,6 +219,9 @@ def test_patch_allows_a_cycle_and_delete_protects_fallbacks_and_nodes(world: Wor
         "Cycle A",
         5,
     )
+    # The admin pages show the fallback by name beside each region.
+    assert r.body["fallbackRegion"] == {"id": b["id"], "name": b["name"], "identifier": "cyc-b"}
+    assert a["fallbackRegion"] is None
     assert api.call("PATCH", f"/api/regions/{b['id']}", {"fallbackRegionId": a["id"]}).status == 200
     r = api.delete(f"/api/regions/{b['id']}")
     assert r.status == 400 and "fallback" in r.body["error"]
@@ -226,8 +230,21 @@ def test_patch_allows_a_cycle_and_delete_protects_fallbacks_and_nodes(world: Wor
     node = create_node(api, port_block(1), name="pinned-here", regionId=b["id"])
     r = api.delete(f"/api/regions/{b['id']}")
     assert (r.status, r.body) == (400, {"error": "Cannot delete region with assigned nodes"})
-    assert api.call("PATCH", f"/api/nodes/{node['id']}", {"regionId": None}).status == 200
+    # The Kyro frontend's own route moves a node out of (and into) a region.
+    moved = api.call("PATCH", f"/api/nodes/{node['id']}/region", {"regionId": None})
+    assert moved.status == 200 and moved.body["regionId"] is None and moved.body["fqdn"] == "127.0.0.1"
     assert api.delete(f"/api/regions/{b['id']}").status == 204
+    back = api.call("PATCH", f"/api/nodes/{node['id']}/region", {"regionId": a["id"]})
+    assert back.status == 200 and back.body["regionId"] == a["id"]
+    assert node["id"] in {n["id"] for n in api.get(f"/api/regions/{a['id']}").body["nodes"]}
+    for bad, status in (({}, 400), ({"regionId": "not-a-uuid"}, 400), ({"regionId": b["id"]}, 400)):
+        r = api.call("PATCH", f"/api/nodes/{node['id']}/region", bad)
+        assert r.status == status and "error" in r.body, (bad, r.body)
+    r = api.call("PATCH", "/api/nodes/00000000-0000-0000-0000-000000000000/region", {"regionId": None})
+    assert r.status == 404
+    user = user_api(world, "not-an-admin")
+    assert user.call("PATCH", f"/api/nodes/{node['id']}/region", {"regionId": None}).status == 403
+    assert api.call("PATCH", f"/api/nodes/{node['id']}/region", {"regionId": None}).status == 200
     assert api.get(f"/api/regions/{b['id']}").status == 404
 
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from agent.config import AgentConfig
 from common.config import load
-from coordinator.catalog import Catalog
-from coordinator.config import CatalogOptions, CoordinatorConfig
+from coordinator.catalog import Catalog, builtin
+from coordinator.config import CoordinatorConfig
 from coordinator.sizes import SizeCatalog, SizeCatalogError
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -78,12 +78,15 @@ def test_every_key_has_a_comment(path: Path) -> None:
 
 def test_coordinator_yaml_holds_the_defaults() -> None:
     config = load(CoordinatorConfig, COORDINATOR_YAML, env={})
-    assert config.catalog == CatalogOptions(images="images.yaml", sizes="sizes.yaml")
-    config.set_source(COORDINATOR_YAML)
-    assert config.resolve(config.catalog.images) == IMAGES_YAML
-    assert config.resolve(config.catalog.sizes) == SIZES_YAML
-    expected = CoordinatorConfig(catalog=CatalogOptions(images="images.yaml", sizes="sizes.yaml"))
-    assert config.model_dump() == expected.model_dump()
+    assert config.model_dump() == CoordinatorConfig().model_dump()
+
+
+def test_the_shipped_catalogs_are_the_built_in_defaults() -> None:
+    """A coordinator started without --config has them (the files in config/ are the same ones)."""
+    assert IMAGES_YAML.resolve() == builtin("images.yaml").resolve()
+    assert SIZES_YAML.resolve() == builtin("sizes.yaml").resolve()
+    assert "busybox-httpd" in Catalog.load(None).images
+    assert SizeCatalog.load(None).get(CoordinatorConfig().servers.size) is not None
 
 
 def test_agent_yaml_holds_the_defaults() -> None:

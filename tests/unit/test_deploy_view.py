@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from coordinator.pki import CertificateAuthority
 from coordinator.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
-from coordinator.service.errors import Conflict
+from coordinator.service.errors import BadRequest, Conflict
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
@@ -153,3 +153,24 @@ async def test_a_stream_of_claims_lets_other_writers_in(
 
     await asyncio.gather(*(claim(n) for n in range(5)), other_writer())
     assert finished.index("write") < len(finished) - 1, finished
+
+
+async def test_an_order_naming_no_place_goes_to_any_region_then_to_nodes_in_none(world: World) -> None:
+    """The servers dialect with no region asked for or configured: the region with room first, then the
+    Ready nodes that are in no region; a refusal names both."""
+    anywhere = replace(order(), region=None, anywhere=True)
+    first = await world.deploys.deploy(world.caller, anywhere)
+    second = await world.deploys.deploy(world.caller, anywhere)
+    assert {first.region_identifier, second.region_identifier} == {"eu"}  # eu holds 2 (its serverLimit)
+    async with world.store.write() as conn:
+        await nodes_store.insert_node(conn, make_node("loose"))
+        await nodes_store.insert_allocations(conn, "loose", [("loose-1", "0.0.0.0", 30100)])
+    with pytest.raises(Conflict, match="eu: at serverLimit 2; nodes in no region: none Ready"):
+        await world.deploys.deploy(world.caller, anywhere)  # "loose" is not Ready yet
+    world.core.fleet.record_heartbeat("loose", None, [])
+    third = await world.deploys.deploy(world.caller, anywhere)
+    assert (third.instance.node_id, third.region_identifier) == ("loose", None)
+    with pytest.raises(Conflict, match="no placement anywhere"):
+        await world.deploys.deploy(world.caller, anywhere)  # its one allocation is taken
+    with pytest.raises(BadRequest, match="nodeId"):
+        await world.deploys.deploy(world.caller, replace(order(), region=None))  # not asked to roam

@@ -42,12 +42,16 @@ async def test_order_takes_defaults_and_names_what_is_missing(tmp_path: Path) ->
     assert (order.image, order.region, order.size, order.memory_mib, order.cpu_percent, order.disk_mib) == (
         "busybox", "eu", "small", 512, 50, 100
     )  # fmt: skip
-    bare = core(tmp_path / "bare")
-    with pytest.raises(BadRequest, match=r"^location: is required") as missing:
-        deploy_order(
-            bare, SizedOrder("a", "busybox", None, "small", {**SERVER_FIELDS, "region": "location"}), None
-        )
-    assert missing.value.field == "location"
+    bare = core(tmp_path / "bare", size="")
+    with pytest.raises(BadRequest, match=r"^image: is required") as missing:
+        deploy_order(bare, SizedOrder("a", None, None, "small", SERVER_FIELDS), None)
+    assert missing.value.field == "image"
+    with pytest.raises(BadRequest, match=r"^size: is required"):
+        deploy_order(bare, SizedOrder("a", "busybox", None, None, SERVER_FIELDS), None)
+    # No region asked for or configured: anywhere with room.
+    roaming = deploy_order(bare, SizedOrder("a", "busybox", None, "small", SERVER_FIELDS), None)
+    assert (roaming.region, roaming.anywhere) == (None, True)
+    assert not order.anywhere
     with pytest.raises(BadRequest, match=r"unknown size 'huge'.*small"):
         deploy_order(c, SizedOrder("a", None, None, "huge", SERVER_FIELDS), None)
     await c.store.close()
