@@ -380,9 +380,12 @@ class OneNodeFleet:
 
 
 @contextlib.contextmanager
-def one_node_fleet(tmp: Path, ports: int, **agent_options: Any) -> Iterator[OneNodeFleet]:
-    """Up and online before the body runs; both daemons stopped and the node's containers removed after."""
-    coordinator = CoordinatorProcess(tmp / "coordinator")
+def one_node_fleet(
+    tmp: Path, ports: int, coordinator_options: dict[str, Any] | None = None, **agent_options: Any
+) -> Iterator[OneNodeFleet]:
+    """Up and online before the body runs; both daemons stopped and the node's containers removed after.
+    ``coordinator_options``: top-level sections of the coordinator's config to set."""
+    coordinator = CoordinatorProcess(tmp / "coordinator", extra=coordinator_options)
     coordinator.start()
     block = port_block(ports)
     node = create_node(coordinator.api(), block)

@@ -124,7 +124,9 @@ class RegionSummary(BaseModel):
     updatedAt: str | None
 
 
-class NodeK(BaseModel):
+class NodeBase(BaseModel):
+    """A node as Kyro shows it (also what moving it to a region answers)."""
+
     id: str
     name: str
     fqdn: str
@@ -132,10 +134,13 @@ class NodeK(BaseModel):
     regionId: str | None
     isOnline: bool
     lastChecked: str | None
-    allocations: list[AllocationK]
-    region: RegionSummary
     createdAt: str | None
     updatedAt: str | None
+
+
+class NodeK(NodeBase):
+    allocations: list[AllocationK]
+    region: RegionSummary
 
 
 class RegionK(RegionSummary):
@@ -271,35 +276,21 @@ class NodeRegion(Body):
     regionId: uuid.UUID | None = Field(description="The region to put the node in; null takes it out of any.")
 
 
-class NodeRegionOut(BaseModel):
-    """The node as the Kyro admin pages read it after moving it."""
-
-    id: str
-    name: str
-    fqdn: str
-    port: int
-    regionId: str | None
-    isOnline: bool
-    lastChecked: str | None
-    createdAt: str | None
-    updatedAt: str | None
-
-
 @router.route(
     "PATCH",
     "/api/nodes/{id}/region",
     body=NodeRegion,
-    response=NodeRegionOut,
+    response=NodeBase,
     access="admin",
     errors={400: "Invalid request or region not found", 403: "Forbidden", 404: "Node not found"},
 )
-async def assign_region(call: Call, body: NodeRegion) -> NodeRegionOut:
+async def assign_region(call: Call, body: NodeRegion) -> NodeBase:
     """Put a node in a region (or in none, with null), as the Kyro frontend assigns it. Instances already
     on it keep the region they were placed in."""
     region_id = str(body.regionId) if body.regionId is not None else None
     view = await call.services.nodes.update(call.caller, call.path("id"), {"region_id": region_id})
     n = view.node
-    return NodeRegionOut(
+    return NodeBase(
         id=n.id,
         name=n.name,
         fqdn=n.address,

@@ -10,43 +10,15 @@ import json
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.daemons import (
-    RESPONSES,
-    AgentProcess,
-    Api,
-    CoordinatorProcess,
-    create_node,
-    leave_no_containers,
-    node_view,
-    port_block,
-    wait_for,
-)
+from tests.daemons import RESPONSES, OneNodeFleet, one_node_fleet
 from tests.dockerenv import require_docker
 
 #: Only the image, as the autoscaler's operator configures it; size and region are left to the defaults.
 SERVERS = {"image": "busybox-httpd"}
-
-
-@dataclass
-class Compat:
-    coordinator: CoordinatorProcess
-    agent: AgentProcess
-    node: dict[str, Any]
-    ports: list[int]
-    tmp: Path
-
-    @property
-    def admin(self) -> Api:
-        return self.coordinator.api()
-
-    @property
-    def url(self) -> str:
-        return str(self.coordinator.endpoints["http"])
 
 
 @dataclass
@@ -82,23 +54,21 @@ def send(
         conn.close()
 
 
+def send_json(base: str, method: str, path: str, headers: dict[str, str], payload: Any = None) -> Reply:
+    """As a browser or axios client sends a call: JSON with its Content-Type when there is a payload."""
+    if payload is None:
+        return send(base, method, path, headers=headers)
+    typed = {**headers, "Content-Type": "application/json"}
+    return send(base, method, path, headers=typed, body=json.dumps(payload).encode())
+
+
+def url(fleet: OneNodeFleet) -> str:
+    return str(fleet.coordinator.endpoints["http"])
+
+
 @pytest.fixture(scope="package")
-def compat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compat]:
+def compat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
     require_docker()
-    tmp = tmp_path_factory.mktemp("compat")
-    coordinator = CoordinatorProcess(
-        tmp / "coordinator", extra={"catalog": {"images": "", "sizes": ""}, "servers": SERVERS}
-    )
-    coordinator.start()
-    ports = port_block(16)
-    node = create_node(coordinator.api(), ports, name="compat-node", ram=8192)
-    agent = AgentProcess(tmp / "agent", coordinator, str(node["joinToken"]))
-    agent.start()
-    world = Compat(coordinator, agent, node, ports, tmp)
-    try:
-        wait_for(lambda: node_view(world.admin, node["id"])["isOnline"], 30, "the node to come online")
-        yield world
-    finally:
-        agent.stop()
-        coordinator.stop()
-        leave_no_containers(str(node["id"]))
+    options = {"catalog": {"images": "", "sizes": ""}, "servers": SERVERS}
+    with one_node_fleet(tmp_path_factory.mktemp("compat"), ports=16, coordinator_options=options) as fleet:
+        yield fleet

@@ -10,16 +10,16 @@ import functools
 import json
 from typing import Any
 
-from tests.compat.conftest import Compat, Reply, send
-from tests.daemons import instance, wait_for
+from tests.compat.conftest import Reply, send, url
+from tests.daemons import OneNodeFleet, instance, wait_for
 from tests.dockerenv import serves
 
 GO = {"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"}
 
 
 class DroneCli:
-    def __init__(self, compat: Compat) -> None:
-        self.base = compat.url
+    def __init__(self, compat: OneNodeFleet) -> None:
+        self.base = url(compat)
         self.headers = {**GO, "Authorization": f"Bearer {compat.coordinator.admin_key}"}
 
     def call(self, method: str, path: str, body: bytes | None = None) -> Reply:
@@ -32,7 +32,7 @@ class DroneCli:
         return found
 
 
-def test_version_create_ls_info_destroy_as_the_cli_calls_them(compat: Compat) -> None:
+def test_version_create_ls_info_destroy_as_the_cli_calls_them(compat: OneNodeFleet) -> None:
     drone = DroneCli(compat)
     version = drone.call("GET", "/version")
     assert version.status == 200 and set(version.json) == {"version", "commit", "source"}
@@ -49,7 +49,7 @@ def test_version_create_ls_info_destroy_as_the_cli_calls_them(compat: Compat) ->
         return found if found["state"] == "running" else None
 
     up = wait_for(running, 60, "the server to run")
-    port = instance(compat.admin, server["id"])["Primary"]
+    port = instance(compat.api, server["id"])["Primary"]
     assert up["address"] == f"127.0.0.1:{port}" and up["started"] > 0
     assert wait_for(functools.partial(serves, port), 30, "the server's service")
 
@@ -62,7 +62,7 @@ def test_version_create_ls_info_destroy_as_the_cli_calls_them(compat: Compat) ->
     wait_for(lambda: not serves(port), 30, "its service to go")
 
 
-def test_destroy_force_removes_a_server_in_error(compat: Compat) -> None:
+def test_destroy_force_removes_a_server_in_error(compat: OneNodeFleet) -> None:
     drone = DroneCli(compat)
     body = json.dumps({"image": "moorage-test/missing:1"}).encode()
     created = drone.call("POST", "/api/servers", body)
@@ -74,6 +74,6 @@ def test_destroy_force_removes_a_server_in_error(compat: Compat) -> None:
     assert drone.call("GET", f"/api/servers/{name}").status == 404
 
 
-def test_the_cli_without_a_token_is_refused(compat: Compat) -> None:
-    r = send(compat.url, "POST", "/api/servers", headers=GO)
+def test_the_cli_without_a_token_is_refused(compat: OneNodeFleet) -> None:
+    r = send(url(compat), "POST", "/api/servers", headers=GO)
     assert r.status == 401 and "message" in r.json

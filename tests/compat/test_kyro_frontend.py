@@ -4,33 +4,27 @@ node put into a region (and out of it) with `PATCH /api/nodes/{id}/region`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from tests.compat.conftest import Compat, Reply, send
-from tests.daemons import wait_for
+from tests.compat.conftest import Reply, send_json, url
+from tests.daemons import OneNodeFleet, wait_for
 
 
 class AdminPages:
-    def __init__(self, compat: Compat) -> None:
-        self.base = compat.url
-        login = compat.admin.post(
+    def __init__(self, compat: OneNodeFleet) -> None:
+        self.base = url(compat)
+        login = compat.api.post(
             "/api/auth/login", {"username": "kyro-admin", "password": "kyro-admin-pass"}, key=False
         )
         assert login.status == 200, login.body
         self.headers = {"Authorization": f"Bearer {login.body['token']}", "Accept": "application/json"}
 
     def call(self, method: str, path: str, payload: Any = None) -> Reply:
-        headers = dict(self.headers)
-        body = None
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-            body = json.dumps(payload).encode()
-        return send(self.base, method, path, headers=headers, body=body)
+        return send_json(self.base, method, path, self.headers, payload)
 
 
-def test_regions_pages_create_show_fallbacks_and_move_a_node(compat: Compat) -> None:
-    made = compat.admin.post(
+def test_regions_pages_create_show_fallbacks_and_move_a_node(compat: OneNodeFleet) -> None:
+    made = compat.api.post(
         "/api/auth/create-user",
         {"username": "kyro-admin", "email": "kyro@example.com", "password": "kyro-admin-pass", "admin": True},
     )

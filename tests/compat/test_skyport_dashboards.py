@@ -7,20 +7,19 @@ a real coordinator and a real agent on Docker."""
 from __future__ import annotations
 
 import functools
-import json
 import time
 from typing import Any
 
-from tests.compat.conftest import Compat, Reply, send
-from tests.daemons import wait_for
+from tests.compat.conftest import Reply, send, send_json, url
+from tests.daemons import OneNodeFleet, wait_for
 from tests.dockerenv import serves
 
 
 class Dashboard:
     """What an axios client of the panel sends: its key, JSON, and axios' own headers."""
 
-    def __init__(self, compat: Compat) -> None:
-        self.base = compat.url
+    def __init__(self, compat: OneNodeFleet) -> None:
+        self.base = url(compat)
         self.headers = {
             "x-api-key": compat.coordinator.admin_key,
             "Accept": "application/json, text/plain, */*",
@@ -28,12 +27,7 @@ class Dashboard:
         }
 
     def call(self, method: str, path: str, payload: Any = None) -> Reply:
-        headers = dict(self.headers)
-        body = None
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-            body = json.dumps(payload).encode()
-        return send(self.base, method, path, headers=headers, body=body)
+        return send_json(self.base, method, path, self.headers, payload)
 
     def totals(self, user_id: str) -> tuple[int, int, int]:
         """(servers, Memory, Cpu) of the user, summed as the dashboards sum them against the user's plan."""
@@ -42,10 +36,10 @@ class Dashboard:
         return len(listed), sum(int(i["Memory"]) for i in listed), sum(int(i["Cpu"]) for i in listed)
 
 
-def test_a_dashboard_starts_signs_up_deploys_in_every_port_form_and_deletes(compat: Compat) -> None:
+def test_a_dashboard_starts_signs_up_deploys_in_every_port_form_and_deletes(compat: OneNodeFleet) -> None:
     panel = Dashboard(compat)
     # At start it checks the panel's base URL (no key) and exits unless it answers 200.
-    assert send(compat.url, "GET", "/", headers={"User-Agent": "axios/1.7.2"}).status == 200
+    assert send(url(compat), "GET", "/", headers={"User-Agent": "axios/1.7.2"}).status == 200
 
     # Sign-up: the dashboard's own user id, then the lookup by email it does at every login.
     user_id = f"hydra-{int(time.time() * 1000)}"
@@ -119,7 +113,9 @@ def test_a_dashboard_starts_signs_up_deploys_in_every_port_form_and_deletes(comp
     assert panel.totals(user_id) == (0, 0, 0)
 
 
-def test_bad_input_from_a_dashboard_is_a_400_naming_the_field_and_leaves_nothing(compat: Compat) -> None:
+def test_bad_input_from_a_dashboard_is_a_400_naming_the_field_and_leaves_nothing(
+    compat: OneNodeFleet,
+) -> None:
     panel = Dashboard(compat)
     port = compat.ports[4]
     good = {"image": "moorage-test/busybox:latest", "imagename": "busybox-httpd", "memory": "64",
