@@ -186,6 +186,11 @@ class InstanceManager:
                 raise
             await self._shape(iid, container_id)
             self._started(iid, container_id)
+        if iid not in self.desired:
+            # Dropped while it was being made (a Welcome without it arrived meanwhile): none of it stays.
+            log.info("removing a container made for an instance no longer wanted", instance_id=iid)
+            await self._remove(iid)
+            return None
         return container_id
 
     async def _failed(self, instance_id: str, why: str) -> None:
@@ -194,17 +199,24 @@ class InstanceManager:
         deploy that never ran) with a removal, which ends the retries."""
         self.emit(event(pb.EVENT_KIND_FAILED, instance_id, message=why))
         await self._drop_files(instance_id)
-        if instance_id in self.desired:
+        if instance_id in self.desired and self.restart_policy.enabled:
             failure = on_crash(self.restart_policy, self._crashes_in_a_row.get(instance_id, 0), 0.0)
             self._crashes_in_a_row[instance_id] = failure.in_a_row
             log.info("deploy failed", instance_id=instance_id, retry_in_s=failure.delay_s, error=why)
             self._schedule_restart(instance_id, failure.delay_s)
 
     def _forget(self, instance_id: str) -> None:
-        """Not wanted any more: out of the desired set, and no retry or restart of it is pending."""
+        """Not wanted any more: out of the desired set, and a retry or restart still waiting is cancelled.
+        One already at work (it holds the instance's lock) finishes, finds it unwanted and removes what it
+        made; one waiting behind another holder of the lock finds it unwanted and does nothing."""
         self.desired.pop(instance_id, None)
-        pending = self._pending_restarts.pop(instance_id, None)
-        if pending is not None and pending is not asyncio.current_task():
+        pending = self._pending_restarts.get(instance_id)
+        if (
+            pending is not None
+            and pending is not asyncio.current_task()
+            and not self._lock(instance_id).locked()
+        ):
+            del self._pending_restarts[instance_id]
             pending.cancel()
 
     async def _with_files(self, spec: ContainerSpec) -> ContainerSpec:

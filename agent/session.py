@@ -113,8 +113,8 @@ class AgentSession:
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.connected = asyncio.Event()
         self._seq = 0
-        #: Whether the current attempt got as far as a Welcome.
-        self._welcomed = False
+        #: When the current attempt got its Welcome (None: not yet).
+        self._welcomed_at: float | None = None
         self._beat_now = asyncio.Event()
         self._commands: set[asyncio.Task[None]] = set()
         manager.emit = self.emit
@@ -146,7 +146,7 @@ class AgentSession:
         fix (node deleted, certificate revoked or expired) ends it, as EnrollmentRefused."""
         backoff = self.config.reconnect_initial_s
         while True:
-            self._welcomed = False
+            self._welcomed_at = None
             try:
                 await self._session()
                 log.warning("the coordinator closed the session")
@@ -169,9 +169,10 @@ class AgentSession:
                     "this node's certificate has expired; issue a new join token "
                     "(POST /api/nodes/{id}/join-token) and enroll again with an empty data directory"
                 )
-            if self._welcomed:
-                # The call worked until it was lost (a coordinator restart, a network blip): come back
-                # quickly; the back-off grows only while attempts fail.
+            welcomed_at = self._welcomed_at
+            if welcomed_at is not None and time.monotonic() - welcomed_at >= 2 * self.heartbeat_interval_s:
+                # The session held (a coordinator restarted, the network blipped): come back quickly. One
+                # lost at once after its Welcome (a coordinator failing on every session) backs off further.
                 backoff = self.config.reconnect_initial_s
             delay = random.uniform(backoff / 2, backoff)  # jitter: a fleet does not reconnect in lockstep
             log.info("reconnecting", in_s=round(delay, 2))
@@ -215,7 +216,7 @@ class AgentSession:
                 "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
             )
             self.connected.set()
-            self._welcomed = True
+            self._welcomed_at = time.monotonic()
             self._reconcile(welcome)
             tasks = [
                 asyncio.create_task(self._read(call), name="session-reader"),

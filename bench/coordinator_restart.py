@@ -9,7 +9,9 @@ Printed:
 - the agent's RSS before and after RESTARTS coordinator restarts, and its thread and fd counts.
 
 The agent runs with its default back-off (0.5 s doubling to 30 s, full jitter), so the reconnect time
-depends on how long the coordinator was away: DOWN_S is kept short, as for a restart in place.
+depends on how long the coordinator was away: DOWN_S is kept short, as for a restart in place. The agent
+starts its back-off afresh only after a session that held for two heartbeat intervals, so each restart
+waits SETTLE_S after the last one's reconnect (heartbeats every second here, to keep that short).
 
     python -m bench.coordinator_restart [--instances N] [--restarts N]
 """
@@ -41,9 +43,11 @@ from tests.dockerenv import TEST_IMAGE
 ROUNDS = 5
 RESTARTS = 20
 DOWN_S = 1.0
-#: The coordinator's own defaults, not the tests' fast clocks.
+#: A session counts as having held after two heartbeats.
+SETTLE_S = 2.5
+#: The coordinator's defaults but for the heartbeat interval (5 s by default).
 DEFAULT_FLEET = {
-    "heartbeat_interval_s": 5.0,
+    "heartbeat_interval_s": 1.0,
     "grace_intervals": 3,
     "offline_after_s": 60.0,
     "batch_period_s": 1.0,
@@ -60,6 +64,7 @@ def all_confirmed(api: Api, node_id: str, ids: list[str]) -> bool:
 
 def restart(coordinator: CoordinatorProcess, node_id: str, ids: list[str]) -> tuple[float, float]:
     """(seconds from up to every instance confirmed, seconds from the kill to the same)."""
+    time.sleep(SETTLE_S)
     killed = time.perf_counter()
     coordinator.stop(signal.SIGKILL)
     time.sleep(DOWN_S)

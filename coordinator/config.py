@@ -60,6 +60,9 @@ class FleetOptions(_Section):
     batch_period_s: float = Field(1.0, gt=0)
     #: How long an API call that waits for an agent (delete) waits before answering with the state so far.
     command_wait_s: float = Field(15.0, ge=0)
+    #: After a coordinator start, how long the nodes of its last run have to reconnect before they count
+    #: as silent (keep it above the agents' reconnect_max_s plus a heartbeat interval).
+    startup_grace_s: float = Field(45.0, gt=0)
 
 
 class EnrollmentOptions(_Section):

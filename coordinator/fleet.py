@@ -78,8 +78,9 @@ class LiveNode:
     unwanted: tuple[pb.InstanceStatus, ...] = ()
     #: Why the node's container engine did not answer its agent, as of the last heartbeat ("" when it did).
     engine_error: str = ""
-    #: When this process started expecting a node that had a session before it (None: not expected). Until
-    #: its first heartbeat here, the node is judged as if it had last reported then.
+    #: For a node that had a session before this process started (None: not expected): until its first
+    #: heartbeat here it is judged as if it had last reported at this time (the startup grace's end less
+    #: the usual grace).
     expected_since: float | None = None
 
 
@@ -147,14 +148,17 @@ class Fleet:
 
     def expect(self, node_ids: Sequence[str]) -> None:
         """At start: these nodes reported to an earlier run of the coordinator. One whose agent does not
-        come back within the grace period goes heartbeat-abnormal (its instances unhealthy) as if it had
-        gone silent at this start, instead of showing its instances running forever."""
+        come back within ``startup_grace_s`` goes heartbeat-abnormal (its instances unhealthy), then
+        offline, as if its last heartbeat had come just before that grace began to run out, instead of
+        showing its instances running forever."""
         now = self.clock()
+        # The time the usual grace is counted from: it then ends when the startup grace does.
+        since = now + max(self.options.startup_grace_s - self.grace_s, 0.0)
         for node_id in node_ids:
             live = self.live.setdefault(node_id, LiveNode())
             if live.last_heartbeat is None:
-                live.expected_since, live.status = now, NodeStatus.READY
-                heapq.heappush(self._deadlines, (now + self.grace_s + 0.001, node_id))
+                live.expected_since, live.status = since, NodeStatus.READY
+                heapq.heappush(self._deadlines, (since + self.grace_s + 0.001, node_id))
 
     def is_connected(self, node_id: str) -> bool:
         return node_id in self.sessions

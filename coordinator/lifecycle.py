@@ -58,10 +58,12 @@ _RULES: list[tuple[Event, Iterable[InstanceState], InstanceState]] = [
     (Event.STARTED, PRE_START, S.STARTING),
     (Event.CONFIRMED, {S.STARTING, S.UNHEALTHY}, S.RUNNING),
     (Event.FAULT, STARTED_STATES, S.UNHEALTHY),
-    (Event.FAILED, PRE_START | {S.STARTING}, S.ERROR),
-    # Re-creating the container of one that ran (and vanished) failed: it keeps its ports, the reason is
-    # shown, the agent retries. From running a failure is a late report of something older.
-    (Event.FAILED, {S.UNHEALTHY}, S.UNHEALTHY),
+    # A first deploy that failed: nothing of it runs, nobody waits for it.
+    (Event.FAILED, PRE_START, S.ERROR),
+    # Making the container again failed for one that had one (it vanished; a start or restart found it
+    # gone): it keeps its ports, the reason is shown, the agent retries. From running a failure is a late
+    # report of something older.
+    (Event.FAILED, {S.STARTING, S.UNHEALTHY}, S.UNHEALTHY),
     (Event.REMOVED, {S.RELEASING}, S.RELEASED),
     # Removed while it should exist: removed outside Moorage; the agent re-creates it.
     (Event.REMOVED, STARTED_STATES, S.UNHEALTHY),

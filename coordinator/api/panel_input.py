@@ -16,7 +16,9 @@ _CPU = re.compile(r"^\s*(\d+)\s*%?\s*$")
 
 def mebibytes(value: Any) -> Any:
     """512, "512", "512MB", "512M" -> 512; "1G", "1GB" -> 1024. Anything else is left for the integer
-    check to refuse (a bool, a fraction), except a string with a unit we do not know: refused here."""
+    check to refuse (a fraction), except a string with a unit we do not know and a bool: refused here."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of MiB, not true or false")
     if isinstance(value, str):
         found = _SIZE.match(value)
         if found is None:
@@ -33,6 +35,8 @@ def mebibytes(value: Any) -> Any:
 
 def percent(value: Any) -> Any:
     """CPU in percent of one core: 50, "50", "50%"."""
+    if isinstance(value, bool):
+        raise ValueError("must be a percentage, not true or false")
     if isinstance(value, str):
         found = _CPU.match(value)
         if found is None:

@@ -284,6 +284,8 @@ class DeployService:
         for region in by_room:
             try:
                 return await self._in_region(draft, replace(order, region=region.id), req)
+            except BadRequest:
+                continue  # deleted meanwhile
             except (Conflict, Unavailable) as exc:
                 unreachable = unreachable and isinstance(exc, Unavailable)
                 reasons.append(exc.message.removeprefix("regionId: no placement: "))

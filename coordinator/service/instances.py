@@ -174,17 +174,20 @@ class InstanceService:
         now = self.core.clock()
         found = [inst for inst in found if inst.state is not InstanceState.RELEASED]
         async with self.core.store.write() as conn:
-            for inst in found:
-                await instances_store.transition(conn, inst.id, Event.RELEASE, now=now)
+            moved = {
+                inst.id: await instances_store.transition(conn, inst.id, Event.RELEASE, now=now)
+                for inst in found
+            }
         waits = []
         fleet = self.core.fleet
         for inst in found:
             fleet.unconfirm(inst.id)
-            if inst.node_id is None:
+            done = moved[inst.id]
+            if inst.node_id is None or done is None:
                 continue
             cmd = self.core.command(pb.COMMAND_KIND_REMOVE, inst)
-            if inst.state is InstanceState.ERROR:
-                fleet.dispatch(inst.node_id, cmd)  # released already: nothing to wait for
+            if done.new is InstanceState.RELEASED:
+                fleet.dispatch(inst.node_id, cmd)  # failed, released at once: nothing to wait for
             elif wait and fleet.is_connected(inst.node_id):
                 fleet.removing.add(inst.id)
                 waits.append(fleet.send(inst.node_id, cmd, self.core.config.fleet.command_wait_s))

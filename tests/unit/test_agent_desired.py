@@ -130,3 +130,33 @@ async def test_no_resync_before_the_first_welcome_removes_anything() -> None:
     await manager.reconcile(pb.Welcome(desired=[spec()]))
     await manager.resync()
     assert runtime.containers[kept].status is ContainerStatus.RUNNING
+
+
+class SlowStartRuntime(BusyPortRuntime):
+    """The engine takes its time to start a container (as it does, in a thread the agent cannot stop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_start = asyncio.Event()
+        self.finish_start = asyncio.Event()
+
+    async def start(self, container_id: str) -> None:
+        if not self.busy:
+            self.in_start.set()
+            await asyncio.shield(self.finish_start.wait())
+        await super().start(container_id)
+
+
+async def test_a_welcome_that_drops_an_instance_mid_retry_leaves_no_container() -> None:
+    runtime = SlowStartRuntime()
+    manager, _ = manager_over(runtime)
+    await manager.reconcile(pb.Welcome(desired=[spec()]))  # fails: the port is busy; a retry is pending
+    runtime.busy = False
+    await asyncio.wait_for(runtime.in_start.wait(), 2)  # the retry is inside the engine's start
+    dropping = asyncio.create_task(manager.reconcile(pb.Welcome()))  # the coordinator no longer wants it
+    await asyncio.sleep(0.05)
+    runtime.finish_start.set()
+    await dropping
+    await asyncio.sleep(0.1)
+    assert not runtime.containers, "a container of an instance nobody wants was left running"
+    await manager.close()

@@ -196,10 +196,14 @@ async def test_a_failed_deploy_is_dropped_by_the_agent_it_failed_on(reports: Age
     assert await state_of(reports) == (S.ERROR, busy, 0)
 
 
-async def test_a_failed_re_creation_keeps_the_instance_wanted(reports: AgentReports) -> None:
-    """Its container vanished and making it again failed: it keeps its ports and stays wanted (the agent
-    retries with its back-off); the reason is shown."""
-    await put(reports, S.UNHEALTHY)
+@pytest.mark.parametrize("state", [S.UNHEALTHY, S.STARTING])
+async def test_a_failed_re_creation_keeps_the_instance_wanted(
+    reports: AgentReports, state: InstanceState
+) -> None:
+    """Its container vanished (found so by a heartbeat, or by the owner's start or restart) and making it
+    again failed: it keeps its ports and stays wanted (the agent retries with its back-off); the reason is
+    shown."""
+    await put(reports, state)
     session = reports.core.fleet.attach("n1")
     await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message="busy"))
     assert await state_of(reports) == (S.UNHEALTHY, "busy", 1)

@@ -82,14 +82,21 @@ async def test_a_node_expected_after_a_restart_that_never_reports_goes_abnormal(
     its node goes abnormal, then offline, so its instances do not read running forever. One that comes
     back in time changes nothing."""
     clock = Clock()
-    f = fleet(clock)
+    options = FleetOptions(
+        heartbeat_interval_s=1.0, grace_intervals=3, offline_after_s=10.0, startup_grace_s=5
+    )
+    f = Fleet(options, clock=clock)
     seen = recorded(f)
     f.expect(["gone", "back"])
     monitor = asyncio.create_task(f.run_monitor())
     try:
         await asyncio.sleep(0.05)
         assert seen == [] and f.status_of(make_node("back")) is NodeStatus.AWAITING_HEARTBEAT
-        for _ in range(6):  # 12 s: past the grace (3 s) and the offline time (10 s) of "gone"
+        clock.now += 4.0  # within the startup grace (5 s), though past the usual one (3 s)
+        f._wake.set()
+        await asyncio.sleep(0.02)
+        assert seen == []
+        for _ in range(6):  # 12 s more: past the startup grace and the offline time (10 s) of "gone"
             f.record_heartbeat("back", None, [])
             clock.now += 2.0
             f._wake.set()

@@ -31,6 +31,10 @@ def test_sizes_with_and_without_a_unit(given: object, mib: int) -> None:
 def test_sizes_we_will_not_guess(given: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         mebibytes(given)
+    with pytest.raises(ValueError, match="true or false"):
+        mebibytes(True)
+    with pytest.raises(ValueError, match="true or false"):
+        percent(False)
 
 
 def test_ports_in_every_form_skyport_clients_use() -> None:
