@@ -32,34 +32,44 @@ class TooManyRequests(ServiceError):
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
+#: (address, account) pairs with recent failures kept before the expired ones are swept.
+MAX_TRACKED = 100_000
+
+
 class FailureLimiter:
-    """At most ``limit`` failed authentications per client address in a sliding ``window_s``; the next
-    attempt is refused (429 with Retry-After) until the oldest failure leaves the window."""
+    """At most ``limit`` failures per key in a sliding ``window_s``; the next attempt of that key is refused
+    (429 with Retry-After) until the oldest failure leaves the window. The keys are chosen by the caller so
+    that nobody is refused for someone else's failures: (address, account) for passwords, the address for
+    unknown accounts and for wrong keys (a valid key or token is never refused)."""
 
     def __init__(self, limit: int = 10, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
         self.limit = limit
         self.window_s = window_s
         self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[tuple[str, str | None], deque[float]] = {}
 
-    def _recent(self, client: str) -> deque[float]:
+    def _recent(self, key: tuple[str, str | None]) -> deque[float]:
         now = self.clock()
-        failures = self._failures.get(client)
+        failures = self._failures.get(key)
         if failures is None:
             return deque()
         while failures and failures[0] <= now - self.window_s:
             failures.popleft()
         if not failures:
-            del self._failures[client]
+            del self._failures[key]
         return failures
 
-    def check(self, client: str) -> None:
-        failures = self._recent(client)
+    def check(self, client: str, account: str | None = None) -> None:
+        failures = self._recent((client, account))
         if len(failures) >= self.limit:
             raise TooManyRequests(max(1, int(failures[0] + self.window_s - self.clock()) + 1))
 
-    def fail(self, client: str) -> None:
-        self._failures.setdefault(client, deque()).append(self.clock())
+    def fail(self, client: str, account: str | None = None) -> None:
+        if len(self._failures) >= MAX_TRACKED:  # a flood from many addresses: forget what has expired
+            for key in list(self._failures):
+                self._recent(key)
+        failures = self._failures.setdefault((client, account), deque(maxlen=self.limit))
+        failures.append(self.clock())
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +99,9 @@ class AccessService:
     # ------------------------------------------------------------ credentials
 
     async def authenticate(self, credential: str | None, client: str) -> tuple[Principal, str | None]:
-        """(principal, key id or None for a JWT). Wrong credentials count against the client address."""
-        self.limiter.check(client)
+        """(principal, key id or None for a JWT). A valid key or token always gets through; wrong ones count
+        against the client address, and past the limit they are refused with 429 instead of 401 (keys are
+        not guessable; the limit spares the database a flood)."""
         if not credential:
             raise Unauthorized("API key is required")
         if credentials.looks_like_jwt(credential):
@@ -100,26 +111,34 @@ class AccessService:
                 async with self.core.store.read() as conn:
                     principal = await users_store.get_principal(conn, user_id)
             if principal is None:
-                self.limiter.fail(client)
+                self._refused(client)
                 raise Unauthorized("Token invalid or expired")
             return principal, None
         async with self.core.store.read() as conn:
             found = await users_store.principal_for_key_digest(conn, secrets.digest(credential))
         if found is None:
-            self.limiter.fail(client)
+            self._refused(client)
             raise Unauthorized("API Key Invalid")
         key_id, principal = found
         self.key_uses[key_id] = self.core.clock()
         return principal, key_id
 
-    async def login(self, login: str, password: str, client: str) -> tuple[str, float]:
+    def _refused(self, client: str) -> None:
         self.limiter.check(client)
+        self.limiter.fail(client)
+
+    async def login(self, login: str, password: str, client: str) -> tuple[str, float]:
+        """A password is tried at most ``auth.failed_attempts`` times per window for one account from one
+        address (and as many for unknown accounts from it): an attacker locks out only the accounts they
+        try, from their own address, never everyone behind a shared proxy."""
         async with self.core.store.read() as conn:
             found = await users_store.password_hash(conn, login)
+        account = found[0] if found else None
+        self.limiter.check(client, account)
         # Verified even when nobody matches (against a dummy hash): the answer takes as long either way.
         ok = credentials.verify_password(found[1] if found else None, password)
         if found is None or not ok:
-            self.limiter.fail(client)
+            self.limiter.fail(client, account)
             raise Unauthorized("invalid username, email or password")
         return self.signer.issue(found[0])
 

@@ -245,23 +245,39 @@ def test_dedicated_nodes_and_images_serve_only_their_organization(admin: Api) ->
     )
 
 
-def test_failed_logins_are_limited_per_address(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_failed_logins_are_limited_per_account_and_address(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Behind a proxy every client shares one address: failures against one account lock out only that
+    account from it, and a valid key or token is never refused for anyone's failures."""
     proc = CoordinatorProcess(tmp_path_factory.mktemp("limit") / "coordinator")
     proc.start()
     try:
         api = proc.api()
         make_user(api, "kim")
+        make_user(api, "lee")
         wrong = {"username": "kim", "password": "wrong password"}
         for _ in range(10):
             assert api.post("/api/auth/login", wrong, key=False).status == 401
         r = api.post("/api/auth/login", wrong, key=False)
         assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
-        # The right password does not get through while the address is blocked, nor does a wrong key.
-        assert (
-            api.post("/api/auth/login", {"username": "kim", "password": "correct horse"}, key=False).status
-            == 429
-        )
+        # Kim's password is not tried while her account is blocked from this address...
+        kim = {"username": "kim", "password": "correct horse"}
+        assert api.post("/api/auth/login", kim, key=False).status == 429
+        # ...but Lee logs in, and keys and tokens work.
+        token = api.post("/api/auth/login", {"username": "lee", "password": "correct horse"}, key=False)
+        assert token.status == 200
+        assert api.get("/api/nodes").status == 200
+        bearer = {"Authorization": f"Bearer {token.body['token']}"}
+        assert api.get("/api/nodes", key=False, headers=bearer).status == 200
+        # Wrong keys count per address: refused with 429 past the limit; the right one still works.
+        for _ in range(10):
+            assert api.get("/api/nodes", key="mrg_wrong").status == 401
         assert api.get("/api/nodes", key="mrg_wrong").status == 429
+        assert api.get("/api/nodes").status == 200
+        # Unknown accounts count per address, with wrong keys, apart from known accounts.
+        nobody = {"username": "nobody", "password": "x"}
+        assert api.post("/api/auth/login", nobody, key=False).status == 429
+        lee = {"username": "lee", "password": "correct horse"}
+        assert api.post("/api/auth/login", lee, key=False).status == 200
     finally:
         proc.stop()
 
