@@ -52,7 +52,14 @@ class CatalogImage(BaseModel):
     stop_signal: str = Field(default="SIGTERM", pattern=r"^SIG[A-Z0-9]{2,10}$")
     ports: list[int] = Field(default_factory=list)
     #: Offered only to this organization (None: to everyone).
-    organization: int | None = Field(default=None, ge=1)
+    organization: int | None = Field(default=None, ge=1, le=2**31 - 1)
+
+    @field_validator("organization", mode="before")
+    @classmethod
+    def _not_bool(cls, value: object) -> object:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
 
     def offered_to(self, organization_id: int | None) -> bool:
         return self.organization is None or self.organization == organization_id

@@ -40,12 +40,19 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
+    """IP literals as IP entries, the rest as DNS names (internationalised ones in their A-label form; a
+    name that has none is left out rather than failing the certificate)."""
     entries: list[x509.GeneralName] = []
     for name in names:
         try:
             entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+            continue
         except ValueError:
-            entries.append(x509.DNSName(name))
+            pass
+        try:
+            entries.append(x509.DNSName(name if name.isascii() else name.encode("idna").decode("ascii")))
+        except (UnicodeError, ValueError):
+            continue
     return x509.SubjectAlternativeName(entries)
 
 

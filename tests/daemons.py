@@ -50,9 +50,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 _HANDED_OUT: set[int] = set()
 
 
-def port_block(count: int, start: int = 30000, end: int = 60000) -> list[int]:
+def port_block(count: int, start: int = 10000, end: int = 20000) -> list[int]:
     """``count`` consecutive ports free on 127.0.0.1 for TCP and UDP, from a randomised start, never
-    handed out before in this process."""
+    handed out before in this process. Below Linux's ephemeral range (32768-60999) by default: a port
+    found free there can be taken by any outgoing connection before the container publishes it."""
     base = start + (os.getpid() * 37 + int(time.time() * 1000)) % (end - start - count)
     for offset in range(0, end - start, count):
         first = start + (base - start + offset) % (end - start - count)
@@ -64,7 +65,7 @@ def port_block(count: int, start: int = 30000, end: int = 60000) -> list[int]:
 
 
 #: Where coordinators listen in tests: below Linux's ephemeral range (32768-60999), so no outgoing
-#: connection can take a port while its coordinator is down for a restart.
+#: connection can take a port while its coordinator is down for a restart (allocations use 10000-20000).
 COORDINATOR_PORTS = (20000, 30000)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, model_validator
 
 from coordinator.api.auth import client_address
+from coordinator.api.fields import Text
 from coordinator.api.panel_models import Body, iso
 from coordinator.api.routing import Call, Router
 from coordinator.store.users import KeyRecord
@@ -13,8 +14,8 @@ router = Router("access")
 
 
 class Login(Body):
-    username: str | None = Field(None, min_length=1, max_length=254)
-    email: str | None = Field(None, min_length=1, max_length=254)
+    username: Text | None = Field(None, min_length=1, max_length=254)
+    email: Text | None = Field(None, min_length=1, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
 
     @model_validator(mode="after")
@@ -30,7 +31,7 @@ class Token(BaseModel):
 
 
 class KeyCreate(Body):
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
 
 
 class KeyOut(BaseModel):

@@ -3,6 +3,7 @@ HTML error pages, no tracebacks), request ids in the logs."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -32,9 +33,18 @@ ROUTERS: list[Router] = [
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: A client's own request id is kept (it ties its logs to ours) when it is a plain token.
+CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler: HandlerT) -> web.StreamResponse:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+    request_id = request_id_of(request)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     request[REQUEST_ID] = request_id
     try:
@@ -46,6 +56,8 @@ async def errors_as_json(request: web.Request, handler: HandlerT) -> web.StreamR
             exc.status, exc.reason
         )
         response = render_error(exc.status, message, None)
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         response = render_error(500, f"internal error (request {request_id})", None)

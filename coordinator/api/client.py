@@ -21,6 +21,7 @@ from coordinator.api.client_models import (
     UsageRow,
     parse_time,
 )
+from coordinator.api.fields import MAX_ID
 from coordinator.api.routing import Call, Router
 from coordinator.model import Instance
 from coordinator.service.errors import BadRequest
@@ -33,7 +34,7 @@ FOREIGN = {403: "The client is not the caller's organization"}
 
 def client_id(call: Call) -> int:
     raw = call.path("clientId")
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or not 1 <= int(raw) <= MAX_ID:
         raise BadRequest(f"clientId: {raw[:40]!r} is not a client id (a positive integer)", field="clientId")
     return int(raw)
 

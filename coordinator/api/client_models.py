@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from coordinator.api.fields import Int, Text
 from coordinator.model import Instance, InstanceState
 from coordinator.service.clients import TagInfo, Usage
 from coordinator.service.errors import BadRequest
@@ -46,8 +47,8 @@ def unix(at: float | None) -> int | None:
 class Paging(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    page: int = Field(1, ge=1, le=1_000_000, description="Page number, from 1.")
-    limit: int = Field(15, ge=1, le=100, description="Items per page (at most 100).")
+    page: Int = Field(1, ge=1, le=1_000_000, description="Page number, from 1.")
+    limit: Int = Field(15, ge=1, le=100, description="Items per page (at most 100).")
 
 
 class ServerListQuery(Paging):
@@ -88,7 +89,9 @@ def parse_time(value: str | None) -> float | None:
     """ "2030-01-02 22:55:00" (UTC, as the document shows), ISO 8601, or unix seconds."""
     if value is None or value == "":
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
+        if len(value) > 11:  # past the year 5000
+            raise ValueError(f"{value!r} is not a time (unix seconds up to 11 digits)")
         return float(value)
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -124,7 +127,7 @@ class TagBody(BaseModel):
 class ServerOrder(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, min_length=1, max_length=100, description="Default: server- and 8 hex.")
+    name: Text | None = Field(None, min_length=1, max_length=100, description="Default: server- and 8 hex.")
     size: str | None = Field(None, description="Size catalog name; default servers.size.")
     location: str | None = Field(
         None, description="Region id, identifier or country (ISO-3166 alpha-2); default servers.region."

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
+from coordinator.api.fields import Address, BindAddress, Int, OrganizationId, Text
 from coordinator.api.panel_models import AllocationOut, Body, MiB, NodeOut, Port, Processor, iso
 from coordinator.api.routing import Call, Router
 from coordinator.service.nodes import MAX_ALLOCATIONS_PER_CALL
@@ -21,8 +22,8 @@ class JoinToken(BaseModel):
 
 
 class NodePatch(Body):
-    name: str | None = Field(None, min_length=1, max_length=100)
-    address: str | None = Field(None, min_length=1, max_length=255)
+    name: Text | None = Field(None, min_length=1, max_length=100)
+    address: Address | None = Field(None, min_length=1, max_length=255)
     port: Port | None = None
     regionId: str | None = Field(None, description="The node's region; null takes it out of any region.")
     tags: list[str] | None = None
@@ -31,11 +32,10 @@ class NodePatch(Body):
     processor: Processor | None = Field(
         None, description="Cores, or the processor as text (the cores then stay as they are)."
     )
-    overallocation: int | None = Field(None, ge=0, le=1000, description="Percent above capacity to allow.")
+    overallocation: Int | None = Field(None, ge=0, le=1000, description="Percent above capacity to allow.")
     maintenance: bool | None = Field(None, description="Nothing new is placed on a node in maintenance.")
-    organization: int | None = Field(
+    organization: OrganizationId | None = Field(
         None,
-        ge=1,
         description="Dedicate the node to this organization; null returns it to the shared fleet. Instances"
         " already on it stay.",
     )
@@ -70,7 +70,7 @@ class PortRange(Body):
 
 
 class AllocationCreate(Body):
-    bindAddress: str = Field("0.0.0.0", min_length=2, max_length=45)
+    bindAddress: BindAddress = Field("0.0.0.0", max_length=45, description="An IPv4 or IPv6 address.")
     port: Port | None = None
     portRange: PortRange | None = None
 
@@ -94,7 +94,7 @@ class AllocationCreate(Body):
 
 
 class AllocationPatch(Body):
-    alias: str | None = Field(None, max_length=255)
+    alias: Text | None = Field(None, max_length=255)
     notes: str | None = Field(None, max_length=4000)
 
 

@@ -49,17 +49,19 @@ def host_port(value: Any) -> Any:
     """One port as Skyport's clients write it: 25565, "25565" or "25565:25565" (container:host) -> 25565.
     Moorage publishes every allocation on the same port inside the container, so a pair whose two ports
     differ is refused rather than silently bound elsewhere."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool):
+        raise ValueError("must be a port, not true or false")
+    if not isinstance(value, int | str):
         return value  # left for the integer check to refuse
     if isinstance(value, int):
         return value
     text = value.strip()
     if ":" not in text:
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ValueError(f"{value!r} is not a port or a container:host pair")
         return int(text)
     container, _, host = (part.strip() for part in text.partition(":"))
-    if not container.isdigit() or not host.isdigit():
+    if not (container.isascii() and container.isdigit() and host.isascii() and host.isdigit()):
         raise ValueError(f"{value!r} is not a port or a container:host pair")
     if int(container) != int(host):
         raise ValueError(

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from coordinator.api.fields import Address, BindAddress, Int, OrganizationId, Text, not_bool
 from coordinator.api.panel_input import (
     host_port,
     mebibytes,
@@ -42,8 +43,9 @@ PANEL_STATE = {
 
 
 def _positive_int(value: Any) -> Any:
-    """'512' and 512 are both 512; '512MB', 0, -1 and 1.5 are refused by the int check after this."""
-    if isinstance(value, str) and value.strip().isdigit():
+    """'512' and 512 are both 512; 0, -1, 1.5 and true are refused."""
+    not_bool(value)
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value.strip())
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         return value  # left for the strict check to refuse
@@ -74,7 +76,7 @@ class Body(BaseModel):
 
 
 class AllocationRange(Body):
-    bindAddress: str = Field("0.0.0.0", min_length=2, max_length=45)
+    bindAddress: BindAddress = Field("0.0.0.0", max_length=45, description="An IPv4 or IPv6 address.")
     ports: str = Field(min_length=1, description='Ports and ranges, e.g. "30000-30099,25565".')
 
     @field_validator("ports")
@@ -88,20 +90,22 @@ class AllocationRange(Body):
 
 
 class NodeCreate(Body):
-    name: str = Field(min_length=1, max_length=100)
-    tags: list[str] | str = Field(default_factory=list, description="A list, or a comma-separated string.")
+    name: Text = Field(min_length=1, max_length=100)
+    tags: list[Text] | Text = Field(default_factory=list, description="A list, or a comma-separated string.")
     ram: MiB = Field(description='Memory for instances: MiB, or with a unit ("16GB").')
     disk: MiB = Field(description='Disk for instances: MiB, or with a unit ("200GB").')
     processor: Processor = Field(
         description='CPU cores for instances (8 or "8"), or the processor as text ("AMD Ryzen 9 5950X"): '
         "then the cores are what the host's agent reports when it connects."
     )
-    address: str = Field(min_length=1, max_length=255, description="The host's public address or FQDN.")
+    address: Address = Field(
+        min_length=1, max_length=255, description="The host's public address: a host name or an IP address."
+    )
     port: Port = Field(description="The agent's port as panels show it.")
     regionId: str | None = None
     allocations: AllocationRange | None = None
-    organization: int | None = Field(
-        None, ge=1, description="Dedicate the node to this organization: only its instances run there."
+    organization: OrganizationId | None = Field(
+        None, description="Dedicate the node to this organization: only its instances run there."
     )
 
     def cpus_and_processor(self) -> tuple[int, str]:
@@ -289,7 +293,7 @@ class Deploy(Body):
         min_length=1,
         description="Place in this region (id or identifier), falling back along its chain.",
     )
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
     user: str | None = Field(None, description="Owner's user id; the caller when absent.")
     primary: HostPort | None = Field(None, description='One of the ports: 25565, "25565" or "25565:25565".')
     variables: Annotated[dict[str, EnvValue], BeforeValidator(_variables)] = Field(default_factory=dict)
@@ -297,7 +301,7 @@ class Deploy(Body):
         0, description="Disk, MiB or with a unit (counted against the node's disk)."
     )
     tags: list[str] = Field(default_factory=list, description="Only nodes carrying every one of these tags.")
-    bandwidth: int = Field(
+    bandwidth: Int = Field(
         0, ge=0, le=100_000, description="Bandwidth cap each way, Mbps (0: none); the agent enforces it."
     )
 
@@ -471,12 +475,14 @@ class InstanceOut(BaseModel):
 
 
 class UserCreate(Body):
-    username: str = Field(min_length=1, max_length=32)
-    email: str = Field(min_length=3, max_length=254)
+    username: Text = Field(min_length=1, max_length=32)
+    email: Text = Field(min_length=3, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
     userId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     admin: bool = False
-    organization: int | None = Field(None, ge=1, description="Put the user in this organization (tenant).")
+    organization: OrganizationId | None = Field(
+        None, description="Put the user in this organization (tenant)."
+    )
 
 
 class UserLookup(Body):

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from coordinator.api.fields import Int, Text
 from coordinator.api.panel_models import Body, iso
 from coordinator.api.routing import Call, Router
 from coordinator.model import Allocation, Node, NodeStatus
@@ -23,12 +24,14 @@ def kyro_error(status: int, message: str, field: str | None) -> web.Response:
 router = Router("regions", render_error=kyro_error, admin_message="Insufficient permissions")
 
 IDENTIFIER = r"^[a-z0-9-]+$"
+#: More live instances than any region will hold, well inside a 32-bit column.
+MAX_SERVER_LIMIT = 10_000_000
 
 
 class RegionFields(Body):
     countryId: str | None = Field(None, max_length=2)
     fallbackRegionId: uuid.UUID | None = None
-    serverLimit: int | None = Field(None, ge=1)
+    serverLimit: Int | None = Field(None, ge=1, le=MAX_SERVER_LIMIT)
 
     def columns(self) -> dict[str, Any]:
         """The fields the caller sent, as columns; an explicit null clears countryId or fallbackRegionId."""
@@ -47,12 +50,12 @@ class RegionFields(Body):
 
 
 class RegionCreate(RegionFields):
-    name: str = Field(min_length=1, max_length=100)
+    name: Text = Field(min_length=1, max_length=100)
     identifier: str = Field(min_length=2, max_length=20, pattern=IDENTIFIER)
 
 
 class RegionPatch(RegionFields):
-    name: str | None = Field(None, min_length=1, max_length=100)
+    name: Text | None = Field(None, min_length=1, max_length=100)
     identifier: str | None = Field(None, min_length=2, max_length=20, pattern=IDENTIFIER)
 
 
@@ -76,7 +79,8 @@ class AllocationK(BaseModel):
     updatedAt: str | None
 
     @classmethod
-    def of(cls, a: Allocation) -> AllocationK:
+    def of(cls, a: Allocation, foreign: frozenset[str] = frozenset()) -> AllocationK:
+        """``foreign``: instances the caller may not know of; their allocations show assigned, to nobody."""
         return cls(
             id=a.id,
             nodeId=a.node_id,
@@ -85,7 +89,7 @@ class AllocationK(BaseModel):
             alias=a.alias,
             notes=a.notes,
             assigned=a.instance_id is not None,
-            serverId=a.instance_id,
+            serverId=a.instance_id if a.instance_id not in foreign else None,
             createdAt=iso(a.created_at),
             updatedAt=iso(a.updated_at),
         )
@@ -170,7 +174,7 @@ def _summary(view: RegionView) -> RegionSummary:
     )
 
 
-def _node(m: NodeInRegion, region: RegionSummary) -> NodeK:
+def _node(m: NodeInRegion, region: RegionSummary, foreign: frozenset[str]) -> NodeK:
     n: Node = m.node
     return NodeK(
         id=n.id,
@@ -180,7 +184,7 @@ def _node(m: NodeInRegion, region: RegionSummary) -> NodeK:
         regionId=n.region_id,
         isOnline=m.online,
         lastChecked=iso(m.last_checked),
-        allocations=[AllocationK.of(a) for a in m.allocations],
+        allocations=[AllocationK.of(a, foreign) for a in m.allocations],
         region=region,
         createdAt=iso(n.created_at),
         updatedAt=iso(n.updated_at),
@@ -193,13 +197,13 @@ def _ref(n: Node) -> NodeRef:
 
 def render(view: RegionView) -> RegionK:
     summary = _summary(view)
-    return RegionK(**summary.model_dump(), nodes=[_node(m, summary) for m in view.nodes])
+    return RegionK(**summary.model_dump(), nodes=[_node(m, summary, view.foreign) for m in view.nodes])
 
 
 @router.route("GET", "/api/regions", response=list[RegionK])
 async def list_regions(call: Call) -> list[RegionK]:
     """Every region with its stats, nodes and their allocations."""
-    return [render(v) for v in await call.services.regions.list_views()]
+    return [render(v) for v in await call.services.regions.list_views(call.caller)]
 
 
 @router.route(
@@ -219,7 +223,7 @@ async def create_region(call: Call, body: RegionCreate) -> RegionK:
 @router.route("GET", "/api/regions/{id}", response=RegionK, errors={404: "Region not found"})
 async def get_region(call: Call) -> RegionK:
     """One region with its stats, nodes and their allocations."""
-    return render(await call.services.regions.get(call.path("id")))
+    return render(await call.services.regions.get(call.path("id"), call.caller))
 
 
 @router.route(
@@ -263,7 +267,7 @@ async def delete_region(call: Call) -> None:
 )
 async def unassigned_allocations(call: Call) -> list[UnassignedAllocation]:
     """The region's allocations that no server holds."""
-    found = await call.services.regions.unassigned_allocations(call.path("id"))
+    found = await call.services.regions.unassigned_allocations(call.caller, call.path("id"))
     return [
         UnassignedAllocation(
             **AllocationK.of(a).model_dump(), node=NodeRef(id=n.id, name=n.name, fqdn=n.address)

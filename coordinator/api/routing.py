@@ -194,13 +194,47 @@ class BodyError(ServiceError):
     status = 400
 
 
+class UnsupportedBody(ServiceError):
+    status = 415
+
+
+#: How deep a request body may nest (no model here needs more than a few levels).
+MAX_DEPTH = 32
+JSON_TYPES = ("application/json",)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
 async def parse_body(request: web.Request, model: type[B]) -> B:
-    """Validate the JSON body; the first problem is reported with the field's name, as panels expect."""
+    """Validate the JSON body; the first problem is reported with the field's name, as panels expect. An
+    empty body is an empty object (the autoscaler's CLI posts nothing); a body of another declared type
+    (text/plain, a form) is refused with 415, one without a Content-Type is read as JSON (some clients
+    send JSON so); nesting past MAX_DEPTH is refused."""
     raw = await request.read()
+    if not raw.strip():
+        return validate(model, {})
+    declared = request.headers.get("Content-Type")
+    if declared is not None and not (
+        request.content_type in JSON_TYPES or request.content_type.endswith("+json")
+    ):
+        raise UnsupportedBody(f"the request body must be application/json, not {request.content_type}")
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = json.loads(raw)
+    except RecursionError as exc:
+        raise BodyError(f"the request body nests deeper than {MAX_DEPTH} levels") from exc
     except ValueError as exc:
         raise BodyError(f"the request body is not valid JSON: {exc}") from exc
+    if _too_deep(data, MAX_DEPTH):
+        raise BodyError(f"the request body nests deeper than {MAX_DEPTH} levels")
     return validate(model, data)
 
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator import __version__
+from coordinator.api.fields import Text
 from coordinator.api.routing import Call, Router
 from coordinator.model import Instance, InstanceState
 from coordinator.service.servers import ServerService, Where, where
@@ -45,7 +46,7 @@ STATE = {
 class ServerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(None, description="Default: agent- and 8 random characters.")
+    name: Text | None = Field(None, max_length=100, description="Default: agent- and 8 random characters.")
     image: str | None = Field(None, description="Catalog image or Docker reference; default servers.image.")
     region: str | None = Field(None, description="Region id, identifier or country; default servers.region.")
     size: str | None = Field(None, description="Size catalog name; default servers.size.")

@@ -16,6 +16,7 @@ import pycountry
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from coordinator.api.fields import Int, Text
 from coordinator.api.routing import Call, Handler, Router
 from coordinator.model import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
@@ -113,8 +114,8 @@ class NodeList(BaseModel):
 class ListQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    page: int = Field(1, ge=1, le=1_000_000)
-    page_size: int = Field(20, ge=1, le=100)
+    page: Int = Field(1, ge=1, le=1_000_000)
+    page_size: Int = Field(20, ge=1, le=100)
 
 
 class NodePatch(BaseModel):
@@ -122,7 +123,7 @@ class NodePatch(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    name: str | None = Field(None, min_length=1, max_length=100)
+    name: Text | None = Field(None, min_length=1, max_length=100)
 
 
 class Redeploy(BaseModel):

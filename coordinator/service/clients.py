@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.model import Instance, InstanceState
 from coordinator.placement import NodeInfo
@@ -218,6 +219,21 @@ class ClientService:
             raise Conflict(f"tag: client {client_id} has the tag {tag} already", field="tag")
         return (await self.get_tag(caller, client_id, tag))[0]
 
+    async def _may_change_tag(
+        self, conn: AsyncConnection, caller: Principal, client_id: int, tag: str
+    ) -> None:
+        """A tag reaches every server carrying it: changing it is for an admin, or for a user whose own
+        servers are all it is on (a colleague may not retag the owner's servers, as they may not tag one)."""
+        if caller.admin:
+            return
+        tagged = await servers_store.tagged_instance_ids(conn, client_id, tag)
+        owners = {i.owner_id for i in await instances_store.instances_by_ids(conn, tagged)}
+        if owners - {caller.user_id}:
+            raise Forbidden(
+                f"tag: {tag} is on servers of other users; only their owners or an admin may change it",
+                field="tag",
+            )
+
     async def rename_tag(self, caller: Principal, client_id: int, tag: str, new: str) -> TagInfo:
         check_tag(tag)
         check_tag(new)
@@ -225,6 +241,7 @@ class ClientService:
         if new != tag:
             try:
                 async with self.core.store.write() as conn:
+                    await self._may_change_tag(conn, caller, client_id, tag)
                     if not await servers_store.rename_tag(conn, client_id, tag, new):
                         raise NotFound(f"tag: client {client_id} has no tag {tag}", field="tag")
             except IntegrityError as exc:
@@ -235,6 +252,7 @@ class ClientService:
         check_tag(tag)
         await self.check_client(caller, client_id)
         async with self.core.store.write() as conn:
+            await self._may_change_tag(conn, caller, client_id, tag)
             if not await servers_store.delete_tag(conn, client_id, tag):
                 raise NotFound(f"tag: client {client_id} has no tag {tag}", field="tag")
 

@@ -96,7 +96,7 @@ def parse_port_ranges(value: str, field: str) -> tuple[int, ...]:
         if not piece:
             continue
         start, sep, end = piece.partition("-")
-        if not start.isdigit() or (sep and not end.isdigit()):
+        if not (start.isascii() and start.isdigit()) or (sep and not (end.isascii() and end.isdigit())):
             raise BadRequest(f"{field}: {piece!r} is not a port or a range like 30000-30099", field=field)
         lo, hi = int(start), int(end) if sep else int(start)
         if not 1 <= lo <= hi <= 65535:

@@ -12,9 +12,11 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.model import Allocation, Node, NodeStatus
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, NotFound
+from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
 from coordinator.store.regions import RegionRecord
+from coordinator.store.users import Principal
 
 DEFAULT_SERVER_LIMIT = 100
 
@@ -44,21 +46,37 @@ class RegionView:
     nodes: list[NodeInRegion]
     #: The region it falls back to (None: none, or it no longer exists).
     fallback: RegionRecord | None = None
+    #: Instances holding allocations here that the caller may not know of (another organization's):
+    #: their allocations show as assigned, without saying to what.
+    foreign: frozenset[str] = frozenset()
 
 
 class RegionService:
     def __init__(self, core: Core) -> None:
         self.core = core
 
-    async def _views(self, only: str | None = None) -> list[RegionView]:
-        """Regions with stats computed from live data: live instances counted, nodes judged by the fleet."""
+    async def _views(self, caller: Principal | None, only: str | None = None) -> list[RegionView]:
+        """Regions with stats computed from live data: live instances counted, nodes judged by the fleet.
+        ``caller`` (None: everything, for an admin's writes): a non-admin sees the nodes /api/nodes shows
+        them (the shared fleet and their organization's), and which instance holds an allocation only for
+        their organization's instances."""
         fleet = self.core.fleet
+        organization = None if caller is None or caller.admin else caller.organization_id
         async with self.core.store.read() as conn:
             every = {r.id: r for r in await regions_store.list_regions(conn)}
             found = [r for r in every.values() if only is None or r.id == only]
             counts = await regions_store.live_counts(conn)
-            members = [n for n in await nodes_store.list_nodes(conn) if n.region_id in {r.id for r in found}]
+            members = [
+                n
+                for n in await nodes_store.list_nodes(conn, organization_id=organization)
+                if n.region_id in {r.id for r in found}
+            ]
             allocations = await nodes_store.allocations_of(conn, [n.id for n in members])
+            foreign: frozenset[str] = frozenset()
+            if organization is not None:
+                held = {a.instance_id for listed in allocations.values() for a in listed if a.instance_id}
+                ours = await instances_store.of_organization(conn, held, organization)
+                foreign = frozenset(held - ours)
         views = []
         for region in found:
             in_region = [
@@ -77,14 +95,14 @@ class RegionService:
                 online_node_count=sum(1 for m in in_region if m.online),
             )
             fallback = every.get(region.fallback_region_id or "")
-            views.append(RegionView(region, stats, in_region, fallback))
+            views.append(RegionView(region, stats, in_region, fallback, foreign))
         return views
 
-    async def list_views(self) -> list[RegionView]:
-        return await self._views()
+    async def list_views(self, caller: Principal) -> list[RegionView]:
+        return await self._views(caller)
 
-    async def get(self, region_id: str) -> RegionView:
-        views = await self._views(region_id)
+    async def get(self, region_id: str, caller: Principal | None = None) -> RegionView:
+        views = await self._views(caller, region_id)
         if not views:
             raise NotFound("Region not found")
         return views[0]
@@ -158,6 +176,8 @@ class RegionService:
             await regions_store.delete_region(conn, region_id)
         self.core.snapshot.forget()
 
-    async def unassigned_allocations(self, region_id: str) -> list[tuple[Allocation, Node]]:
-        view = await self.get(region_id)
+    async def unassigned_allocations(
+        self, caller: Principal, region_id: str
+    ) -> list[tuple[Allocation, Node]]:
+        view = await self.get(region_id, caller)
         return [(a, m.node) for m in view.nodes for a in m.allocations if a.instance_id is None]

@@ -185,6 +185,18 @@ async def ids_in_states(
     return [r.id for r in rows]
 
 
+async def of_organization(conn: AsyncConnection, ids: Collection[str], organization_id: int) -> set[str]:
+    """Which of ``ids`` are instances of the organization."""
+    if not ids:
+        return set()
+    rows = await conn.execute(
+        select(instances.c.id).where(
+            instances.c.id.in_(list(ids)), instances.c.organization_id == organization_id
+        )
+    )
+    return {r.id for r in rows}
+
+
 async def desired_for_node(conn: AsyncConnection, node_id: str) -> list[Instance]:
     """What the node should run: every instance placed on it that is neither released nor failed nor
     being removed."""

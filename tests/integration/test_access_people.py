@@ -245,6 +245,43 @@ def test_dedicated_nodes_and_images_serve_only_their_organization(admin: Api) ->
     )
 
 
+def test_region_routes_show_a_tenant_only_what_the_node_routes_show_it(admin: Api) -> None:
+    """Nodes dedicated to another organization are absent, and another organization's instances are not
+    named in the allocations they hold (which still show as taken)."""
+    make_user(admin, "oona")
+    make_user(admin, "pete")
+    oona_org = admin.post("/api/getUser", {"type": "username", "value": "oona"}).body["organizationId"]
+    oona = as_bearer(admin, login(admin, username="oona"))
+    pete = as_bearer(admin, login(admin, username="pete"))
+    region = admin.post("/api/regions", {"name": "Tenancy", "identifier": "tenancy"}).body
+    shared = create_node(admin, port_block(2), name="tenancy-shared", regionId=region["id"])
+    dedicated = create_node(
+        admin, port_block(2), name="tenancy-oonas", regionId=region["id"], organization=oona_org
+    )
+    deploy = {"image": "moorage-test/busybox:latest", "memory": 16, "cpu": 1, "name": "t"}
+    on_shared = oona.post("/api/instances/deploy", {**deploy, "nodeId": shared["id"]}).body["id"]
+    assert oona.post("/api/instances/deploy", {**deploy, "nodeId": dedicated["id"]}).status == 201
+
+    def nodes_seen(api: Api) -> dict[str, dict[str, Any]]:
+        listed = next(r for r in api.get("/api/regions").body if r["id"] == region["id"])
+        single = api.get(f"/api/regions/{region['id']}").body
+        assert single["nodes"] == listed["nodes"]
+        return {n["id"]: n for n in listed["nodes"]}
+
+    seen = nodes_seen(pete)
+    assert set(seen) == {shared["id"]}, "a node dedicated to another organization was shown"
+    taken = [a for a in seen[shared["id"]]["allocations"] if a["assigned"]]
+    assert len(taken) == 1 and taken[0]["serverId"] is None, taken
+    free = pete.get(f"/api/regions/{region['id']}/allocations").body
+    assert {a["node"]["id"] for a in free} == {shared["id"]} and len(free) == 1
+    assert dedicated["name"] not in str(pete.get("/api/regions").body)
+
+    mine = nodes_seen(oona)
+    assert set(mine) == {shared["id"], dedicated["id"]}
+    assert on_shared in {a["serverId"] for a in mine[shared["id"]]["allocations"]}
+    assert set(nodes_seen(admin)) == {shared["id"], dedicated["id"]}
+
+
 def test_failed_logins_are_limited_per_account_and_address(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Behind a proxy every client shares one address: failures against one account lock out only that
     account from it, and a valid key or token is never refused for anyone's failures."""

@@ -149,6 +149,32 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert (r.status, r.body) == (404, {"error": "no such route"})
     r = api.call("PUT", "/api/nodes")
     assert r.status == 405 and "PUT" in r.body["error"]
+    assert "GET" in r.headers["Allow"]
+
+
+def test_a_body_of_another_type_is_415_and_deep_nesting_400(api: Api) -> None:
+    body = b'{"type": "email", "value": "x@example.com"}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        r = api.call("POST", "/api/getUser", body, headers={"Content-Type": kind})
+        assert r.status == 415 and "application/json" in r.body["error"], (kind, r.body)
+    assert api.call("POST", "/api/getUser", body, headers={"Content-Type": "application/json; charset=utf-8"})
+    deep = b"[" * 1000 + b"]" * 1000
+    for path in ("/api/getUser", "/api/auth/login", "/api/instances/deploy", "/api/regions"):
+        r = api.call("POST", path, deep, key=path != "/api/auth/login")
+        assert r.status == 400 and "nests deeper" in r.body["error"], (path, r.body)
+    nested: Any = []
+    for _ in range(40):  # past the 32 levels allowed, well short of the parser's own limit
+        nested = [nested]
+    r = api.post("/api/getUser", {"type": "email", "value": "x", "pad": nested})
+    assert r.status == 400 and "nests deeper" in r.body["error"]
+
+
+def test_a_clients_request_id_is_kept_only_when_it_is_a_plain_token(api: Api) -> None:
+    kept = api.get("/api/health", key=False, headers={"x-request-id": "panel-42.abc"})
+    assert kept.headers["x-request-id"] == "panel-42.abc"
+    for bad in ("a" * 65, "<script>alert(1)</script>", "a b", "'; DROP TABLE audit_log;--"):
+        r = api.get("/api/health", key=False, headers={"x-request-id": bad})
+        assert r.status == 200 and re.fullmatch(r"[0-9a-f]{16}", r.headers["x-request-id"]), bad
 
 
 @pytest.mark.parametrize(
@@ -160,6 +186,14 @@ def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
         ({"processor": -1}, "processor"),
         ({"port": 70000}, "port"),
         ({"address": ""}, "address"),
+        ({"address": "../../etc/passwd"}, "address"),
+        ({"address": "node one"}, "address"),
+        ({"name": "evil\u202egnp"}, "name"),
+        ({"organization": True}, "organization"),
+        ({"organization": 2**63}, "organization"),
+        ({"ram": 2**63}, "ram"),
+        ({"allocations": {"bindAddress": "../../etc/passwd", "ports": "40000"}}, "allocations.bindAddress"),
+        ({"allocations": {"bindAddress": "node-1.example.net", "ports": "40000"}}, "allocations.bindAddress"),
         ({"allocations": {"bindAddress": "127.0.0.1", "ports": "70000"}}, "allocations.ports"),
         ({"allocations": {"bindAddress": "127.0.0.1", "ports": "10-5"}}, "allocations.ports"),
         ({"allocations": {"bindAddress": "127.0.0.1", "ports": "1-2000"}}, "allocations.ports"),

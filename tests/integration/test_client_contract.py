@@ -178,7 +178,18 @@ def test_a_colleague_may_look_but_not_change(world: SizedFleet, erin: Client) ->
     ):
         denied = colleague.call(method, path)
         assert denied.status == 403 and denied.body["field"] == "serverUuid", denied.body
+    # Nor through the client's tags, which reach every server carrying them.
+    for method, path, body in (
+        ("PATCH", f"{erin.base}/tag/prod", {"tag": "hijacked"}),
+        ("DELETE", f"{erin.base}/tag/prod", None),
+    ):
+        denied = colleague.call(method, path, body)
+        assert denied.status == 403 and denied.body["field"] == "tag", denied.body
     assert erin.server(web)["tags"] == ["prod", "web"] and erin.server(web)["status"] == "delivered"
+    # A tag on none of the owner's servers is the colleague's to change.
+    assert colleague.post(f"{erin.base}/tag", {"tag": "colleagues-own"}).status == 200
+    assert colleague.call("PATCH", f"{erin.base}/tag/colleagues-own", {"tag": "renamed-own"}).status == 200
+    assert colleague.call("DELETE", f"{erin.base}/tag/renamed-own").status in (200, 204)
 
 
 def test_client_tags_create_list_rename_delete(erin: Client) -> None:
