@@ -477,7 +477,7 @@ class InstanceOut(BaseModel):
 class UserCreate(Body):
     username: Text = Field(min_length=1, max_length=32)
     email: Text = Field(min_length=3, max_length=254)
-    password: str = Field(min_length=1, max_length=1024)
+    password: str = Field(min_length=8, max_length=1024, description="At least 8 characters.")
     userId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     admin: bool = False
     organization: OrganizationId | None = Field(

@@ -21,7 +21,13 @@ def kyro_error(status: int, message: str, field: str | None) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-router = Router("regions", render_error=kyro_error, admin_message="Insufficient permissions")
+class KyroError(BaseModel):
+    error: str
+
+
+router = Router(
+    "regions", render_error=kyro_error, admin_message="Insufficient permissions", error_model=KyroError
+)
 
 IDENTIFIER = r"^[a-z0-9-]+$"
 #: More live instances than any region will hold, well inside a 32-bit column.

@@ -70,6 +70,7 @@ class Route:
     errors: Mapping[int, str]
     status_map: Mapping[int, int]
     query: type[BaseModel] | None = None
+    error_model: Any = None
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Router:
     render_error: ErrorRenderer = render_error
     #: What a non-admin hears on an admin route, in the dialect's words.
     admin_message: str = "this action needs an admin"
+    #: The shape ``render_error`` answers in (the OpenAPI document shows it for every error).
+    error_model: Any = None
     routes: list[Route] = field(default_factory=list)
 
     def route(
@@ -115,6 +118,7 @@ class Router:
                     errors or {},
                     status_map or {},
                     query,
+                    self.error_model,
                 )
             )
             return handler

@@ -22,7 +22,12 @@ def drone_error(status: int, message: str, field: str | None) -> web.Response:
     return web.json_response(body, status=status)
 
 
-router = Router("servers", render_error=drone_error)
+class DroneError(BaseModel):
+    message: str
+    field: str | None = None
+
+
+router = Router("servers", render_error=drone_error, error_model=DroneError)
 
 #: What built this (the autoscaler's answer names its repository; Moorage names its distribution).
 SOURCE = "moorage"

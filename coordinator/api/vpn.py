@@ -36,7 +36,12 @@ def drf_error(code: int, message: str, field: str | None) -> web.Response:
     return web.json_response({"detail": message}, status=code)
 
 
-router = Router("vpn", render_error=drf_error)
+class DrfDetail(BaseModel):
+    detail: str
+
+
+#: Django REST framework's shapes: {"detail": ...}, or per field {"name": ["..."]} for a 400.
+router = Router("vpn", render_error=drf_error, error_model=DrfDetail | dict[str, list[str]])
 
 #: The container's own state (the document's "cloud provider instance" status).
 INSTANCE_STATUS: dict[InstanceState, tuple[int, str]] = {
@@ -133,19 +138,19 @@ class Redeploy(BaseModel):
     country_code: str | None = Field(None, description="ISO-3166 alpha-2; default: the node's country.")
 
 
-class NodeStatus(BaseModel):
+class VpnNodeStatus(BaseModel):
     id: int
     status: int
     status_display: str
 
 
-class NewNode(NodeStatus):
+class NewNode(VpnNodeStatus):
     country: str
     country_display: str
 
 
 class Redeployed(BaseModel):
-    original_node: NodeStatus
+    original_node: VpnNodeStatus
     new_node: NewNode
 
 
@@ -280,7 +285,7 @@ async def redeploy_node(call: Call, body: Redeploy) -> Redeployed:
     old_code, old_display = status(done.original)
     new_code, new_display = status(done.new)
     return Redeployed(
-        original_node=NodeStatus(id=done.original.number, status=old_code, status_display=old_display),
+        original_node=VpnNodeStatus(id=done.original.number, status=old_code, status_display=old_display),
         new_node=NewNode(
             id=done.new.number,
             country=done.country,
