@@ -29,6 +29,8 @@ def printable(value: str) -> str:
     return value
 
 
+#: A boolean given as true or false (never 0, 1 or a string): for bodies; query strings say "true".
+Bool = Annotated[bool, Field(strict=True)]
 #: An integer given as a number (never true/false).
 Int = Annotated[int, BeforeValidator(not_bool)]
 #: An organization's id.

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from coordinator.api.fields import Address, BindAddress, Int, OrganizationId, Text
+from coordinator.api.fields import Address, BindAddress, Bool, Int, OrganizationId, Text
 from coordinator.api.panel_models import AllocationOut, Body, MiB, NodeOut, Port, Processor, iso
 from coordinator.api.routing import Call, Router
 from coordinator.service.nodes import MAX_ALLOCATIONS_PER_CALL
@@ -33,7 +33,7 @@ class NodePatch(Body):
         None, description="Cores, or the processor as text (the cores then stay as they are)."
     )
     overallocation: Int | None = Field(None, ge=0, le=1000, description="Percent above capacity to allow.")
-    maintenance: bool | None = Field(None, description="Nothing new is placed on a node in maintenance.")
+    maintenance: Bool | None = Field(None, description="Nothing new is placed on a node in maintenance.")
     organization: OrganizationId | None = Field(
         None,
         description="Dedicate the node to this organization; null returns it to the shared fleet. Instances"
@@ -116,7 +116,8 @@ async def issue_join_token(call: Call) -> JoinToken:
 
 @router.route(
     "PATCH",
-    "/api/nodes/{id}",
+    # Not the panel's /api/nodes/create and /api/nodes/delete (they would answer OPTIONS with PATCH too).
+    "/api/nodes/{id:(?!create$|delete$)[^/]+}",
     body=NodePatch,
     response=NodeOut,
     access="admin",

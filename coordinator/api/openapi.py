@@ -68,7 +68,10 @@ def build(routes: list[Route], version: str) -> dict[str, Any]:
         if parameters:
             op["parameters"] = parameters
         if r.body is not None:
-            op["requestBody"] = {"required": True, "content": _json(_schema(r.body, "validation", defs))}
+            body = _schema(r.body, "validation", defs)
+            # An empty body is read as {}: optional where no field is required (a PATCH, a bare POST).
+            needed = bool(r.body.model_json_schema().get("required"))
+            op["requestBody"] = {"required": needed, "content": _json(body)}
         ok: dict[str, Any] = {"description": "Success"}
         if r.response is str:
             ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
@@ -80,6 +83,8 @@ def build(routes: list[Route], version: str) -> dict[str, Any]:
             errors[400] = "A field is missing or invalid (the answer names it)"
         if r.body is not None:
             errors[415] = "The body is not application/json"
+        if params:
+            errors[404] = "Nothing of that id or name (or not visible to the caller)"
         if r.access != "public":
             op["security"] = [{"apiKey": []}, {"bearer": []}]
             errors[401] = "API key is required / API Key Invalid"

@@ -160,7 +160,11 @@ async def render(call: Call, found: list[Instance], placement: Placement | None 
     body=Deploy,
     response=InstanceOut,
     status=201,
-    errors={400: "Missing or invalid parameters", 409: "Ports taken"},
+    errors={
+        400: "Missing or invalid parameters",
+        409: "Ports taken",
+        503: "No Ready node in the region chain",
+    },
 )
 async def deploy(call: Call, body: Deploy) -> InstanceOut:
     """Deploy on a node (nodeId) or by placement in a region and its fallbacks (regionId: id or identifier).

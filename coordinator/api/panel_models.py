@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from coordinator.api.fields import Address, BindAddress, Int, OrganizationId, Text, not_bool
+from coordinator.api.fields import Address, BindAddress, Bool, Int, OrganizationId, Text, not_bool
 from coordinator.api.panel_input import (
     host_port,
     mebibytes,
@@ -475,11 +475,13 @@ class InstanceOut(BaseModel):
 
 
 class UserCreate(Body):
-    username: Text = Field(min_length=1, max_length=32)
-    email: Text = Field(min_length=3, max_length=254)
+    username: Text = Field(
+        pattern=r"^[A-Za-z0-9_.-]{3,32}$", description="3-32 letters, digits, '.', '_' or '-'."
+    )
+    email: Text = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     password: str = Field(min_length=8, max_length=1024, description="At least 8 characters.")
     userId: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    admin: bool = False
+    admin: Bool = False
     organization: OrganizationId | None = Field(
         None, description="Put the user in this organization (tenant)."
     )
@@ -521,7 +523,7 @@ class UserCreated(BaseModel):
 
 class NodeDelete(Body):
     nodeId: str = Field(min_length=1)
-    force: bool = Field(False, description="Release the node's live instances first.")
+    force: Bool = Field(False, description="Release the node's live instances first.")
 
 
 class NodeDeleted(BaseModel):

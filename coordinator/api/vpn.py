@@ -16,7 +16,7 @@ import pycountry
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api.fields import Int, Text
+from coordinator.api.fields import Bool, Int, Text
 from coordinator.api.routing import Call, Handler, Router
 from coordinator.model import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
@@ -134,7 +134,7 @@ class NodePatch(BaseModel):
 class Redeploy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    force: bool = False
+    force: Bool = False
     country_code: str | None = Field(None, description="ISO-3166 alpha-2; default: the node's country.")
 
 

@@ -105,3 +105,27 @@ def test_bind_addresses_are_ip_literals_only() -> None:
     assert errors_on(AllocationCreate, "bindAddress", "node-1.example.net")
     for good in ("0.0.0.0", "127.0.0.1", "::", "2001:db8::1"):
         assert not errors_on(AllocationCreate, "bindAddress", good)
+
+
+def _is_bool(annotation: object) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _is_bool(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_bool(a) for a in typing.get_args(annotation))
+    return annotation is bool
+
+
+BODIES = sorted({r.body for r in all_routes() if r.body is not None}, key=lambda m: m.__name__)
+BOOL_FIELDS = [
+    pytest.param(m, n, id=f"{m.__name__}.{n}")
+    for m in BODIES
+    for n, info in m.model_fields.items()
+    if _is_bool(info.annotation)
+]
+
+
+@pytest.mark.parametrize(("model", "name"), BOOL_FIELDS)
+@pytest.mark.parametrize("bad", [0, 1, "true", "yes"])
+def test_body_booleans_are_true_or_false(model: type[BaseModel], name: str, bad: object) -> None:
+    assert errors_on(model, name, bad), f"{model.__name__}.{name} takes {bad!r} as a boolean"
