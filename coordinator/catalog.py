@@ -67,7 +67,7 @@ class CatalogImage(BaseModel):
     @field_validator("image")
     @classmethod
     def _is_reference(cls, value: str) -> str:
-        if not REFERENCE.match(value):
+        if not REFERENCE.fullmatch(value):
             raise ValueError(f"{value!r} is not a Docker image reference")
         return value
 
@@ -127,7 +127,7 @@ class Catalog:
 
     @staticmethod
     def is_reference(value: str) -> bool:
-        return bool(REFERENCE.match(value))
+        return bool(REFERENCE.fullmatch(value))
 
     @staticmethod
     def resolve_variables(image: CatalogImage, given: dict[str, str]) -> dict[str, str]:

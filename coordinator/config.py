@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -75,9 +76,23 @@ class EnrollmentOptions(_Section):
 class AuthOptions(_Section):
     #: Lifetime of a JWT from POST /api/auth/login.
     jwt_ttl_s: int = Field(12 * 3600, ge=60)
-    #: Failed authentications allowed per client address in the window; the next is answered 429.
+    #: Failed logins allowed per (client address, login name) in the window, and wrong keys or tokens per
+    #: client address; the next one is answered 429. A valid key or token is never refused.
     failed_attempts: int = Field(10, ge=1)
     failed_window_s: float = Field(60.0, gt=0)
+    #: TLS proxies in front of the coordinator (addresses or CIDR networks): for a request from one of them
+    #: the client is the nearest address in X-Forwarded-For that is not one of them.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"auth.trusted_proxies: {value!r} is not an address or network") from exc
+        return values
 
 
 class PlacementOptions(_Section):

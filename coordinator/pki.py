@@ -198,7 +198,8 @@ class ServerTls:
 
 
 def issue_server_tls(name: str, address: str, lifetime: dt.timedelta = dt.timedelta(days=3650)) -> ServerTls:
-    ca = CertificateAuthority.create(f"Moorage server CA for {name}", lifetime)
+    # A common name holds 64 characters; the name is in the certificate's alternative names whole.
+    ca = CertificateAuthority.create(f"Moorage server CA for {name}"[:64], lifetime)
     names = [name] + ([address] if address and address != name else [])
     key, cert = ca.issue_key_pair(
         names, lifetime, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

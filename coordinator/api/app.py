@@ -13,6 +13,7 @@ from aiohttp import web
 from common.logging import get
 from coordinator import __version__
 from coordinator.api import accounts, client, images, nodes, openapi, panel, regions, servers, system, vpn
+from coordinator.api.auth import TRUSTED_PROXIES
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
 
@@ -33,13 +34,14 @@ ROUTERS: list[Router] = [
 HandlerT = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-#: A client's own request id is kept (it ties its logs to ours) when it is a plain token.
-CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: A client's own request id is kept (it ties its logs to ours) when it is a plain token that fits the
+#: audit log's column.
+CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,32}")
 
 
 def request_id_of(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if CLIENT_REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+    return given if CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
 @web.middleware
@@ -74,6 +76,7 @@ def all_routes() -> list[Route]:
 def build(services: Services) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=1024**2)
     app[SERVICES] = services
+    app[TRUSTED_PROXIES] = tuple(services.core.config.auth.trusted_proxies)
     for router in ROUTERS:
         router.install(app)
     app[system.OPENAPI] = openapi.build(all_routes(), __version__)

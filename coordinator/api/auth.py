@@ -4,12 +4,56 @@ panel document's own ("API key is required", "API Key Invalid") so Skyport clien
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+from collections.abc import Sequence
+
 from aiohttp import web
 
 from coordinator.service.access import AccessService
 from coordinator.store.users import Principal
 
 KEY_ID: web.RequestKey[str | None] = web.RequestKey("key_id", str)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: auth.trusted_proxies, set on the application when it is built.
+TRUSTED_PROXIES: web.AppKey[tuple[str, ...]] = web.AppKey("trusted_proxies", tuple)
+
+
+@functools.cache
+def _networks(trusted: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(t, strict=False) for t in trusted)
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def _within(address: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Sequence[Network]) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
+def client_address(request: web.Request) -> str:
+    """Who is asking, for the failure limits and the audit log: the peer, or behind a trusted proxy the
+    nearest forwarded address that is not a proxy. IPv6 clients count by /64 (one host has them all)."""
+    peer = _address(request.remote or "")
+    if peer is None:
+        return request.remote or "unknown"
+    trusted = _networks(request.app.get(TRUSTED_PROXIES, ()))
+    if trusted and _within(peer, trusted):
+        hops = ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")
+        for hop in reversed(hops):
+            found = _address(hop)
+            if found is not None and not _within(found, trusted):
+                peer = found
+                break
+    if peer.version == 6:
+        return str(ipaddress.ip_network(f"{peer}/64", strict=False))
+    return str(peer)
 
 
 def presented_credential(request: web.Request) -> str | None:
@@ -20,10 +64,6 @@ def presented_credential(request: web.Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
-
-
-def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
 
 
 class Authenticator:

@@ -60,7 +60,7 @@ class ServerListQuery(Paging):
         "tag must match.",
     )
     status: str | None = Field(None, description="The same as filter's status (when sent unencoded).")
-    tags: list[str] = Field(default_factory=list, alias="tag[]", description="The same as filter's tag[].")
+    tags: list[Text] = Field(default_factory=list, alias="tag[]", description="The same as filter's tag[].")
 
     def filters(self) -> tuple[frozenset[InstanceState] | None, list[str]]:
         """(states, tags) from ``filter`` (a query string of its own) and the top-level parameters (sent by a
@@ -133,7 +133,7 @@ class ServerOrder(BaseModel):
         None, description="Region id, identifier or country (ISO-3166 alpha-2); default servers.region."
     )
     image: str | None = Field(None, description="Catalog image or Docker reference; default servers.image.")
-    tags: list[str] = Field(default_factory=list, max_length=60)
+    tags: list[Text] = Field(default_factory=list, max_length=60)
 
 
 # ---------------------------------------------------------------- responses

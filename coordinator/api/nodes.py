@@ -26,7 +26,7 @@ class NodePatch(Body):
     address: Address | None = Field(None, min_length=1, max_length=255)
     port: Port | None = None
     regionId: str | None = Field(None, description="The node's region; null takes it out of any region.")
-    tags: list[str] | None = None
+    tags: list[Text] | None = None
     ram: MiB | None = None
     disk: MiB | None = None
     processor: Processor | None = Field(

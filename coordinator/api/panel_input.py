@@ -20,7 +20,7 @@ def mebibytes(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a number of MiB, not true or false")
     if isinstance(value, str):
-        found = _SIZE.match(value)
+        found = _SIZE.fullmatch(value)
         if found is None:
             raise ValueError(
                 f"{value!r} is not a whole number of MiB (optionally with a unit: MB, M, GB or G)"
@@ -38,7 +38,7 @@ def percent(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("must be a percentage, not true or false")
     if isinstance(value, str):
-        found = _CPU.match(value)
+        found = _CPU.fullmatch(value)
         if found is None:
             raise ValueError(f'{value!r} is not a whole percentage of one core (e.g. 50 or "50%")')
         return int(found.group(1))

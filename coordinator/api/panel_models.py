@@ -10,7 +10,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from coordinator.api.fields import Address, BindAddress, Bool, Int, OrganizationId, Text, not_bool
+from coordinator.api.fields import (
+    Address,
+    BindAddress,
+    Bool,
+    Int,
+    OrganizationId,
+    Text,
+    not_bool,
+    too_deep,
+)
 from coordinator.api.panel_input import (
     host_port,
     mebibytes,
@@ -24,8 +33,8 @@ from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
 from coordinator.store.users import UserRecord
 
-#: 1 PiB in MiB: more than any host has, well inside every integer column.
-MAX_MIB = 2**30
+#: 128 TiB in MiB: more than any host has; times 11 (1000% overallocation) still fits a 32-bit column.
+MAX_MIB = 2**27
 
 PANEL_STATE = {
     InstanceState.PENDING: "INSTALLING",
@@ -250,9 +259,12 @@ class NodeCreated(NodeOut):
 def _variables(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value) if value.strip() else {}
-        except ValueError as exc:
+            parsed = json.loads(value) if value.strip() else {}
+        except (ValueError, RecursionError) as exc:
             raise ValueError("must be a JSON object of strings") from exc
+        if too_deep(parsed):
+            raise ValueError("must be a JSON object of strings")
+        return parsed
     return value
 
 
@@ -300,7 +312,7 @@ class Deploy(Body):
     disk: Annotated[int, BeforeValidator(mebibytes), Field(ge=0, le=MAX_MIB)] = Field(
         0, description="Disk, MiB or with a unit (counted against the node's disk)."
     )
-    tags: list[str] = Field(default_factory=list, description="Only nodes carrying every one of these tags.")
+    tags: list[Text] = Field(default_factory=list, description="Only nodes carrying every one of these tags.")
     bandwidth: Int = Field(
         0, ge=0, le=100_000, description="Bandwidth cap each way, Mbps (0: none); the agent enforces it."
     )

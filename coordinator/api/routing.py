@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from coordinator.api.auth import KEY_ID, client_address
+from coordinator.api.fields import MAX_DEPTH, too_deep
 from coordinator.api.services import SERVICES, Services
 from coordinator.service.errors import Forbidden, ServiceError
 from coordinator.store.users import Principal
@@ -202,20 +203,7 @@ class UnsupportedBody(ServiceError):
     status = 415
 
 
-#: How deep a request body may nest (no model here needs more than a few levels).
-MAX_DEPTH = 32
 JSON_TYPES = ("application/json",)
-
-
-def _too_deep(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return False
 
 
 async def parse_body(request: web.Request, model: type[B]) -> B:
@@ -226,10 +214,8 @@ async def parse_body(request: web.Request, model: type[B]) -> B:
     raw = await request.read()
     if not raw.strip():
         return validate(model, {})
-    declared = request.headers.get("Content-Type")
-    if declared is not None and not (
-        request.content_type in JSON_TYPES or request.content_type.endswith("+json")
-    ):
+    declared = request.headers.get("Content-Type", "").strip()
+    if declared and not (request.content_type in JSON_TYPES or request.content_type.endswith("+json")):
         raise UnsupportedBody(f"the request body must be application/json, not {request.content_type}")
     try:
         data = json.loads(raw)
@@ -237,7 +223,7 @@ async def parse_body(request: web.Request, model: type[B]) -> B:
         raise BodyError(f"the request body nests deeper than {MAX_DEPTH} levels") from exc
     except ValueError as exc:
         raise BodyError(f"the request body is not valid JSON: {exc}") from exc
-    if _too_deep(data, MAX_DEPTH):
+    if too_deep(data):
         raise BodyError(f"the request body nests deeper than {MAX_DEPTH} levels")
     return validate(model, data)
 

@@ -39,8 +39,8 @@ MAX_TRACKED = 100_000
 class FailureLimiter:
     """At most ``limit`` failures per key in a sliding ``window_s``; the next attempt of that key is refused
     (429 with Retry-After) until the oldest failure leaves the window. The keys are chosen by the caller so
-    that nobody is refused for someone else's failures: (address, account) for passwords, the address for
-    unknown accounts and for wrong keys (a valid key or token is never refused)."""
+    that nobody is refused for someone else's failures: (address, login name) for passwords, the address
+    for wrong keys (a valid key or token is never refused)."""
 
     def __init__(self, limit: int = 10, window_s: float = 60.0, clock: Any = time.monotonic) -> None:
         self.limit = limit
@@ -68,6 +68,8 @@ class FailureLimiter:
         if len(self._failures) >= MAX_TRACKED:  # a flood from many addresses: forget what has expired
             for key in list(self._failures):
                 self._recent(key)
+            for key in list(self._failures)[: len(self._failures) - MAX_TRACKED // 2]:
+                del self._failures[key]  # still too many: the oldest go (bounded memory comes first)
         failures = self._failures.setdefault((client, account), deque(maxlen=self.limit))
         failures.append(self.clock())
 
@@ -128,12 +130,13 @@ class AccessService:
         self.limiter.fail(client)
 
     async def login(self, login: str, password: str, client: str) -> tuple[str, float]:
-        """A password is tried at most ``auth.failed_attempts`` times per window for one account from one
-        address (and as many for unknown accounts from it): an attacker locks out only the accounts they
-        try, from their own address, never everyone behind a shared proxy."""
+        """A password is tried at most ``auth.failed_attempts`` times per window for one login name from one
+        client address (behind a trusted proxy, the forwarded one): an attacker slows down only the names
+        they try, from their own address."""
         async with self.core.store.read() as conn:
             found = await users_store.password_hash(conn, login)
-        account = found[0] if found else None
+        # By the name tried, known or not: a known one and an unknown one answer alike (no enumeration).
+        account = f"login:{login.strip().lower()}"
         self.limiter.check(client, account)
         # Verified even when nobody matches (against a dummy hash): the answer takes as long either way.
         ok = credentials.verify_password(found[1] if found else None, password)
@@ -184,9 +187,9 @@ class AccessService:
 
     async def create_user(self, caller: Principal, new: NewUser) -> UserRecord:
         policy.require_admin(caller, "creating users")
-        if not USERNAME.match(new.username):
+        if not USERNAME.fullmatch(new.username):
             raise BadRequest("username: 3-32 letters, digits, '.', '_' or '-'", field="username")
-        if not EMAIL.match(new.email):
+        if not EMAIL.fullmatch(new.email):
             raise BadRequest("email: not a valid email address", field="email")
         if len(new.password) < 8:
             raise BadRequest("password: at least 8 characters", field="password")

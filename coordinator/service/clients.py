@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 
 def check_tag(tag: str, field: str = "tag") -> str:
-    if not TAG.match(tag):
+    if not TAG.fullmatch(tag):
         raise BadRequest(f"{field}: {tag[:80]!r} must match ^[A-Za-z0-9_:-]{{1,64}}$", field=field)
     return tag
 

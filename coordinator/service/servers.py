@@ -174,7 +174,7 @@ class ServerService:
     async def provision(
         self, caller: Principal, name: str | None, image: str | None, region: str | None, size: str | None
     ) -> Instance:
-        if name is not None and not NAME.match(name):
+        if name is not None and not NAME.fullmatch(name):
             raise BadRequest(
                 "name: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
                 field="name",

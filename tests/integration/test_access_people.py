@@ -282,39 +282,45 @@ def test_region_routes_show_a_tenant_only_what_the_node_routes_show_it(admin: Ap
     assert set(nodes_seen(admin)) == {shared["id"], dedicated["id"]}
 
 
-def test_failed_logins_are_limited_per_account_and_address(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Behind a proxy every client shares one address: failures against one account lock out only that
-    account from it, and a valid key or token is never refused for anyone's failures."""
-    proc = CoordinatorProcess(tmp_path_factory.mktemp("limit") / "coordinator")
+def test_failed_logins_are_limited_per_name_and_client(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The coordinator behind a TLS proxy (here: this test, trusted at 127.0.0.1): failures count per
+    forwarded client and login name, so an attacker slows down only the names they try from their own
+    address; nobody else is refused, and a valid key or token never is."""
+    proc = CoordinatorProcess(
+        tmp_path_factory.mktemp("limit") / "coordinator",
+        extra={"auth": {"trusted_proxies": ["127.0.0.1/32"]}},
+    )
     proc.start()
     try:
         api = proc.api()
         make_user(api, "kim")
         make_user(api, "lee")
-        wrong = {"username": "kim", "password": "wrong password"}
+        attacker = {"X-Forwarded-For": "198.51.100.66"}
+        kim_at_home = {"X-Forwarded-For": "203.0.113.7"}
+
+        def login(who: str, password: str, headers: dict[str, str]) -> int:
+            body = {"username": who, "password": password}
+            return api.post("/api/auth/login", body, key=False, headers=headers).status
+
         for _ in range(10):
-            assert api.post("/api/auth/login", wrong, key=False).status == 401
-        r = api.post("/api/auth/login", wrong, key=False)
+            assert login("kim", "wrong password", attacker) == 401
+        r = api.post("/api/auth/login", {"username": "kim", "password": "x"}, key=False, headers=attacker)
         assert r.status == 429 and int(r.headers["Retry-After"]) >= 1
-        # Kim's password is not tried while her account is blocked from this address...
-        kim = {"username": "kim", "password": "correct horse"}
-        assert api.post("/api/auth/login", kim, key=False).status == 429
-        # ...but Lee logs in, and keys and tokens work.
-        token = api.post("/api/auth/login", {"username": "lee", "password": "correct horse"}, key=False)
-        assert token.status == 200
-        assert api.get("/api/nodes").status == 200
-        bearer = {"Authorization": f"Bearer {token.body['token']}"}
-        assert api.get("/api/nodes", key=False, headers=bearer).status == 200
-        # Wrong keys count per address: refused with 429 past the limit; the right one still works.
+        # The attacker's address no longer gets to try kim's password, even the right one...
+        assert login("kim", "correct horse", attacker) == 429
+        # ...while kim, from her own address behind the same proxy, logs in; so does lee from the attacker's.
+        assert login("kim", "correct horse", kim_at_home) == 200
+        assert login("lee", "correct horse", attacker) == 200
+        # A name that does not exist answers as a real one does (no telling them apart by the limit).
         for _ in range(10):
-            assert api.get("/api/nodes", key="mrg_wrong").status == 401
-        assert api.get("/api/nodes", key="mrg_wrong").status == 429
-        assert api.get("/api/nodes").status == 200
-        # Unknown accounts count per address, with wrong keys, apart from known accounts.
-        nobody = {"username": "nobody", "password": "x"}
-        assert api.post("/api/auth/login", nobody, key=False).status == 429
-        lee = {"username": "lee", "password": "correct horse"}
-        assert api.post("/api/auth/login", lee, key=False).status == 200
+            assert login("nobody", "x", attacker) == 401
+        assert login("nobody", "x", attacker) == 429
+        # Wrong keys count per client; the right key works from anywhere, the attacker's address included.
+        for _ in range(10):
+            assert api.get("/api/nodes", key="mrg_wrong", headers=attacker).status == 401
+        assert api.get("/api/nodes", key="mrg_wrong", headers=attacker).status == 429
+        assert api.get("/api/nodes", headers=attacker).status == 200
+        assert login("lee", "correct horse", attacker) == 200
     finally:
         proc.stop()
 

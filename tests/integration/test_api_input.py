@@ -157,7 +157,12 @@ def test_a_body_of_another_type_is_415_and_deep_nesting_400(api: Api) -> None:
     for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
         r = api.call("POST", "/api/getUser", body, headers={"Content-Type": kind})
         assert r.status == 415 and "application/json" in r.body["error"], (kind, r.body)
-    assert api.call("POST", "/api/getUser", body, headers={"Content-Type": "application/json; charset=utf-8"})
+    typed = api.call(
+        "POST", "/api/getUser", body, headers={"Content-Type": "application/json; charset=utf-8"}
+    )
+    assert typed.status == 404 and typed.body["field"] == "value", typed.body  # read, and nobody matched
+    untyped = api.call("POST", "/api/getUser", body, headers={"Content-Type": ""})
+    assert untyped.status == 404, untyped.body  # JSON without a Content-Type is read as JSON
     deep = b"[" * 1000 + b"]" * 1000
     for path in ("/api/getUser", "/api/auth/login", "/api/instances/deploy", "/api/regions"):
         r = api.call("POST", path, deep, key=path != "/api/auth/login")

@@ -129,3 +129,12 @@ BOOL_FIELDS = [
 @pytest.mark.parametrize("bad", [0, 1, "true", "yes"])
 def test_body_booleans_are_true_or_false(model: type[BaseModel], name: str, bad: object) -> None:
     assert errors_on(model, name, bad), f"{model.__name__}.{name} takes {bad!r} as a boolean"
+
+
+TAG_FIELDS = [pytest.param(m, "tags", id=f"{m.__name__}.tags") for m in MODELS if "tags" in m.model_fields]
+
+
+@pytest.mark.parametrize(("model", "name"), TAG_FIELDS)
+def test_tags_refuse_control_characters(model: type[BaseModel], name: str) -> None:
+    assert errors_on(model, name, ["fine", "a\x00b"]), f"{model.__name__}.tags takes a NUL"
+    assert errors_on(model, name, ["evil\u202e"]), f"{model.__name__}.tags takes a bidi mark"
