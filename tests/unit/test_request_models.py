@@ -19,20 +19,20 @@ MODELS = sorted(
 )
 
 
-def _is_int(annotation: object) -> bool:
-    """Whether the field takes an integer (alone, in a union with None or str, or annotated)."""
+def takes(annotation: object, kind: type) -> bool:
+    """Whether the field takes a ``kind`` (alone, in a union with None or another type, or annotated)."""
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
-        return _is_int(typing.get_args(annotation)[0])
+        return takes(typing.get_args(annotation)[0], kind)
     if origin in (typing.Union, types.UnionType):
-        return any(_is_int(a) for a in typing.get_args(annotation))
-    return annotation is int
+        return any(takes(a, kind) for a in typing.get_args(annotation))
+    return annotation is kind
 
 
 def int_fields() -> Iterator[tuple[type[BaseModel], str, FieldInfo]]:
     for model in MODELS:
         for name, info in model.model_fields.items():
-            if _is_int(info.annotation):
+            if takes(info.annotation, int):
                 yield model, name, info
 
 
@@ -64,22 +64,13 @@ def test_integers_are_bounded_below_64_bits(model: type[BaseModel], name: str) -
     assert errors_on(model, name, -(2**63) - 1), f"{model.__name__}.{name} takes -2**63-1"
 
 
-def _is_text(annotation: object) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _is_text(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_text(a) for a in typing.get_args(annotation))
-    return annotation is str
-
-
 #: Fields that name something (shown to people, written to logs): no control characters in them.
 NAME_LIKE = {"name", "username", "email", "address", "alias", "bindAddress", "tag"}
 TEXT_FIELDS = [
     pytest.param(m, n, id=f"{m.__name__}.{n}")
     for m in MODELS
     for n, info in m.model_fields.items()
-    if n in NAME_LIKE and _is_text(info.annotation)
+    if n in NAME_LIKE and takes(info.annotation, str)
 ]
 
 
@@ -107,21 +98,12 @@ def test_bind_addresses_are_ip_literals_only() -> None:
         assert not errors_on(AllocationCreate, "bindAddress", good)
 
 
-def _is_bool(annotation: object) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin is typing.Annotated:
-        return _is_bool(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_bool(a) for a in typing.get_args(annotation))
-    return annotation is bool
-
-
 BODIES = sorted({r.body for r in all_routes() if r.body is not None}, key=lambda m: m.__name__)
 BOOL_FIELDS = [
     pytest.param(m, n, id=f"{m.__name__}.{n}")
     for m in BODIES
     for n, info in m.model_fields.items()
-    if _is_bool(info.annotation)
+    if takes(info.annotation, bool)
 ]
 
 
