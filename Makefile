@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy agent coordinator common protos tests bench
+	$(BIN)/lint-imports
 
 test-env:
 	bash tests/env/ensure-docker.sh

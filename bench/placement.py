@@ -22,6 +22,7 @@ from pathlib import Path
 from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
+from coordinator.model import Principal
 from coordinator.pki import CertificateAuthority
 from coordinator.placement import Decision, NodeInfo, RankedNodes, RegionInfo, Request, Snapshot, place
 from coordinator.sealing import Sealer
@@ -31,7 +32,6 @@ from coordinator.service.errors import ServiceError
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
 from coordinator.store.engine import Store
-from coordinator.store.users import Principal
 from tests.unit.factories import make_node, seed_user
 
 REGIONS = 10

@@ -169,3 +169,34 @@ class Instance:
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: resolved once per request from a key or token, then consulted by the policy layer."""
+
+    user_id: str
+    username: str
+    organization_id: int
+    admin: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    username: str
+    email: str
+    admin: bool
+    organization_id: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    user_id: str
+    name: str
+    prefix: str
+    created_at: float
+    last_used_at: float | None
+    revoked_at: float | None

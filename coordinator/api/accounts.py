@@ -8,7 +8,7 @@ from coordinator.api.auth import client_address
 from coordinator.api.fields import Text
 from coordinator.api.panel_models import Body, iso
 from coordinator.api.routing import Call, Router
-from coordinator.store.users import KeyRecord
+from coordinator.model import KeyRecord
 
 router = Router("access")
 

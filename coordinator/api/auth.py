@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from coordinator.model import Principal
 from coordinator.service.access import AccessService
-from coordinator.store.users import Principal
 
 KEY_ID: web.RequestKey[str | None] = web.RequestKey("key_id", str)
 

@@ -28,10 +28,9 @@ from coordinator.api.panel_input import (
     processor_spec,
     skyport_ports,
 )
-from coordinator.model import Allocation, Instance, InstanceState, Node, NodeStatus
+from coordinator.model import Allocation, Instance, InstanceState, Node, NodeStatus, UserRecord
 from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
-from coordinator.store.users import UserRecord
 
 #: 128 TiB in MiB: more than any host has; times 11 (1000% overallocation) still fits a 32-bit column.
 MAX_MIB = 2**27

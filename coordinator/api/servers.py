@@ -98,7 +98,7 @@ def render(call: Call, inst: Instance, place: Where, *, just_asked: bool = False
     identity = servers.opened(call.caller, inst)
     size = core.sizes.get(inst.size or "")
     if inst.state is S.RELEASING:
-        state = "stopping" if inst.id in core.fleet.removing and not just_asked else "shutdown"
+        state = "stopping" if servers.removing(inst.id) and not just_asked else "shutdown"
     else:
         state = STATE[inst.state]
     return ServerOut(

@@ -6,7 +6,6 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from coordinator import __version__
 from coordinator.api.routing import Call, Router
@@ -55,15 +54,8 @@ class Health(BaseModel):
 @router.route("GET", "/api/health", response=Health, access="public")
 async def health(call: Call) -> Health:
     """Liveness and the database's reachability, for load balancers and `make run`."""
-    core = call.services.core
-    async with core.store.read() as conn:
-        await conn.execute(text("SELECT 1"))
-    return Health(
-        status="ok",
-        version=__version__,
-        database=core.store.engine.dialect.name,
-        nodesConnected=len(core.fleet.sessions),
-    )
+    database, connected = await call.services.nodes.health()
+    return Health(status="ok", version=__version__, database=database, nodesConnected=connected)
 
 
 @router.route("GET", "/api/openapi.json", response=dict[str, Any], access="public")

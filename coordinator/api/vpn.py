@@ -22,7 +22,6 @@ from coordinator.model import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
 from coordinator.service.servers import Where, where
 from coordinator.service.vpn import NOT_FOUND, status
-from coordinator.store import users as users_store
 
 T = TypeVar("T")
 NUMBER = re.compile(r"[0-9]{1,9}")
@@ -200,8 +199,7 @@ def render(inst: Instance, place: Where, org_name: str) -> VpnNode:
 
 async def rendered(call: Call, found: list[Instance]) -> list[VpnNode]:
     places = await where(call.services.core, found)
-    async with call.services.core.store.read() as conn:
-        names = await users_store.organization_names(conn, {i.organization_id for i in found})
+    names = await call.services.vpn.organization_names({i.organization_id for i in found})
     return [render(i, places[i.id], names.get(i.organization_id, "")) for i in found]
 
 

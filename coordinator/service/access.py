@@ -14,11 +14,11 @@ from sqlalchemy.exc import IntegrityError
 
 from coordinator import credentials, secrets
 from coordinator.credentials import JwtSigner
+from coordinator.model import KeyRecord, Principal, UserRecord
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, NotFound, ServiceError, Unauthorized
 from coordinator.store import users as users_store
-from coordinator.store.users import KeyRecord, Principal, UserRecord
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import Instance, InstanceState
+from coordinator.model import Instance, InstanceState, Principal
 from coordinator.placement import NodeInfo
 from coordinator.service import policy
 from coordinator.service.core import Core
@@ -29,7 +29,6 @@ from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
 from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimRefused, Statement
-from coordinator.store.users import Principal
 
 TAG = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 #: The most tags one server carries.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from coordinator.model import Instance, InstanceState, time_ordered_id
+from coordinator.model import Instance, InstanceState, Principal, time_ordered_id
 from coordinator.placement import (
     Candidate,
     Decision,
@@ -24,7 +24,6 @@ from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimLost, ClaimQueue, Statement
-from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
 
 #: A stale snapshot can lose every race; placement is re-run from a fresh one this many times.

@@ -6,12 +6,12 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.catalog import CatalogImage
+from coordinator.model import Principal
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, NotFound
 from coordinator.store import catalog as catalog_store
 from coordinator.store import users as users_store
-from coordinator.store.users import Principal
 
 
 class ImageService:

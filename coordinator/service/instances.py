@@ -12,12 +12,11 @@ from dataclasses import dataclass
 
 from coordinator import lifecycle
 from coordinator.lifecycle import Event
-from coordinator.model import LIVE_STATES, Instance, InstanceState
+from coordinator.model import LIVE_STATES, Instance, InstanceState, Principal
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import Conflict, Forbidden, NotFound
 from coordinator.store import instances as instances_store
-from coordinator.store.users import Principal
 from protos import moorage_pb2 as pb
 
 S = InstanceState

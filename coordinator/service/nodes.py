@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from common.logging import get
 from coordinator import secrets
 from coordinator.fleet import state_name
-from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus
+from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus, Principal
 from coordinator.pki import CertificateRequestError
 from coordinator.service import policy
 from coordinator.service.core import Core
@@ -25,7 +25,6 @@ from coordinator.service.instances import InstanceService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
-from coordinator.store.users import Principal
 
 log = get("coordinator.nodes")
 
@@ -205,6 +204,12 @@ class NodeService:
             )
             counts = await nodes_store.allocation_counts(conn)
         return [self._view(n, counts.get(n.id, (0, 0))) for n in found]
+
+    async def health(self) -> tuple[str, int]:
+        """(the database engine's name, agents connected), once the database has answered a query."""
+        async with self.core.store.read() as conn:
+            await nodes_store.ping(conn)
+        return self.core.store.engine.dialect.name, len(self.core.fleet.sessions)
 
     async def statuses(self, node_ids: Iterable[str]) -> dict[str, tuple[Node, NodeStatus]]:
         """The nodes named (those that still exist) with their status: what a list of instances embeds."""

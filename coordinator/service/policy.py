@@ -8,8 +8,8 @@ dialect hides existence, and as forbidden where it does not (a foreign clientId,
 
 from __future__ import annotations
 
+from coordinator.model import Principal
 from coordinator.service.errors import Forbidden, NotFound
-from coordinator.store.users import Principal
 
 
 def require_admin(caller: Principal, action: str = "this action") -> None:

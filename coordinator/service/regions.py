@@ -9,14 +9,13 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.model import Allocation, Node, NodeStatus
+from coordinator.model import Allocation, Node, NodeStatus, Principal
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, NotFound
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
 from coordinator.store.regions import RegionRecord
-from coordinator.store.users import Principal
 
 DEFAULT_SERVER_LIMIT = 100
 

@@ -13,7 +13,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from coordinator.model import Instance, InstanceState, ServerIdentity
+from coordinator.model import Instance, InstanceState, Principal, ServerIdentity
 from coordinator.pki import issue_server_tls
 from coordinator.placement import NodeInfo
 from coordinator.service import policy
@@ -24,7 +24,6 @@ from coordinator.service.instances import InstanceService
 from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
 from coordinator.store.claims import ClaimRefused, Statement
-from coordinator.store.users import Principal
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ALPHABET = string.ascii_lowercase + string.digits
@@ -159,6 +158,10 @@ class ServerService:
             )
             found = await instances_store.instances_by_ids(conn, ids)
         return [self.core.fleet.overlay(i) for i in found]
+
+    def removing(self, instance_id: str) -> bool:
+        """Whether a releasing server's agent has been told to remove it (the dialect says "stopping")."""
+        return instance_id in self.core.fleet.removing
 
     def opened(self, caller: Principal, inst: Instance) -> ServerIdentity:
         """The identity as the caller may see it: the keys and the secret for the server's owner and

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import pycountry
 
 from common.logging import get
-from coordinator.model import Instance, InstanceState
+from coordinator.model import Instance, InstanceState, Principal
 from coordinator.placement import NodeInfo
 from coordinator.service import policy
 from coordinator.service.core import Core
@@ -24,9 +24,9 @@ from coordinator.service.instances import InstanceService
 from coordinator.service.servers import where
 from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
+from coordinator.store import users as users_store
 from coordinator.store import vpn as vpn_store
 from coordinator.store.claims import Statement
-from coordinator.store.users import Principal
 
 log = get("coordinator.vpn")
 
@@ -73,6 +73,11 @@ class VpnService:
         self.instances = instances
         self._sweeping = asyncio.Lock()
         core.running_hooks.append(self._running)
+
+    async def organization_names(self, ids: set[int]) -> dict[int, str]:
+        """What the vpn dialect shows as each node's owner."""
+        async with self.core.store.read() as conn:
+            return await users_store.organization_names(conn, ids)
 
     async def _running(self, inst: Instance) -> None:
         """A replacement runs: its original goes now rather than at the next sweep."""

@@ -154,6 +154,10 @@ async def list_nodes(conn: AsyncConnection, *, organization_id: int | None = Non
     return [node_from_row(r) for r in rows]
 
 
+async def ping(conn: AsyncConnection) -> None:
+    await conn.execute(select(1))
+
+
 async def nodes_by_ids(conn: AsyncConnection, node_ids: Iterable[str]) -> dict[str, Node]:
     wanted = sorted(set(node_ids))
     if not wanted:

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.model import KeyRecord, Principal, UserRecord
 from coordinator.store.tables import api_keys, audit_log, organizations, users
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: resolved once per request from a key or token, then consulted by the policy layer."""
-
-    user_id: str
-    username: str
-    organization_id: int
-    admin: bool
 
 
 async def create_organization(conn: AsyncConnection, name: str, now: float) -> int:
@@ -103,16 +93,6 @@ async def touch_api_keys(conn: AsyncConnection, last_used: dict[str, float]) -> 
         await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(last_used_at=at))
 
 
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    id: str
-    username: str
-    email: str
-    admin: bool
-    organization_id: int
-    created_at: float
-
-
 def _user(row: Any) -> UserRecord:
     return UserRecord(row.id, row.username, row.email, bool(row.admin), row.organization_id, row.created_at)
 
@@ -167,17 +147,6 @@ async def password_hash(conn: AsyncConnection, login: str) -> tuple[str, str | N
 async def organization_exists(conn: AsyncConnection, organization_id: int) -> bool:
     found = await conn.execute(select(organizations.c.id).where(organizations.c.id == organization_id))
     return found.first() is not None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    id: str
-    user_id: str
-    name: str
-    prefix: str
-    created_at: float
-    last_used_at: float | None
-    revoked_at: float | None
 
 
 _KEY_COLUMNS = (

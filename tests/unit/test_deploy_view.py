@@ -16,6 +16,7 @@ from coordinator.catalog import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.fleet import Fleet
 from coordinator.lifecycle import Event
+from coordinator.model import Principal
 from coordinator.pki import CertificateAuthority
 from coordinator.sealing import Sealer
 from coordinator.service.core import Core
@@ -27,7 +28,6 @@ from coordinator.store import regions as regions_store
 from coordinator.store.claims import ClaimQueue
 from coordinator.store.engine import Store
 from coordinator.store.tables import nodes
-from coordinator.store.users import Principal
 from tests.unit.factories import make_instance, make_node, seeded_store
 
 
