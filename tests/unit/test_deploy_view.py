@@ -123,7 +123,7 @@ async def test_a_failed_batch_writes_nothing(world: World) -> None:
         sql("UPDATE regions SET live_count = 1 WHERE id = 'r-eu'")
         raise RuntimeError("disk on fire")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="disk on fire"):
         await world.store.batch(half_then_fail)
     async with world.store.read() as conn:
         region = await regions_store.get_region(conn, "r-eu")

@@ -83,6 +83,6 @@ async def test_only_a_refusal_ends_it(tmp_path: Path, code: grpc.StatusCode) -> 
     session = ScriptedSession(
         tmp_path, [lambda: rpc_error(grpc.StatusCode.UNAVAILABLE), lambda: rpc_error(code)]
     )
-    with pytest.raises(EnrollmentRefused):
+    with pytest.raises(EnrollmentRefused, match="refused this node"):
         await asyncio.wait_for(session.run(), 5)
     assert session.attempts == 2

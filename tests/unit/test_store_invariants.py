@@ -42,7 +42,7 @@ async def add_instance(store: Store, iid: str | None = None) -> Instance:
 async def test_a_released_instance_cannot_hold_an_allocation(store: Store) -> None:
     inst = make_instance(str(uuid.uuid4()), node_id="n1")
     await claim_now(store, inst, ports=(30000,), port_count=1, primary=None)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="ck_allocations_assigned_live_only"):
         async with store.write() as conn:
             await conn.execute(
                 update(instances).where(instances.c.id == inst.id).values(state="released", released=True)
@@ -72,13 +72,13 @@ async def test_a_dedicated_node_takes_only_its_organizations_instances(store: St
 
 async def test_the_released_flag_follows_the_state(store: Store) -> None:
     inst = await add_instance(store)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="ck_instances_released_flag"):
         async with store.write() as conn:
             await conn.execute(update(instances).where(instances.c.id == inst.id).values(state="released"))
 
 
 async def test_an_allocation_is_unique_per_node_address_port(store: Store) -> None:
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="allocations.node_id"):
         async with store.write() as conn:
             await nodes_store.insert_allocations(conn, "n1", [("dup", "0.0.0.0", 30000)])
 
@@ -90,7 +90,7 @@ async def test_a_region_never_counts_more_than_its_limit(store: Store) -> None:
                 id="r", name="r", identifier="r", server_limit=1, live_count=1, created_at=0.0, updated_at=0.0
             )
         )
-    with pytest.raises(IntegrityError):
+    with pytest.raises(IntegrityError, match="ck_regions_within_limit"):
         async with store.write() as conn:
             await conn.execute(update(regions).values(live_count=regions.c.live_count + 1))
 
