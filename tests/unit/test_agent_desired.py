@@ -10,8 +10,8 @@ import asyncio
 from agent.instances import InstanceManager, to_spec
 from agent.restarts import RestartPolicy
 from agent.runtime.base import ContainerStatus, PullPolicy, RuntimeFailure
+from agent.runtime.memory import MemoryRuntime
 from protos import moorage_pb2 as pb
-from tests.fakeagent import MemoryRuntime
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, reset_after_s=60, crash_loop_after=10)
 BUSY = "Bind for 127.0.0.1:30000 failed: port is already allocated"

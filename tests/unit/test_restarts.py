@@ -13,8 +13,8 @@ from agent.instances import InstanceManager
 from agent.reconcile import Desired
 from agent.restarts import RestartPolicy, on_crash
 from agent.runtime.base import ContainerSpec, ContainerStatus, PullPolicy
+from agent.runtime.memory import MemoryRuntime
 from protos import moorage_pb2 as pb
-from tests.fakeagent import MemoryRuntime
 
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=60, reset_after_s=30, crash_loop_after=4)
 

@@ -17,9 +17,9 @@ from agent.config import AgentConfig
 from agent.identity import EnrollmentRefused, Identity
 from agent.instances import InstanceManager
 from agent.runtime.base import PullPolicy
+from agent.runtime.memory import MemoryRuntime
 from agent.session import AgentSession
 from agent.telemetry import Telemetry
-from tests.fakeagent import MemoryRuntime
 
 
 class ValidIdentity:

@@ -7,9 +7,9 @@ import pytest
 
 from agent.instances import InstanceManager
 from agent.runtime.base import PullPolicy
+from agent.runtime.memory import MemoryRuntime
 from agent.shaping import ShapingError, burst_bytes, host_device, peer_index, tbf
 from protos import moorage_pb2 as pb
-from tests.fakeagent import MemoryRuntime
 
 
 def test_bucket_holds_20ms_and_at_least_32k() -> None:
