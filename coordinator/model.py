@@ -93,6 +93,11 @@ class Node:
     #: The processor as its operator described it ("AMD Ryzen 9 5950X"); "" when only cores were given.
     processor: str = ""
 
+    @property
+    def processor_text(self) -> str:
+        """What panels show as the processor: its description, or else its cores."""
+        return self.processor or str(self.cpu_count)
+
 
 @dataclass(frozen=True, slots=True)
 class ServerIdentity:
