@@ -38,7 +38,7 @@ unit: $(STAMP)
 run: $(STAMP)
 	bash tests/env/ensure-docker.sh
 	bash tests/env/build-test-image.sh
-	$(BIN)/python -m coordinator.devrun
+	$(BIN)/python -m tests.devrun
 
 bench: $(STAMP) test-env
 	$(BIN)/python -m bench

@@ -36,8 +36,8 @@ import grpc
 import psutil
 
 from agent.identity import SERVER_NAME, new_key_and_csr
-from coordinator.model import Instance, InstanceState, Node
-from coordinator.pki import CertificateAuthority
+from coordinator.domain.records import Instance, InstanceState, Node
+from coordinator.security.pki import CertificateAuthority
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
 from coordinator.store.engine import Store, sqlite_url

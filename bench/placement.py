@@ -19,13 +19,21 @@ import time
 import uuid
 from pathlib import Path
 
-from coordinator.catalog import Catalog
+from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
-from coordinator.fleet import Fleet
-from coordinator.model import Principal
-from coordinator.pki import CertificateAuthority
-from coordinator.placement import Decision, NodeInfo, RankedNodes, RegionInfo, Request, Snapshot, place
-from coordinator.sealing import Sealer
+from coordinator.domain.records import Principal
+from coordinator.fleet.live import Fleet
+from coordinator.placement.scheduler import (
+    Decision,
+    NodeInfo,
+    RankedNodes,
+    RegionInfo,
+    Request,
+    Snapshot,
+    place,
+)
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import ServiceError

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from coordinator.placement import Strategy
+from coordinator.placement.scheduler import Strategy
 
 
 def split_host_port(value: str, field: str) -> tuple[str, int]:

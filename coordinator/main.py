@@ -23,13 +23,14 @@ from coordinator import __version__
 from coordinator.api import app as http_app
 from coordinator.api.auth import Authenticator
 from coordinator.api.services import Services
-from coordinator.catalog import Catalog, CatalogError
+from coordinator.catalogs.images import Catalog, CatalogError
+from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig, split_host_port
-from coordinator.credentials import JwtSigner
-from coordinator.fleet import Fleet
-from coordinator.gateway import Gateway, start_server
-from coordinator.pki import CertificateAuthority
-from coordinator.sealing import Sealer
+from coordinator.fleet.live import Fleet
+from coordinator.gateway.servicer import Gateway, start_server
+from coordinator.security.credentials import JwtSigner
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin
@@ -42,7 +43,6 @@ from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
 from coordinator.service.vpn import VpnService
-from coordinator.sizes import SizeCatalog
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store, sqlite_url

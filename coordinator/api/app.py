@@ -12,8 +12,10 @@ from aiohttp import web
 
 from common.logging import get
 from coordinator import __version__
-from coordinator.api import accounts, client, images, nodes, openapi, panel, regions, servers, system, vpn
+from coordinator.api import openapi
 from coordinator.api.auth import TRUSTED_PROXIES
+from coordinator.api.canonical import accounts, images, nodes, system
+from coordinator.api.dialects import client, panel, regions, servers, vpn
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
 

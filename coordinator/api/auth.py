@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from coordinator.model import Principal
+from coordinator.domain.records import Principal
 from coordinator.service.access import AccessService
 
 KEY_ID: web.RequestKey[str | None] = web.RequestKey("key_id", str)

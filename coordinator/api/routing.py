@@ -15,7 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from coordinator.api.auth import KEY_ID, client_address
 from coordinator.api.fields import MAX_DEPTH, too_deep
 from coordinator.api.services import SERVICES, Services
-from coordinator.model import Principal
+from coordinator.domain.records import Principal
 from coordinator.service.errors import Forbidden, ServiceError
 
 Access = Literal["public", "user", "admin"]

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from coordinator import credentials, secrets
-from coordinator.credentials import JwtSigner
-from coordinator.model import KeyRecord, Principal, UserRecord
+from coordinator.domain.records import KeyRecord, Principal, UserRecord
+from coordinator.security import credentials, tokens
+from coordinator.security.credentials import JwtSigner
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, NotFound, ServiceError, Unauthorized
@@ -117,7 +117,7 @@ class AccessService:
                 raise Unauthorized("Token invalid or expired")
             return principal, None
         async with self.core.store.read() as conn:
-            found = await users_store.principal_for_key_digest(conn, secrets.digest(credential))
+            found = await users_store.principal_for_key_digest(conn, tokens.digest(credential))
         if found is None:
             self._refused(client)
             raise Unauthorized("API Key Invalid")
@@ -154,7 +154,7 @@ class AccessService:
     # ------------------------------------------------------------ API keys
 
     async def create_key(self, caller: Principal, name: str) -> NewKey:
-        key = secrets.new_api_key()
+        key = tokens.new_api_key()
         key_id = str(uuid.uuid4())
         async with self.core.store.write() as conn:
             await users_store.create_api_key(
@@ -163,7 +163,7 @@ class AccessService:
                 user_id=caller.user_id,
                 name=name,
                 prefix=key[:8],
-                digest=secrets.digest(key),
+                digest=tokens.digest(key),
                 now=self.core.clock(),
             )
             record = await users_store.get_api_key(conn, key_id)

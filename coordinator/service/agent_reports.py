@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from common.logging import get
-from coordinator.fleet import state_name
-from coordinator.lifecycle import Event
-from coordinator.model import WANTED_STATES, InstanceState, NodeStatus
+from coordinator.domain.lifecycle import Event
+from coordinator.domain.records import WANTED_STATES, InstanceState, NodeStatus
+from coordinator.fleet.live import state_name
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store

@@ -6,7 +6,7 @@ import os
 import uuid
 from pathlib import Path
 
-from coordinator import secrets
+from coordinator.security import tokens
 from coordinator.service.core import Core
 from coordinator.store import users as users_store
 
@@ -37,10 +37,8 @@ async def ensure_admin(core: Core, admin_key: str | None) -> str | None:
                 organization_id=org,
                 now=now,
             )
-            key = admin_key or secrets.new_api_key()
-        elif (
-            admin_key and await users_store.principal_for_key_digest(conn, secrets.digest(admin_key)) is None
-        ):
+            key = admin_key or tokens.new_api_key()
+        elif admin_key and await users_store.principal_for_key_digest(conn, tokens.digest(admin_key)) is None:
             key = admin_key
         else:
             return None
@@ -50,7 +48,7 @@ async def ensure_admin(core: Core, admin_key: str | None) -> str | None:
             user_id=ADMIN_USER_ID,
             name="admin (bootstrap)",
             prefix=key[:8],
-            digest=secrets.digest(key),
+            digest=tokens.digest(key),
             now=now,
         )
         # Written before the commit: a crash in between leaves a file for a key that a restart re-creates.

@@ -17,8 +17,8 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import Instance, InstanceState, Principal
-from coordinator.placement import NodeInfo
+from coordinator.domain.records import Instance, InstanceState, Principal
+from coordinator.placement.scheduler import NodeInfo
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService

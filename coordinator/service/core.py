@@ -7,16 +7,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from coordinator.catalog import Catalog
-from coordinator.commands import command, instance_spec
+from coordinator.catalogs.images import Catalog
+from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig
-from coordinator.fleet import Fleet
+from coordinator.domain.records import Instance, ServerIdentity
+from coordinator.fleet.live import Fleet
+from coordinator.gateway.commands import command, instance_spec
 from coordinator.metrics import Metrics
-from coordinator.model import Instance, ServerIdentity
-from coordinator.pki import CertificateAuthority
-from coordinator.sealing import Sealer
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.snapshot import PlacementSnapshot
-from coordinator.sizes import SizeCatalog
 from coordinator.store.engine import Store
 from protos import moorage_pb2 as pb
 

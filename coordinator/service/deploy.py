@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from coordinator.model import Instance, InstanceState, Principal, time_ordered_id
-from coordinator.placement import (
+from coordinator.domain.records import Instance, InstanceState, Principal, time_ordered_id
+from coordinator.placement.scheduler import (
     Candidate,
     Decision,
     NodeInfo,

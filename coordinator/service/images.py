@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.catalog import CatalogImage
-from coordinator.model import Principal
+from coordinator.catalogs.images import CatalogImage
+from coordinator.domain.records import Principal
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, NotFound

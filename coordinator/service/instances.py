@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from coordinator import lifecycle
-from coordinator.lifecycle import Event
-from coordinator.model import LIVE_STATES, Instance, InstanceState, Principal
+from coordinator.domain import lifecycle
+from coordinator.domain.lifecycle import Event
+from coordinator.domain.records import LIVE_STATES, Instance, InstanceState, Principal
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import Conflict, Forbidden, NotFound

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
-from coordinator import secrets
-from coordinator.fleet import state_name
-from coordinator.model import LIVE_STATES, Allocation, Node, NodeStatus, Principal
-from coordinator.pki import CertificateRequestError
+from coordinator.domain.records import LIVE_STATES, Allocation, Node, NodeStatus, Principal
+from coordinator.fleet.live import state_name
+from coordinator.security import tokens
+from coordinator.security.pki import CertificateRequestError
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, NotFound, Unauthorized
@@ -161,7 +161,7 @@ class NodeService:
             organization_id=order.organization_id,
         )
         rows = [(str(uuid.uuid4()), order.bind_address, p) for p in order.ports]
-        token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
+        token_id, secret, token = tokens.new_join_token(self.core.ca.sha256)
         expires = now + self.core.config.enrollment.join_token_ttl_s
         async with self.core.store.write() as conn:
             if order.region_id is not None and not await nodes_store.region_exists(conn, order.region_id):
@@ -173,7 +173,7 @@ class NodeService:
                 conn,
                 node_id=node.id,
                 token_id=token_id,
-                digest=secrets.digest(secret),
+                digest=tokens.digest(secret),
                 now=now,
                 expires_at=expires,
             )
@@ -319,7 +319,7 @@ class NodeService:
         return issued.pem
 
     async def issue_join_token(self, node_id: str) -> tuple[str, float]:
-        token_id, secret, token = secrets.new_join_token(self.core.ca.sha256)
+        token_id, secret, token = tokens.new_join_token(self.core.ca.sha256)
         now = self.core.clock()
         expires = now + self.core.config.enrollment.join_token_ttl_s
         async with self.core.store.write() as conn:
@@ -329,7 +329,7 @@ class NodeService:
                 conn,
                 node_id=node_id,
                 token_id=token_id,
-                digest=secrets.digest(secret),
+                digest=tokens.digest(secret),
                 now=now,
                 expires_at=expires,
             )
@@ -344,7 +344,7 @@ class NodeService:
         lifetime = dt.timedelta(seconds=self.core.config.enrollment.certificate_lifetime_s)
         async with self.core.store.write() as conn:
             row = await nodes_store.get_join_token(conn, token_id)
-            if row is None or not secrets.same_digest(row.digest, secrets.digest(token_secret)):
+            if row is None or not tokens.same_digest(row.digest, tokens.digest(token_secret)):
                 raise Unauthorized("the join token is not known to this coordinator")
             if row.used_at is not None:
                 raise Unauthorized("the join token was already used; issue a new one for this node")

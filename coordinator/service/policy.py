@@ -8,7 +8,7 @@ dialect hides existence, and as forbidden where it does not (a foreign clientId,
 
 from __future__ import annotations
 
-from coordinator.model import Principal
+from coordinator.domain.records import Principal
 from coordinator.service.errors import Forbidden, NotFound
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.model import Allocation, Node, NodeStatus, Principal
+from coordinator.domain.records import Allocation, Node, NodeStatus, Principal
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, NotFound
 from coordinator.store import instances as instances_store

@@ -13,9 +13,9 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from coordinator.model import Instance, InstanceState, Principal, ServerIdentity
-from coordinator.pki import issue_server_tls
-from coordinator.placement import NodeInfo
+from coordinator.domain.records import Instance, InstanceState, Principal, ServerIdentity
+from coordinator.placement.scheduler import NodeInfo
+from coordinator.security.pki import issue_server_tls
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService, Finish

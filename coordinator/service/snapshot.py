@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from coordinator.placement import NodeInfo, RankedNodes, RegionInfo, Snapshot, region_chain
+from coordinator.placement.scheduler import NodeInfo, RankedNodes, RegionInfo, Snapshot, region_chain
 from coordinator.store import regions as regions_store
 from coordinator.store.engine import Store
 

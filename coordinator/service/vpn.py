@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 import pycountry
 
 from common.logging import get
-from coordinator.model import Instance, InstanceState, Principal
-from coordinator.placement import NodeInfo
+from coordinator.domain.records import Instance, InstanceState, Principal
+from coordinator.placement.scheduler import NodeInfo
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.model import Allocation, Instance
+from coordinator.domain.records import Allocation, Instance
 from coordinator.store.engine import Sql, Store, Transact
 from coordinator.store.instances import INSERT_INSTANCE, INSERT_NUMBER, instance_params
 

@@ -11,9 +11,9 @@ from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
-from coordinator import lifecycle
-from coordinator.lifecycle import Event
-from coordinator.model import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
+from coordinator.domain import lifecycle
+from coordinator.domain.lifecycle import Event
+from coordinator.domain.records import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
 from coordinator.store.tables import (

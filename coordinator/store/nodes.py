@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import Allocation, Node
+from coordinator.domain.records import Allocation, Node
 from coordinator.store.engine import execute_many
 from coordinator.store.tables import allocations, join_tokens, nodes, regions
 

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Row, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import LIVE_STATES
-from coordinator.placement import NodeInfo, RegionInfo
+from coordinator.domain.records import LIVE_STATES
+from coordinator.placement.scheduler import NodeInfo, RegionInfo
 from coordinator.store.tables import allocations, instances, nodes, regions
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import InstanceState, ServerIdentity
+from coordinator.domain.records import InstanceState, ServerIdentity
 from coordinator.store.claims import Statement
 from coordinator.store.tables import client_tags, instance_tags, instances, nodes, regions, servers
 

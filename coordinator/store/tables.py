@@ -164,7 +164,7 @@ instances = Table(
     Column("state_changed_at", Float, nullable=False),
     Column("delivered_at", Float, nullable=True),
     Column("released_at", Float, nullable=True),
-    # Bandwidth totals since creation, kept across container restarts (coordinator/bandwidth.py).
+    # Bandwidth totals since creation, kept across container restarts (coordinator/fleet/bandwidth.py).
     Column("rx_bytes", BigInteger, nullable=False, server_default=text("0")),
     Column("tx_bytes", BigInteger, nullable=False, server_default=text("0")),
     Column("net_epoch", String(120), nullable=True),
@@ -206,7 +206,7 @@ instance_numbers = Table(
 )
 
 #: Instances provisioned through the servers API: a unique name and a per-server identity. ``secret``,
-#: ``ca_key`` and ``tls_key`` are sealed (coordinator/sealing.py); the certificates are public.
+#: ``ca_key`` and ``tls_key`` are sealed (coordinator/security/sealing.py); the certificates are public.
 servers = Table(
     "servers",
     metadata,

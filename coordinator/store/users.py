@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import KeyRecord, Principal, UserRecord
+from coordinator.domain.records import KeyRecord, Principal, UserRecord
 from coordinator.store.tables import api_keys, audit_log, organizations, users
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
-from coordinator.model import LIVE_STATES, InstanceState
+from coordinator.domain.records import LIVE_STATES, InstanceState
 from coordinator.store.tables import instance_numbers, instances, regions
 
 _LIVE = [s.value for s in LIVE_STATES]

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from agent.identity import new_key_and_csr
-from coordinator.pki import CertificateAuthority
+from coordinator.security.pki import CertificateAuthority
 from protos import moorage_pb2 as pb
 from protos import moorage_pb2_grpc as pb_grpc
 from tests.daemons import AgentProcess, Api, CoordinatorProcess, create_node, node_view, port_block, wait_for

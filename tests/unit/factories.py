@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.model import Instance, InstanceState, Node
+from coordinator.domain.records import Instance, InstanceState, Node
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
 from coordinator.store.engine import Store

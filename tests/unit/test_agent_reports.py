@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.catalog import Catalog
+from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
-from coordinator.fleet import Fleet
-from coordinator.model import InstanceState
-from coordinator.pki import CertificateAuthority
-from coordinator.sealing import Sealer
+from coordinator.domain.records import InstanceState
+from coordinator.fleet.live import Fleet
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.agent_reports import MISSING, AgentReports
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.bandwidth import Bandwidth
+from coordinator.fleet.bandwidth import Bandwidth
 from protos import moorage_pb2 as pb
 from tests.unit.factories import make_instance
 

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from agent.config import AgentConfig
 from common.config import load
-from coordinator.catalog import Catalog, builtin
+from coordinator.catalogs.images import Catalog, builtin
+from coordinator.catalogs.sizes import SizeCatalog, SizeCatalogError
 from coordinator.config import CoordinatorConfig
-from coordinator.sizes import SizeCatalog, SizeCatalogError
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 COORDINATOR_YAML = CONFIG / "coordinator.yaml"

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from coordinator.catalog import Catalog
+from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
-from coordinator.fleet import Fleet
-from coordinator.lifecycle import Event
-from coordinator.model import Principal
-from coordinator.pki import CertificateAuthority
-from coordinator.sealing import Sealer
+from coordinator.domain.lifecycle import Event
+from coordinator.domain.records import Principal
+from coordinator.fleet.live import Fleet
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import BadRequest, Conflict

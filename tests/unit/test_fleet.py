@@ -8,8 +8,8 @@ import itertools
 import tracemalloc
 
 from coordinator.config import FleetOptions
-from coordinator.fleet import Fleet, Session
-from coordinator.model import NodeStatus
+from coordinator.domain.records import NodeStatus
+from coordinator.fleet.live import Fleet, Session
 from protos import moorage_pb2 as pb
 from tests.unit.factories import make_node
 

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from coordinator import lifecycle
-from coordinator.lifecycle import TABLE, Event, next_state
-from coordinator.model import InstanceState
+from coordinator.domain import lifecycle
+from coordinator.domain.lifecycle import TABLE, Event, next_state
+from coordinator.domain.records import InstanceState
 from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store.claims import claim_now

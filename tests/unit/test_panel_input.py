@@ -1,4 +1,4 @@
-"""How Skyport's clients write sizes and ports (coordinator/api/panel_input.py): examples, and the round trip
+"""How Skyport's clients write sizes and ports (coordinator/api/dialects/panel_input.py): examples, and the round trip
 of our ports through Skyport's "container:host" form."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.api.panel_input import (
+from coordinator.api.dialects.panel_input import (
     host_port,
     mebibytes,
     percent,

@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 
 from agent.identity import EnrollmentRefused, JoinToken, ca_sha256, new_key_and_csr
-from coordinator import secrets
-from coordinator.pki import CertificateAuthority, CertificateRequestError, node_id_from_certificate
+from coordinator.security import tokens
+from coordinator.security.pki import CertificateAuthority, CertificateRequestError, node_id_from_certificate
 
 
 def test_ca_is_created_once_with_a_private_key_file(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_a_garbage_csr_is_refused(tmp_path: Path) -> None:
 
 
 def test_join_tokens_pin_the_ca_and_parse_back() -> None:
-    token_id, secret, token = secrets.new_join_token("ab" * 32)
+    token_id, secret, token = tokens.new_join_token("ab" * 32)
     parsed = JoinToken.parse(token)
     assert (parsed.ca_sha256, parsed.token_id, parsed.secret) == ("ab" * 32, token_id, secret)
     assert len(secret) >= 43  # 32 random bytes
@@ -48,6 +48,6 @@ def test_join_tokens_pin_the_ca_and_parse_back() -> None:
 
 
 def test_api_keys_are_prefixed_random_and_stored_as_digests() -> None:
-    a, b = secrets.new_api_key(), secrets.new_api_key()
+    a, b = tokens.new_api_key(), tokens.new_api_key()
     assert a != b and a.startswith("mrg_") and len(a) >= 4 + 43
-    assert secrets.digest(a) != a and len(secrets.digest(a)) == 64
+    assert tokens.digest(a) != a and len(tokens.digest(a)) == 64

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.placement import (
+from coordinator.placement.scheduler import (
     MAX_HOPS,
     Decision,
     NodeInfo,

@@ -91,7 +91,7 @@ def test_addresses_are_host_names_or_ip_literals(model: type[BaseModel], name: s
 
 
 def test_bind_addresses_are_ip_literals_only() -> None:
-    from coordinator.api.nodes import AllocationCreate
+    from coordinator.api.canonical.nodes import AllocationCreate
 
     assert errors_on(AllocationCreate, "bindAddress", "node-1.example.net")
     for good in ("0.0.0.0", "127.0.0.1", "::", "2001:db8::1"):

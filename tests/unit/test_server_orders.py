@@ -9,17 +9,17 @@ import pytest
 
 from agent.files import FileStore
 from agent.runtime.base import ContainerSpec, FileSet
-from coordinator.api.client_models import STATES_OF, ServerListQuery, parse_time
-from coordinator.catalog import Catalog
+from coordinator.api.dialects.client_models import STATES_OF, ServerListQuery, parse_time
+from coordinator.catalogs.images import Catalog
+from coordinator.catalogs.sizes import Size, SizeCatalog
 from coordinator.config import CoordinatorConfig, ServersOptions
-from coordinator.fleet import Fleet
-from coordinator.model import InstanceState
-from coordinator.pki import CertificateAuthority
-from coordinator.sealing import Sealer
+from coordinator.domain.records import InstanceState
+from coordinator.fleet.live import Fleet
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict
 from coordinator.service.servers import SERVER_FIELDS, SizedOrder, Where, deploy_order, renamed
-from coordinator.sizes import Size, SizeCatalog
 from coordinator.store.engine import Store
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.pki import issue_server_tls
-from coordinator.sealing import Sealer, SealingError
+from coordinator.security.pki import issue_server_tls
+from coordinator.security.sealing import Sealer, SealingError
 
 
 def test_sealed_values_open_only_with_their_key_and_context(tmp_path: Path) -> None:

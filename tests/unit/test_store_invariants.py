@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.lifecycle import Event
-from coordinator.model import Instance, ServerIdentity
+from coordinator.domain.lifecycle import Event
+from coordinator.domain.records import Instance, ServerIdentity
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from coordinator import __version__
 from coordinator.api.fields import Text
 from coordinator.api.routing import Call, Router
-from coordinator.model import Instance, InstanceState
+from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.servers import ServerService, Where, where
 
 

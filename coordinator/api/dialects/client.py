@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 
-from coordinator.api.client_models import (
+from coordinator.api.dialects.client_models import (
     ClientServer,
     Paging,
     ServerListQuery,
@@ -23,7 +23,7 @@ from coordinator.api.client_models import (
 )
 from coordinator.api.fields import MAX_ID
 from coordinator.api.routing import Call, Router
-from coordinator.model import Instance
+from coordinator.domain.records import Instance
 from coordinator.service.errors import BadRequest
 from coordinator.service.servers import where
 

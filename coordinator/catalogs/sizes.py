@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.catalog import CatalogError, builtin, read_entries
+from coordinator.catalogs.images import CatalogError, builtin, read_entries
 
 
 class Size(BaseModel):

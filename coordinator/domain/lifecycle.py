@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 
-from coordinator.model import LIVE_STATES, InstanceState
+from coordinator.domain.records import LIVE_STATES, InstanceState
 
 S = InstanceState
 

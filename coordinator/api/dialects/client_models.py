@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from coordinator.api.fields import Int, Text
-from coordinator.model import Instance, InstanceState
+from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.clients import TagInfo, Usage
 from coordinator.service.errors import BadRequest
 from coordinator.service.servers import Where

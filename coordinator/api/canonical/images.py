@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from coordinator.api.routing import Call, Router
-from coordinator.catalog import CatalogImage, ImageVariable
+from coordinator.catalogs.images import CatalogImage, ImageVariable
 
 router = Router("images")
 

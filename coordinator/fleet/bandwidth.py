@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from coordinator.model import Instance, InstanceState
+from coordinator.domain.records import Instance, InstanceState
 from protos import moorage_pb2 as pb
 
 _FLOWING = frozenset({InstanceState.RUNNING, InstanceState.UNHEALTHY, InstanceState.STARTING})

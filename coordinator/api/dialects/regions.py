@@ -10,10 +10,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from coordinator.api.dialects.panel_models import Body, iso
 from coordinator.api.fields import Int, Text
-from coordinator.api.panel_models import Body, iso
 from coordinator.api.routing import Call, Router
-from coordinator.model import Allocation, Node, NodeStatus
+from coordinator.domain.records import Allocation, Node, NodeStatus
 from coordinator.service.regions import NodeInRegion, RegionView
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.api.fields import Bool, Int, Text
 from coordinator.api.routing import Call, Handler, Router
-from coordinator.model import Instance, InstanceState
+from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
 from coordinator.service.servers import Where, where
 from coordinator.service.vpn import NOT_FOUND, status

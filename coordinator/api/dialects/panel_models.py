@@ -10,6 +10,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from coordinator.api.dialects.panel_input import (
+    host_port,
+    mebibytes,
+    percent,
+    port_list,
+    processor_spec,
+    skyport_ports,
+)
 from coordinator.api.fields import (
     Address,
     BindAddress,
@@ -20,15 +28,7 @@ from coordinator.api.fields import (
     not_bool,
     too_deep,
 )
-from coordinator.api.panel_input import (
-    host_port,
-    mebibytes,
-    percent,
-    port_list,
-    processor_spec,
-    skyport_ports,
-)
-from coordinator.model import Allocation, Instance, InstanceState, Node, NodeStatus, UserRecord
+from coordinator.domain.records import Allocation, Instance, InstanceState, Node, NodeStatus, UserRecord
 from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
 

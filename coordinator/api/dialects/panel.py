@@ -4,7 +4,7 @@ render."""
 
 from __future__ import annotations
 
-from coordinator.api.panel_models import (
+from coordinator.api.dialects.panel_models import (
     AllocationOut,
     Deploy,
     InstanceId,
@@ -26,7 +26,7 @@ from coordinator.api.panel_models import (
     iso,
 )
 from coordinator.api.routing import Call, Router
-from coordinator.model import Instance, InstanceState
+from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.access import NewUser
 from coordinator.service.deploy import DeployOrder
 from coordinator.service.nodes import NodeOrder, parse_port_ranges

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from coordinator.model import Instance, InstanceState, ServerIdentity
+from coordinator.domain.records import Instance, InstanceState, ServerIdentity
 from protos import moorage_pb2 as pb
 
 STOPPED_STATES = frozenset({InstanceState.STOPPED, InstanceState.SUSPENDED})

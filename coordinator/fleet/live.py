@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.logging import get
-from coordinator.bandwidth import Bandwidth
 from coordinator.config import FleetOptions
-from coordinator.model import Instance, Node, NodeStatus
+from coordinator.domain.records import Instance, Node, NodeStatus
+from coordinator.fleet.bandwidth import Bandwidth
 from protos import moorage_pb2 as pb
 
 log = get("coordinator.fleet")

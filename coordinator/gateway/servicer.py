@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from common.logging import get
-from coordinator.pki import node_id_from_certificate
+from coordinator.security.pki import node_id_from_certificate
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.core import Core
 from coordinator.service.errors import ServiceError
