@@ -21,6 +21,7 @@ from pathlib import Path
 
 from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
+from coordinator.domain.agents import Heartbeat
 from coordinator.domain.records import Principal
 from coordinator.fleet.live import Fleet
 from coordinator.placement.scheduler import (
@@ -137,7 +138,7 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
                 conn, node_id, [(str(uuid.uuid4()), "0.0.0.0", 30_000 + p) for p in range(PORTS_PER_NODE)]
             )
     for n in range(NODES):
-        fleet.record_heartbeat(f"node-{n}", None, [])
+        fleet.record_heartbeat(f"node-{n}", Heartbeat())
     return store, DeployService(core), Principal("u", "u", org, True)
 
 

@@ -206,7 +206,10 @@ class Coordinator:
             "enroll_port": core.enroll_port,
             "pid": os.getpid(),
         }
-        (cfg.data_dir / "endpoints.json").write_text(json.dumps(endpoints))
+        # Written whole, then renamed: a reader (devrun, tests, an operator's script) never sees it half done.
+        partial = cfg.data_dir / "endpoints.json.tmp"
+        partial.write_text(json.dumps(endpoints))
+        os.replace(partial, cfg.data_dir / "endpoints.json")
         log.info("coordinator ready", version=__version__, database=store.engine.dialect.name, **endpoints)
 
     async def stop(self) -> None:

@@ -102,8 +102,9 @@ class Node:
 @dataclass(frozen=True, slots=True)
 class ServerIdentity:
     """What the servers dialect adds to an instance: a unique name, its own CA and a certificate for its
-    name and address, and a secret. ``secret``, ``ca_key`` and ``tls_key`` are sealed (coordinator/security/sealing.py)
-    wherever this record travels; only the agent's spec and the servers API answer carry them opened."""
+    name and address, and a secret. ``secret``, ``ca_key`` and ``tls_key`` are sealed
+    (coordinator/security/sealing.py) wherever this record travels; only the agent's workload and the
+    servers API answer carry them opened."""
 
     name: str
     secret: str

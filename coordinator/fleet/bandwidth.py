@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from coordinator.domain.agents import ContainerState, InstanceStatus
 from coordinator.domain.records import Instance, InstanceState
-from protos import moorage_pb2 as pb
 
 _FLOWING = frozenset({InstanceState.RUNNING, InstanceState.UNHEALTHY, InstanceState.STARTING})
 
@@ -44,7 +44,7 @@ class Meter:
         return bool(grew_rx or grew_tx)
 
 
-def epoch_of(status: pb.InstanceStatus) -> str:
+def epoch_of(status: InstanceStatus) -> str:
     return f"{status.container_id}:{status.started_at_ms}"
 
 
@@ -59,9 +59,9 @@ class Bandwidth:
         for iid, rx, tx, epoch, rx_seen, tx_seen in rows:
             self.meters[iid] = Meter(rx, tx, epoch or "", rx_seen, tx_seen)
 
-    def record(self, statuses: Iterable[pb.InstanceStatus]) -> None:
+    def record(self, statuses: Iterable[InstanceStatus]) -> None:
         for status in statuses:
-            if status.state != pb.CONTAINER_STATE_RUNNING:
+            if status.state is not ContainerState.RUNNING:
                 continue  # a stopped container reports zeros; its totals stand until it runs again
             meter = self.meters.get(status.instance_id)
             if meter is None:

@@ -17,9 +17,17 @@ from typing import Any
 
 from common.logging import get
 from coordinator.config import FleetOptions
+from coordinator.domain.agents import (
+    Command,
+    CommandResult,
+    Heartbeat,
+    Hello,
+    HostMetrics,
+    InstanceStatus,
+    Outgoing,
+)
 from coordinator.domain.records import Instance, Node, NodeStatus
 from coordinator.fleet.bandwidth import Bandwidth
-from protos import moorage_pb2 as pb
 
 log = get("coordinator.fleet")
 
@@ -29,13 +37,13 @@ class Session:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.outbox: asyncio.Queue[pb.CoordinatorMessage | None] = asyncio.Queue()
+        self.outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.connected_at = time.time()
         #: Ids of the commands sent here whose results someone waits for.
         self.waiting: set[str] = set()
 
-    def send(self, message: pb.CoordinatorMessage) -> None:
+    def send(self, message: Outgoing) -> None:
         if not self.closed.is_set():
             self.outbox.put_nowait(message)
 
@@ -45,7 +53,7 @@ class Session:
             self.outbox.put_nowait(None)
 
 
-def shape_host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
+def shape_host_metrics(h: HostMetrics) -> dict[str, Any]:
     """The API's shape of a heartbeat's host metrics (made when read or written, not per heartbeat)."""
     return {
         "cpuPercent": round(h.cpu_percent, 2),
@@ -59,15 +67,10 @@ def shape_host_metrics(h: pb.HostMetrics) -> dict[str, Any]:
     }
 
 
-def state_name(state: pb.ContainerState.ValueType) -> str:
-    """CONTAINER_STATE_EXITED -> "exited", as the API and error messages say it."""
-    return pb.ContainerState.Name(state).removeprefix("CONTAINER_STATE_").lower()
-
-
 @dataclass(slots=True)
 class LiveNode:
     last_heartbeat: float | None = None
-    host: pb.HostMetrics | None = None
+    host: HostMetrics | None = None
     status: NodeStatus = NodeStatus.AWAITING_HEARTBEAT
     #: From the agent's Hello: images on the host and whether it may pull others.
     images: frozenset[str] = frozenset()
@@ -75,7 +78,7 @@ class LiveNode:
     #: Instances of this node the database shows running: a heartbeat without one of them means it vanished.
     confirmed: set[str] = field(default_factory=set)
     #: Labelled containers the agent reports as wanted by nobody, each with the time it removes them.
-    unwanted: tuple[pb.InstanceStatus, ...] = ()
+    unwanted: tuple[InstanceStatus, ...] = ()
     #: Why the node's container engine did not answer its agent, as of the last heartbeat ("" when it did).
     engine_error: str = ""
     #: For a node that had a session before this process started (None: not expected): until its first
@@ -95,7 +98,7 @@ class Fleet:
         self.sessions: dict[str, Session] = {}
         self.live: dict[str, LiveNode] = {}
         self._dirty: set[str] = set()
-        self._results: dict[str, asyncio.Future[pb.CommandResult | None]] = {}
+        self._results: dict[str, asyncio.Future[CommandResult | None]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.listeners: list[StatusListener] = []
@@ -175,7 +178,7 @@ class Fleet:
         if live is not None:
             live.confirmed.discard(instance_id)
 
-    def vanished(self, node_id: str, instances: Sequence[pb.InstanceStatus]) -> set[str]:
+    def vanished(self, node_id: str, instances: Sequence[InstanceStatus]) -> set[str]:
         """Confirmed instances of the node that a full report (heartbeat or Hello) no longer lists; all of
         them while its engine does not answer (nothing is known to run)."""
         live = self.live.get(node_id)
@@ -206,30 +209,33 @@ class Fleet:
         live = self.live.get(node_id)
         return (live.engine_error or None) if live is not None else None
 
-    def unwanted(self, node_id: str) -> tuple[pb.InstanceStatus, ...]:
+    def unwanted(self, node_id: str) -> tuple[InstanceStatus, ...]:
         live = self.live.get(node_id)
         return live.unwanted if live is not None else ()
 
     # ------------------------------------------------------------ heartbeats and health
 
-    def record_heartbeat(
-        self,
-        node_id: str,
-        host: pb.HostMetrics | None,
-        instances: Sequence[pb.InstanceStatus],
-        engine_error: str = "",
-    ) -> None:
+    def note_hello(self, node_id: str, hello: Hello) -> None:
+        live = self.live.setdefault(node_id, LiveNode())
+        live.images, live.pull_policy = hello.images, hello.pull_policy
+
+    def image_policy(self, node_id: str) -> tuple[frozenset[str], str] | None:
+        """(images on the host, its agent's pull policy) as its Hello said; None before one came."""
+        live = self.live.get(node_id)
+        return (live.images, live.pull_policy) if live is not None else None
+
+    def record_heartbeat(self, node_id: str, hb: Heartbeat) -> None:
         now = self.clock()
         live = self.live.setdefault(node_id, LiveNode())
         live.last_heartbeat = now
-        if engine_error != live.engine_error:
-            live.engine_error = engine_error
-            log.warning("container engine", node_id=node_id, error=engine_error or "answers again")
-        if host is not None:
-            live.host = host
-        self.bandwidth.record(instances)
+        if hb.engine_error != live.engine_error:
+            live.engine_error = hb.engine_error
+            log.warning("container engine", node_id=node_id, error=hb.engine_error or "answers again")
+        if hb.host is not None:
+            live.host = hb.host
+        self.bandwidth.record(hb.instances)
         unwanted = []
-        for status in instances:
+        for status in hb.instances:
             if status.restarts:
                 self.restarts[status.instance_id] = status.restarts
             if status.limit_error:
@@ -321,26 +327,26 @@ class Fleet:
 
     # ------------------------------------------------------------ commands
 
-    def dispatch(self, node_id: str, command: pb.Command) -> bool:
+    def post(self, node_id: str, command: Command) -> bool:
         """Send a command if the node is connected, without waiting for its result. When it is not, nothing
         is lost: the node's desired set is in the database and reaches the agent in its next Welcome."""
         session = self.sessions.get(node_id)
         if session is None:
             return False
-        session.send(pb.CoordinatorMessage(command=command))
+        session.send(command)
         return True
 
-    async def send(self, node_id: str, command: pb.Command, wait_s: float) -> pb.CommandResult | None:
+    async def send(self, node_id: str, command: Command, wait_s: float) -> CommandResult | None:
         """Send a command and wait up to ``wait_s`` for the agent's result. None when the node is not
         connected, does not answer in time, or its session ends first; either way nothing of the wait is
         kept (a result that comes later finds no one waiting and is dropped)."""
         session = self.sessions.get(node_id)
         if session is None:
             return None
-        waiter: asyncio.Future[pb.CommandResult | None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[CommandResult | None] = asyncio.get_running_loop().create_future()
         self._results[command.command_id] = waiter
         session.waiting.add(command.command_id)
-        session.send(pb.CoordinatorMessage(command=command))
+        session.send(command)
         try:
             return await asyncio.wait_for(waiter, wait_s)
         except TimeoutError:
@@ -349,7 +355,7 @@ class Fleet:
             self._results.pop(command.command_id, None)
             session.waiting.discard(command.command_id)
 
-    def resolve(self, result: pb.CommandResult) -> None:
+    def resolve(self, result: CommandResult) -> None:
         waiter = self._results.pop(result.command_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)

@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from common.logging import get
+from coordinator.domain.agents import Renewed
+from coordinator.fleet.live import Session
+from coordinator.gateway import translate
 from coordinator.security.pki import node_id_from_certificate
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.core import Core
@@ -37,17 +40,18 @@ class Inbox:
     while the agent is healthy."""
 
     def __init__(self) -> None:
-        self._items: deque[pb.AgentMessage] = deque()
+        self._items: deque[tuple[str, Any]] = deque()
         self._ready = asyncio.Event()
 
-    def put(self, message: pb.AgentMessage) -> None:
-        if message.HasField("heartbeat") and self._items and self._items[-1].HasField("heartbeat"):
-            self._items[-1] = message
+    def put(self, item: tuple[str, Any]) -> None:
+        """``item``: (message kind, its translated body)."""
+        if item[0] == "heartbeat" and self._items and self._items[-1][0] == "heartbeat":
+            self._items[-1] = item
         else:
-            self._items.append(message)
+            self._items.append(item)
         self._ready.set()
 
-    async def get(self) -> pb.AgentMessage:
+    async def get(self) -> tuple[str, Any]:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
@@ -59,7 +63,13 @@ class Gateway(pb_grpc.CoordinatorServicer):
         self.core = core
         self.nodes = nodes
         self.reports = reports
-        self.handlers = {**reports.handlers, "renew": self._renew}
+        #: Per message kind: its translation out of protobuf and its handler.
+        self.handlers: dict[str, tuple[Callable[[Any], Any], Callable[[str, Any], Awaitable[None]]]] = {
+            "heartbeat": (translate.heartbeat, reports.heartbeat),
+            "event": (translate.event, reports.event),
+            "result": (translate.result, reports.result),
+            "renew": (lambda r: bytes(r.csr_pem), self._renew),
+        }
 
     async def Enroll(
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -113,8 +123,8 @@ class Gateway(pb_grpc.CoordinatorServicer):
         writer = asyncio.create_task(self._write(session, context))
         reader: asyncio.Task[None] | None = None
         try:
-            welcome = await self.reports.hello(node_id, first.hello)
-            session.send(pb.CoordinatorMessage(welcome=welcome))
+            welcome = await self.reports.hello(node_id, translate.hello(first.hello))
+            session.send(welcome)
             reader = asyncio.create_task(self._read(node_id, context))
             closed = asyncio.create_task(session.closed.wait())
             # Ends when the agent hangs up, or when we close the session (node deleted, replaced).
@@ -132,7 +142,8 @@ class Gateway(pb_grpc.CoordinatorServicer):
 
     async def _read(self, node_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Read without ever waiting for the database: a heartbeat counts for liveness as it arrives; what
-        needs a write goes to the session's worker, in order (consecutive heartbeats coalesce)."""
+        needs a write goes to the session's worker, in order (consecutive heartbeats coalesce). A heartbeat
+        is translated once, here, and handed on translated."""
         inbox = Inbox()
         metrics = self.core.metrics
         worker = asyncio.create_task(self._work(node_id, inbox))
@@ -144,15 +155,21 @@ class Gateway(pb_grpc.CoordinatorServicer):
                 assert isinstance(message, pb.AgentMessage)
                 if message.HasField("heartbeat"):
                     read_at = time.perf_counter()
-                    beat = message.heartbeat
+                    beat = translate.heartbeat(message.heartbeat)
                     self.reports.note_heartbeat(node_id, beat)
                     metrics.heartbeats.observe(
                         time.perf_counter() - read_at,
-                        max(time.time() - beat.sent_at_ms / 1000, 0.0) if beat.sent_at_ms else None,
+                        max(time.time() - beat.sent_at, 0.0) if beat.sent_at else None,
                     )
-                    if not self.reports.needs_work(node_id, beat):
-                        continue
-                inbox.put(message)
+                    if self.reports.needs_work(node_id, beat):
+                        inbox.put(("heartbeat", beat))
+                    continue
+                kind = message.WhichOneof("body") or ""
+                found = self.handlers.get(kind)
+                if found is None:
+                    log.warning("unexpected message from agent", node_id=node_id, kind=kind)
+                    continue
+                inbox.put((kind, found[0](getattr(message, kind))))
         finally:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -162,30 +179,26 @@ class Gateway(pb_grpc.CoordinatorServicer):
         while True:
             await self._handle(node_id, await inbox.get())
 
-    async def _renew(self, node_id: str, request: pb.RenewRequest) -> None:
-        pem = await self.nodes.renew(node_id, bytes(request.csr_pem))
+    async def _renew(self, node_id: str, csr_pem: bytes) -> None:
+        pem = await self.nodes.renew(node_id, csr_pem)
         session = self.core.fleet.sessions.get(node_id)
         if session is not None:
-            session.send(pb.CoordinatorMessage(renewed=pb.RenewResponse(certificate_pem=pem)))
+            session.send(Renewed(pem))
 
-    async def _handle(self, node_id: str, message: pb.AgentMessage) -> None:
-        kind = message.WhichOneof("body")
-        handler = self.handlers.get(kind or "")
-        if handler is None:
-            log.warning("unexpected message from agent", node_id=node_id, kind=kind)
-            return
+    async def _handle(self, node_id: str, item: tuple[str, Any]) -> None:
+        kind, body = item
         try:
-            await handler(node_id, getattr(message, kind or ""))
+            await self.handlers[kind][1](node_id, body)
         except Exception:
             # One bad report must not end the session (and with it every other instance's reporting).
             log.exception("handling an agent message failed", node_id=node_id, kind=kind)
 
-    async def _write(self, session: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _write(self, session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         while True:
             message = await session.outbox.get()
             if message is None:
                 return
-            await context.write(message)
+            await context.write(translate.message(message))
 
 
 def server_credentials(core: Core, *, mutual: bool) -> grpc.ServerCredentials:

@@ -5,18 +5,26 @@ moves an instance backwards."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from common.logging import get
+from coordinator.domain.agents import (
+    CommandResult,
+    ContainerState,
+    EventKind,
+    Heartbeat,
+    Hello,
+    InstanceEvent,
+    InstanceStatus,
+    Welcome,
+)
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import WANTED_STATES, InstanceState, NodeStatus
-from coordinator.fleet.live import state_name
 from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.instances import Moved
-from protos import moorage_pb2 as pb
 
 log = get("coordinator.reports")
 
@@ -24,29 +32,20 @@ S = InstanceState
 #: What the agent should have a container for (a suspended one too: stopped, but kept).
 ACTIVE = set(WANTED_STATES)
 
-Handler = Callable[[str, Any], Awaitable[None]]
-
 MISSING = "the container is missing on the host; the agent re-creates it"
 REMOVED = "the container was removed outside Moorage"
 #: Instances nothing of which should run any more.
 ENDED = frozenset({S.ERROR, S.RELEASED})
 
 
-def _runs(status: pb.InstanceStatus | None) -> bool:
-    return (
-        status is not None and status.state == pb.CONTAINER_STATE_RUNNING and status.health in ("", "healthy")
-    )
+def _runs(status: InstanceStatus | None) -> bool:
+    return status is not None and status.runs
 
 
 class AgentReports:
     def __init__(self, core: Core) -> None:
         self.core = core
         self._hooks: set[asyncio.Task[None]] = set()
-        self.handlers: dict[str, Handler] = {
-            "heartbeat": self.heartbeat,
-            "event": self.event,
-            "result": self.result,
-        }
         core.fleet.listeners.append(self.node_status_changed)
 
     async def _transition(self, instance_id: str, event: Event, **values: Any) -> Moved | None:
@@ -79,16 +78,13 @@ class AgentReports:
         self.core.fleet.unconfirm(instance_id)
         if moved.new is S.ERROR:
             log.warning("instance failed", instance_id=instance_id, error=reason)
-            self.core.fleet.dispatch(node_id, self.core.command(pb.COMMAND_KIND_REMOVE, failed))
+            self.core.tell_remove(failed, wait=False, ended=True)
 
     # ------------------------------------------------------------ session start
 
-    async def hello(self, node_id: str, hello: pb.Hello) -> pb.Welcome:
+    async def hello(self, node_id: str, hello: Hello) -> Welcome:
         """Take the agent's full truth and answer with the node's full desired set."""
-        live = self.core.fleet.live.get(node_id)
-        if live is not None:
-            live.images = frozenset(hello.images)
-            live.pull_policy = hello.pull_policy or "missing"
+        self.core.fleet.note_hello(node_id, hello)
         reported = {i.instance_id: i for i in hello.instances}
         async with self.core.store.read() as conn:
             node = await nodes_store.get_node(conn, node_id)
@@ -98,10 +94,10 @@ class AgentReports:
             # Containers of instances that failed or were released while the agent was away: removed now,
             # not after the grace a container nobody knows gets.
             ended = await instances_store.ids_in_states(conn, node_id, list(reported), ENDED)
-        if node is not None and node.cpu_count == 0 and hello.capacity.cpu_count:
+        if node is not None and node.cpu_count == 0 and hello.cpu_count:
             # Created with a processor description and no core count: the agent's cores count (a read
             # first, so a reconnect storm writes nothing here).
-            cores = min(hello.capacity.cpu_count, 4096)
+            cores = min(hello.cpu_count, 4096)
             async with self.core.store.write() as conn:
                 if await nodes_store.take_agent_cores(conn, node_id, cores, self.core.clock()):
                     self.core.snapshot.forget()
@@ -112,7 +108,7 @@ class AgentReports:
                 remove.append(inst.id)
                 self.core.fleet.removing.add(inst.id)
             else:
-                desired.append(self.core.spec(inst))
+                desired.append(self.core.workload(inst))
         for inst in on_node:
             if inst.state is S.RELEASING and inst.id not in reported:
                 await self._removed(inst.id)
@@ -124,25 +120,18 @@ class AgentReports:
                 # Gone while nobody watched (removed while the agent or we were down): the agent re-creates
                 # it from this Welcome; until a heartbeat shows it running again it is not running.
                 await self._transition(inst.id, Event.FAULT, error=MISSING)
-        beat = pb.Heartbeat(instances=hello.instances)
+        beat = Heartbeat(instances=hello.instances)
         self.note_heartbeat(node_id, beat)
         await self.heartbeat(node_id, beat)
-        return pb.Welcome(
-            node_id=node_id,
-            heartbeat_interval_ms=int(self.core.config.fleet.heartbeat_interval_s * 1000),
-            desired=desired,
-            remove=remove,
-        )
+        return Welcome(node_id, self.core.config.fleet.heartbeat_interval_s, desired, remove)
 
     # ------------------------------------------------------------ steady state
 
-    def note_heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
+    def note_heartbeat(self, node_id: str, hb: Heartbeat) -> None:
         """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
-        self.core.fleet.record_heartbeat(
-            node_id, hb.host if hb.HasField("host") else None, hb.instances, hb.engine_error
-        )
+        self.core.fleet.record_heartbeat(node_id, hb)
 
-    def _changes(self, node_id: str, hb: pb.Heartbeat) -> Iterator[tuple[str, pb.InstanceStatus | None]]:
+    def _changes(self, node_id: str, hb: Heartbeat) -> Iterator[tuple[str, InstanceStatus | None]]:
         """(instance id, status) for each report that changes the database: a container running that is not
         yet confirmed, one confirmed that no longer runs, or one confirmed that is gone altogether (status
         None). One running with a failing health check is none of these: it waits for its check."""
@@ -151,17 +140,17 @@ class AgentReports:
             if _runs(status):
                 if status.instance_id not in confirmed:
                     yield status.instance_id, status
-            elif status.state != pb.CONTAINER_STATE_RUNNING and status.instance_id in confirmed:
+            elif status.state is not ContainerState.RUNNING and status.instance_id in confirmed:
                 yield status.instance_id, status
         for instance_id in self.core.fleet.vanished(node_id, hb.instances):
             yield instance_id, None
 
-    def needs_work(self, node_id: str, hb: pb.Heartbeat) -> bool:
+    def needs_work(self, node_id: str, hb: Heartbeat) -> bool:
         """Whether ``heartbeat`` would change anything in the database. Most heartbeats need nothing and
         skip the session worker altogether (checked in memory, as each is read)."""
         return next(self._changes(node_id, hb), None) is not None
 
-    async def heartbeat(self, node_id: str, hb: pb.Heartbeat) -> None:
+    async def heartbeat(self, node_id: str, hb: Heartbeat) -> None:
         """What a heartbeat changes in the database (rarely anything): a container confirmed running for
         the first time, or one we believed running that is not (it died or vanished while we were away)."""
         for instance_id, status in list(self._changes(node_id, hb)):
@@ -175,7 +164,7 @@ class AgentReports:
             elif status.oom_killed:
                 reason = "the container was OOM-killed"
             else:
-                reason = f"the container is {state_name(status.state)} (exit code {status.exit_code})"
+                reason = f"the container is {status.state.value} (exit code {status.exit_code})"
             await self._transition(instance_id, Event.FAULT, error=reason)
 
     def _hook_done(self, task: asyncio.Task[None]) -> None:
@@ -183,7 +172,7 @@ class AgentReports:
         if not task.cancelled() and task.exception() is not None:
             log.error("a running hook failed", error=str(task.exception()))
 
-    async def _confirm_running(self, node_id: str, status: pb.InstanceStatus) -> None:
+    async def _confirm_running(self, node_id: str, status: InstanceStatus) -> None:
         async with self.core.store.read() as conn:
             known = await instances_store.get_instance(conn, status.instance_id)
         if known is None or known.state not in (S.STARTING, S.UNHEALTHY, S.RUNNING):
@@ -205,37 +194,37 @@ class AgentReports:
             self._hooks.add(task)
             task.add_done_callback(self._hook_done)
 
-    async def event(self, node_id: str, ev: pb.InstanceEvent) -> None:
+    async def event(self, node_id: str, ev: InstanceEvent) -> None:
         iid = ev.instance_id
         kind = ev.kind
-        if kind == pb.EVENT_KIND_ACCEPTED:
+        if kind is EventKind.ACCEPTED:
             await self._transition(iid, Event.ACCEPTED)
-        elif kind == pb.EVENT_KIND_CREATED:
+        elif kind is EventKind.CREATED:
             await self._transition(iid, Event.CREATED, container_id=ev.container_id)
-        elif kind == pb.EVENT_KIND_STARTED:
+        elif kind is EventKind.STARTED:
             await self._transition(iid, Event.STARTED, container_id=ev.container_id)
-        elif kind == pb.EVENT_KIND_FAILED:
+        elif kind is EventKind.FAILED:
             await self._fail(node_id, iid, ev.message or "the agent could not provision the instance")
-        elif kind in (pb.EVENT_KIND_EXITED, pb.EVENT_KIND_OOM_KILLED):
+        elif kind in (EventKind.EXITED, EventKind.OOM_KILLED):
             # The agent's message says what happened and when it restarts it (or that it is a crash loop).
             reason = ev.message or (
                 "the container was OOM-killed"
-                if kind == pb.EVENT_KIND_OOM_KILLED
+                if kind is EventKind.OOM_KILLED
                 else f"the container exited with code {ev.exit_code}"
             )
             self.core.fleet.bandwidth.stopped([iid])
             # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
             if await self._transition(iid, Event.FAULT, error=reason):
                 self.core.fleet.unconfirm(iid)
-        elif kind == pb.EVENT_KIND_STOPPED:
+        elif kind is EventKind.STOPPED:
             # A stop the coordinator asked for (stop, kill, suspend, or the first half of a restart): the
             # state already says what is wanted; only the confirmation and the byte rates go.
             self.core.fleet.bandwidth.stopped([iid])
             self.core.fleet.unconfirm(iid)
-        elif kind == pb.EVENT_KIND_REMOVED:
+        elif kind is EventKind.REMOVED:
             await self._removed(iid)
 
-    async def result(self, node_id: str, result: pb.CommandResult) -> None:
+    async def result(self, node_id: str, result: CommandResult) -> None:
         self.core.fleet.resolve(result)
         if not result.ok:
             log.warning("command failed", node_id=node_id, instance_id=result.instance_id, error=result.error)

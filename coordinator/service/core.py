@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.catalogs.images import Catalog
 from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig
+from coordinator.domain.agents import Command, CommandKind, Workload
 from coordinator.domain.records import Instance, ServerIdentity
+from coordinator.fleet.channel import NodeChannel
 from coordinator.fleet.live import Fleet
-from coordinator.gateway.commands import command, instance_spec
 from coordinator.metrics import Metrics
 from coordinator.security.pki import CertificateAuthority
 from coordinator.security.sealing import Sealer
 from coordinator.service.snapshot import PlacementSnapshot
 from coordinator.store.engine import Store
-from protos import moorage_pb2 as pb
 
 
 @dataclass
@@ -58,9 +58,31 @@ class Core:
             sealed.tls_cert,
         )
 
-    def spec(self, inst: Instance) -> pb.InstanceSpec:
-        """What the agent gets for the instance: the whole spec, secrets included."""
-        return instance_spec(inst, self.opened(inst))
+    @property
+    def agents(self) -> NodeChannel:
+        """The only way a use case reaches an agent."""
+        return self.fleet
 
-    def command(self, kind: pb.CommandKind.ValueType, inst: Instance) -> pb.Command:
-        return command(kind, self.spec(inst))
+    def workload(self, inst: Instance) -> Workload:
+        """What the agent gets for the instance: the whole record, secrets opened."""
+        return Workload(inst, self.opened(inst))
+
+    def command(self, kind: CommandKind, inst: Instance) -> Command:
+        return Command(kind, self.workload(inst))
+
+    def tell_remove(self, inst: Instance, *, wait: bool, ended: bool = False) -> Awaitable[object] | None:
+        """Ask the instance's agent to remove its container; the answer to wait for when ``wait`` and the
+        node is reachable, else None. A releasing one the agent was told about shows "stopping" in the
+        servers dialect until its removal is reported; an ``ended`` one (failed, or released at once) is
+        only told: nothing of it is tracked any more."""
+        if inst.node_id is None:
+            return None
+        cmd = self.command(CommandKind.REMOVE, inst)
+        if ended:
+            self.agents.post(inst.node_id, cmd)
+        elif wait and self.agents.is_connected(inst.node_id):
+            self.fleet.removing.add(inst.id)
+            return self.agents.send(inst.node_id, cmd, self.config.fleet.command_wait_s)
+        elif self.agents.post(inst.node_id, cmd):
+            self.fleet.removing.add(inst.id)
+        return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from coordinator.domain.agents import CommandKind
 from coordinator.domain.records import Instance, InstanceState, Principal, time_ordered_id
 from coordinator.placement.scheduler import (
     Candidate,
@@ -24,7 +25,6 @@ from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimLost, ClaimQueue, Statement
-from protos import moorage_pb2 as pb
 
 #: A stale snapshot can lose every race; placement is re-run from a fresh one this many times.
 SNAPSHOT_ATTEMPTS = 3
@@ -185,11 +185,9 @@ class DeployService:
             placed = await self._in_region(draft, order, request)
         else:
             placed = await self._anywhere(draft, order, request)
-        if placed.node_id and self.core.fleet.is_connected(placed.node_id):
-            # Otherwise nothing is lost: the agent gets its desired set in the Welcome of its next session.
-            self.core.fleet.dispatch(
-                placed.node_id, self.core.command(pb.COMMAND_KIND_DEPLOY, placed.instance)
-            )
+        if placed.node_id:
+            # When it is away nothing is lost: the agent gets its desired set in its next Welcome.
+            self.core.agents.post(placed.node_id, self.core.command(CommandKind.DEPLOY, placed.instance))
         return Deployed(placed.instance, placed.region_identifier, placed.fallback_used)
 
     # ------------------------------------------------------------ where
@@ -359,12 +357,12 @@ class DeployService:
 
     def _check_image_on_node(self, node_id: str, reference: str) -> None:
         """Refuse early when the node told us it lacks the image and may not pull it."""
-        live = self.core.fleet.live.get(node_id)
-        if live is None or live.pull_policy != "never":
+        known = self.core.fleet.image_policy(node_id)
+        if known is None or known[1] != "never":
             return
         last = reference.rsplit("/", 1)[-1]
         wanted = reference if ":" in last or "@" in reference else f"{reference}:latest"
-        if wanted not in live.images:
+        if wanted not in known[0]:
             raise BadRequest(
                 f"image: {reference} is not present on node {node_id} and its agent may not pull images",
                 field="image",

@@ -11,13 +11,13 @@ import asyncio
 from dataclasses import dataclass
 
 from coordinator.domain import lifecycle
+from coordinator.domain.agents import CommandKind
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import LIVE_STATES, Instance, InstanceState, Principal
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.errors import Conflict, Forbidden, NotFound
 from coordinator.store import instances as instances_store
-from protos import moorage_pb2 as pb
 
 S = InstanceState
 
@@ -27,14 +27,14 @@ class PowerAction:
     event: Event
     #: States in which the action is already done: answered as is, nothing sent.
     done_in: frozenset[InstanceState]
-    kind: pb.CommandKind.ValueType
+    kind: CommandKind
 
 
 POWER: dict[str, PowerAction] = {
-    "start": PowerAction(Event.START, frozenset({S.STARTING, S.RUNNING}), pb.COMMAND_KIND_START),
-    "stop": PowerAction(Event.STOP, frozenset({S.STOPPED}), pb.COMMAND_KIND_STOP),
-    "restart": PowerAction(Event.RESTART, frozenset(), pb.COMMAND_KIND_RESTART),
-    "kill": PowerAction(Event.KILL, frozenset({S.STOPPED, S.CREATED}), pb.COMMAND_KIND_KILL),
+    "start": PowerAction(Event.START, frozenset({S.STARTING, S.RUNNING}), CommandKind.START),
+    "stop": PowerAction(Event.STOP, frozenset({S.STOPPED}), CommandKind.STOP),
+    "restart": PowerAction(Event.RESTART, frozenset(), CommandKind.RESTART),
+    "kill": PowerAction(Event.KILL, frozenset({S.STOPPED, S.CREATED}), CommandKind.KILL),
 }
 
 
@@ -122,7 +122,7 @@ class InstanceService:
             return inst
         if lifecycle.next_state(inst.state, Event.SUSPEND) is None:
             raise Conflict(_why_not(inst, "be suspended"), field="id")
-        return await self._move(inst, Event.SUSPEND, pb.COMMAND_KIND_SUSPEND, "suspend", suspended=True)
+        return await self._move(inst, Event.SUSPEND, CommandKind.SUSPEND, "suspend", suspended=True)
 
     async def unsuspend(self, caller: Principal, instance_id: str) -> Instance:
         """Lift a suspension: the instance starts again."""
@@ -130,13 +130,13 @@ class InstanceService:
         inst = await self.get(caller, instance_id)
         if not inst.suspended:
             return inst
-        return await self._move(inst, Event.UNSUSPEND, pb.COMMAND_KIND_START, "unsuspend", suspended=False)
+        return await self._move(inst, Event.UNSUSPEND, CommandKind.START, "unsuspend", suspended=False)
 
     async def _move(
         self,
         inst: Instance,
         event: Event,
-        kind: pb.CommandKind.ValueType,
+        kind: CommandKind,
         action: str,
         **values: object,
     ) -> Instance:
@@ -153,7 +153,7 @@ class InstanceService:
         self.core.fleet.unconfirm(inst.id)
         if current.node_id is not None:
             cmd = self.core.command(kind, current)
-            await self.core.fleet.send(current.node_id, cmd, self.core.config.fleet.command_wait_s)
+            await self.core.agents.send(current.node_id, cmd, self.core.config.fleet.command_wait_s)
         return await self.get_unchecked(inst.id)
 
     # ------------------------------------------------------------ delete
@@ -178,20 +178,15 @@ class InstanceService:
                 for inst in found
             }
         waits = []
-        fleet = self.core.fleet
         for inst in found:
-            fleet.unconfirm(inst.id)
+            self.core.fleet.unconfirm(inst.id)
             done = moved[inst.id]
             if inst.node_id is None or done is None:
                 continue
-            cmd = self.core.command(pb.COMMAND_KIND_REMOVE, inst)
-            if done.new is InstanceState.RELEASED:
-                fleet.dispatch(inst.node_id, cmd)  # failed, released at once: nothing to wait for
-            elif wait and fleet.is_connected(inst.node_id):
-                fleet.removing.add(inst.id)
-                waits.append(fleet.send(inst.node_id, cmd, self.core.config.fleet.command_wait_s))
-            elif fleet.dispatch(inst.node_id, cmd):
-                fleet.removing.add(inst.id)
+            # A failed one is released at once: its agent is told, nothing is waited for.
+            removal = self.core.tell_remove(inst, wait=wait, ended=done.new is InstanceState.RELEASED)
+            if removal is not None:
+                waits.append(removal)
         await asyncio.gather(*waits)
 
     async def release_node(self, node_id: str) -> list[str]:

@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
 from coordinator.domain.records import LIVE_STATES, Allocation, Node, NodeStatus, Principal
-from coordinator.fleet.live import state_name
 from coordinator.security import tokens
 from coordinator.security.pki import CertificateRequestError
 from coordinator.service import policy
@@ -132,7 +131,7 @@ class NodeService:
                 UnwantedContainer(
                     s.instance_id,
                     s.container_id,
-                    state_name(s.state),
+                    s.state.value,
                     s.remove_at_ms / 1000,
                 )
                 for s in fleet.unwanted(node.id)

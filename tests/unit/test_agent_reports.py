@@ -9,8 +9,19 @@ import pytest
 
 from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
+from coordinator.domain.agents import (
+    Command,
+    CommandKind,
+    ContainerState,
+    EventKind,
+    Heartbeat,
+    Hello,
+    InstanceEvent,
+    InstanceStatus,
+)
 from coordinator.domain.records import InstanceState
 from coordinator.fleet.live import Fleet
+from coordinator.gateway import translate
 from coordinator.security.pki import CertificateAuthority
 from coordinator.security.sealing import Sealer
 from coordinator.service.agent_reports import MISSING, AgentReports
@@ -18,7 +29,6 @@ from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.claims import claim_now
-from protos import moorage_pb2 as pb
 from tests.unit.factories import make_instance, make_node, seeded_store
 
 S = InstanceState
@@ -54,20 +64,20 @@ async def state_of(reports: AgentReports, iid: str = "i1") -> tuple[InstanceStat
     return inst.state, inst.error, len(inst.allocations)
 
 
-def running(iid: str = "i1") -> pb.Heartbeat:
-    return pb.Heartbeat(
-        instances=[pb.InstanceStatus(instance_id=iid, container_id="c", state=pb.CONTAINER_STATE_RUNNING)]
+def running(iid: str = "i1") -> Heartbeat:
+    return Heartbeat(
+        instances=[InstanceStatus(instance_id=iid, container_id="c", state=ContainerState.RUNNING)]
     )
 
 
 async def test_the_lifecycle_of_a_deploy(reports: AgentReports) -> None:
     await put(reports, S.PENDING)
     for kind, expected in [
-        (pb.EVENT_KIND_ACCEPTED, S.PROVISIONING),
-        (pb.EVENT_KIND_CREATED, S.CREATED),
-        (pb.EVENT_KIND_STARTED, S.STARTING),
+        (EventKind.ACCEPTED, S.PROVISIONING),
+        (EventKind.CREATED, S.CREATED),
+        (EventKind.STARTED, S.STARTING),
     ]:
-        await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=kind, container_id="c"))
+        await reports.event("n1", InstanceEvent(instance_id="i1", kind=kind, container_id="c"))
         assert (await state_of(reports))[0] is expected
     await reports.heartbeat("n1", running())
     assert (await state_of(reports))[0] is S.RUNNING
@@ -75,24 +85,20 @@ async def test_the_lifecycle_of_a_deploy(reports: AgentReports) -> None:
 
 async def test_a_readopted_running_container_does_not_flap(reports: AgentReports) -> None:
     await put(reports, S.RUNNING)
-    await reports.event(
-        "n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_STARTED, container_id="c")
-    )
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.STARTED, container_id="c"))
     assert (await state_of(reports))[0] is S.RUNNING
 
 
 async def test_late_reports_never_move_an_instance_backwards(reports: AgentReports) -> None:
     await put(reports, S.RUNNING)
-    for kind in (pb.EVENT_KIND_ACCEPTED, pb.EVENT_KIND_CREATED, pb.EVENT_KIND_FAILED):
-        await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=kind, message="late"))
+    for kind in (EventKind.ACCEPTED, EventKind.CREATED, EventKind.FAILED):
+        await reports.event("n1", InstanceEvent(instance_id="i1", kind=kind, message="late"))
         assert (await state_of(reports))[0] is S.RUNNING
 
 
 async def test_a_failed_provisioning_frees_the_ports(reports: AgentReports) -> None:
     await put(reports, S.PROVISIONING)
-    await reports.event(
-        "n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message="no such image")
-    )
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.FAILED, message="no such image"))
     assert await state_of(reports) == (S.ERROR, "no such image", 0)
 
 
@@ -100,10 +106,8 @@ async def test_a_container_that_died_unseen_is_unhealthy_on_the_next_heartbeat(r
     await put(reports, S.STARTING)
     await reports.heartbeat("n1", running())
     assert (await state_of(reports))[0] is S.RUNNING
-    dead = pb.InstanceStatus(
-        instance_id="i1", container_id="c", state=pb.CONTAINER_STATE_EXITED, exit_code=137
-    )
-    await reports.heartbeat("n1", pb.Heartbeat(instances=[dead]))
+    dead = InstanceStatus(instance_id="i1", container_id="c", state=ContainerState.EXITED, exit_code=137)
+    await reports.heartbeat("n1", Heartbeat(instances=[dead]))
     assert await state_of(reports) == (S.UNHEALTHY, "the container is exited (exit code 137)", 1)
     await reports.heartbeat("n1", running())
     assert (await state_of(reports))[:2] == (S.RUNNING, None)
@@ -111,7 +115,7 @@ async def test_a_container_that_died_unseen_is_unhealthy_on_the_next_heartbeat(r
 
 async def test_removal_releases_and_frees(reports: AgentReports) -> None:
     await put(reports, S.RELEASING)
-    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.REMOVED))
     assert await state_of(reports) == (S.RELEASED, None, 0)
 
 
@@ -119,15 +123,15 @@ async def test_hello_answers_with_the_desired_set_and_releases_what_is_gone(repo
     await put(reports, S.RUNNING, "keep")
     async with reports.core.store.write() as conn:
         await instances_store.insert_instance(conn, make_instance("gone", node_id="n1", state=S.RELEASING))
-    welcome = await reports.hello("n1", pb.Hello())
-    assert [s.instance_id for s in welcome.desired] == ["keep"] and list(welcome.remove) == ["gone"]
-    assert welcome.desired[0].env["SERVER_PORT"] == "30000"
+    welcome = await reports.hello("n1", Hello())
+    assert [w.instance.id for w in welcome.desired] == ["keep"] and list(welcome.remove) == ["gone"]
+    assert translate.instance_spec(welcome.desired[0]).env["SERVER_PORT"] == "30000"
     assert (await state_of(reports, "gone"))[0] is S.RELEASED
 
 
 async def test_a_container_removed_behind_our_back_keeps_its_ports(reports: AgentReports) -> None:
     await put(reports, S.RUNNING)
-    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.REMOVED))
     assert await state_of(reports) == (S.UNHEALTHY, "the container was removed outside Moorage", 1)
 
 
@@ -135,8 +139,8 @@ async def test_a_confirmed_container_missing_from_a_heartbeat_is_unhealthy(repor
     await put(reports, S.STARTING)
     await reports.heartbeat("n1", running())
     assert not reports.needs_work("n1", running())  # confirmed: the same report again costs nothing
-    assert reports.needs_work("n1", pb.Heartbeat())
-    await reports.heartbeat("n1", pb.Heartbeat())  # the agent reports every labelled container; i1 is not one
+    assert reports.needs_work("n1", Heartbeat())
+    await reports.heartbeat("n1", Heartbeat())  # the agent reports every labelled container; i1 is not one
     assert await state_of(reports) == (S.UNHEALTHY, MISSING, 1)
     await reports.heartbeat("n1", running())  # re-created by the agent and running again
     assert (await state_of(reports))[:2] == (S.RUNNING, None)
@@ -145,21 +149,21 @@ async def test_a_confirmed_container_missing_from_a_heartbeat_is_unhealthy(repor
 async def test_a_hello_without_a_running_instance_makes_it_unhealthy(reports: AgentReports) -> None:
     """Removed while the agent (or the coordinator) was down: no event ever said so, the Hello does."""
     await put(reports, S.RUNNING)
-    welcome = await reports.hello("n1", pb.Hello())
-    assert [s.instance_id for s in welcome.desired] == ["i1"]  # so the agent re-creates it
+    welcome = await reports.hello("n1", Hello())
+    assert [w.instance.id for w in welcome.desired] == ["i1"]  # so the agent re-creates it
     assert await state_of(reports) == (S.UNHEALTHY, MISSING, 1)
 
 
 async def test_unwanted_containers_and_restarts_are_kept_from_heartbeats(reports: AgentReports) -> None:
     fleet = reports.core.fleet
-    stray = pb.InstanceStatus(
-        instance_id="old", container_id="c9", state=pb.CONTAINER_STATE_RUNNING, remove_at_ms=1_700_000_000_000
+    stray = InstanceStatus(
+        instance_id="old", container_id="c9", state=ContainerState.RUNNING, remove_at_ms=1_700_000_000_000
     )
-    mine = pb.InstanceStatus(instance_id="i1", container_id="c", state=pb.CONTAINER_STATE_RUNNING, restarts=2)
-    reports.note_heartbeat("n1", pb.Heartbeat(instances=[mine, stray]))
+    mine = InstanceStatus(instance_id="i1", container_id="c", state=ContainerState.RUNNING, restarts=2)
+    reports.note_heartbeat("n1", Heartbeat(instances=[mine, stray]))
     assert [s.instance_id for s in fleet.unwanted("n1")] == ["old"]
     assert fleet.overlay(make_instance("i1", node_id="n1", state=S.RUNNING)).restarts == 2
-    reports.note_heartbeat("n1", pb.Heartbeat(instances=[mine]))  # removed by the agent
+    reports.note_heartbeat("n1", Heartbeat(instances=[mine]))  # removed by the agent
     assert fleet.unwanted("n1") == ()
 
 
@@ -168,7 +172,7 @@ async def test_an_unanswering_engine_makes_running_instances_unhealthy(
 ) -> None:
     await put(reports, S.STARTING)
     await reports.heartbeat("n1", running())
-    down = pb.Heartbeat(engine_error="the container engine does not answer: connection refused")
+    down = Heartbeat(engine_error="the container engine does not answer: connection refused")
     reports.note_heartbeat("n1", down)
     assert reports.needs_work("n1", down)
     await reports.heartbeat("n1", down)
@@ -186,13 +190,13 @@ async def test_a_failed_deploy_is_dropped_by_the_agent_it_failed_on(reports: Age
     await put(reports, S.PROVISIONING)
     session = reports.core.fleet.attach("n1")
     busy = "Bind for 127.0.0.1:30000 failed: port is already allocated"
-    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message=busy))
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.FAILED, message=busy))
     assert await state_of(reports) == (S.ERROR, busy, 0)
     sent = session.outbox.get_nowait()
-    assert sent is not None and sent.command.kind == pb.COMMAND_KIND_REMOVE
-    assert sent.command.instance_id == "i1"
+    assert isinstance(sent, Command) and sent.kind is CommandKind.REMOVE
+    assert sent.instance_id == "i1"
     # Its removal reported back changes nothing: it stays failed, with its reason.
-    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_REMOVED))
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.REMOVED))
     assert await state_of(reports) == (S.ERROR, busy, 0)
 
 
@@ -205,7 +209,7 @@ async def test_a_failed_re_creation_keeps_the_instance_wanted(
     shown."""
     await put(reports, state)
     session = reports.core.fleet.attach("n1")
-    await reports.event("n1", pb.InstanceEvent(instance_id="i1", kind=pb.EVENT_KIND_FAILED, message="busy"))
+    await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.FAILED, message="busy"))
     assert await state_of(reports) == (S.UNHEALTHY, "busy", 1)
     assert session.outbox.empty()
 
@@ -220,11 +224,11 @@ async def test_a_hello_reporting_ended_instances_asks_to_remove_them_at_once(rep
         await nodes_store.insert_node(conn, make_node("n2"))
         await instances_store.insert_instance(conn, make_instance("elsewhere", node_id="n2", state=S.ERROR))
     reported = [
-        pb.InstanceStatus(instance_id=i, container_id=f"c-{i}", state=pb.CONTAINER_STATE_RUNNING)
+        InstanceStatus(instance_id=i, container_id=f"c-{i}", state=ContainerState.RUNNING)
         for i in ("keep", "failed", "gone", "elsewhere", "unknown")
     ]
-    welcome = await reports.hello("n1", pb.Hello(instances=reported))
-    assert [s.instance_id for s in welcome.desired] == ["keep"]
+    welcome = await reports.hello("n1", Hello(instances=reported))
+    assert [w.instance.id for w in welcome.desired] == ["keep"]
     assert sorted(welcome.remove) == ["failed", "gone"]
 
 
@@ -235,7 +239,7 @@ async def test_a_node_without_a_core_count_takes_its_agents(reports: AgentReport
         await nodes_store.insert_node(
             conn, make_node("described", cpu_count=0, processor="AMD Ryzen 9 5950X")
         )
-    hello = pb.Hello(capacity=pb.Capacity(cpu_count=16))
+    hello = Hello(cpu_count=16)
     await reports.hello("described", hello)
     await reports.hello("n1", hello)
     async with reports.core.store.read() as conn:
@@ -243,7 +247,7 @@ async def test_a_node_without_a_core_count_takes_its_agents(reports: AgentReport
         counted = await nodes_store.get_node(conn, "n1")
     assert described is not None and (described.cpu_count, described.processor) == (16, "AMD Ryzen 9 5950X")
     assert counted is not None and counted.cpu_count == 2
-    await reports.hello("described", pb.Hello(capacity=pb.Capacity(cpu_count=4)))
+    await reports.hello("described", Hello(cpu_count=4))
     async with reports.core.store.read() as conn:
         again = await nodes_store.get_node(conn, "described")
     assert again is not None and again.cpu_count == 16

@@ -6,19 +6,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coordinator.domain.agents import ContainerState, InstanceStatus
 from coordinator.fleet.bandwidth import Bandwidth
-from protos import moorage_pb2 as pb
 from tests.unit.factories import make_instance
 
 
-def status(
-    rx: int, tx: int, container: str = "c1", started: int = 1, running: bool = True
-) -> pb.InstanceStatus:
-    return pb.InstanceStatus(
+def status(rx: int, tx: int, container: str = "c1", started: int = 1, running: bool = True) -> InstanceStatus:
+    return InstanceStatus(
         instance_id="i1",
         container_id=container,
         started_at_ms=started,
-        state=pb.CONTAINER_STATE_RUNNING if running else pb.CONTAINER_STATE_EXITED,
+        state=ContainerState.RUNNING if running else ContainerState.EXITED,
         rx_bytes=rx,
         tx_bytes=tx,
         rx_mbps=1.5,

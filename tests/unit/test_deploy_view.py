@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
+from coordinator.domain.agents import Heartbeat
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import Principal
 from coordinator.fleet.live import Fleet
@@ -62,7 +63,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                 conn, nid, [(f"{nid}-{p}", "0.0.0.0", p) for p in range(30000, 30005)]
             )
     for nid in ("big", "small"):
-        core.fleet.record_heartbeat(nid, None, [])
+        core.fleet.record_heartbeat(nid, Heartbeat())
     try:
         yield World(store, core, DeployService(core), Principal("u", "u", 1, True))
     finally:
@@ -167,7 +168,7 @@ async def test_an_order_naming_no_place_goes_to_any_region_then_to_nodes_in_none
         await nodes_store.insert_allocations(conn, "loose", [("loose-1", "0.0.0.0", 30100)])
     with pytest.raises(Conflict, match="eu: at serverLimit 2; nodes in no region: none Ready"):
         await world.deploys.deploy(world.caller, anywhere)  # "loose" is not Ready yet
-    world.core.fleet.record_heartbeat("loose", None, [])
+    world.core.fleet.record_heartbeat("loose", Heartbeat())
     third = await world.deploys.deploy(world.caller, anywhere)
     assert (third.instance.node_id, third.region_identifier) == ("loose", None)
     with pytest.raises(Conflict, match="no placement anywhere"):

@@ -8,10 +8,18 @@ import itertools
 import tracemalloc
 
 from coordinator.config import FleetOptions
+from coordinator.domain.agents import (
+    Command,
+    CommandKind,
+    CommandResult,
+    Heartbeat,
+    HostMetrics,
+    InstanceStatus,
+    Workload,
+)
 from coordinator.domain.records import NodeStatus
 from coordinator.fleet.live import Fleet, Session
-from protos import moorage_pb2 as pb
-from tests.unit.factories import make_node
+from tests.unit.factories import make_instance, make_node
 
 
 class Clock:
@@ -56,7 +64,7 @@ async def test_monitor_reports_each_transition_once() -> None:
     seen = recorded(f)
     monitor = asyncio.create_task(f.run_monitor())
     try:
-        f.record_heartbeat("n", pb.HostMetrics(cpu_percent=1.0), [])
+        f.record_heartbeat("n", Heartbeat(host=HostMetrics(cpu_percent=1.0)))
         await asyncio.sleep(0.05)
         clock.now += 3.5
         f._wake.set()
@@ -64,7 +72,7 @@ async def test_monitor_reports_each_transition_once() -> None:
         clock.now += 7.0
         f._wake.set()
         await asyncio.sleep(0.05)
-        f.record_heartbeat("n", None, [])
+        f.record_heartbeat("n", Heartbeat())
         await asyncio.sleep(0.05)
     finally:
         monitor.cancel()
@@ -97,7 +105,7 @@ async def test_a_node_expected_after_a_restart_that_never_reports_goes_abnormal(
         await asyncio.sleep(0.02)
         assert seen == []
         for _ in range(6):  # 12 s more: past the startup grace and the offline time (10 s) of "gone"
-            f.record_heartbeat("back", None, [])
+            f.record_heartbeat("back", Heartbeat())
             clock.now += 2.0
             f._wake.set()
             await asyncio.sleep(0.02)
@@ -115,8 +123,10 @@ def test_heartbeats_are_batched_not_written_one_by_one() -> None:
     clock = Clock()
     f = fleet(clock)
     for n in range(3):
-        f.record_heartbeat("a", pb.HostMetrics(cpu_percent=float(n)), [pb.InstanceStatus(instance_id="i")])
-        f.record_heartbeat("b", pb.HostMetrics(), [])
+        f.record_heartbeat(
+            "a", Heartbeat([InstanceStatus(instance_id="i")], HostMetrics(cpu_percent=float(n)))
+        )
+        f.record_heartbeat("b", Heartbeat(host=HostMetrics()))
     batch = f.take_dirty()
     assert set(batch) == {"a", "b"} and batch["a"][1]["cpuPercent"] == 2.0
     assert f.take_dirty() == {}
@@ -134,8 +144,10 @@ async def test_commands_nobody_answers_leave_nothing_behind() -> None:
     f = Fleet(FleetOptions())
     ids = itertools.count()
 
-    def command() -> pb.Command:
-        return pb.Command(command_id=f"c{next(ids)}", kind=pb.COMMAND_KIND_START, instance_id="i")
+    work = Workload(make_instance("i"))
+
+    def command() -> Command:
+        return Command(CommandKind.START, work, command_id=f"c{next(ids)}")
 
     async def one_round() -> None:
         session = f.attach("n1")
@@ -149,7 +161,7 @@ async def test_commands_nobody_answers_leave_nothing_behind() -> None:
         assert ended == [None] * 200 and f.waiting == 0
         drain(session)
         # A result that arrives after its wait ended finds nobody and is dropped.
-        f.resolve(pb.CommandResult(command_id="c0", ok=True))
+        f.resolve(CommandResult(command_id="c0", ok=True))
         assert f.waiting == 0
 
     await one_round()

@@ -1,5 +1,5 @@
-"""How Skyport's clients write sizes and ports (coordinator/api/dialects/panel_input.py): examples, and the round trip
-of our ports through Skyport's "container:host" form."""
+"""How Skyport's clients write sizes and ports (coordinator/api/dialects/panel_input.py): examples, and the
+round trip of our ports through Skyport's "container:host" form."""
 
 from __future__ import annotations
 

@@ -1,0 +1,175 @@
+"""What agents report and what they are told, in the coordinator's own terms.
+
+The gateway translates these to and from protobuf at the edge; use cases and the fleet never see the wire
+format, so the seam where a use case says "tell node N to do X and wait" can later cross processes.
+Field names follow the protocol's, so a reader of moorage.proto finds them here unchanged.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from coordinator.domain.records import Instance, ServerIdentity
+
+
+class ContainerState(enum.StrEnum):
+    """A container as the agent's engine last saw it (the values are what the API and messages say)."""
+
+    UNSPECIFIED = "unspecified"
+    ABSENT = "absent"
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    RESTARTING = "restarting"
+    PAUSED = "paused"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    """One container in a full report (a heartbeat or the Hello)."""
+
+    instance_id: str
+    container_id: str = ""
+    state: ContainerState = ContainerState.UNSPECIFIED
+    exit_code: int = 0
+    oom_killed: bool = False
+    #: Crash restarts the agent made since the container was deployed.
+    restarts: int = 0
+    #: When the container last started (unix ms): with its id, it tells one run's byte counters from the next.
+    started_at_ms: int = 0
+    health: str = ""
+    #: The container's own byte counters (they restart at zero with a new network namespace), and rates.
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_mbps: float = 0.0
+    tx_mbps: float = 0.0
+    #: When set: a labelled container nobody wants, and when its agent removes it (unix ms).
+    remove_at_ms: int = 0
+    #: Why the instance's bandwidth cap is not in force ("" when it is, or there is none).
+    limit_error: str = ""
+
+    @property
+    def runs(self) -> bool:
+        """Running, and not failing a health check (a container without one counts as healthy)."""
+        return self.state is ContainerState.RUNNING and self.health in ("", "healthy")
+
+
+@dataclass(frozen=True, slots=True)
+class HostMetrics:
+    cpu_percent: float = 0.0
+    memory_used_mib: int = 0
+    memory_total_mib: int = 0
+    disk_used_mib: int = 0
+    disk_total_mib: int = 0
+    load1: float = 0.0
+    load5: float = 0.0
+    load15: float = 0.0
+    net_rx_mbps: float = 0.0
+    net_tx_mbps: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    instances: Sequence[InstanceStatus] = ()
+    host: HostMetrics | None = None
+    #: Why the host's container engine did not answer the agent ("" when it did): nothing is known to run.
+    engine_error: str = ""
+    #: When the agent sent it (unix seconds; None when it did not say).
+    sent_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first message of a session: the agent's whole truth."""
+
+    agent_version: str = ""
+    cpu_count: int = 0
+    instances: Sequence[InstanceStatus] = ()
+    #: Images present on the host, and whether the agent may pull others ("never" means it may not).
+    images: frozenset[str] = frozenset()
+    pull_policy: str = "missing"
+
+
+class EventKind(enum.Enum):
+    UNSPECIFIED = enum.auto()
+    ACCEPTED = enum.auto()  # the agent took a deploy and is provisioning
+    CREATED = enum.auto()
+    STARTED = enum.auto()
+    EXITED = enum.auto()
+    OOM_KILLED = enum.auto()
+    REMOVED = enum.auto()
+    FAILED = enum.auto()  # provisioning failed; the message says why
+    STOPPED = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEvent:
+    instance_id: str
+    kind: EventKind
+    exit_code: int = 0
+    message: str = ""
+    container_id: str = ""
+
+
+class CommandKind(enum.Enum):
+    DEPLOY = enum.auto()
+    START = enum.auto()
+    STOP = enum.auto()
+    RESTART = enum.auto()
+    KILL = enum.auto()
+    REMOVE = enum.auto()
+    SUSPEND = enum.auto()
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What an agent gets for one instance: the whole record (it applies it idempotently) and, for a
+    server, its identity with the secrets opened."""
+
+    instance: Instance
+    identity: ServerIdentity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    kind: CommandKind
+    workload: Workload
+    command_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def instance_id(self) -> str:
+        return self.workload.instance.id
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    command_id: str
+    instance_id: str = ""
+    ok: bool = True
+    error: str = ""
+    container_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """The answer to a Hello: the node's whole desired set, and containers to remove now."""
+
+    node_id: str
+    heartbeat_interval_s: float
+    desired: Sequence[Workload] = ()
+    remove: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    """A node's renewed client certificate."""
+
+    certificate_pem: bytes
+
+
+#: What the coordinator sends down a session.
+Outgoing = Welcome | Command | Renewed

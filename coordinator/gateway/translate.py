@@ -1,0 +1,217 @@
+"""Protobuf <-> domain, in both directions: the only place that knows both shapes.
+
+Agents' reports become coordinator.domain.agents records as they are read; what use cases send becomes
+protobuf as it is written. A heartbeat is translated once, on arrival, and nothing downstream pays again.
+"""
+
+from __future__ import annotations
+
+from coordinator.domain.agents import (
+    Command,
+    CommandKind,
+    CommandResult,
+    ContainerState,
+    EventKind,
+    Heartbeat,
+    Hello,
+    HostMetrics,
+    InstanceEvent,
+    InstanceStatus,
+    Outgoing,
+    Welcome,
+    Workload,
+)
+from coordinator.domain.records import InstanceState
+from protos import moorage_pb2 as pb
+
+STOPPED_STATES = frozenset({InstanceState.STOPPED, InstanceState.SUSPENDED})
+
+#: Where a server's CA, certificate and key appear inside its container (read-only).
+TLS_DIR = "/etc/moorage/tls"
+#: The environment variable that carries a server's secret.
+SECRET_VARIABLE = "MOORAGE_SECRET"
+
+_STATES = {
+    pb.CONTAINER_STATE_UNSPECIFIED: ContainerState.UNSPECIFIED,
+    pb.CONTAINER_STATE_ABSENT: ContainerState.ABSENT,
+    pb.CONTAINER_STATE_CREATED: ContainerState.CREATED,
+    pb.CONTAINER_STATE_RUNNING: ContainerState.RUNNING,
+    pb.CONTAINER_STATE_EXITED: ContainerState.EXITED,
+    pb.CONTAINER_STATE_RESTARTING: ContainerState.RESTARTING,
+    pb.CONTAINER_STATE_PAUSED: ContainerState.PAUSED,
+    pb.CONTAINER_STATE_DEAD: ContainerState.DEAD,
+}
+_EVENTS = {
+    pb.EVENT_KIND_UNSPECIFIED: EventKind.UNSPECIFIED,
+    pb.EVENT_KIND_ACCEPTED: EventKind.ACCEPTED,
+    pb.EVENT_KIND_CREATED: EventKind.CREATED,
+    pb.EVENT_KIND_STARTED: EventKind.STARTED,
+    pb.EVENT_KIND_EXITED: EventKind.EXITED,
+    pb.EVENT_KIND_OOM_KILLED: EventKind.OOM_KILLED,
+    pb.EVENT_KIND_REMOVED: EventKind.REMOVED,
+    pb.EVENT_KIND_FAILED: EventKind.FAILED,
+    pb.EVENT_KIND_STOPPED: EventKind.STOPPED,
+}
+_KINDS = {
+    CommandKind.DEPLOY: pb.COMMAND_KIND_DEPLOY,
+    CommandKind.START: pb.COMMAND_KIND_START,
+    CommandKind.STOP: pb.COMMAND_KIND_STOP,
+    CommandKind.RESTART: pb.COMMAND_KIND_RESTART,
+    CommandKind.KILL: pb.COMMAND_KIND_KILL,
+    CommandKind.REMOVE: pb.COMMAND_KIND_REMOVE,
+    CommandKind.SUSPEND: pb.COMMAND_KIND_SUSPEND,
+}
+
+# ------------------------------------------------------------------ agent -> coordinator
+
+
+def status(s: pb.InstanceStatus) -> InstanceStatus:
+    return InstanceStatus(
+        instance_id=s.instance_id,
+        container_id=s.container_id,
+        # A state this coordinator does not know yet (a newer agent) reads as unspecified: not running.
+        state=_STATES.get(s.state, ContainerState.UNSPECIFIED),
+        exit_code=s.exit_code,
+        oom_killed=s.oom_killed,
+        restarts=s.restarts,
+        started_at_ms=s.started_at_ms,
+        health=s.health,
+        rx_bytes=s.rx_bytes,
+        tx_bytes=s.tx_bytes,
+        rx_mbps=s.rx_mbps,
+        tx_mbps=s.tx_mbps,
+        remove_at_ms=s.remove_at_ms,
+        limit_error=s.limit_error,
+    )
+
+
+def host_metrics(h: pb.HostMetrics) -> HostMetrics:
+    return HostMetrics(
+        cpu_percent=h.cpu_percent,
+        memory_used_mib=h.memory_used_mib,
+        memory_total_mib=h.memory_total_mib,
+        disk_used_mib=h.disk_used_mib,
+        disk_total_mib=h.disk_total_mib,
+        load1=h.load1,
+        load5=h.load5,
+        load15=h.load15,
+        net_rx_mbps=h.net_rx_mbps,
+        net_tx_mbps=h.net_tx_mbps,
+    )
+
+
+def heartbeat(hb: pb.Heartbeat) -> Heartbeat:
+    return Heartbeat(
+        instances=tuple(map(status, hb.instances)),
+        host=host_metrics(hb.host) if hb.HasField("host") else None,
+        engine_error=hb.engine_error,
+        sent_at=hb.sent_at_ms / 1000 if hb.sent_at_ms else None,
+    )
+
+
+def hello(h: pb.Hello) -> Hello:
+    return Hello(
+        agent_version=h.agent_version,
+        cpu_count=h.capacity.cpu_count,
+        instances=tuple(map(status, h.instances)),
+        images=frozenset(h.images),
+        pull_policy=h.pull_policy or "missing",
+    )
+
+
+def event(ev: pb.InstanceEvent) -> InstanceEvent:
+    return InstanceEvent(
+        instance_id=ev.instance_id,
+        kind=_EVENTS.get(ev.kind, EventKind.UNSPECIFIED),
+        exit_code=ev.exit_code,
+        message=ev.message,
+        container_id=ev.container_id,
+    )
+
+
+def result(r: pb.CommandResult) -> CommandResult:
+    return CommandResult(
+        command_id=r.command_id,
+        instance_id=r.instance_id,
+        ok=r.ok,
+        error=r.error,
+        container_id=r.container_id,
+    )
+
+
+# ------------------------------------------------------------------ coordinator -> agent
+
+
+def instance_spec(workload: Workload) -> pb.InstanceSpec:
+    """A server's opened identity: its TLS files are mounted and its secret set in the environment."""
+    inst, opened = workload.instance, workload.identity
+    primary = inst.primary
+    env = dict(inst.env)
+    if primary is not None:
+        # Every instance learns where it is reachable; the allocation wins over any variable of that name.
+        env["SERVER_PORT"] = str(primary.port)
+        env["SERVER_IP"] = primary.bind_address
+    files: list[pb.MountedFiles] = []
+    if opened is not None:
+        env[SECRET_VARIABLE] = opened.secret
+        files.append(
+            pb.MountedFiles(
+                target_dir=TLS_DIR,
+                contents={
+                    "ca.pem": opened.ca_cert.encode(),
+                    "cert.pem": opened.tls_cert.encode(),
+                    "key.pem": opened.tls_key.encode(),
+                },
+            )
+        )
+    return pb.InstanceSpec(
+        instance_id=inst.id,
+        name=inst.name,
+        image=inst.image_ref,
+        command=inst.command,
+        env=env,
+        memory_mib=inst.memory_mib,
+        cpu_percent=inst.cpu_percent,
+        disk_mib=inst.disk_mib,
+        ports=[
+            pb.PortBinding(bind_address=a.bind_address, port=a.port, primary=a.primary)
+            for a in inst.allocations
+        ],
+        stop_signal=inst.stop_signal,
+        stop_timeout_s=10,
+        desired_state=(
+            pb.DESIRED_STATE_STOPPED
+            if inst.state in STOPPED_STATES or inst.suspended
+            else pb.DESIRED_STATE_RUNNING
+        ),
+        labels={"moorage.organization": str(inst.organization_id)},
+        files=files,
+        bandwidth_mbps=inst.bandwidth_mbps,
+    )
+
+
+def command(c: Command) -> pb.Command:
+    """A command carries the whole spec and its own id, so the agent can apply it idempotently."""
+    return pb.Command(
+        command_id=c.command_id,
+        kind=_KINDS[c.kind],
+        instance_id=c.instance_id,
+        spec=instance_spec(c.workload),
+    )
+
+
+def welcome(w: Welcome) -> pb.Welcome:
+    return pb.Welcome(
+        node_id=w.node_id,
+        heartbeat_interval_ms=int(w.heartbeat_interval_s * 1000),
+        desired=[instance_spec(d) for d in w.desired],
+        remove=list(w.remove),
+    )
+
+
+def message(out: Outgoing) -> pb.CoordinatorMessage:
+    if isinstance(out, Command):
+        return pb.CoordinatorMessage(command=command(out))
+    if isinstance(out, Welcome):
+        return pb.CoordinatorMessage(welcome=welcome(out))
+    return pb.CoordinatorMessage(renewed=pb.RenewResponse(certificate_pem=out.certificate_pem))
