@@ -27,7 +27,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.daemons import (
+from bench.daemons import (
+    TEST_IMAGE,
     AgentProcess,
     Api,
     CoordinatorProcess,
@@ -38,7 +39,6 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE
 
 ROUNDS = 5
 RESTARTS = 20

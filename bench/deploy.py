@@ -16,7 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.daemons import (
+from bench.daemons import (
+    TEST_IMAGE,
     AgentProcess,
     CoordinatorProcess,
     create_node,
@@ -25,7 +26,6 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE
 
 ROUNDS = 10
 

@@ -36,6 +36,7 @@ import grpc
 import psutil
 
 from agent.identity import SERVER_NAME, new_key_and_csr
+from bench.daemons import REPO, CoordinatorProcess, wait_for
 from coordinator.domain.records import Instance, InstanceState, Node
 from coordinator.security.pki import CertificateAuthority
 from coordinator.store import nodes as nodes_store
@@ -44,7 +45,6 @@ from coordinator.store.engine import Store, sqlite_url
 from coordinator.store.instances import INSERT_INSTANCE, instance_params
 from protos import moorage_pb2 as pb
 from protos import moorage_pb2_grpc as pb_grpc
-from tests.daemons import REPO, CoordinatorProcess, wait_for
 
 GENERATORS = 4
 INSTANCES_PER_NODE = 2

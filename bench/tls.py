@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 
 from agent.identity import JoinToken, enroll, new_key_and_csr
+from bench.daemons import CoordinatorProcess, create_node, port_block
 from coordinator.security.pki import CertificateAuthority
 from protos import moorage_pb2 as pb
 from protos import moorage_pb2_grpc as pb_grpc
-from tests.daemons import CoordinatorProcess, create_node, port_block
 
 ENROLLMENTS = 20
 HEARTBEATS = 20_000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import DATA_DIRS, RESPONSES
+from bench.daemons import DATA_DIRS, RESPONSES
 
 SHOWN_ONCE = re.compile(
     r"(MOORAGE1::[0-9a-f]{64}::[0-9a-f]+\.[\w-]+|mrg_[\w-]{43}|eyJ[\w-]+\.[\w-]+\.[\w-]+)"

@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-TEST_IMAGE = "moorage-test/busybox:latest"  # built by tests/env/build-test-image.sh
+from bench.daemons import TEST_IMAGE
 
 
 @functools.cache

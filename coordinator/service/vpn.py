@@ -33,30 +33,19 @@ log = get("coordinator.vpn")
 NOT_FOUND = "Can not find the server"
 
 S = InstanceState
-#: The lifecycle table's vpn column: (code, display). 11, 12, 21 and -1 are ours (the document lists the
-#: others); an instance waiting to be released for its replacement (or expiry) is 20 whatever it runs.
-STATUS: dict[InstanceState, tuple[int, str]] = {
-    S.PENDING: (-10, "Preparing"),
-    S.PROVISIONING: (-10, "Preparing"),
-    S.CREATED: (9, "Deployment Successful"),
-    S.STARTING: (10, "Awaiting Heartbeat"),
-    S.RUNNING: (19, "Ready"),
-    S.UNHEALTHY: (18, "Heartbeat Abnormal"),
-    S.STOPPED: (11, "Stopped"),
-    S.SUSPENDED: (12, "Suspended"),
-    S.RELEASING: (20, "Pending Release"),
-    S.RELEASED: (21, "Released"),
-    S.ERROR: (-1, "Failed"),
-}
-PENDING_RELEASE = (20, "Pending Release")
-#: Redeploy without force only from these.
-REDEPLOYABLE = frozenset({9, 10, 18, 19})
+#: Redeploy without force only from these (and not while the instance waits to be released).
+REDEPLOYABLE = frozenset({S.CREATED, S.STARTING, S.RUNNING, S.UNHEALTHY})
 
 
-def status(inst: Instance) -> tuple[int, str]:
-    if inst.pending_release and inst.live:
-        return PENDING_RELEASE
-    return STATUS[inst.state]
+class NotRedeployable(BadRequest):
+    """A redeploy refused: for the instance's state (``why`` None; the dialect names the state its own
+    way), or for ``why``."""
+
+    def __init__(self, inst: Instance, why: str | None = None) -> None:
+        state = "waiting to be released" if inst.pending_release and inst.live else inst.state.value
+        super().__init__(f"instance {inst.id} cannot be redeployed: {why or state}")
+        self.instance = inst
+        self.why = why
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +115,7 @@ class VpnService:
         inst = await self.get(caller, number)
         policy.check_owner(caller, inst.owner_id, inst.organization_id, f"node {number}")
         if inst.server is not None:
-            raise BadRequest("Server cann't redeploy: it is a server of the servers API (terminate it there)")
+            raise NotRedeployable(inst, "it is a server of the servers API (terminate it there)")
         country = (country_code or await self._country_of(inst)).upper()
         valid = await self.valid_countries()
         if pycountry.countries.get(alpha_2=country) is None or country not in valid:
@@ -134,17 +123,17 @@ class VpnService:
                 f"Invalid country code: {country}. Valid country codes include: {', '.join(valid) or 'none'}",
                 field="country_code",
             )
-        code = status(inst)[0]
-        if not force and code not in REDEPLOYABLE:
-            raise BadRequest(f"Server cann't redeploy on this status({code})")
+        waiting = inst.pending_release and inst.live
+        if not force and (waiting or inst.state not in REDEPLOYABLE):
+            raise NotRedeployable(inst)
         if not force and inst.redeploy_max_count <= 0:
-            raise BadRequest("Server cann't redeploy now (max redeploy count reached)")
+            raise NotRedeployable(inst, "max redeploy count reached")
         now = self.core.clock()
         # Marked first, in one guarded statement: of two concurrent redeploys one goes on, and a replacement
         # that runs at once finds its original waiting for it.
         async with self.core.store.write() as conn:
             if not await vpn_store.claim_redeploy(conn, inst.id, now):
-                raise BadRequest(f"Server cann't redeploy on this status({PENDING_RELEASE[0]})")
+                raise NotRedeployable(replace(inst, pending_release=True))
         tags = sorted(inst.tags)
 
         def finish(new: Instance, node: NodeInfo) -> tuple[Instance, list[Statement]]:

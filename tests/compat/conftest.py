@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import RESPONSES, OneNodeFleet, one_node_fleet
+from bench.daemons import RESPONSES, OneNodeFleet, one_node_fleet
 from tests.dockerenv import require_docker
 
 #: Only the image, as the autoscaler's operator configures it; size and region are left to the defaults.

@@ -10,8 +10,8 @@ import functools
 import json
 from typing import Any
 
+from bench.daemons import OneNodeFleet, instance, wait_for
 from tests.compat.conftest import Reply, send, url
-from tests.daemons import OneNodeFleet, instance, wait_for
 from tests.dockerenv import serves
 
 GO = {"User-Agent": "Go-http-client/1.1", "Accept-Encoding": "gzip"}

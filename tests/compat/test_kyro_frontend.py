@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.daemons import OneNodeFleet, wait_for
 from tests.compat.conftest import Reply, send_json, url
-from tests.daemons import OneNodeFleet, wait_for
 
 
 class AdminPages:

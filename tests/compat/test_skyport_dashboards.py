@@ -10,8 +10,8 @@ import functools
 import time
 from typing import Any
 
+from bench.daemons import OneNodeFleet, wait_for
 from tests.compat.conftest import Reply, send, send_json, url
-from tests.daemons import OneNodeFleet, wait_for
 from tests.dockerenv import serves
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.daemons import (
+from bench.daemons import (
     AgentProcess,
     Api,
     CoordinatorProcess,

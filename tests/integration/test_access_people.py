@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Api, CoordinatorProcess, create_node, port_block, running_coordinator
+from bench.daemons import Api, CoordinatorProcess, create_node, port_block, running_coordinator
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import pytest
 from cryptography import x509
 
 from agent.identity import new_key_and_csr
+from bench.daemons import AgentProcess, Api, CoordinatorProcess, create_node, node_view, port_block, wait_for
 from coordinator.security.pki import CertificateAuthority
 from protos import moorage_pb2 as pb
 from protos import moorage_pb2_grpc as pb_grpc
-from tests.daemons import AgentProcess, Api, CoordinatorProcess, create_node, node_view, port_block, wait_for
 from tests.dockerenv import require_docker
 
 CERT_LIFETIME_S = 6

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from bench.daemons import Api, CoordinatorProcess, create_node, node_view, port_block, running_coordinator
 from coordinator.api.app import all_routes
-from tests.daemons import Api, CoordinatorProcess, create_node, node_view, port_block, running_coordinator
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import wait_for
+from bench.daemons import wait_for
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 SERVER_FIELDS = {

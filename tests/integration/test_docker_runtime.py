@@ -32,7 +32,8 @@ from agent.runtime.base import (
     RuntimeFailure,
 )
 from agent.runtime.docker import DockerEvents, DockerRuntime, container_event, parse_timestamp
-from tests.dockerenv import TEST_IMAGE, free_port, require_docker
+from bench.daemons import TEST_IMAGE
+from tests.dockerenv import free_port, require_docker
 
 pytestmark = pytest.mark.docker
 

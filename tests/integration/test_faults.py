@@ -17,7 +17,8 @@ from typing import Any
 import docker
 import pytest
 
-from tests.daemons import (
+from bench.daemons import (
+    TEST_IMAGE,
     AgentProcess,
     OneNodeFleet,
     instance,
@@ -26,7 +27,7 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE, require_docker, serves
+from tests.dockerenv import require_docker, serves
 
 pytestmark = pytest.mark.docker
 

@@ -19,9 +19,10 @@ import psutil
 import pytest
 
 from agent.runtime.base import LABEL_INSTANCE, LABEL_MANAGED, LABEL_NODE
-from tests.daemons import (
+from bench.daemons import (
     REPO,
     TEST_FLEET,
+    TEST_IMAGE,
     AgentProcess,
     OneNodeFleet,
     instance,
@@ -30,7 +31,7 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE, require_docker, serves
+from tests.dockerenv import require_docker, serves
 
 pytestmark = pytest.mark.docker
 
@@ -126,7 +127,7 @@ def test_a_silent_node_goes_abnormal_then_offline_and_comes_back_untouched(
     assert node_view(api, fleet.node_id)["status"] == "ready"
 
     fleet.agent.stop(signal.SIGTERM)
-    # Grace: 3 intervals of 0.5 s; offline after 4 s (tests/daemons.py TEST_FLEET), plus the monitor's wake.
+    # Grace: 3 intervals of 0.5 s; offline after 4 s (bench/daemons.py TEST_FLEET), plus the monitor's wake.
     wait_for(lambda: node_view(api, fleet.node_id)["status"] == "heartbeat_abnormal", 1.5 + 1.0, "abnormal")
     wait_for(lambda: instance(api, iid)["state"] == "unhealthy", 2.0, "its instance to turn unhealthy")
     assert "stopped sending heartbeats" in instance(api, iid)["error"]

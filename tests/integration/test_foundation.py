@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.daemons import (
+from bench.daemons import (
+    TEST_IMAGE,
     AgentProcess,
     OneNodeFleet,
     create_node,
@@ -22,7 +23,7 @@ from tests.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import TEST_IMAGE, require_docker
+from tests.dockerenv import require_docker
 
 pytestmark = pytest.mark.docker
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import REPO, Api, CoordinatorProcess, FakeAgents, create_node, port_block, wait_for
+from bench.daemons import REPO, Api, CoordinatorProcess, FakeAgents, create_node, port_block, wait_for
 
 #: Examples per operation and phase: enough to walk every operation's shapes, bounded for CI.
 MAX_EXAMPLES = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.daemons import Api, CoordinatorProcess, create_node, port_block
+from bench.daemons import Api, CoordinatorProcess, create_node, port_block
 
 ECHO = {
     "name": "echo-server",

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.daemons import (
+from bench.daemons import (
     AgentProcess,
     Api,
     OneNodeFleet,

@@ -1,6 +1,6 @@
 """The panel dialect's contract (seed 001), endpoint by endpoint: request and response fields, the success
 codes as the document writes them (201 for getUser, create-user, deploy and both deletes) and every error
-it lists. A real coordinator process and real agent code over an in-memory runtime (tests/fakeagent.py),
+it lists. A real coordinator process and real agent code over an in-memory runtime (bench/fakeagent.py),
 so instances reach running without Docker; the Docker path is proven in test_panel.py."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import (
+from bench.daemons import (
     Api,
     CoordinatorProcess,
     FakeAgents,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Api, CoordinatorProcess, FakeAgents, create_node, node_view, port_block, wait_for
+from bench.daemons import Api, CoordinatorProcess, FakeAgents, create_node, node_view, port_block, wait_for
 
 KEYS = {
     "id",

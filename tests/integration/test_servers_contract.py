@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tests.daemons import Api, wait_for
+from bench.daemons import Api, wait_for
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 SERVER_FIELDS = {

@@ -20,8 +20,8 @@ import docker
 import pytest
 import yaml
 
-from tests.daemons import SIZES, wait_for
-from tests.dockerenv import TEST_IMAGE, require_docker
+from bench.daemons import SIZES, TEST_IMAGE, wait_for
+from tests.dockerenv import require_docker
 from tests.integration.sized_fleet import SERVERS, SizedFleet, sized_fleet
 
 pytestmark = pytest.mark.docker

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from bench.daemons import Api, create_node, port_block, wait_state
 from tests.compat.conftest import send_json
-from tests.daemons import Api, create_node, port_block, wait_state
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 #: What a refusal looks like (404 hides existence; 400 is the panel document's "not found").

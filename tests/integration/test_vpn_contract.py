@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import wait_for
+from bench.daemons import wait_for
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 NODE_FIELDS = {

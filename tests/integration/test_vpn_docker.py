@@ -14,7 +14,7 @@ from typing import Any
 import docker
 import pytest
 
-from tests.daemons import TEST_FLEET, Api, wait_for
+from bench.daemons import TEST_FLEET, Api, wait_for
 from tests.dockerenv import require_docker
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 

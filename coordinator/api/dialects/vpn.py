@@ -21,7 +21,7 @@ from coordinator.api.routing import Call, Handler, Router
 from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
 from coordinator.service.servers import Where, where
-from coordinator.service.vpn import NOT_FOUND, status
+from coordinator.service.vpn import NOT_FOUND, NotRedeployable
 
 T = TypeVar("T")
 NUMBER = re.compile(r"[0-9]{1,9}")
@@ -41,6 +41,30 @@ class DrfDetail(BaseModel):
 
 #: Django REST framework's shapes: {"detail": ...}, or per field {"name": ["..."]} for a 400.
 router = Router("vpn", render_error=drf_error, error_model=DrfDetail | dict[str, list[str]])
+
+#: The lifecycle table's vpn column: (code, display). 11, 12, 21 and -1 are ours (the document lists the
+#: others); an instance waiting to be released for its replacement (or expiry) is 20 whatever it runs.
+STATUS: dict[InstanceState, tuple[int, str]] = {
+    S.PENDING: (-10, "Preparing"),
+    S.PROVISIONING: (-10, "Preparing"),
+    S.CREATED: (9, "Deployment Successful"),
+    S.STARTING: (10, "Awaiting Heartbeat"),
+    S.RUNNING: (19, "Ready"),
+    S.UNHEALTHY: (18, "Heartbeat Abnormal"),
+    S.STOPPED: (11, "Stopped"),
+    S.SUSPENDED: (12, "Suspended"),
+    S.RELEASING: (20, "Pending Release"),
+    S.RELEASED: (21, "Released"),
+    S.ERROR: (-1, "Failed"),
+}
+PENDING_RELEASE = (20, "Pending Release")
+
+
+def status(inst: Instance) -> tuple[int, str]:
+    if inst.pending_release and inst.live:
+        return PENDING_RELEASE
+    return STATUS[inst.state]
+
 
 #: The container's own state (the document's "cloud provider instance" status).
 INSTANCE_STATUS: dict[InstanceState, tuple[int, str]] = {
@@ -279,7 +303,15 @@ async def update_node(call: Call, body: NodePatch) -> Wrapped[VpnNode]:
 async def redeploy_node(call: Call, body: Redeploy) -> Redeployed:
     """Place a new endpoint with the same configuration (by country), and release this one once the new one
     is Ready (at once with force)."""
-    done = await call.services.vpn.redeploy(call.caller, node_number(call), body.force, body.country_code)
+    try:
+        done = await call.services.vpn.redeploy(call.caller, node_number(call), body.force, body.country_code)
+    except NotRedeployable as exc:
+        # In the document's words (its typo included): the status code, or why.
+        if exc.why is None:
+            raise BadRequest(f"Server cann't redeploy on this status({status(exc.instance)[0]})") from exc
+        if exc.instance.server is not None:
+            raise BadRequest(f"Server cann't redeploy: {exc.why}") from exc
+        raise BadRequest(f"Server cann't redeploy now ({exc.why})") from exc
     old_code, old_display = status(done.original)
     new_code, new_display = status(done.new)
     return Redeployed(

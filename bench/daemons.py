@@ -23,6 +23,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "config" / "images.yaml"
 SIZES = REPO / "config" / "sizes.yaml"
+TEST_IMAGE = "moorage-test/busybox:latest"  # built by tests/env/build-test-image.sh
 
 #: Fast clocks for tests: heartbeats every 0.5 s, abnormal after 1.5 s.
 TEST_FLEET = {
@@ -278,7 +279,7 @@ def running_coordinator(data_dir: Path, **kwargs: Any) -> Iterator[CoordinatorPr
 
 
 class FakeAgents(Process):
-    """Real agent code over an in-memory runtime, several agents in one process (tests/fakeagent.py)."""
+    """Real agent code over an in-memory runtime, several agents in one process (bench/fakeagent.py)."""
 
     def __init__(self, log_dir: Path, coordinator: CoordinatorProcess, tokens: list[str]) -> None:
         specs = []
@@ -298,7 +299,7 @@ class FakeAgents(Process):
         log_dir.mkdir(parents=True, exist_ok=True)
         spec_path = log_dir / "fake-agents.json"
         spec_path.write_text(json.dumps(specs))
-        super().__init__([sys.executable, "-m", "tests.fakeagent", str(spec_path)], log_dir, "fake-agents")
+        super().__init__([sys.executable, "-m", "bench.fakeagent", str(spec_path)], log_dir, "fake-agents")
 
 
 def create_node(api: Api, ports: list[int], **overrides: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 reconcile) over an in-memory runtime. For tests and benchmarks that need Ready nodes in numbers, not
 containers; the Docker path is proven by the tests that use the real agent.
 
-    python -m tests.fakeagent AGENTS.json      # [{"data_dir", "coordinator", "enroll_address", "join_token"}]
+    python -m bench.fakeagent AGENTS.json      # [{"data_dir", "coordinator", "enroll_address", "join_token"}]
 """
 
 from __future__ import annotations
