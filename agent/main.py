@@ -10,9 +10,9 @@ import sys
 
 from agent import __version__, identity
 from agent.config import AgentConfig
+from agent.executor import Executor
 from agent.files import FileStore
 from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
-from agent.instances import InstanceManager
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
 from agent.runtime.docker import DockerRuntime
 from agent.session import AgentSession
@@ -78,14 +78,14 @@ async def wait_for_engine(runtime: Runtime, config: AgentConfig) -> None:
 
 
 async def follow_engine_events(
-    runtime: Runtime, node_id: str, manager: InstanceManager, config: AgentConfig
+    runtime: Runtime, node_id: str, executor: Executor, config: AgentConfig
 ) -> None:
     """Turn engine events into instance events; re-subscribe when the engine restarts."""
     while True:
         stream = runtime.events(node_id)
         try:
             async for ev in stream:
-                _on_engine_event(manager, ev)
+                _on_engine_event(executor, ev)
         except RuntimeFailure as exc:
             log.warning("engine event stream lost", error=str(exc))
         finally:
@@ -94,43 +94,43 @@ async def follow_engine_events(
         await wait_for_engine(runtime, config)
         # The engine restarted (or the stream broke): containers it stopped meanwhile are started again.
         try:
-            await manager.resync()
+            await executor.resync()
         except RuntimeFailure as exc:
             log.warning("resync after the engine came back failed", error=str(exc))
 
 
-async def resync_periodically(manager: InstanceManager, config: AgentConfig) -> None:
+async def resync_periodically(executor: Executor, config: AgentConfig) -> None:
     """Close the gap between what is wanted and what runs, whether or not the coordinator is there."""
     while True:
         await asyncio.sleep(config.resync_interval_s)
         try:
-            await manager.resync()
+            await executor.resync()
         except Exception as exc:
             # The engine may be restarting: the engine watcher resyncs once it is back.
             log.warning("resync skipped", error=str(exc))
 
 
-def _on_engine_event(manager: InstanceManager, ev: ContainerEvent) -> None:
+def _on_engine_event(executor: Executor, ev: ContainerEvent) -> None:
     if ev.kind is EventKind.EXITED:
-        manager.on_container_event("exited", ev.instance_id, ev.exit_code, ev.container_id)
+        executor.on_engine_event("exited", ev.instance_id, ev.exit_code, ev.container_id)
     elif ev.kind is EventKind.OOM:
-        manager.on_container_event("oom", ev.instance_id, 0, ev.container_id)
+        executor.on_engine_event("oom", ev.instance_id, 0, ev.container_id)
 
 
 async def run(config: AgentConfig) -> None:
     node = await obtain_identity(config)
     runtime = DockerRuntime(config.docker_url or None)
     await wait_for_engine(runtime, config)
-    manager = InstanceManager(
+    executor = Executor(
         runtime,
         node.node_id,
         config.pull_policy,
-        emit=lambda _e: None,
+        report=lambda _r: None,
         unknown_grace_s=config.unknown_container_grace_s,
         restart_policy=config.restart,
         files=FileStore(config.data_dir / "files"),
     )
-    session = AgentSession(config, node, runtime, manager, Telemetry(disk_path=str(config.data_dir)))
+    session = AgentSession(config, node, runtime, executor, Telemetry(disk_path=str(config.data_dir)))
     systemd.notify("READY=1")
     log.info("agent ready", node_id=node.node_id, coordinator=config.coordinator, version=__version__)
     stop = asyncio.Event()
@@ -140,9 +140,9 @@ async def run(config: AgentConfig) -> None:
     forever = [
         asyncio.create_task(session.run(), name="session"),
         asyncio.create_task(
-            follow_engine_events(runtime, node.node_id, manager, config), name="engine-events"
+            follow_engine_events(runtime, node.node_id, executor, config), name="engine-events"
         ),
-        asyncio.create_task(resync_periodically(manager, config), name="resync"),
+        asyncio.create_task(resync_periodically(executor, config), name="resync"),
     ]
     # Returns at once when systemd set no watchdog.
     tasks = [*forever, asyncio.create_task(systemd.watchdog_loop(), name="watchdog")]
@@ -163,7 +163,7 @@ async def run(config: AgentConfig) -> None:
         for task in [*tasks, stopper]:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await manager.close()
+        await executor.close()
         await runtime.close()
 
 

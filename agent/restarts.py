@@ -1,6 +1,6 @@
 """When to restart a container that crashed: exponential back-off that resets once a container has run
 long enough, and the point at which a crash loop is reported instead of hidden. Pure (no clock of its
-own, no I/O), so the policy is unit-tested on its own; agent/instances.py applies it."""
+own, no I/O), so the policy is unit-tested on its own; agent/state.py applies it."""
 
 from __future__ import annotations
 

@@ -16,9 +16,11 @@ import grpc
 
 from agent import __version__, identity
 from agent.config import AgentConfig
+from agent.executor import Executor, Outcome
 from agent.identity import SERVER_NAME, EnrollmentRefused, Identity
-from agent.instances import CONTAINER_STATE, InstanceManager
-from agent.runtime.base import ContainerInfo, Runtime
+from agent.reconcile import Desired
+from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus, FileSet, PortBinding, Runtime
+from agent.state import Order, Report, ReportKind
 from agent.telemetry import Telemetry
 from common.logging import get
 from protos import moorage_pb2 as pb
@@ -67,6 +69,80 @@ class Outbox:
             self.items.appendleft(message)
 
 
+CONTAINER_STATE = {
+    ContainerStatus.CREATED: pb.CONTAINER_STATE_CREATED,
+    ContainerStatus.RUNNING: pb.CONTAINER_STATE_RUNNING,
+    ContainerStatus.PAUSED: pb.CONTAINER_STATE_PAUSED,
+    ContainerStatus.RESTARTING: pb.CONTAINER_STATE_RESTARTING,
+    ContainerStatus.EXITED: pb.CONTAINER_STATE_EXITED,
+    ContainerStatus.DEAD: pb.CONTAINER_STATE_DEAD,
+    ContainerStatus.REMOVING: pb.CONTAINER_STATE_DEAD,
+}
+ORDERS = {
+    pb.COMMAND_KIND_DEPLOY: Order.DEPLOY,
+    pb.COMMAND_KIND_START: Order.START,
+    pb.COMMAND_KIND_STOP: Order.STOP,
+    pb.COMMAND_KIND_SUSPEND: Order.SUSPEND,
+    pb.COMMAND_KIND_RESTART: Order.RESTART,
+    pb.COMMAND_KIND_KILL: Order.KILL,
+    pb.COMMAND_KIND_REMOVE: Order.REMOVE,
+}
+REPORTS = {
+    ReportKind.ACCEPTED: pb.EVENT_KIND_ACCEPTED,
+    ReportKind.CREATED: pb.EVENT_KIND_CREATED,
+    ReportKind.STARTED: pb.EVENT_KIND_STARTED,
+    ReportKind.EXITED: pb.EVENT_KIND_EXITED,
+    ReportKind.OOM_KILLED: pb.EVENT_KIND_OOM_KILLED,
+    ReportKind.REMOVED: pb.EVENT_KIND_REMOVED,
+    ReportKind.FAILED: pb.EVENT_KIND_FAILED,
+    ReportKind.STOPPED: pb.EVENT_KIND_STOPPED,
+}
+
+
+def to_spec(node_id: str, spec: pb.InstanceSpec) -> ContainerSpec:
+    return ContainerSpec(
+        instance_id=spec.instance_id,
+        node_id=node_id,
+        name=spec.name,
+        image=spec.image,
+        env=dict(spec.env),
+        memory_mib=spec.memory_mib,
+        cpu_percent=spec.cpu_percent,
+        ports=tuple(PortBinding(p.bind_address, p.port) for p in spec.ports),
+        command=tuple(spec.command),
+        stop_signal=spec.stop_signal or "SIGTERM",
+        stop_timeout_s=spec.stop_timeout_s or 10,
+        labels=dict(spec.labels),
+        files=tuple(FileSet(f.target_dir, dict(f.contents)) for f in spec.files),
+        bandwidth_mbps=spec.bandwidth_mbps,
+    )
+
+
+def desired(node_id: str, spec: pb.InstanceSpec) -> Desired:
+    return Desired(to_spec(node_id, spec), spec.desired_state != pb.DESIRED_STATE_STOPPED)
+
+
+def instance_event(report: Report, at: float) -> pb.InstanceEvent:
+    return pb.InstanceEvent(
+        instance_id=report.instance_id,
+        kind=REPORTS[report.kind],
+        exit_code=report.exit_code,
+        message=report.message,
+        at_ms=int(at * 1000),
+        container_id=report.container_id,
+    )
+
+
+def command_result(command: pb.Command, outcome: Outcome) -> pb.CommandResult:
+    return pb.CommandResult(
+        command_id=command.command_id,
+        instance_id=command.instance_id,
+        ok=outcome.ok,
+        error=outcome.error,
+        container_id=outcome.container_id,
+    )
+
+
 def instance_status(
     info: ContainerInfo,
     telemetry: Telemetry,
@@ -101,13 +177,13 @@ class AgentSession:
         config: AgentConfig,
         identity: Identity,
         runtime: Runtime,
-        manager: InstanceManager,
+        executor: Executor,
         telemetry: Telemetry,
     ) -> None:
         self.config = config
         self.identity = identity
         self.runtime = runtime
-        self.manager = manager
+        self.executor = executor
         self.telemetry = telemetry
         self.outbox = Outbox(config.event_buffer)
         self.heartbeat_interval_s = config.heartbeat_interval_s
@@ -117,11 +193,11 @@ class AgentSession:
         self._welcomed_at: float | None = None
         self._beat_now = asyncio.Event()
         self._commands: set[asyncio.Task[None]] = set()
-        manager.emit = self.emit
+        executor.report = self.emit
 
-    def emit(self, event: pb.InstanceEvent) -> None:
-        self.outbox.put(pb.AgentMessage(event=event))
-        if event.kind == pb.EVENT_KIND_STARTED:
+    def emit(self, report: Report) -> None:
+        self.outbox.put(pb.AgentMessage(event=instance_event(report, time.time())))
+        if report.kind is ReportKind.STARTED:
             asyncio.get_running_loop().call_later(self.config.confirm_start_after_s, self._beat_now.set)
 
     async def statuses(self) -> list[pb.InstanceStatus]:
@@ -131,9 +207,9 @@ class AgentSession:
                 instance_status(
                     c,
                     self.telemetry,
-                    self.manager.restarts.get(c.instance_id, 0),
-                    self.manager.removal_time(c.instance_id),
-                    self.manager.limit_errors.get(c.instance_id, ""),
+                    self.executor.restarts(c.instance_id),
+                    self.executor.removal_time(c.instance_id),
+                    self.executor.limit_errors.get(c.instance_id, ""),
                 )
                 for c in containers
                 if c.instance_id
@@ -187,8 +263,8 @@ class AgentSession:
             agent_version=__version__,
             protocol_version=PROTOCOL_VERSION,
             hostname=self.config.data_dir.name,
-            capacity=self.telemetry.capacity(
-                self.config.memory_mib, self.config.disk_mib, self.config.cpu_count
+            capacity=pb.Capacity(
+                **self.telemetry.capacity(self.config.memory_mib, self.config.disk_mib, self.config.cpu_count)
             ),
             instances=statuses,
             images=images,
@@ -240,7 +316,8 @@ class AgentSession:
         """Converge to the Welcome's desired set. Not tied to this call: a session lost halfway must not
         cancel a deploy halfway. A newer Welcome's set replaces this one at once, and every step checks the
         set in force under its instance's lock, so an older reconcile still running cannot undo it."""
-        task = asyncio.create_task(self.manager.reconcile(welcome), name="reconcile")
+        wanted = {s.instance_id: desired(self.identity.node_id, s) for s in welcome.desired}
+        task = asyncio.create_task(self.executor.reconcile(wanted, set(welcome.remove)), name="reconcile")
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
 
@@ -257,8 +334,15 @@ class AgentSession:
                 self._install_certificate(bytes(message.renewed.certificate_pem))
 
     async def _run_command(self, command: pb.Command) -> None:
-        result = await self.manager.handle(command)
-        self.outbox.put(pb.AgentMessage(result=result))
+        order = ORDERS.get(command.kind)
+        if order is None:
+            known = command.kind in pb.CommandKind.values()
+            name = pb.CommandKind.Name(command.kind) if known else str(command.kind)
+            outcome = Outcome(False, error=f"command {name} is not supported by this agent")
+        else:
+            want = None if order is Order.REMOVE else desired(self.identity.node_id, command.spec)
+            outcome = await self.executor.command(order, command.instance_id, want)
+        self.outbox.put(pb.AgentMessage(result=command_result(command, outcome)))
 
     async def _write(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
         while True:
@@ -291,7 +375,7 @@ class AgentSession:
         while True:
             try:
                 self._seq += 1
-                host = await asyncio.to_thread(self.telemetry.host)
+                host = pb.HostMetrics(**await asyncio.to_thread(self.telemetry.host))
                 beat = pb.Heartbeat(seq=self._seq, sent_at_ms=int(time.time() * 1000), host=host)
                 try:
                     # Bounded: an engine shutting down may accept the request and never answer.

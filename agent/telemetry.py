@@ -10,10 +10,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
-
-from protos import moorage_pb2 as pb
 
 
 def read_net_dev(pid: int, proc: Path = Path("/proc")) -> tuple[int, int] | None:
@@ -47,15 +46,17 @@ class Telemetry:
     _host_prev: _Counter | None = None
     _containers: dict[str, _Counter] = field(default_factory=dict)
 
-    def capacity(self, memory_mib: int, disk_mib: int, cpu_count: int) -> pb.Capacity:
-        return pb.Capacity(
-            memory_mib=memory_mib or psutil.virtual_memory().total // 2**20,
-            disk_mib=disk_mib or psutil.disk_usage(self.disk_path).total // 2**20,
-            cpu_count=cpu_count or os.cpu_count() or 1,
-        )
+    def capacity(self, memory_mib: int, disk_mib: int, cpu_count: int) -> dict[str, int]:
+        """The host's capacity as the protocol's Capacity fields (configured values win)."""
+        return {
+            "memory_mib": memory_mib or psutil.virtual_memory().total // 2**20,
+            "disk_mib": disk_mib or psutil.disk_usage(self.disk_path).total // 2**20,
+            "cpu_count": cpu_count or os.cpu_count() or 1,
+        }
 
-    def host(self) -> pb.HostMetrics:
-        """Blocking but quick (no sampling sleeps); called from a worker thread."""
+    def host(self) -> dict[str, Any]:
+        """The protocol's HostMetrics fields. Blocking but quick (no sampling sleeps); called from a worker
+        thread."""
         now = time.monotonic()
         vm = psutil.virtual_memory()
         disk = psutil.disk_usage(self.disk_path)
@@ -67,18 +68,18 @@ class Telemetry:
             tx_mbps = max(net.bytes_sent - self._host_prev.tx, 0) * 8 / dt / 1e6
         self._host_prev = _Counter(now, net.bytes_recv, net.bytes_sent)
         load1, load5, load15 = os.getloadavg()
-        return pb.HostMetrics(
-            cpu_percent=psutil.cpu_percent(interval=None),
-            memory_used_mib=(vm.total - vm.available) // 2**20,
-            memory_total_mib=vm.total // 2**20,
-            disk_used_mib=disk.used // 2**20,
-            disk_total_mib=disk.total // 2**20,
-            load1=load1,
-            load5=load5,
-            load15=load15,
-            net_rx_mbps=rx_mbps,
-            net_tx_mbps=tx_mbps,
-        )
+        return {
+            "cpu_percent": psutil.cpu_percent(interval=None),
+            "memory_used_mib": (vm.total - vm.available) // 2**20,
+            "memory_total_mib": vm.total // 2**20,
+            "disk_used_mib": disk.used // 2**20,
+            "disk_total_mib": disk.total // 2**20,
+            "load1": load1,
+            "load5": load5,
+            "load15": load15,
+            "net_rx_mbps": rx_mbps,
+            "net_tx_mbps": tx_mbps,
+        }
 
     def container_network(self, container_id: str, pid: int) -> tuple[int, int, float, float]:
         """(rx bytes, tx bytes, rx Mbps, tx Mbps) of a running container since its namespace was created.

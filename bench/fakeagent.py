@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
+from agent.executor import Executor
 from agent.files import FileStore
-from agent.instances import InstanceManager
 from agent.main import obtain_identity
 from agent.runtime.base import PullPolicy
 from agent.runtime.memory import MemoryRuntime
@@ -36,15 +36,15 @@ async def run_one(spec: dict[str, Any]) -> None:
     config = AgentConfig.model_validate({"reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, **spec})
     node = await obtain_identity(config)
     runtime = MemoryRuntime()
-    manager = InstanceManager(
+    executor = Executor(
         runtime,
         node.node_id,
         PullPolicy.MISSING,
-        emit=lambda _e: None,
+        report=lambda _r: None,
         files=FileStore(config.data_dir / "files"),
         shaper=accept_cap,
     )
-    session = AgentSession(config, node, runtime, manager, Telemetry(disk_path="/"))
+    session = AgentSession(config, node, runtime, executor, Telemetry(disk_path="/"))
     await session.run()
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.instances import InstanceManager, to_spec
+from agent.executor import Executor
+from agent.reconcile import Desired
 from agent.restarts import RestartPolicy
-from agent.runtime.base import ContainerStatus, PullPolicy, RuntimeFailure
+from agent.runtime.base import ContainerSpec, ContainerStatus, PortBinding, PullPolicy, RuntimeFailure
 from agent.runtime.memory import MemoryRuntime
-from protos import moorage_pb2 as pb
+from agent.state import Order, Report
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, reset_after_s=60, crash_loop_after=10)
 BUSY = "Bind for 127.0.0.1:30000 failed: port is already allocated"
@@ -32,36 +33,37 @@ class BusyPortRuntime(MemoryRuntime):
         await super().start(container_id)
 
 
-def spec(iid: str = "i1") -> pb.InstanceSpec:
-    return pb.InstanceSpec(
+def spec(iid: str = "i1") -> ContainerSpec:
+    return ContainerSpec(
         instance_id=iid,
+        node_id="n",
         name=iid,
         image="moorage-test/busybox:latest",
+        env={},
         memory_mib=64,
-        ports=[pb.PortBinding(bind_address="127.0.0.1", port=30000, primary=True)],
-        desired_state=pb.DESIRED_STATE_RUNNING,
+        cpu_percent=0,
+        ports=(PortBinding("127.0.0.1", 30000),),
     )
 
 
-def command(kind: pb.CommandKind.ValueType, iid: str = "i1") -> pb.Command:
-    return pb.Command(command_id=f"{kind}-{iid}", kind=kind, instance_id=iid, spec=spec(iid))
+def want(*iids: str) -> dict[str, Desired]:
+    return {iid: Desired(spec(iid), running=True) for iid in iids}
 
 
-def manager_over(runtime: MemoryRuntime) -> tuple[InstanceManager, list[pb.InstanceEvent]]:
-    events: list[pb.InstanceEvent] = []
-    manager = InstanceManager(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=FAST)
-    return manager, events
+def manager_over(runtime: MemoryRuntime) -> tuple[Executor, list[Report]]:
+    events: list[Report] = []
+    return Executor(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=FAST), events
 
 
-def kinds(events: list[pb.InstanceEvent]) -> list[str]:
-    return [pb.EventKind.Name(e.kind).removeprefix("EVENT_KIND_") for e in events]
+def kinds(events: list[Report]) -> list[str]:
+    return [e.kind.name for e in events]
 
 
 async def test_a_failed_deploy_is_retried_with_the_back_off_while_wanted() -> None:
     runtime = BusyPortRuntime()
     manager, events = manager_over(runtime)
-    await manager.reconcile(pb.Welcome())
-    result = await manager.handle(command(pb.COMMAND_KIND_DEPLOY))
+    await manager.reconcile({}, set())
+    result = await manager.command(Order.DEPLOY, "i1", want("i1")["i1"])
     assert not result.ok and BUSY in result.error
     assert kinds(events) == ["ACCEPTED", "CREATED", "FAILED"] and not runtime.containers
     # Resyncs during the back-off do not retry: only the back-off does, further apart each time.
@@ -80,25 +82,25 @@ async def test_a_failed_deploy_is_retried_with_the_back_off_while_wanted() -> No
 async def test_a_removal_ends_the_retries_so_a_released_instance_never_comes_back() -> None:
     runtime = BusyPortRuntime()
     manager, events = manager_over(runtime)
-    await manager.reconcile(pb.Welcome())
-    await manager.handle(command(pb.COMMAND_KIND_DEPLOY))
-    removed = await manager.handle(command(pb.COMMAND_KIND_REMOVE))
+    await manager.reconcile({}, set())
+    await manager.command(Order.DEPLOY, "i1", want("i1")["i1"])
+    removed = await manager.command(Order.REMOVE, "i1", None)
     assert removed.ok and kinds(events)[-1] == "REMOVED"
     runtime.busy = False  # the port is free again: nothing may use it now
     await asyncio.sleep(0.5)
     for _ in range(3):
         await manager.resync()
-    assert not runtime.containers and runtime.starts == 1 and "i1" not in manager.desired
+    assert not runtime.containers and runtime.starts == 1 and manager.state.want("i1") is None
     await manager.close()
 
 
 async def test_a_welcome_without_the_instance_drops_it_and_its_retry() -> None:
     runtime = BusyPortRuntime()
     manager, _ = manager_over(runtime)
-    await manager.reconcile(pb.Welcome(desired=[spec()]))
+    await manager.reconcile(want("i1"), set())
     assert runtime.starts == 1 and not runtime.containers
     # The coordinator failed it while the session was down; the next Welcome no longer holds it.
-    await manager.reconcile(pb.Welcome(desired=[spec("other")]))
+    await manager.reconcile(want("other"), set())
     runtime.busy = False
     await asyncio.sleep(0.5)
     await manager.resync()
@@ -109,8 +111,8 @@ async def test_a_welcome_without_the_instance_drops_it_and_its_retry() -> None:
 async def test_a_welcome_removal_of_a_failed_instance_reports_it_removed() -> None:
     runtime = BusyPortRuntime()
     manager, events = manager_over(runtime)
-    await manager.reconcile(pb.Welcome(desired=[spec()]))
-    await manager.reconcile(pb.Welcome(remove=["i1"]))
+    await manager.reconcile(want("i1"), set())
+    await manager.reconcile({}, {"i1"})
     runtime.busy = False
     await asyncio.sleep(0.3)
     assert kinds(events)[-1] == "REMOVED" and not runtime.containers
@@ -122,12 +124,12 @@ async def test_no_resync_before_the_first_welcome_removes_anything() -> None:
     containers are kept, however long that lasts."""
     runtime = MemoryRuntime()
     manager, _ = manager_over(runtime)
-    manager.unknown_grace_s = 0.0
-    kept = await runtime.create(to_spec("n", spec()))
+    manager.state.unknown_grace_s = 0.0
+    kept = await runtime.create(spec())
     await runtime.start(kept)
     await manager.resync()
     assert kept in runtime.containers
-    await manager.reconcile(pb.Welcome(desired=[spec()]))
+    await manager.reconcile(want("i1"), set())
     await manager.resync()
     assert runtime.containers[kept].status is ContainerStatus.RUNNING
 
@@ -150,10 +152,10 @@ class SlowStartRuntime(BusyPortRuntime):
 async def test_a_welcome_that_drops_an_instance_mid_retry_leaves_no_container() -> None:
     runtime = SlowStartRuntime()
     manager, _ = manager_over(runtime)
-    await manager.reconcile(pb.Welcome(desired=[spec()]))  # fails: the port is busy; a retry is pending
+    await manager.reconcile(want("i1"), set())  # fails: the port is busy; a retry is pending
     runtime.busy = False
     await asyncio.wait_for(runtime.in_start.wait(), 2)  # the retry is inside the engine's start
-    dropping = asyncio.create_task(manager.reconcile(pb.Welcome()))  # the coordinator no longer wants it
+    dropping = asyncio.create_task(manager.reconcile({}, set()))  # the coordinator no longer wants it
     await asyncio.sleep(0.05)
     runtime.finish_start.set()
     await dropping

@@ -1,5 +1,5 @@
 """Crash restarts: the back-off policy as a pure function (examples and properties), and the instance
-manager applying it over the in-memory runtime (the Docker path is proven in test_fleet_truth.py)."""
+executor applying it over the in-memory runtime (the Docker path is proven in test_fleet_truth.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.instances import InstanceManager
+from agent.executor import Executor
 from agent.reconcile import Desired
 from agent.restarts import RestartPolicy, on_crash
 from agent.runtime.base import ContainerSpec, ContainerStatus, PullPolicy
 from agent.runtime.memory import MemoryRuntime
-from protos import moorage_pb2 as pb
+from agent.state import Order, Report, ReportKind
 
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=60, reset_after_s=30, crash_loop_after=4)
 
@@ -55,22 +55,23 @@ def spec(iid: str) -> ContainerSpec:
     )
 
 
-async def running_manager(
-    policy: RestartPolicy,
-) -> tuple[InstanceManager, MemoryRuntime, list[pb.InstanceEvent]]:
+async def running_manager(policy: RestartPolicy) -> tuple[Executor, MemoryRuntime, list[Report]]:
     runtime = MemoryRuntime()
-    events: list[pb.InstanceEvent] = []
-    manager = InstanceManager(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=policy)
-    manager.desired["i1"] = Desired(spec("i1"), running=True)
-    manager.welcomed = True  # as if a Welcome had said so
-    await manager._deploy(manager.desired["i1"])
+    events: list[Report] = []
+    manager = Executor(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=policy)
+    await manager.reconcile({"i1": Desired(spec("i1"), running=True)}, set())
     return manager, runtime, events
 
 
-def crash(manager: InstanceManager, runtime: MemoryRuntime, code: int = 1) -> None:
+async def stop(manager: Executor) -> None:
+    """The owner stops it (or an admin suspends it)."""
+    assert (await manager.command(Order.STOP, "i1", Desired(spec("i1"), running=False))).ok
+
+
+def crash(manager: Executor, runtime: MemoryRuntime, code: int = 1) -> None:
     cid = next(iter(runtime.containers))
     runtime.containers[cid] = replace(runtime.containers[cid], status=ContainerStatus.EXITED, exit_code=code)
-    manager.on_container_event("exited", "i1", code, cid)
+    manager.on_engine_event("exited", "i1", code, cid)
 
 
 async def test_a_crashed_container_is_reported_then_restarted_after_the_back_off() -> None:
@@ -80,12 +81,12 @@ async def test_a_crashed_container_is_reported_then_restarted_after_the_back_off
     for n in (1, 2, 3):
         crash(manager, runtime, code=3)
         reported = events[-1]
-        assert reported.kind == pb.EVENT_KIND_EXITED and "exited with code 3" in reported.message
+        assert reported.kind is ReportKind.EXITED and "exited with code 3" in reported.message
         assert ("crash loop" in reported.message) == (n == 3)
         assert runtime.containers[cid].status is ContainerStatus.EXITED  # not at once: after the back-off
         await asyncio.sleep(fast.initial_delay_s * 2 ** (n - 1) + 0.05)
         assert runtime.containers[cid].status is ContainerStatus.RUNNING
-        assert events[-1].kind == pb.EVENT_KIND_STARTED and manager.restarts["i1"] == n
+        assert events[-1].kind is ReportKind.STARTED and manager.restarts("i1") == n
     await manager.close()
 
 
@@ -93,14 +94,14 @@ async def test_no_restart_for_a_stop_we_asked_for_a_stopped_instance_or_a_disabl
     manager, runtime, events = await running_manager(RestartPolicy(initial_delay_s=0.01))
     cid = next(iter(runtime.containers))
     # Stopped on purpose: its exit is no crash.
-    await manager._stop_container("i1", runtime.containers[cid], 1)
-    manager.on_container_event("exited", "i1", 0, cid)
-    assert events[-1].kind == pb.EVENT_KIND_STOPPED
+    await stop(manager)
+    manager.on_engine_event("exited", "i1", 0, cid)
+    assert events[-1].kind is ReportKind.STOPPED
     # Should not run (stopped by its owner, or suspended): reported, never restarted.
-    manager.desired["i1"] = Desired(spec("i1"), running=False)
-    manager.on_container_event("exited", "i1", 0, cid)
+    manager.on_engine_event("exited", "i1", 0, cid)
     await asyncio.sleep(0.05)
-    assert runtime.containers[cid].status is ContainerStatus.EXITED and "i1" not in manager.restarts
+    assert runtime.containers[cid].status is ContainerStatus.EXITED and manager.restarts("i1") == 0
+    assert [e.kind for e in events[-1:]] == [ReportKind.EXITED]
     off, runtime2, events2 = await running_manager(RestartPolicy(enabled=False))
     crash(off, runtime2)
     await asyncio.sleep(0.05)
@@ -111,11 +112,11 @@ async def test_no_restart_for_a_stop_we_asked_for_a_stopped_instance_or_a_disabl
 async def test_an_oom_kill_is_one_crash_with_its_reason_and_a_stop_meanwhile_wins() -> None:
     manager, runtime, events = await running_manager(RestartPolicy(initial_delay_s=0.05))
     cid = next(iter(runtime.containers))
-    manager.on_container_event("oom", "i1", 0, cid)
+    manager.on_engine_event("oom", "i1", 0, cid)
     crash(manager, runtime, code=137)
-    assert [e.kind for e in events[-1:]] == [pb.EVENT_KIND_OOM_KILLED]
+    assert [e.kind for e in events[-1:]] == [ReportKind.OOM_KILLED]
     assert events[-1].message.startswith("the container was OOM-killed; restarting in")
-    manager.desired["i1"] = Desired(spec("i1"), running=False)  # a stop arrived during the back-off
+    await stop(manager)  # a stop arrived during the back-off
     await asyncio.sleep(0.1)
     assert runtime.containers[cid].status is ContainerStatus.EXITED
     await manager.close()
@@ -123,7 +124,7 @@ async def test_an_oom_kill_is_one_crash_with_its_reason_and_a_stop_meanwhile_win
 
 async def test_resync_between_welcomes_recreates_starts_and_removes_what_differs() -> None:
     manager, runtime, _ = await running_manager(RestartPolicy(initial_delay_s=60))
-    manager.unknown_grace_s = 0.0
+    manager.state.unknown_grace_s = 0.0
     cid = next(iter(runtime.containers))
     # Stopped behind our back (the engine restarted): started again, no back-off involved.
     runtime.containers[cid] = replace(runtime.containers[cid], status=ContainerStatus.EXITED)

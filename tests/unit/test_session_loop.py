@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from agent.config import AgentConfig
+from agent.executor import Executor
 from agent.identity import EnrollmentRefused, Identity
-from agent.instances import InstanceManager
 from agent.runtime.base import PullPolicy
 from agent.runtime.memory import MemoryRuntime
 from agent.session import AgentSession
@@ -39,8 +39,8 @@ class ScriptedSession(AgentSession):
     def __init__(self, tmp: Path, ends: list[Callable[[], BaseException] | None]) -> None:
         config = AgentConfig(data_dir=tmp, reconnect_initial_s=0.001, reconnect_max_s=0.004)
         runtime = MemoryRuntime()
-        manager = InstanceManager(runtime, "n", PullPolicy.MISSING, emit=lambda _e: None)
-        super().__init__(config, cast(Identity, ValidIdentity()), runtime, manager, Telemetry(disk_path="/"))
+        executor = Executor(runtime, "n", PullPolicy.MISSING, lambda _r: None)
+        super().__init__(config, cast(Identity, ValidIdentity()), runtime, executor, Telemetry(disk_path="/"))
         self.ends = ends
         self.attempts = 0
         self.exhausted = asyncio.Event()

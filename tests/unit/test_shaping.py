@@ -3,13 +3,16 @@ the agent reporting a cap it could not set (in its heartbeats) while the contain
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from agent.instances import InstanceManager
-from agent.runtime.base import PullPolicy
+from agent.executor import Executor
+from agent.reconcile import Desired
+from agent.runtime.base import ContainerSpec, PullPolicy
 from agent.runtime.memory import MemoryRuntime
 from agent.shaping import ShapingError, burst_bytes, host_device, peer_index, tbf
-from protos import moorage_pb2 as pb
+from agent.state import Order
 
 
 def test_bucket_holds_20ms_and_at_least_32k() -> None:
@@ -33,20 +36,21 @@ async def test_a_refused_cap_is_reported_and_the_container_runs() -> None:
         raise ShapingError("tc: Operation not permitted")
 
     runtime = MemoryRuntime()
-    manager = InstanceManager(runtime, "n1", PullPolicy.MISSING, emit=lambda _e: None, shaper=refuse)
-    spec = pb.InstanceSpec(
-        instance_id="i-1", image="moorage-test/busybox:latest", desired_state=pb.DESIRED_STATE_RUNNING
+    manager = Executor(runtime, "n1", PullPolicy.MISSING, lambda _r: None, shaper=refuse)
+    spec = ContainerSpec(
+        instance_id="i-1",
+        node_id="n1",
+        name="i-1",
+        image="moorage-test/busybox:latest",
+        env={},
+        memory_mib=64,
+        cpu_percent=0,
+        bandwidth_mbps=8,
     )
-    spec.bandwidth_mbps = 8
-    result = await manager.handle(
-        pb.Command(command_id="c1", kind=pb.COMMAND_KIND_DEPLOY, instance_id="i-1", spec=spec)
-    )
+    result = await manager.command(Order.DEPLOY, "i-1", Desired(spec, running=True))
     assert result.ok, result.error
     assert manager.limit_errors["i-1"] == "bandwidth cap of 8 Mbps not in force: tc: Operation not permitted"
     assert [c.status.value for c in runtime.containers.values()] == ["running"]
     # Without a cap there is nothing to report.
-    spec.bandwidth_mbps = 0
-    await manager.handle(
-        pb.Command(command_id="c2", kind=pb.COMMAND_KIND_RESTART, instance_id="i-1", spec=spec)
-    )
+    await manager.command(Order.RESTART, "i-1", Desired(replace(spec, bandwidth_mbps=0), running=True))
     assert "i-1" not in manager.limit_errors
