@@ -6,8 +6,9 @@ work on different instances runs concurrently. Crash and failure retries wait in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping, Set
+from collections.abc import AsyncIterator, Callable, Mapping, Set
 from dataclasses import dataclass
 
 from agent import shaping
@@ -19,6 +20,7 @@ from agent.runtime.base import (
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
+    ContainerStatus,
     PullPolicy,
     Runtime,
     RuntimeFailure,
@@ -36,6 +38,7 @@ from agent.state import (
     Exited,
     Failed,
     Finished,
+    Listed,
     Made,
     OomKilled,
     Order,
@@ -43,7 +46,7 @@ from agent.state import (
     Removed,
     RemoveUnknown,
     Report,
-    Resynced,
+    RetryDone,
     RetryDue,
     ScheduleRetry,
     Started,
@@ -55,6 +58,9 @@ from agent.state import (
 from common.logging import get
 
 log = get("agent.executor")
+
+#: Containers whose removal makes the engine report an exit.
+STOPPABLE = frozenset({ContainerStatus.RUNNING, ContainerStatus.RESTARTING, ContainerStatus.PAUSED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +99,12 @@ class Executor:
         self.clock = clock
         #: Why an instance's bandwidth cap is not in force (reported in heartbeats).
         self.limit_errors: dict[str, str] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        #: Per instance: its lock and how many hold or wait for it (the entry goes when none do).
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         #: Retries waiting out their back-off (a retry that woke is no longer here: it is not cancelled).
         self._timers: dict[str, asyncio.Task[None]] = {}
+        #: Every retry task, waiting or at work (stopped on close).
+        self._retries: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ what the session and main call
 
@@ -104,23 +113,28 @@ class Executor:
         finds nothing to remove; both answer ok."""
         try:
             container_id: str | None = None
-            for action in self._feed(Commanded(order, instance_id, want, self.clock())):
-                container_id = await self._perform(action)
+            # Taken in arrival order under the instance's lock: a deploy still at work finishes before a
+            # removal behind it changes what is wanted.
+            async with self._lock(instance_id):
+                for action in self._feed(Commanded(order, instance_id, want, self.clock())):
+                    container_id = await self._perform_locked(action)
             return Outcome(True, container_id=container_id or "")
         except Exception as exc:
             log.warning("command failed", instance_id=instance_id, kind=order.value, error=str(exc))
             return Outcome(False, error=str(exc))
 
     async def reconcile(self, desired: Mapping[str, Desired], remove: Set[str]) -> None:
-        """The Welcome's desired set becomes exactly the agent's; the gap to the engine is closed."""
+        """The Welcome's desired set becomes exactly the agent's at once (even if the engine does not answer
+        now: the resync after it comes back converges); then the gap to the engine is closed."""
+        self._feed(Welcomed(desired, remove, self.clock()))
         actual = await self.actual()
-        await self._perform_all(self._feed(Welcomed(desired, remove, actual, self.clock())))
+        await self._perform_all(self._feed(Listed(actual, self.clock(), remove, readopt=True)))
 
     async def resync(self) -> None:
         """Between Welcomes (periodically, and after the engine came back): close the gap again."""
         if not self.state.welcomed:
             return
-        actions = self._feed(Resynced(await self.actual(), self.clock()))
+        actions = self._feed(Listed(await self.actual(), self.clock()))
         if actions:
             log.info("resync", actions=[f"{type(a).__name__.lower()}:{a.instance_id}" for a in actions])
         await self._perform_all(actions)
@@ -141,11 +155,11 @@ class Executor:
         return self.state.removal_time(instance_id)
 
     async def close(self) -> None:
-        """Cancel waiting retries (the agent is stopping; the next one reconciles)."""
-        timers = list(self._timers.values())
-        for task in timers:
+        """Stop every retry, waiting or at work (the agent is stopping; the next one reconciles)."""
+        retries = list(self._retries)
+        for task in retries:
             task.cancel()
-        await asyncio.gather(*timers, return_exceptions=True)
+        await asyncio.gather(*retries, return_exceptions=True)
 
     # ------------------------------------------------------------ the loop between state and engine
 
@@ -179,27 +193,44 @@ class Executor:
 
     async def _perform(self, action: Action) -> str | None:
         async with self._lock(action.instance_id):
-            if isinstance(action, Apply):
-                return await self._apply(action)
-            if isinstance(action, Remove):
-                await self._remove(action.instance_id)
-            elif isinstance(action, RemoveUnknown) and self.state.want(action.instance_id) is None:
-                log.warning(
-                    "removing a container nobody wants",
-                    instance_id=action.instance_id,
-                    container_id=action.container_id,
-                )
-                await self._remove(action.instance_id)
+            return await self._perform_locked(action)
+
+    async def _perform_locked(self, action: Action) -> str | None:
+        if isinstance(action, Apply):
+            return await self._apply(action)
+        if isinstance(action, Remove):
+            await self._remove(action.instance_id)
+        elif isinstance(action, RemoveUnknown) and self.state.want(action.instance_id) is None:
+            log.warning(
+                "removing a container nobody wants",
+                instance_id=action.instance_id,
+                container_id=action.container_id,
+            )
+            await self._remove(action.instance_id)
         return None
 
-    def _lock(self, instance_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(instance_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, instance_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(instance_id) or (asyncio.Lock(), 0)
+        self._locks[instance_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[instance_id]
+            if users == 1:
+                del self._locks[instance_id]
+            else:
+                self._locks[instance_id] = (lock, users - 1)
 
     def _schedule(self, instance_id: str, delay_s: float) -> None:
         old = self._timers.pop(instance_id, None)
         if old is not None:
             old.cancel()
-        self._timers[instance_id] = asyncio.get_running_loop().create_task(self._retry(instance_id, delay_s))
+        task = asyncio.get_running_loop().create_task(self._retry(instance_id, delay_s))
+        self._timers[instance_id] = task
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     async def _retry(self, instance_id: str, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
@@ -210,6 +241,8 @@ class Executor:
                 await self._perform(action)
         except Exception as exc:
             log.warning("retry failed", instance_id=instance_id, error=str(exc))
+        finally:
+            self._feed(RetryDone(instance_id))
 
     # ------------------------------------------------------------ engine work (under the instance's lock)
 
@@ -238,7 +271,7 @@ class Executor:
             self._feed(Started(iid, have.container_id, self.clock(), after_crash=action.after_crash))
         elif not want.running and running:
             await self._stop_container(iid, have, want.spec.stop_timeout_s)
-        else:
+        elif not action.after_crash:  # a retry that finds it as wanted (a start came first) says nothing
             if running:
                 # The cap is set again (idempotent): an agent restart forgot whether it was.
                 await self._shape(iid, have.container_id)
@@ -288,9 +321,11 @@ class Executor:
         have = await self._find(instance_id)
         if have is not None:
             try:
+                if have.status in STOPPABLE:
+                    # Its "die" (which may come after the removal) is expected, not a crash.
+                    self._feed(StopIssued(instance_id))
                 if have.status in RUNNING:
                     want = self.state.want(instance_id)
-                    self._feed(StopIssued(instance_id))
                     await self.runtime.stop(have.container_id, want.spec.stop_timeout_s if want else 10)
                 await self.runtime.remove(have.container_id)
             except ContainerNotFound:

@@ -40,12 +40,23 @@ class Order(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Welcomed:
-    """A session began: ``desired`` is now exactly the wanted set; ``remove`` were released."""
+    """A session began: ``desired`` is now exactly the wanted set, at once (before the engine is asked what
+    it has: a command right behind the Welcome must find it in force); ``remove`` were released."""
 
     desired: Mapping[str, Desired]
     remove: Set[str]
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What the engine has, listed after a Welcome (``readopt``: what is already as wanted is reported
+    again, so the coordinator's states converge; ``remove``: the Welcome's releases) or by a resync."""
+
     actual: Mapping[str, ContainerInfo]
     now: float
+    remove: Set[str] = frozenset()
+    readopt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +64,6 @@ class Commanded:
     order: Order
     instance_id: str
     want: Desired | None
-    now: float
-
-
-@dataclass(frozen=True, slots=True)
-class Resynced:
-    """What the engine has, between Welcomes."""
-
-    actual: Mapping[str, ContainerInfo]
     now: float
 
 
@@ -81,8 +84,15 @@ class OomKilled:
 
 @dataclass(frozen=True, slots=True)
 class RetryDue:
+    """A retry's back-off is over: it is at work until RetryDone (and shields its instance meanwhile)."""
+
     instance_id: str
     now: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDone:
+    instance_id: str
 
 
 # What the executor did, fed back.
@@ -159,11 +169,12 @@ class Removed:
 
 Event = (
     Welcomed
+    | Listed
     | Commanded
-    | Resynced
     | Exited
     | OomKilled
     | RetryDue
+    | RetryDone
     | Accepted
     | Made
     | Started
@@ -261,9 +272,17 @@ class Tracked:
     started_at: float | None = None
     #: Crash restarts this agent made (reported in heartbeats).
     restarts: int = 0
-    retry_pending: bool = False
+    #: A retry waits out its back-off (its timer can be cancelled) ...
+    retry_waiting: bool = False
+    #: ... or is at work (it is not cancelled: it finishes and finds what is wanted then).
+    retry_running: bool = False
     #: When a labelled container nobody wants was first seen.
     unknown_since: float | None = None
+
+    @property
+    def retry_pending(self) -> bool:
+        """A retry owns the instance: Welcomes and resyncs leave it to the retry."""
+        return self.retry_waiting or self.retry_running
 
     @property
     def idle(self) -> bool:
@@ -273,7 +292,6 @@ class Tracked:
             and not self.retry_pending
             and not self.expected_exit
             and self.unknown_since is None
-            and not self.restarts
         )
 
 
@@ -313,7 +331,12 @@ class AgentState:
     # ------------------------------------------------------------ the machine
 
     def handle(self, event: Event) -> list[Action]:
-        return _HANDLERS[type(event)](self, event)
+        actions = _HANDLERS[type(event)](self, event)
+        # Nothing idle is kept: records exist only for instances something is known or pending about.
+        touched = getattr(event, "instance_id", None)
+        for iid in [touched] if touched is not None else list(self.instances):
+            self._tidy(iid)
+        return actions
 
     def _track(self, instance_id: str) -> Tracked:
         t = self.instances.get(instance_id)
@@ -333,8 +356,8 @@ class AgentState:
         if t is None:
             return []
         t.want = None
-        if t.retry_pending:
-            t.retry_pending = False
+        if t.retry_waiting:
+            t.retry_waiting = False
             return [CancelRetry(instance_id)]
         return []
 
@@ -380,18 +403,20 @@ class AgentState:
             t = self._track(iid)
             t.want, t.unknown_since = want, None
         self.welcomed = True
-        return actions + self._planned(ev.desired, ev.remove, ev.actual, ev.now, readopt=True)
+        return actions
 
-    def _resynced(self, ev: Resynced) -> list[Action]:
-        """Nothing happens before the first Welcome: until then the agent does not know what is wanted, and
-        every container would look unwanted. What already runs as wanted is not re-reported."""
+    def _listed(self, ev: Listed) -> list[Action]:
+        """The gap to what is wanted *now* (a command since the Welcome counts). Nothing happens before the
+        first Welcome: until then the agent does not know what is wanted, and every container would look
+        unwanted."""
         if not self.welcomed:
             return []
         for iid, t in list(self.instances.items()):
             if t.unknown_since is not None and (iid not in ev.actual or t.want is not None):
                 t.unknown_since = None
-                self._tidy(iid)
-        return self._planned(self.desired, frozenset(), ev.actual, ev.now, readopt=False)
+        # A release the Welcome said is void for an instance a command wants again since.
+        remove = {iid for iid in ev.remove if self.want(iid) is None}
+        return self._planned(self.desired, remove, ev.actual, ev.now, readopt=ev.readopt)
 
     def _commanded(self, ev: Commanded) -> list[Action]:
         iid = ev.instance_id
@@ -409,7 +434,6 @@ class AgentState:
         t = self._track(iid)
         if t.expected_exit:
             t.expected_exit = t.oom = False
-            self._tidy(iid)
             return []
         oom, t.oom = t.oom, False
         what = "the container was OOM-killed" if oom else f"the container exited with code {ev.exit_code}"
@@ -420,11 +444,10 @@ class AgentState:
             crash = on_crash(self.policy, t.crashes_in_a_row, ran_for)
             t.crashes_in_a_row = crash.in_a_row
             message = describe(crash, what)
-            t.retry_pending = True
+            t.retry_waiting = True
             actions.append(ScheduleRetry(iid, crash.delay_s))
         kind = ReportKind.OOM_KILLED if oom else ReportKind.EXITED
         actions.append(Report(kind, iid, ev.container_id, ev.exit_code, message))
-        self._tidy(iid)
         return actions
 
     def _oom(self, ev: OomKilled) -> list[Action]:
@@ -435,13 +458,19 @@ class AgentState:
         """After the back-off: start it again if it is still wanted running (a stop, removal or suspension
         meanwhile wins); a container that failed to be made is made again."""
         t = self.instances.get(ev.instance_id)
-        if t is None or not t.retry_pending:
+        if t is None or not t.retry_waiting:
             return []
-        t.retry_pending = False
-        if t.want is None or not t.want.running:
-            self._tidy(ev.instance_id)
+        t.retry_waiting = False
+        if t.want is None:
             return []
+        t.retry_running = True
         return [Apply(ev.instance_id, after_crash=True)]
+
+    def _retry_done(self, ev: RetryDone) -> list[Action]:
+        t = self.instances.get(ev.instance_id)
+        if t is not None:
+            t.retry_running = False
+        return []
 
     def _accepted(self, ev: Accepted) -> list[Action]:
         return [Report(ReportKind.ACCEPTED, ev.instance_id)]
@@ -467,15 +496,14 @@ class AgentState:
         return [Report(ReportKind.STARTED, ev.instance_id, ev.container_id)]
 
     def _failed(self, ev: Failed) -> list[Action]:
-        """Tried again with the crash back-off while the coordinator still wants it running: it answers a
-        failure of something it no longer wants (a deploy that never ran) with a removal, which ends the
-        retries. One wanted stopped is made again by the next resync."""
+        """Tried again with the crash back-off while the coordinator still wants it: it answers a failure of
+        something it no longer wants (a deploy that never ran) with a removal, which ends the retries."""
         actions: list[Action] = [Report(ReportKind.FAILED, ev.instance_id, message=ev.why)]
         t = self.instances.get(ev.instance_id)
-        if t is not None and t.want is not None and t.want.running and self.policy.enabled:
+        if t is not None and t.want is not None and self.policy.enabled:
             failure = on_crash(self.policy, t.crashes_in_a_row, 0.0)
             t.crashes_in_a_row = failure.in_a_row
-            t.retry_pending = True
+            t.retry_waiting = True
             actions.append(ScheduleRetry(ev.instance_id, failure.delay_s))
         return actions
 
@@ -496,20 +524,21 @@ class AgentState:
     def _removed(self, ev: Removed) -> list[Action]:
         t = self.instances.get(ev.instance_id)
         if t is not None:
-            # Its exit (if the stop caused one) was expected and is past; nothing of its runs is kept.
+            # Nothing of its runs is kept. An exit the removal's stop caused may still be on its way from
+            # the engine: it stays expected (and the record with it) until it arrives.
             t.restarts = t.crashes_in_a_row = 0
-            t.started_at, t.unknown_since, t.oom, t.expected_exit = None, None, False, False
-            self._tidy(ev.instance_id)
+            t.started_at, t.unknown_since, t.oom = None, None, False
         return [Report(ReportKind.REMOVED, ev.instance_id, ev.container_id)]
 
 
 _HANDLERS: dict[type, Callable[[AgentState, Any], list[Action]]] = {
     Welcomed: AgentState._welcomed,
+    Listed: AgentState._listed,
     Commanded: AgentState._commanded,
-    Resynced: AgentState._resynced,
     Exited: AgentState._exited,
     OomKilled: AgentState._oom,
     RetryDue: AgentState._retry_due,
+    RetryDone: AgentState._retry_done,
     Accepted: AgentState._accepted,
     Made: AgentState._made,
     Started: AgentState._started,

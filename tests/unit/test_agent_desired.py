@@ -6,11 +6,19 @@ is proven in tests/integration/test_faults.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from agent.executor import Executor
 from agent.reconcile import Desired
 from agent.restarts import RestartPolicy
-from agent.runtime.base import ContainerSpec, ContainerStatus, PortBinding, PullPolicy, RuntimeFailure
+from agent.runtime.base import (
+    ContainerInfo,
+    ContainerSpec,
+    ContainerStatus,
+    PortBinding,
+    PullPolicy,
+    RuntimeFailure,
+)
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report
 
@@ -161,4 +169,88 @@ async def test_a_welcome_that_drops_an_instance_mid_retry_leaves_no_container() 
     await dropping
     await asyncio.sleep(0.1)
     assert not runtime.containers, "a container of an instance nobody wants was left running"
+    await manager.close()
+
+
+class SlowListRuntime(MemoryRuntime):
+    """Listing waits until told (as an engine with many containers does: a list and an inspect each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = asyncio.Event()
+        self.holding = asyncio.Event()
+        self.fail_next = False
+
+    async def list(self, node_id: str) -> list[ContainerInfo]:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeFailure("the container engine does not answer")
+        if not self.hold.is_set():
+            self.holding.set()
+            await self.hold.wait()
+        return await super().list(node_id)
+
+
+async def test_a_removal_right_behind_a_welcome_is_not_undone_by_it() -> None:
+    """The Welcome still held the instance; the coordinator released it at once after. The container must
+    not come back when the Welcome's reconcile goes on."""
+    runtime = SlowListRuntime()
+    manager, events = manager_over(runtime)
+    runtime.hold.set()
+    await manager.reconcile(want("i1"), set())
+    runtime.hold.clear()
+    reconciling = asyncio.create_task(manager.reconcile(want("i1"), set()))  # a new session's Welcome
+    await asyncio.wait_for(runtime.holding.wait(), 2)
+    runtime.hold.set()  # the removal's own engine calls may list
+    assert (await manager.command(Order.REMOVE, "i1", None)).ok
+    await reconciling
+    assert not runtime.containers and kinds(events)[-1] == "REMOVED"
+    await manager.close()
+
+
+async def test_a_welcome_the_engine_cannot_answer_is_still_in_force() -> None:
+    """The engine is down when the Welcome comes: its set is in force anyway, and the resync after the
+    engine is back creates what it holds."""
+    runtime = SlowListRuntime()
+    runtime.hold.set()
+    manager, _ = manager_over(runtime)
+    runtime.fail_next = True
+    with contextlib.suppress(RuntimeFailure):
+        await manager.reconcile(want("i1"), set())
+    assert manager.state.want("i1") is not None and manager.state.welcomed
+    await manager.resync()
+    assert [c.status for c in runtime.containers.values()] == [ContainerStatus.RUNNING]
+    await manager.close()
+
+
+async def test_a_retry_at_work_is_not_doubled_by_a_resync_and_close_stops_it() -> None:
+    runtime = SlowStartRuntime()
+    manager, _ = manager_over(runtime)
+    await manager.reconcile(want("i1"), set())  # fails: the port is busy; a retry is pending
+    runtime.busy = False
+    await asyncio.wait_for(runtime.in_start.wait(), 2)  # the retry is inside the engine's start
+    await manager.resync()  # plans a start for the created container: the retry owns it
+    assert runtime.starts == 1  # the retry's start has not returned yet
+    runtime.finish_start.set()
+    await asyncio.sleep(0.1)
+    assert runtime.starts == 2 and [c.status for c in runtime.containers.values()] == [
+        ContainerStatus.RUNNING
+    ]
+    await manager.close()
+    assert not manager._retries
+
+
+async def test_a_removal_behind_a_deploy_at_work_waits_for_it_and_removes_once() -> None:
+    runtime = SlowStartRuntime()
+    runtime.busy = False
+    manager, events = manager_over(runtime)
+    await manager.reconcile({}, set())
+    deploying = asyncio.create_task(manager.command(Order.DEPLOY, "i1", want("i1")["i1"]))
+    await asyncio.wait_for(runtime.in_start.wait(), 2)
+    removing = asyncio.create_task(manager.command(Order.REMOVE, "i1", None))
+    await asyncio.sleep(0.05)
+    runtime.finish_start.set()
+    deployed, removed = await asyncio.gather(deploying, removing)
+    assert deployed.ok and deployed.container_id and removed.ok
+    assert kinds(events).count("REMOVED") == 1 and not runtime.containers
     await manager.close()

@@ -11,7 +11,6 @@ from agent.restarts import RestartPolicy
 from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus
 from agent.state import (
     Accepted,
-    Action,
     Adopted,
     AgentState,
     Apply,
@@ -21,6 +20,7 @@ from agent.state import (
     Exited,
     Failed,
     Finished,
+    Listed,
     Made,
     OomKilled,
     Order,
@@ -29,7 +29,7 @@ from agent.state import (
     RemoveUnknown,
     Report,
     ReportKind,
-    Resynced,
+    RetryDone,
     RetryDue,
     ScheduleRetry,
     Started,
@@ -39,7 +39,7 @@ from agent.state import (
     Welcomed,
 )
 
-IDS = ["a", "b", "c"]
+IDS = ["a", "b", "c", "d"]
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=8, reset_after_s=30, crash_loop_after=3)
 
 
@@ -80,21 +80,25 @@ def state() -> AgentState:
 
 def test_a_welcome_deploys_what_is_missing_readopts_what_runs_and_removes_what_was_released() -> None:
     s = state()
-    actions = s.handle(
-        Welcomed(
-            {"a": want("a"), "b": want("b")},
-            {"c"},
-            {"b": container("b"), "c": container("c")},
-            now=0,
-        )
-    )
-    assert actions == [Apply("a"), Apply("b"), Remove("c")]
-    assert set(s.desired) == {"a", "b"}
+    assert s.handle(Welcomed({"a": want("a"), "b": want("b")}, {"c"}, now=0)) == []
+    assert set(s.desired) == {"a", "b"}  # at once, before the engine answers
+    actual = {"b": container("b"), "c": container("c")}
+    assert s.handle(Listed(actual, 0, {"c"}, readopt=True)) == [Apply("a"), Apply("b"), Remove("c")]
+
+
+def test_a_command_right_behind_a_welcome_wins_over_it() -> None:
+    s = state()
+    s.handle(Welcomed({"a": want("a")}, set(), now=0))
+    s.handle(Commanded(Order.REMOVE, "a", None, now=0))  # while the engine is being listed
+    assert s.handle(Listed({"a": container("a")}, 0, readopt=True)) == []  # left to its grace
+    s.handle(Commanded(Order.DEPLOY, "b", want("b"), now=0))
+    s.handle(Welcomed({}, set(), now=1))
+    assert s.desired == {}
 
 
 def test_a_crash_of_a_wanted_instance_is_reported_and_retried_after_the_back_off() -> None:
     s = state()
-    s.handle(Welcomed({"a": want("a")}, set(), {"a": container("a")}, now=0))
+    s.handle(Welcomed({"a": want("a")}, set(), now=0))
     s.handle(Started("a", "c-a", now=0))
     first = s.handle(Exited("a", 3, "c-a", now=1))
     assert first == [
@@ -102,15 +106,18 @@ def test_a_crash_of_a_wanted_instance_is_reported_and_retried_after_the_back_off
         Report(ReportKind.EXITED, "a", "c-a", 3, "the container exited with code 3; restarting in 1 s"),
     ]
     assert s.handle(RetryDue("a", now=2)) == [Apply("a", after_crash=True)]
+    # At work, the retry still owns the instance: a resync leaves it alone.
+    assert s.handle(Listed({"a": container("a", ContainerStatus.EXITED)}, now=2)) == []
     assert s.handle(Started("a", "c-a", now=2, after_crash=True)) == [
         Report(ReportKind.STARTED, "a", "c-a", message="restarted after crash 1 in a row")
     ]
-    assert s.restarts("a") == 1
+    s.handle(RetryDone("a"))
+    assert s.restarts("a") == 1 and not s.instances["a"].retry_pending
 
 
 def test_an_exit_we_caused_is_not_a_crash_and_an_oom_is_one_crash() -> None:
     s = state()
-    s.handle(Welcomed({"a": want("a")}, set(), {}, now=0))
+    s.handle(Welcomed({"a": want("a")}, set(), now=0))
     s.handle(StopIssued("a"))
     assert s.handle(Exited("a", 0, "c-a", now=1)) == []
     assert s.handle(OomKilled("a")) == []
@@ -129,8 +136,18 @@ def test_a_container_made_for_an_instance_dropped_meanwhile_is_removed() -> None
     s = state()
     s.handle(Commanded(Order.DEPLOY, "a", want("a"), now=0))
     assert s.handle(Finished("a")) == []
-    s.handle(Welcomed({}, set(), {}, now=1))
+    s.handle(Welcomed({}, set(), now=1))
     assert s.handle(Finished("a")) == [Remove("a")]
+
+
+def test_a_late_exit_of_a_removed_container_is_no_crash() -> None:
+    s = state()
+    s.handle(Commanded(Order.DEPLOY, "a", want("a"), now=0))
+    s.handle(Commanded(Order.REMOVE, "a", None, now=1))
+    s.handle(StopIssued("a"))
+    s.handle(Removed("a", "c-a"))
+    assert s.handle(Exited("a", 143, "c-a", now=2)) == []
+    assert "a" not in s.instances
 
 
 def test_a_failed_deploy_is_retried_only_while_wanted() -> None:
@@ -148,22 +165,23 @@ def test_a_failed_deploy_is_retried_only_while_wanted() -> None:
 
 def test_unknown_containers_are_removed_after_their_grace_and_never_before_a_welcome() -> None:
     s = state()
-    assert s.handle(Resynced({"x": container("x")}, now=0)) == []
-    s.handle(Welcomed({}, set(), {"x": container("x")}, now=0))
+    assert s.handle(Listed({"x": container("x")}, now=0)) == []
+    s.handle(Welcomed({}, set(), now=0))
+    s.handle(Listed({"x": container("x")}, 0, readopt=True))
     assert s.removal_time("x") == 10
-    assert s.handle(Resynced({"x": container("x")}, now=5)) == []
-    assert s.handle(Resynced({"x": container("x")}, now=10)) == [RemoveUnknown("x", "c-x")]
+    assert s.handle(Listed({"x": container("x")}, now=5)) == []
+    assert s.handle(Listed({"x": container("x")}, now=10)) == [RemoveUnknown("x", "c-x")]
     s.handle(Removed("x", "c-x"))
     assert "x" not in s.instances  # nothing of it is kept
 
 
 def test_a_resync_does_not_re_report_what_is_as_wanted() -> None:
     s = state()
-    s.handle(Welcomed({"a": want("a"), "b": want("b", running=False)}, set(), {}, now=0))
+    s.handle(Welcomed({"a": want("a"), "b": want("b", running=False)}, set(), now=0))
     actual = {"a": container("a"), "b": container("b", ContainerStatus.EXITED)}
-    assert s.handle(Resynced(actual, now=1)) == []
+    assert s.handle(Listed(actual, now=1)) == []
     stopped = {"a": container("a", ContainerStatus.EXITED), "b": container("b")}
-    assert s.handle(Resynced(stopped, now=2)) == [Apply("a"), Apply("b")]
+    assert s.handle(Listed(stopped, now=2)) == [Apply("a"), Apply("b")]
 
 
 # ------------------------------------------------------------------ properties
@@ -171,7 +189,7 @@ def test_a_resync_does_not_re_report_what_is_as_wanted() -> None:
 ids = st.sampled_from(IDS)
 times = st.floats(min_value=0, max_value=1000, allow_nan=False)
 statuses = st.sampled_from([ContainerStatus.RUNNING, ContainerStatus.EXITED, ContainerStatus.CREATED])
-actuals = st.dictionaries(ids, statuses, max_size=3).map(lambda d: {i: container(i, s) for i, s in d.items()})
+actuals = st.dictionaries(ids, statuses, max_size=4).map(lambda d: {i: container(i, s) for i, s in d.items()})
 wants = st.builds(want, ids, st.booleans())
 orders = st.sampled_from(list(Order))
 
@@ -187,13 +205,14 @@ def commanded(draw: st.DrawFn) -> Commanded:
 def welcomed(draw: st.DrawFn) -> Welcomed:
     desired = draw(st.dictionaries(ids, st.booleans(), max_size=3))
     remove = draw(st.sets(ids.filter(lambda i: i not in desired), max_size=2))
-    return Welcomed({i: want(i, r) for i, r in desired.items()}, remove, draw(actuals), draw(times))
+    return Welcomed({i: want(i, r) for i, r in desired.items()}, remove, draw(times))
 
 
 events: st.SearchStrategy[Event] = st.one_of(
     welcomed(),
     commanded(),
-    st.builds(Resynced, actuals, times),
+    st.builds(Listed, actuals, times, st.sets(ids, max_size=2), st.booleans()),
+    st.builds(RetryDone, ids),
     st.builds(Exited, ids, st.integers(0, 255), st.just("c"), times),
     st.builds(OomKilled, ids),
     st.builds(RetryDue, ids, times),
@@ -207,11 +226,6 @@ events: st.SearchStrategy[Event] = st.one_of(
     st.builds(Finished, ids),
     st.builds(Removed, ids, st.just("c")),
 )
-
-
-def starts(action: Action) -> bool:
-    """Whether the action may start a container: a retry, or making and starting one."""
-    return isinstance(action, ScheduleRetry) or (isinstance(action, Apply) and action.after_crash)
 
 
 @settings(max_examples=400, deadline=None)
@@ -240,9 +254,11 @@ def test_nothing_starts_a_released_stopped_or_suspended_instance(sequence: list[
         for action in s.handle(event):
             current = s.want(action.instance_id)
             if isinstance(action, Apply):
+                # The executor makes the container match this (read again under the lock): it starts
+                # the instance only when it is wanted running.
                 assert current is not None, f"{action} for an instance nobody wants"
-            if starts(action):
-                assert current is not None and current.running, f"{action} for {current}"
+            if isinstance(action, ScheduleRetry) and isinstance(event, Exited):
+                assert current is not None and current.running, f"a crash retry for {current}"
 
 
 @settings(max_examples=400, deadline=None)
@@ -264,6 +280,6 @@ def test_a_cancelled_retry_does_nothing_when_it_fires_and_records_do_not_pile_up
             if event.instance_id not in pending:
                 assert actions == []
             pending.discard(event.instance_id)
-        assert {i for i, t in s.instances.items() if t.retry_pending} == pending
-    # What is kept is bounded by what was ever named: no records beyond the instances in play.
-    assert set(s.instances) <= set(IDS)
+        assert {i for i, t in s.instances.items() if t.retry_waiting} == pending
+        # Nothing idle is kept: a record exists only while something is wanted, pending or expected.
+        assert not [i for i, t in s.instances.items() if t.idle]
