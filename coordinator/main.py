@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import grpc
 from aiohttp import web
@@ -26,6 +25,7 @@ from coordinator.api.services import Services
 from coordinator.catalogs.images import Catalog, CatalogError
 from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig, split_host_port
+from coordinator.domain.records import HostMetrics
 from coordinator.fleet.live import Fleet
 from coordinator.gateway.servicer import Gateway, start_server
 from coordinator.security.credentials import JwtSigner
@@ -87,7 +87,7 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
     return config
 
 
-async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, dict[str, Any]]]) -> None:
+async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, HostMetrics | None]]) -> None:
     """Dirty nodes' lastChecked and metrics and instances' bandwidth totals, in one transaction."""
     bandwidth = core.fleet.bandwidth.take_dirty()
     if nodes or bandwidth:

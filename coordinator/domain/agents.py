@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from coordinator.domain.records import Instance, ServerIdentity
+from coordinator.domain.records import HostMetrics, Instance, ServerIdentity
 
 
 class ContainerState(enum.StrEnum):
@@ -56,20 +56,6 @@ class InstanceStatus:
     def runs(self) -> bool:
         """Running, and not failing a health check (a container without one counts as healthy)."""
         return self.state is ContainerState.RUNNING and self.health in ("", "healthy")
-
-
-@dataclass(frozen=True, slots=True)
-class HostMetrics:
-    cpu_percent: float = 0.0
-    memory_used_mib: int = 0
-    memory_total_mib: int = 0
-    disk_used_mib: int = 0
-    disk_total_mib: int = 0
-    load1: float = 0.0
-    load5: float = 0.0
-    load15: float = 0.0
-    net_rx_mbps: float = 0.0
-    net_tx_mbps: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

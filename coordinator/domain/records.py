@@ -7,7 +7,6 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 
 def time_ordered_id() -> str:
@@ -51,6 +50,23 @@ class NodeStatus(enum.StrEnum):
     OFFLINE = "offline"
 
 
+@dataclass(frozen=True, slots=True)
+class HostMetrics:
+    """A host's load as its agent last measured it (stored in this canonical shape; each API shapes its
+    own view of it)."""
+
+    cpu_percent: float = 0.0
+    memory_used_mib: int = 0
+    memory_total_mib: int = 0
+    disk_used_mib: int = 0
+    disk_total_mib: int = 0
+    load1: float = 0.0
+    load5: float = 0.0
+    load15: float = 0.0
+    net_rx_mbps: float = 0.0
+    net_tx_mbps: float = 0.0
+
+
 @dataclass(slots=True)
 class Allocation:
     id: str
@@ -83,7 +99,7 @@ class Node:
     last_checked: float | None = None
     updated_at: float | None = None
     agent_version: str | None = None
-    host_metrics: dict[str, Any] = field(default_factory=dict)
+    host_metrics: HostMetrics | None = None
     #: Dedicated to this organization (only its instances run here); None: the shared fleet.
     organization_id: int | None = None
     #: What its live instances reserve (kept by the claims and releases that change it).

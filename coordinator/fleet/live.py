@@ -22,11 +22,10 @@ from coordinator.domain.agents import (
     CommandResult,
     Heartbeat,
     Hello,
-    HostMetrics,
     InstanceStatus,
     Outgoing,
 )
-from coordinator.domain.records import Instance, Node, NodeStatus
+from coordinator.domain.records import HostMetrics, Instance, Node, NodeStatus
 from coordinator.fleet.bandwidth import Bandwidth
 
 log = get("coordinator.fleet")
@@ -51,20 +50,6 @@ class Session:
         if not self.closed.is_set():
             self.closed.set()
             self.outbox.put_nowait(None)
-
-
-def shape_host_metrics(h: HostMetrics) -> dict[str, Any]:
-    """The API's shape of a heartbeat's host metrics (made when read or written, not per heartbeat)."""
-    return {
-        "cpuPercent": round(h.cpu_percent, 2),
-        "memoryUsedMiB": h.memory_used_mib,
-        "memoryTotalMiB": h.memory_total_mib,
-        "diskUsedMiB": h.disk_used_mib,
-        "diskTotalMiB": h.disk_total_mib,
-        "load": [round(h.load1, 2), round(h.load5, 2), round(h.load15, 2)],
-        "rxMbps": round(h.net_rx_mbps, 3),
-        "txMbps": round(h.net_tx_mbps, 3),
-    }
 
 
 @dataclass(slots=True)
@@ -279,9 +264,9 @@ class Fleet:
             return NodeStatus.HEARTBEAT_ABNORMAL
         return NodeStatus.OFFLINE
 
-    def host_metrics(self, node: Node) -> dict[str, Any]:
+    def host_metrics(self, node: Node) -> HostMetrics | None:
         live = self.live.get(node.id)
-        return shape_host_metrics(live.host) if live and live.host is not None else node.host_metrics
+        return live.host if live and live.host is not None else node.host_metrics
 
     def last_heartbeat(self, node: Node) -> float | None:
         live = self.live.get(node.id)
@@ -316,9 +301,9 @@ class Fleet:
                 await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.01), 1.0))
             self._wake.clear()
 
-    def take_dirty(self) -> dict[str, tuple[float, dict[str, Any]]]:
+    def take_dirty(self) -> dict[str, tuple[float, HostMetrics | None]]:
         batch = {
-            node_id: (live.last_heartbeat, shape_host_metrics(live.host) if live.host is not None else {})
+            node_id: (live.last_heartbeat, live.host)
             for node_id in self._dirty
             if (live := self.live.get(node_id)) is not None and live.last_heartbeat is not None
         }

@@ -14,14 +14,13 @@ from coordinator.domain.agents import (
     EventKind,
     Heartbeat,
     Hello,
-    HostMetrics,
     InstanceEvent,
     InstanceStatus,
     Outgoing,
     Welcome,
     Workload,
 )
-from coordinator.domain.records import InstanceState
+from coordinator.domain.records import HostMetrics, InstanceState
 from protos import moorage_pb2 as pb
 
 STOPPED_STATES = frozenset({InstanceState.STOPPED, InstanceState.SUSPENDED})

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
-from coordinator.domain.records import LIVE_STATES, Allocation, Node, NodeStatus, Principal
+from coordinator.domain.records import LIVE_STATES, Allocation, HostMetrics, Node, NodeStatus, Principal
 from coordinator.security import tokens
 from coordinator.security.pki import CertificateRequestError
 from coordinator.service import policy
@@ -63,7 +63,7 @@ class NodeView:
     node: Node
     status: NodeStatus
     last_heartbeat: float | None
-    host_metrics: dict[str, Any]
+    host_metrics: HostMetrics | None
     connected: bool
     allocations_total: int
     allocations_assigned: int

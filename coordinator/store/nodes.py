@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.domain.records import Allocation, Node
+from coordinator.domain.records import Allocation, HostMetrics, Node
 from coordinator.store.engine import execute_many
 from coordinator.store.tables import allocations, join_tokens, nodes, regions
+
+#: Rows written before host metrics were stored canonically carry the panel's camelCase shape.
+_LEGACY_METRICS = {
+    "cpuPercent": "cpu_percent",
+    "memoryUsedMiB": "memory_used_mib",
+    "memoryTotalMiB": "memory_total_mib",
+    "diskUsedMiB": "disk_used_mib",
+    "diskTotalMiB": "disk_total_mib",
+    "rxMbps": "net_rx_mbps",
+    "txMbps": "net_tx_mbps",
+}
+_METRIC_FIELDS = frozenset(f.name for f in dataclasses.fields(HostMetrics))
+
+
+def host_metrics_from_json(stored: Mapping[str, Any] | None) -> HostMetrics | None:
+    """The stored metrics (None: no heartbeat ever carried any). Overwritten by the next batch write."""
+    if not stored:
+        return None
+    values = {_LEGACY_METRICS.get(k, k): v for k, v in stored.items() if k != "load"}
+    if isinstance(stored.get("load"), list) and len(stored["load"]) == 3:
+        values["load1"], values["load5"], values["load15"] = stored["load"]
+    return HostMetrics(**{k: v for k, v in values.items() if k in _METRIC_FIELDS})
 
 
 def node_from_row(row: Row[Any]) -> Node:
@@ -32,7 +55,7 @@ def node_from_row(row: Row[Any]) -> Node:
         last_checked=row.last_checked,
         updated_at=row.updated_at,
         agent_version=row.agent_version,
-        host_metrics=dict(row.host_metrics or {}),
+        host_metrics=host_metrics_from_json(row.host_metrics),
         organization_id=row.organization_id,
         used_memory_mib=row.used_memory_mib,
         used_cpu_percent=row.used_cpu_percent,
@@ -222,7 +245,9 @@ async def cert_serial(conn: AsyncConnection, node_id: str) -> str | None:
     return (await conn.execute(select(nodes.c.cert_serial).where(nodes.c.id == node_id))).scalar_one_or_none()
 
 
-async def write_heartbeats(conn: AsyncConnection, batch: dict[str, tuple[float, dict[str, Any]]]) -> None:
+async def write_heartbeats(
+    conn: AsyncConnection, batch: Mapping[str, tuple[float, HostMetrics | None]]
+) -> None:
     """One executemany for every dirty node, in the caller's single transaction (the batch writer's)."""
     if not batch:
         return
@@ -232,7 +257,11 @@ async def write_heartbeats(conn: AsyncConnection, batch: dict[str, tuple[float, 
         .values(last_checked=bindparam("b_checked"), host_metrics=bindparam("b_metrics"))
     )
     rows = [
-        {"b_id": n, "b_checked": checked, "b_metrics": json.dumps(metrics)}
+        {
+            "b_id": n,
+            "b_checked": checked,
+            "b_metrics": json.dumps(dataclasses.asdict(metrics) if metrics else {}),
+        }
         for n, (checked, metrics) in batch.items()
     ]
     await execute_many(conn, statement, rows)

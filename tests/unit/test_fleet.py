@@ -13,11 +13,10 @@ from coordinator.domain.agents import (
     CommandKind,
     CommandResult,
     Heartbeat,
-    HostMetrics,
     InstanceStatus,
     Workload,
 )
-from coordinator.domain.records import NodeStatus
+from coordinator.domain.records import HostMetrics, NodeStatus
 from coordinator.fleet.live import Fleet, Session
 from tests.unit.factories import make_instance, make_node
 
@@ -128,7 +127,7 @@ def test_heartbeats_are_batched_not_written_one_by_one() -> None:
         )
         f.record_heartbeat("b", Heartbeat(host=HostMetrics()))
     batch = f.take_dirty()
-    assert set(batch) == {"a", "b"} and batch["a"][1]["cpuPercent"] == 2.0
+    assert set(batch) == {"a", "b"} and batch["a"][1] == HostMetrics(cpu_percent=2.0)
     assert f.take_dirty() == {}
 
 

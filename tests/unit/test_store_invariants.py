@@ -12,7 +12,7 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.domain.lifecycle import Event
-from coordinator.domain.records import Instance, ServerIdentity
+from coordinator.domain.records import HostMetrics, Instance, ServerIdentity
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
@@ -174,7 +174,7 @@ async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places
 async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement_each(store: Store) -> None:
     inst = await add_instance(store)
     async with store.write() as conn:
-        await nodes_store.write_heartbeats(conn, {"n1": (123.5, {"cpuPercent": 2.5, "load": [0.1, 0, 0]})})
+        await nodes_store.write_heartbeats(conn, {"n1": (123.5, HostMetrics(cpu_percent=2.5, load1=0.1))})
         await instances_store.write_bandwidth(
             conn,
             {
@@ -189,7 +189,8 @@ async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement
         )
     async with store.read() as conn:
         node = await nodes_store.get_node(conn, "n1")
-        assert node is not None and node.last_checked == 123.5 and node.host_metrics["load"] == [0.1, 0, 0]
+        assert node is not None and node.last_checked == 123.5
+        assert node.host_metrics == HostMetrics(cpu_percent=2.5, load1=0.1)
         assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]
 
 
@@ -216,3 +217,13 @@ async def test_a_refused_extra_row_rolls_back_only_its_own_claim(store: Store) -
         rows = (await conn.execute(text("SELECT id FROM instances"))).all()
         names = (await conn.execute(text("SELECT instance_id FROM servers"))).all()
     assert [r[0] for r in held] == [r[0] for r in rows] == [r[0] for r in names] == [won[0].id]
+
+
+def test_host_metrics_stored_by_an_earlier_version_read_canonically() -> None:
+    """Rows written before metrics were stored canonically carry the panel's shape; the next batch write
+    replaces them, and until then they read the same."""
+    legacy = {"cpuPercent": 12.5, "memoryUsedMiB": 100, "memoryTotalMiB": 200, "load": [0.5, 0.25, 0.1]}
+    assert nodes_store.host_metrics_from_json(legacy) == HostMetrics(
+        cpu_percent=12.5, memory_used_mib=100, memory_total_mib=200, load1=0.5, load5=0.25, load15=0.1
+    )
+    assert nodes_store.host_metrics_from_json({}) is None and nodes_store.host_metrics_from_json(None) is None

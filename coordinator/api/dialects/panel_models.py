@@ -28,7 +28,15 @@ from coordinator.api.fields import (
     not_bool,
     too_deep,
 )
-from coordinator.domain.records import Allocation, Instance, InstanceState, Node, NodeStatus, UserRecord
+from coordinator.domain.records import (
+    Allocation,
+    HostMetrics,
+    Instance,
+    InstanceState,
+    Node,
+    NodeStatus,
+    UserRecord,
+)
 from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
 
@@ -170,6 +178,22 @@ class UnwantedContainerOut(BaseModel):
     removeAt: str | None = Field(description="When the agent removes it (after its grace period).")
 
 
+def shape_host_metrics(h: HostMetrics | None) -> dict[str, Any]:
+    """The panel's (and our node view's) shape of a host's metrics; {} before any heartbeat carried them."""
+    if h is None:
+        return {}
+    return {
+        "cpuPercent": round(h.cpu_percent, 2),
+        "memoryUsedMiB": h.memory_used_mib,
+        "memoryTotalMiB": h.memory_total_mib,
+        "diskUsedMiB": h.disk_used_mib,
+        "diskTotalMiB": h.disk_total_mib,
+        "load": [round(h.load1, 2), round(h.load5, 2), round(h.load15, 2)],
+        "rxMbps": round(h.net_rx_mbps, 3),
+        "txMbps": round(h.net_tx_mbps, 3),
+    }
+
+
 class NodeOut(BaseModel):
     id: str
     name: str
@@ -222,7 +246,7 @@ class NodeOut(BaseModel):
             heartbeatAgeSeconds=round(now - v.last_heartbeat, 3) if v.last_heartbeat else None,
             enrolled=n.enrolled,
             agentVersion=n.agent_version,
-            hostMetrics=v.host_metrics,
+            hostMetrics=shape_host_metrics(v.host_metrics),
             allocations=AllocationCounts(
                 total=v.allocations_total,
                 assigned=v.allocations_assigned,
