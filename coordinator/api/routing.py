@@ -74,12 +74,31 @@ class Route:
     error_model: Any = None
 
 
+#: How Moorage's own routes (and, unless a dialect says otherwise, every dialect) name the use cases'
+#: canonical fields in errors.
+FIELD_NAMES: Mapping[str, str] = {
+    "node_id": "nodeId",
+    "region": "regionId",
+    "region_id": "regionId",
+    "fallback_region_id": "fallbackRegionId",
+    "server_limit": "serverLimit",
+    "instance_id": "id",
+    "key_id": "id",
+    "user_id": "userId",
+    "client_id": "clientId",
+    "released_at": "releasedAt",
+    "catalog_image": "imagename",
+}
+
+
 @dataclass
 class Router:
-    """The routes of one dialect, with the dialect's error shape."""
+    """The routes of one dialect, with the dialect's error shape and its names for the use cases' fields
+    (``field_names``: canonical -> the dialect's, in one table)."""
 
     tag: str
     render_error: ErrorRenderer = render_error
+    field_names: Mapping[str, str] = field(default_factory=lambda: FIELD_NAMES)
     #: What a non-admin hears on an admin route, in the dialect's words.
     admin_message: str = "this action needs an admin"
     #: The shape ``render_error`` answers in (the OpenAPI document shows it for every error).
@@ -170,7 +189,8 @@ class Router:
                 result = await route.handler(*args)
                 response = self._render(route, adapter, result)
             except ServiceError as exc:
-                response = self.error(exc.status, exc.message, exc.field, exc.headers, route.status_map)
+                name, message = exc.worded(self.field_names)
+                response = self.error(exc.status, message, name, exc.headers, route.status_map)
             if route.method in MUTATING:
                 # Who did what, when, and how it ended; written before the caller hears the outcome.
                 await services.access.audit(

@@ -19,6 +19,14 @@ REFERENCE = re.compile(
 )
 
 
+class VariableError(ValueError):
+    """A catalog image's variable is missing or does not match its pattern."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"variables.{name} {problem}")
+        self.field = f"variables.{name}"
+
+
 class ImageVariable(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -131,13 +139,13 @@ class Catalog:
 
     @staticmethod
     def resolve_variables(image: CatalogImage, given: dict[str, str]) -> dict[str, str]:
-        """Defaults filled in, rules checked. Raises ValueError naming the variable."""
+        """Defaults filled in, rules checked. Raises VariableError naming the variable."""
         env = {v.name: v.default for v in image.variables if v.default != ""}
         env.update(given)
         for var in image.variables:
             value = env.get(var.name)
             if var.required and not value:
-                raise ValueError(f"variables.{var.name} is required by image {image.name!r}")
+                raise VariableError(var.name, f"is required by image {image.name!r}")
             if value is not None and var.pattern and not re.fullmatch(var.pattern, value):
-                raise ValueError(f"variables.{var.name} must match {var.pattern}")
+                raise VariableError(var.name, f"must match {var.pattern}")
         return env

@@ -180,7 +180,7 @@ class AccessService:
         async with self.core.store.write() as conn:
             record = await users_store.get_api_key(conn, key_id)
             if record is None or (record.user_id != caller.user_id and not caller.admin):
-                raise NotFound(f"key {key_id} does not exist", field="id")
+                raise NotFound(f"key {key_id} does not exist", field="key_id")
             await users_store.revoke_api_key(conn, key_id, self.core.clock())
 
     # ------------------------------------------------------------ users

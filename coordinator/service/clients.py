@@ -22,9 +22,9 @@ from coordinator.placement.scheduler import NodeInfo
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
-from coordinator.service.errors import BadRequest, Conflict, Forbidden, NotFound, ServiceError
+from coordinator.service.errors import BadRequest, Conflict, Forbidden, NotFound
 from coordinator.service.instances import InstanceService
-from coordinator.service.servers import SizedOrder, deploy_order, renamed
+from coordinator.service.servers import SizedOrder, deploy_order
 from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
 from coordinator.store import users as users_store
@@ -33,9 +33,6 @@ from coordinator.store.claims import ClaimRefused, Statement
 TAG = re.compile(r"^[A-Za-z0-9_:-]{1,64}$")
 #: The most tags one server carries.
 MAX_TAGS = 60
-ORDER_FIELDS = {"image": "image", "region": "location", "size": "size"}
-#: The deploy use case names the region as the panel does; an order calls it location.
-ORDER_DEPLOY_FIELDS = {"regionId": "location", "nodeId": "location"}
 T = TypeVar("T")
 
 
@@ -78,7 +75,7 @@ class ClientService:
         if caller.admin and caller.organization_id != client_id:
             async with self.core.store.read() as conn:
                 if not await users_store.organization_exists(conn, client_id):
-                    raise NotFound(f"client {client_id} does not exist", field="clientId")
+                    raise NotFound(f"client {client_id} does not exist", field="client_id")
 
     # ------------------------------------------------------------ servers
 
@@ -107,17 +104,17 @@ class ClientService:
         async with self.core.store.read() as conn:
             inst = await instances_store.get_instance(conn, server_id)
         if inst is None or inst.organization_id != client_id:
-            raise NotFound(f"server {server_id} of client {client_id} does not exist", field="serverUuid")
+            raise NotFound(f"server {server_id} of client {client_id} does not exist", field="instance_id")
         return self.core.fleet.overlay(inst)
 
     async def release_server(self, caller: Principal, client_id: int, server_id: str) -> Instance:
         inst = await self.get_server(caller, client_id, server_id)
         policy.check_owner(
-            caller, inst.owner_id, inst.organization_id, f"server {server_id}", field="serverUuid"
+            caller, inst.owner_id, inst.organization_id, f"server {server_id}", field="instance_id"
         )
         if inst.state in (InstanceState.RELEASING, InstanceState.RELEASED):
             raise Conflict(
-                f"serverUuid: server {server_id} is already {inst.state.value}", field="serverUuid"
+                f"instance_id: server {server_id} is already {inst.state.value}", field="instance_id"
             )
         await self.instances.release([inst])
         return await self.instances.get_unchecked(inst.id)
@@ -136,8 +133,8 @@ class ClientService:
         await self.check_client(caller, client_id)
         if caller.organization_id != client_id:
             raise Forbidden(
-                f"clientId: an order is owned by a user of client {client_id}; order with one of its keys",
-                field="clientId",
+                f"client_id: an order is owned by a user of client {client_id}; order with one of its keys",
+                field="client_id",
             )
         wanted = sorted({check_tag(t, "tags") for t in tags})
         if len(wanted) > MAX_TAGS:
@@ -147,15 +144,13 @@ class ClientService:
             return inst, servers_store.tag_statements(client_id, inst.id, wanted, self.core.clock())
 
         chosen = name or f"server-{secrets.token_hex(4)}"
-        order = deploy_order(self.core, SizedOrder(chosen, image, location, size, ORDER_FIELDS), finish)
+        order = deploy_order(self.core, SizedOrder(chosen, image, location, size), finish)
         try:
             deployed = await self.deploys.deploy(caller, order)
         except ClaimRefused as exc:  # a tag deleted while the order was placed
             raise Conflict(
                 f"tags: a tag changed while the order was placed; retry ({exc})", field="tags"
             ) from exc
-        except ServiceError as exc:
-            raise renamed(exc, ORDER_DEPLOY_FIELDS) from exc
         return await self.instances.get_unchecked(deployed.instance.id)
 
     # ------------------------------------------------------------ a server's tags
@@ -164,7 +159,7 @@ class ClientService:
         """A server the caller may change: its owner's, or an admin's."""
         inst = await self.get_server(caller, client_id, server_id)
         policy.check_owner(
-            caller, inst.owner_id, inst.organization_id, f"server {server_id}", field="serverUuid"
+            caller, inst.owner_id, inst.organization_id, f"server {server_id}", field="instance_id"
         )
         return inst
 
@@ -276,7 +271,9 @@ class ClientService:
         lo = int(start) if start is not None else 0
         hi = int(end) if end is not None else now
         if hi < lo:
-            raise BadRequest("releasedAt: the window ends before it starts (deliveredAt)", field="releasedAt")
+            raise BadRequest(
+                "released_at: the window ends before it starts (deliveredAt)", field="released_at"
+            )
         async with self.core.store.read() as conn:
             ids, total = await servers_store.page_billable_ids(
                 conn, client_id, lo, hi, offset=(page - 1) * limit, limit=limit

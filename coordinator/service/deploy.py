@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from coordinator.catalogs.images import VariableError
 from coordinator.domain.agents import CommandKind
 from coordinator.domain.records import Instance, InstanceState, Principal, time_ordered_id
 from coordinator.placement.scheduler import (
@@ -94,11 +95,11 @@ class DeployService:
     ) -> ResolvedImage:
         """``image`` is a catalog name or a Docker reference; with ``catalog_image``, that entry applies and
         ``image`` is the reference to run (one of the entry's, or another the caller prefers)."""
-        field = "imagename" if catalog_image is not None else "image"
+        field = "catalog_image" if catalog_image is not None else "image"
         name = catalog_image if catalog_image is not None else image
         entry = self.core.catalog.get(name)
         if catalog_image is not None and (entry is None or not entry.offered_to(organization_id)):
-            raise BadRequest(f"imagename: {catalog_image!r} is not in the image catalog", field=field)
+            raise BadRequest(f"catalog_image: {catalog_image!r} is not in the image catalog", field=field)
         if entry is not None and not entry.offered_to(organization_id):
             raise BadRequest(
                 f"image: catalog image {image!r} is not offered to organization {organization_id}",
@@ -112,8 +113,8 @@ class DeployService:
                 reference = image
             try:
                 env = self.core.catalog.resolve_variables(entry, variables)
-            except ValueError as exc:
-                raise BadRequest(str(exc), field=str(exc).split(":", 1)[0].split(" ", 1)[0]) from exc
+            except VariableError as exc:
+                raise BadRequest(str(exc), field=exc.field) from exc
             return ResolvedImage(entry.name, reference, list(entry.startup), entry.stop_signal, env)
         if not self.core.catalog.is_reference(image):
             raise BadRequest(
@@ -125,7 +126,7 @@ class DeployService:
         if (order.node_id is None) == (order.region is None) and not (
             order.anywhere and order.node_id is None
         ):
-            raise BadRequest("nodeId: give a nodeId or a regionId (one of them)", field="nodeId")
+            raise BadRequest("node_id: give a nodeId or a regionId (one of them)", field="node_id")
         if order.primary is not None and order.ports and order.primary not in order.ports:
             raise BadRequest(f"primary: {order.primary} is not one of the ports asked for", field="primary")
         if order.primary is not None and not order.ports:
@@ -200,12 +201,12 @@ class DeployService:
             infos = await regions_store.node_infos(conn, node_id=order.node_id, ports=order.ports)
             node = infos[0] if infos else None
             if node is None or not (caller.admin or req.may_use(node)):
-                raise BadRequest(f"nodeId: node {order.node_id} does not exist", field="nodeId")
+                raise BadRequest(f"node_id: node {order.node_id} does not exist", field="node_id")
             if not req.may_use(node):
                 raise BadRequest(
-                    f"nodeId: node {node.name} is dedicated to organization {node.organization_id}; the "
+                    f"node_id: node {node.name} is dedicated to organization {node.organization_id}; the "
                     f"instance's owner is in organization {req.organization_id}",
-                    field="nodeId",
+                    field="node_id",
                 )
             region = await regions_store.get_region(conn, node.region_id) if node.region_id else None
             if order.ports:
@@ -219,7 +220,7 @@ class DeployService:
                 if taken:
                     raise Conflict(f"ports: {', '.join(map(str, taken))} already assigned", field="ports")
         if node.maintenance:
-            raise Conflict(f"nodeId: node {node.name} is in maintenance", field="nodeId")
+            raise Conflict(f"node_id: node {node.name} is in maintenance", field="node_id")
         self._check_image_on_node(node.id, draft.image_ref)
         if not order.ports and node.free_port_count < 1:
             raise Conflict(f"ports: node {node.id} has no free allocation", field="ports")
@@ -232,8 +233,8 @@ class DeployService:
                 raise Conflict(f"{what}: node {node.name} has not enough {what} free", field=what)
         if region is not None and region.info().full:
             raise Conflict(
-                f"nodeId: region {region.identifier} is at its serverLimit {region.server_limit}",
-                field="nodeId",
+                f"node_id: region {region.identifier} is at its serverLimit {region.server_limit}",
+                field="node_id",
             )
         candidate = Candidate(node, region.info(), False) if region else None
         placed = await self._claim(draft, node, candidate, order)
@@ -256,7 +257,7 @@ class DeployService:
                     fresh_since = asked
                     continue
                 error = Unavailable if decision.unreachable else Conflict
-                raise error(f"regionId: no placement: {decision.message}", field="regionId")
+                raise error(f"region: no placement: {decision.message}", field="region")
             for candidate in decision.candidates:
                 if not self._may_run(candidate.node.id, draft.image_ref):
                     continue
@@ -266,7 +267,7 @@ class DeployService:
             attempts += 1
             if attempts == SNAPSHOT_ATTEMPTS:
                 raise Conflict(
-                    "regionId: every candidate was taken by concurrent deploys; retry", field="regionId"
+                    "region: every candidate was taken by concurrent deploys; retry", field="region"
                 )
 
     async def _anywhere(self, draft: Instance, order: DeployOrder, req: Request) -> _Placed:
@@ -285,7 +286,7 @@ class DeployService:
                 continue  # deleted meanwhile
             except (Conflict, Unavailable) as exc:
                 unreachable = unreachable and isinstance(exc, Unavailable)
-                reasons.append(exc.message.removeprefix("regionId: no placement: "))
+                reasons.append(exc.detail.removeprefix("no placement: "))
         async with self.core.store.read() as conn:
             loose = [
                 n for n in await regions_store.node_infos(conn, ports=order.ports) if n.region_id is None
@@ -300,12 +301,12 @@ class DeployService:
             reasons.append("nodes in no region: none Ready with room")
         error = Unavailable if unreachable else Conflict
         found = "; ".join(dict.fromkeys(reasons)) or "no region and no node"
-        raise error(f"regionId: no placement anywhere: {found}", field="regionId")
+        raise error(f"region: no placement anywhere: {found}", field="region")
 
     async def _decide(self, region_key: str, req: Request, fresh_since: float | None) -> Decision | Refusal:
         start = await self.core.snapshot.find(region_key)
         if start is None:
-            raise BadRequest(f"regionId: region {region_key} does not exist", field="regionId")
+            raise BadRequest(f"region: region {region_key} does not exist", field="region")
         snapshot = await self.core.snapshot.for_chain(start.id, self.core.fleet.ready, fresh_since)
         if req.ports:
             # Which specific ports are free is not in the view: read it for the chain's nodes.

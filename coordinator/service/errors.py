@@ -1,6 +1,12 @@
-"""Errors a use case raises; every dialect renders them in its own shape with the status given here."""
+"""Errors a use case raises; every dialect renders them in its own shape with the status given here.
+
+``field`` is a canonical name (the domain's: ``node_id``, ``region``, ``instance_id``, ...); a message that
+starts with it ("node_id: node x does not exist") is worded by each dialect with its own name for the field
+(routing.Router.field_names), so no use case speaks a dialect's vocabulary."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class ServiceError(Exception):
@@ -8,9 +14,21 @@ class ServiceError(Exception):
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.field = field
+        prefix = f"{field}: " if field is not None else None
+        #: The message without its field prefix (when it had one).
+        self.detail = message.removeprefix(prefix) if prefix and message.startswith(prefix) else message
+        self.named = prefix is not None and message.startswith(prefix)
         self.headers: dict[str, str] = {}
+
+    @property
+    def message(self) -> str:
+        return self.worded({})[1]
+
+    def worded(self, names: Mapping[str, str]) -> tuple[str | None, str]:
+        """(field, message) in a dialect's words: ``names`` maps canonical field names to its own."""
+        field = names.get(self.field, self.field) if self.field is not None else None
+        return field, f"{field}: {self.detail}" if self.named else self.detail
 
 
 class BadRequest(ServiceError):

@@ -42,14 +42,14 @@ def _why_not(inst: Instance, action: str) -> str:
     """Why ``action`` cannot apply to the instance in its state (the 409's message)."""
     what = f"instance {inst.id}"
     if inst.suspended or inst.state is S.SUSPENDED:
-        return f"id: {what} is suspended; an admin must unsuspend it before it can {action}"
+        return f"instance_id: {what} is suspended; an admin must unsuspend it before it can {action}"
     return {
-        S.PENDING: f"id: {what} is still being created; retry once it is",
-        S.PROVISIONING: f"id: {what} is still being created; retry once it is",
-        S.RELEASING: f"id: {what} is being deleted",
-        S.RELEASED: f"id: {what} was deleted",
-        S.ERROR: f"id: {what} failed to provision ({inst.error}); delete it and deploy again",
-    }.get(inst.state, f"id: {what} cannot {action} while {inst.state.value}")
+        S.PENDING: f"instance_id: {what} is still being created; retry once it is",
+        S.PROVISIONING: f"instance_id: {what} is still being created; retry once it is",
+        S.RELEASING: f"instance_id: {what} is being deleted",
+        S.RELEASED: f"instance_id: {what} was deleted",
+        S.ERROR: f"instance_id: {what} failed to provision ({inst.error}); delete it and deploy again",
+    }.get(inst.state, f"instance_id: {what} cannot {action} while {inst.state.value}")
 
 
 class InstanceService:
@@ -88,7 +88,7 @@ class InstanceService:
         non-admin sees only their own, and asking for another user's is forbidden."""
         if own_only and not caller.admin:
             if owner_id is not None and owner_id != caller.user_id:
-                raise Forbidden("userId: only an admin may list another user's instances", field="userId")
+                raise Forbidden("user_id: only an admin may list another user's instances", field="user_id")
             owner_id = caller.user_id
         async with self.core.store.read() as conn:
             found = await instances_store.list_instances(
@@ -105,13 +105,15 @@ class InstanceService:
         created, being deleted or failed; answered as is when already done."""
         act = POWER[action]
         inst = await self.get(caller, instance_id, own_only=own_only)
-        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="id")
+        policy.check_owner(
+            caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="instance_id"
+        )
         if inst.suspended:
-            raise Conflict(_why_not(inst, action), field="id")
+            raise Conflict(_why_not(inst, action), field="instance_id")
         if inst.state in act.done_in:
             return inst
         if lifecycle.next_state(inst.state, act.event) is None:
-            raise Conflict(_why_not(inst, action), field="id")
+            raise Conflict(_why_not(inst, action), field="instance_id")
         return await self._move(inst, act.event, act.kind, action)
 
     async def suspend(self, caller: Principal, instance_id: str) -> Instance:
@@ -121,7 +123,7 @@ class InstanceService:
         if inst.suspended:
             return inst
         if lifecycle.next_state(inst.state, Event.SUSPEND) is None:
-            raise Conflict(_why_not(inst, "be suspended"), field="id")
+            raise Conflict(_why_not(inst, "be suspended"), field="instance_id")
         return await self._move(inst, Event.SUSPEND, CommandKind.SUSPEND, "suspend", suspended=True)
 
     async def unsuspend(self, caller: Principal, instance_id: str) -> Instance:
@@ -148,7 +150,9 @@ class InstanceService:
             )
             current = await instances_store.get_instance(conn, inst.id)
         if not moved or current is None:
-            raise Conflict(f"id: instance {inst.id} changed meanwhile; retry the {action}", field="id")
+            raise Conflict(
+                f"instance_id: instance {inst.id} changed meanwhile; retry the {action}", field="instance_id"
+            )
         # Whatever ran before, the next heartbeat that shows it running must confirm it again.
         self.core.fleet.unconfirm(inst.id)
         if current.node_id is not None:
@@ -162,7 +166,9 @@ class InstanceService:
         """Release: the container is removed, the allocations freed, the row kept for its history. Waits a
         bounded time for the agent so a panel usually reads the final state in the answer."""
         inst = await self.get(caller, instance_id, own_only=own_only)
-        policy.check_owner(caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="id")
+        policy.check_owner(
+            caller, inst.owner_id, inst.organization_id, f"instance {instance_id}", field="instance_id"
+        )
         await self.release([inst])
         return await self.get(caller, instance_id)
 

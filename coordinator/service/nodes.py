@@ -164,7 +164,7 @@ class NodeService:
         expires = now + self.core.config.enrollment.join_token_ttl_s
         async with self.core.store.write() as conn:
             if order.region_id is not None and not await nodes_store.region_exists(conn, order.region_id):
-                raise BadRequest(f"regionId: region {order.region_id} does not exist", field="regionId")
+                raise BadRequest(f"region_id: region {order.region_id} does not exist", field="region_id")
             await _check_organization(conn, order.organization_id)
             await nodes_store.insert_node(conn, node)
             await nodes_store.insert_allocations(conn, node.id, rows, now)
@@ -220,7 +220,7 @@ class NodeService:
         async with self.core.store.read() as conn:
             node = await nodes_store.get_node(conn, node_id)
             if node is None:
-                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+                raise NotFound(f"node {node_id} does not exist", field="node_id")
             allocations = await nodes_store.node_allocations(conn, node_id)
         assigned = sum(1 for a in allocations if a.instance_id)
         return self._view(node, (len(allocations), assigned)), allocations
@@ -231,12 +231,12 @@ class NodeService:
         policy.require_admin(caller, "deleting nodes")
         async with self.core.store.read() as conn:
             if await nodes_store.get_node(conn, node_id) is None:
-                raise NotFound(f"nodeId: node {node_id} does not exist", field="nodeId")
+                raise NotFound(f"node_id: node {node_id} does not exist", field="node_id")
             live = await instances_store.list_instances(conn, node_id=node_id, states=LIVE_STATES)
         if live and not force:
             raise BadRequest(
-                f"nodeId: node {node_id} holds {len(live)} live instance(s); force: true releases them",
-                field="nodeId",
+                f"node_id: node {node_id} holds {len(live)} live instance(s); force: true releases them",
+                field="node_id",
             )
         released = await self.instances.release_node(node_id) if live else []
         async with self.core.store.write() as conn:
@@ -253,10 +253,10 @@ class NodeService:
         async with self.core.store.write() as conn:
             region_id = changes.get("region_id")
             if region_id is not None and not await nodes_store.region_exists(conn, region_id):
-                raise BadRequest(f"regionId: region {region_id} does not exist", field="regionId")
+                raise BadRequest(f"region_id: region {region_id} does not exist", field="region_id")
             await _check_organization(conn, changes.get("organization_id"))
             if not await nodes_store.update_node(conn, node_id, {**changes, "updated_at": self.core.clock()}):
-                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+                raise NotFound(f"node {node_id} does not exist", field="node_id")
         self.core.snapshot.forget()
         view, _ = await self.get(node_id)
         return view
@@ -269,7 +269,7 @@ class NodeService:
         now = self.core.clock()
         async with self.core.store.write() as conn:
             if await nodes_store.get_node(conn, node_id) is None:
-                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+                raise NotFound(f"node {node_id} does not exist", field="node_id")
             clash = await nodes_store.existing_ports(conn, node_id, bind_address, ports)
             if clash:
                 shown = ", ".join(map(str, clash[:20])) + (
@@ -323,7 +323,7 @@ class NodeService:
         expires = now + self.core.config.enrollment.join_token_ttl_s
         async with self.core.store.write() as conn:
             if await nodes_store.get_node(conn, node_id) is None:
-                raise NotFound(f"node {node_id} does not exist", field="nodeId")
+                raise NotFound(f"node {node_id} does not exist", field="node_id")
             await nodes_store.replace_join_token(
                 conn,
                 node_id=node_id,

@@ -114,7 +114,7 @@ class RegionService:
                 raise BadRequest("Region with this identifier already exists", field="identifier")
             fallback = values.get("fallback_region_id")
             if fallback is not None and await regions_store.get_region(conn, fallback) is None:
-                raise BadRequest("Fallback region not found", field="fallbackRegionId")
+                raise BadRequest("Fallback region not found", field="fallback_region_id")
             await regions_store.insert_region(
                 conn,
                 {
@@ -142,14 +142,14 @@ class RegionService:
             if "fallback_region_id" in values and values["fallback_region_id"] is not None:
                 fallback = values["fallback_region_id"]
                 if fallback == region_id:
-                    raise BadRequest("Region cannot be its own fallback", field="fallbackRegionId")
+                    raise BadRequest("Region cannot be its own fallback", field="fallback_region_id")
                 if await regions_store.get_region(conn, fallback) is None:
-                    raise NotFound("Fallback region not found", field="fallbackRegionId")
+                    raise NotFound("Fallback region not found", field="fallback_region_id")
             limit = values.get("server_limit")
             if limit is not None and limit < region.live_count:
                 raise BadRequest(
-                    f"serverLimit: {region.live_count} servers already live in this region",
-                    field="serverLimit",
+                    f"server_limit: {region.live_count} servers already live in this region",
+                    field="server_limit",
                 )
             try:
                 await regions_store.update_region(
@@ -157,7 +157,7 @@ class RegionService:
                 )
             except IntegrityError as exc:  # the limit raced a deploy; the database kept the invariant
                 raise BadRequest(
-                    "serverLimit: lower than the servers live in this region", field="serverLimit"
+                    "server_limit: lower than the servers live in this region", field="server_limit"
                 ) from exc
         self.core.snapshot.forget()
         return await self.get(region_id)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from coordinator.domain.records import Instance, InstanceState, Principal, ServerIdentity
@@ -19,7 +19,7 @@ from coordinator.security.pki import issue_server_tls
 from coordinator.service import policy
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService, Finish
-from coordinator.service.errors import BadRequest, Conflict, NotFound, ServiceError
+from coordinator.service.errors import BadRequest, Conflict, NotFound
 from coordinator.service.instances import InstanceService
 from coordinator.store import instances as instances_store
 from coordinator.store import servers as servers_store
@@ -43,8 +43,6 @@ class SizedOrder:
     image: str | None
     region: str | None
     size: str | None
-    #: The dialect's names for image, region and size (errors name what the caller sent).
-    fields: Mapping[str, str]
 
 
 def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployOrder:
@@ -54,15 +52,11 @@ def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployO
     size_name = want.size or defaults.size
     for key, value in (("image", image), ("size", size_name)):
         if not value:
-            field = want.fields[key]
-            raise BadRequest(
-                f"{field}: is required (the coordinator has no servers.{key} default)", field=field
-            )
+            raise BadRequest(f"{key}: is required (the coordinator has no servers.{key} default)", field=key)
     size = core.sizes.get(size_name)
     if size is None:
-        field = want.fields["size"]
         known = ", ".join(s.name for s in core.sizes.listed()) or "none configured"
-        raise BadRequest(f"{field}: unknown size {size_name!r} (sizes: {known})", field=field)
+        raise BadRequest(f"size: unknown size {size_name!r} (sizes: {known})", field="size")
     return DeployOrder(
         image=image,
         memory_mib=size.memory,
@@ -76,17 +70,6 @@ def deploy_order(core: Core, want: SizedOrder, finish: Finish | None) -> DeployO
         # Neither asked for nor configured: any region with room, or a node in no region.
         anywhere=not region,
     )
-
-
-def renamed(exc: ServiceError, fields: Mapping[str, str]) -> ServiceError:
-    """The deploy use case's error with its field named as the dialect names it."""
-    if exc.field is None or exc.field not in fields:
-        return exc
-    new = fields[exc.field]
-    message = exc.message
-    if message.startswith(f"{exc.field}:"):
-        message = new + message[len(exc.field) :]
-    return type(exc)(message, field=new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +110,6 @@ async def where(core: Core, found: Sequence[Instance]) -> dict[str, Where]:
             primary.bind_address if primary else "",
         )
     return out
-
-
-SERVER_FIELDS = {"image": "image", "region": "region", "size": "size"}
-#: The deploy use case names these as the panel does.
-DEPLOY_FIELDS = {"regionId": "region", "nodeId": "region"}
 
 
 class ServerService:
@@ -205,13 +183,11 @@ class ServerService:
                 servers_store.insert_server(inst.id, identity),
             ]
 
-        order = deploy_order(self.core, SizedOrder(chosen, image, region, size, SERVER_FIELDS), finish)
+        order = deploy_order(self.core, SizedOrder(chosen, image, region, size), finish)
         try:
             deployed = await self.deploys.deploy(caller, order)
         except ClaimRefused as exc:  # the name was taken between the check and the claim
             raise Conflict(f"name: a server named {chosen} exists", field="name") from exc
-        except ServiceError as exc:
-            raise renamed(exc, DEPLOY_FIELDS) from exc
         return deployed.instance
 
     async def _free_name(self) -> str:

@@ -9,7 +9,9 @@ import pytest
 
 from agent.files import FileStore
 from agent.runtime.base import ContainerSpec, FileSet
+from coordinator.api.dialects import client, servers
 from coordinator.api.dialects.client_models import STATES_OF, ServerListQuery, parse_time
+from coordinator.api.routing import FIELD_NAMES
 from coordinator.catalogs.images import Catalog
 from coordinator.catalogs.sizes import Size, SizeCatalog
 from coordinator.config import CoordinatorConfig, ServersOptions
@@ -19,7 +21,7 @@ from coordinator.security.pki import CertificateAuthority
 from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict
-from coordinator.service.servers import SERVER_FIELDS, SizedOrder, Where, deploy_order, renamed
+from coordinator.service.servers import SizedOrder, Where, deploy_order
 from coordinator.store.engine import Store
 
 
@@ -38,32 +40,36 @@ def core(tmp_path: Path, **servers: str) -> Core:
 
 async def test_order_takes_defaults_and_names_what_is_missing(tmp_path: Path) -> None:
     c = core(tmp_path, image="busybox", region="eu", size="small")
-    order = deploy_order(c, SizedOrder("a", None, None, None, SERVER_FIELDS), None)
+    order = deploy_order(c, SizedOrder("a", None, None, None), None)
     assert (order.image, order.region, order.size, order.memory_mib, order.cpu_percent, order.disk_mib) == (
         "busybox", "eu", "small", 512, 50, 100
     )  # fmt: skip
     bare = core(tmp_path / "bare", size="")
     with pytest.raises(BadRequest, match=r"^image: is required") as missing:
-        deploy_order(bare, SizedOrder("a", None, None, "small", SERVER_FIELDS), None)
+        deploy_order(bare, SizedOrder("a", None, None, "small"), None)
     assert missing.value.field == "image"
     with pytest.raises(BadRequest, match=r"^size: is required"):
-        deploy_order(bare, SizedOrder("a", "busybox", None, None, SERVER_FIELDS), None)
+        deploy_order(bare, SizedOrder("a", "busybox", None, None), None)
     # No region asked for or configured: anywhere with room.
-    roaming = deploy_order(bare, SizedOrder("a", "busybox", None, "small", SERVER_FIELDS), None)
+    roaming = deploy_order(bare, SizedOrder("a", "busybox", None, "small"), None)
     assert (roaming.region, roaming.anywhere) == (None, True)
     assert not order.anywhere
     with pytest.raises(BadRequest, match=r"unknown size 'huge'.*small"):
-        deploy_order(c, SizedOrder("a", None, None, "huge", SERVER_FIELDS), None)
+        deploy_order(c, SizedOrder("a", None, None, "huge"), None)
     await c.store.close()
     await bare.store.close()
 
 
-def test_renamed_keeps_the_status_and_rewords_the_field() -> None:
-    moved = renamed(Conflict("regionId: no placement: eu full", field="regionId"), {"regionId": "location"})
-    assert isinstance(moved, Conflict)
-    assert (moved.message, moved.field) == ("location: no placement: eu full", "location")
-    other = BadRequest("image: nope", field="image")
-    assert renamed(other, {"regionId": "location"}) is other
+def test_each_dialect_words_a_canonical_field_its_own_way() -> None:
+    refused = Conflict("region: no placement: eu full", field="region")
+    assert refused.message == "region: no placement: eu full" and refused.detail == "no placement: eu full"
+    assert refused.worded(FIELD_NAMES) == ("regionId", "regionId: no placement: eu full")
+    assert refused.worded(client.FIELDS) == ("location", "location: no placement: eu full")
+    assert refused.worded(servers.FIELDS) == ("region", "region: no placement: eu full")
+    # A message that does not start with its field keeps its words; a field no table knows, its name.
+    plain = BadRequest("Fallback region not found", field="fallback_region_id")
+    assert plain.worded(FIELD_NAMES) == ("fallbackRegionId", "Fallback region not found")
+    assert BadRequest("image: nope", field="image").worded(client.FIELDS) == ("image", "image: nope")
 
 
 def test_address_brackets_ipv6_and_omits_a_missing_port() -> None:

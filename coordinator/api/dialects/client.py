@@ -22,12 +22,20 @@ from coordinator.api.dialects.client_models import (
     parse_time,
 )
 from coordinator.api.fields import MAX_ID
-from coordinator.api.routing import Call, Router
+from coordinator.api.routing import FIELD_NAMES, Call, Router
 from coordinator.domain.records import Instance
 from coordinator.service.errors import BadRequest
 from coordinator.service.servers import where
 
-router = Router("client")
+#: A client's order names where it goes its location; its servers are serverUuid.
+FIELDS = {
+    **FIELD_NAMES,
+    "region": "location",
+    "region_id": "location",
+    "node_id": "location",
+    "instance_id": "serverUuid",
+}
+router = Router("client", field_names=FIELDS)
 BASE = "/api/v1/client/{clientId}"
 FOREIGN = {403: "The client is not the caller's organization"}
 

@@ -101,7 +101,7 @@ class AllocationRange(Body):
         try:
             parse_port_ranges(v, "ports")
         except ServiceError as exc:
-            raise ValueError(exc.message.removeprefix("ports: ")) from exc
+            raise ValueError(exc.detail) from exc
         return v
 
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator import __version__
 from coordinator.api.fields import Text
-from coordinator.api.routing import Call, Router
+from coordinator.api.routing import FIELD_NAMES, Call, Router
 from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.servers import ServerService, Where, where
 
@@ -27,7 +27,9 @@ class DroneError(BaseModel):
     field: str | None = None
 
 
-router = Router("servers", render_error=drone_error, error_model=DroneError)
+#: The autoscaler names where a server goes its region, whether placement looked at a region or a node.
+FIELDS = {**FIELD_NAMES, "region": "region", "region_id": "region", "node_id": "region"}
+router = Router("servers", render_error=drone_error, error_model=DroneError, field_names=FIELDS)
 
 #: What built this (the autoscaler's answer names its repository; Moorage names its distribution).
 SOURCE = "moorage"
