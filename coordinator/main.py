@@ -171,7 +171,9 @@ class Coordinator:
         )
         deploys = DeployService(core, cfg.placement.strategy)
         services = Services(
-            core=core,
+            clock=core.clock,
+            metrics=core.metrics,
+            trusted_proxies=tuple(cfg.auth.trusted_proxies),
             auth=Authenticator(access),
             access=access,
             nodes=nodes,

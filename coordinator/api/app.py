@@ -78,7 +78,7 @@ def all_routes() -> list[Route]:
 def build(services: Services) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=1024**2)
     app[SERVICES] = services
-    app[TRUSTED_PROXIES] = tuple(services.core.config.auth.trusted_proxies)
+    app[TRUSTED_PROXIES] = services.trusted_proxies
     for router in ROUTERS:
         router.install(app)
     app[system.OPENAPI] = openapi.build(all_routes(), __version__)

@@ -195,7 +195,7 @@ class Router:
                 # Who did what, when, and how it ended; written before the caller hears the outcome.
                 await services.access.audit(
                     {
-                        "at": services.core.clock(),
+                        "at": services.clock(),
                         "user_id": principal.user_id if principal else None,
                         "key_id": request.get(KEY_ID),
                         "client": client_address(request),

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from coordinator.api.auth import Authenticator
+from coordinator.metrics import Metrics
 from coordinator.service.access import AccessService
 from coordinator.service.clients import ClientService
-from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
@@ -21,7 +22,13 @@ from coordinator.service.vpn import VpnService
 
 @dataclass
 class Services:
-    core: Core
+    """What a handler may reach: use cases, and the few plain facts they all share (never the store,
+    the fleet or the CA)."""
+
+    clock: Callable[[], float]
+    metrics: Metrics
+    #: Proxies whose X-Forwarded-For names the client (auth.trusted_proxies).
+    trusted_proxies: tuple[str, ...]
     auth: Authenticator
     access: AccessService
     nodes: NodeService

@@ -13,6 +13,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from coordinator.catalogs.sizes import Size
 from coordinator.domain.records import Instance, InstanceState, Principal, ServerIdentity
 from coordinator.placement.scheduler import NodeInfo
 from coordinator.security.pki import issue_server_tls
@@ -119,6 +120,23 @@ class ServerService:
         self.instances = instances
 
     # ------------------------------------------------------------ reads
+
+    async def where(self, found: Sequence[Instance]) -> dict[str, Where]:
+        """Where each instance runs (region, country, address), as the servers, client and vpn dialects
+        show it."""
+        return await where(self.core, found)
+
+    def size(self, name: str | None) -> Size | None:
+        return self.core.sizes.get(name or "")
+
+    @property
+    def provider(self) -> str:
+        """What the servers dialect calls the provider (servers.provider in the config)."""
+        return self.core.config.servers.provider
+
+    @property
+    def platform(self) -> str:
+        return self.core.config.servers.platform
 
     async def find(self, caller: Principal, name: str) -> Instance:
         async with self.core.store.read() as conn:

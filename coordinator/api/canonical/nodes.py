@@ -126,7 +126,7 @@ async def issue_join_token(call: Call) -> JoinToken:
 async def update_node(call: Call, body: NodePatch) -> NodeOut:
     """Change a node: region, capacity, overallocation, maintenance, description."""
     view = await call.services.nodes.update(call.caller, call.path("id"), body.columns())
-    return NodeOut.of(view, call.services.core.clock())
+    return NodeOut.of(view, call.services.clock())
 
 
 @router.route(

@@ -67,4 +67,4 @@ async def openapi(call: Call) -> web.Response:
 @router.route("GET", "/metrics", response=str, access="admin")
 async def metrics(call: Call) -> web.Response:
     """Prometheus metrics (text exposition): heartbeats and their timings, sessions, batch writes."""
-    return web.Response(body=call.services.core.metrics.render(), content_type="text/plain", charset="utf-8")
+    return web.Response(body=call.services.metrics.render(), content_type="text/plain", charset="utf-8")

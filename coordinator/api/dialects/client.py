@@ -25,7 +25,6 @@ from coordinator.api.fields import MAX_ID
 from coordinator.api.routing import FIELD_NAMES, Call, Router
 from coordinator.domain.records import Instance
 from coordinator.service.errors import BadRequest
-from coordinator.service.servers import where
 
 #: A client's order names where it goes its location; its servers are serverUuid.
 FIELDS = {
@@ -56,7 +55,7 @@ def server_uuid(call: Call) -> str:
 
 
 async def render(call: Call, inst: Instance) -> ClientServer:
-    return ClientServer.of(inst, (await where(call.services.core, [inst]))[inst.id])
+    return ClientServer.of(inst, (await call.services.servers.where([inst]))[inst.id])
 
 
 # ---------------------------------------------------------------- servers
@@ -76,7 +75,7 @@ async def list_servers(call: Call, query: ServerListQuery) -> ServerPage:
     page = await call.services.clients.list_servers(
         call.caller, client_id(call), page=query.page, limit=query.limit, states=states, tags=tags
     )
-    places = await where(call.services.core, page.items)
+    places = await call.services.servers.where(page.items)
     return ServerPage(
         page=page.page,
         limit=page.limit,
@@ -226,7 +225,7 @@ async def usage(call: Call, query: UsageQuery) -> UsagePage:
     page, window_end = await call.services.clients.usage(
         call.caller, client_id(call), start=start, end=end, page=query.page, limit=query.limit
     )
-    places = await where(call.services.core, [r.instance for r in page.items])
+    places = await call.services.servers.where([r.instance for r in page.items])
     return UsagePage(
         page=page.page,
         limit=page.limit,

@@ -108,7 +108,7 @@ async def create_node(call: Call, body: NodeCreate) -> NodeCreated:
         organization_id=body.organization,
     )
     created = await call.services.nodes.create(call.caller, order)
-    base = NodeOut.of(created.view, call.services.core.clock())
+    base = NodeOut.of(created.view, call.services.clock())
     return NodeCreated(
         **base.model_dump(),
         joinToken=created.join_token,
@@ -122,7 +122,7 @@ async def create_node(call: Call, body: NodeCreate) -> NodeCreated:
 async def list_nodes(call: Call) -> list[NodeOut]:
     """Nodes with their status, heartbeat age, capacity and allocation counts: every node for an admin;
     for others the shared fleet and their organization's dedicated nodes."""
-    now = call.services.core.clock()
+    now = call.services.clock()
     return [NodeOut.of(v, now) for v in await call.services.nodes.list_views(call.caller)]
 
 

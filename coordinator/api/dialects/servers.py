@@ -14,7 +14,7 @@ from coordinator import __version__
 from coordinator.api.fields import Text
 from coordinator.api.routing import FIELD_NAMES, Call, Router
 from coordinator.domain.records import Instance, InstanceState
-from coordinator.service.servers import ServerService, Where, where
+from coordinator.service.servers import ServerService, Where
 
 
 def drone_error(status: int, message: str, field: str | None) -> web.Response:
@@ -96,22 +96,21 @@ def _unix(at: float | None) -> int:
 
 def render(call: Call, inst: Instance, place: Where, *, just_asked: bool = False) -> ServerOut:
     servers: ServerService = call.services.servers
-    core = call.services.core
     identity = servers.opened(call.caller, inst)
-    size = core.sizes.get(inst.size or "")
+    size = servers.size(inst.size)
     if inst.state is S.RELEASING:
         state = "stopping" if servers.removing(inst.id) and not just_asked else "shutdown"
     else:
         state = STATE[inst.state]
     return ServerOut(
         id=inst.id,
-        provider=core.config.servers.provider,
+        provider=servers.provider,
         state=state,
         name=identity.name,
         image=inst.image,
         region=place.region,
         size=inst.size or "",
-        platform=core.config.servers.platform,
+        platform=servers.platform,
         address=place.address,
         capacity=size.capacity if size else 0,
         secret=identity.secret,
@@ -128,7 +127,7 @@ def render(call: Call, inst: Instance, place: Where, *, just_asked: bool = False
 
 
 async def _one(call: Call, inst: Instance, *, just_asked: bool = False) -> ServerOut:
-    return render(call, inst, (await where(call.services.core, [inst]))[inst.id], just_asked=just_asked)
+    return render(call, inst, (await call.services.servers.where([inst]))[inst.id], just_asked=just_asked)
 
 
 class Version(BaseModel):
@@ -148,7 +147,7 @@ async def version(call: Call) -> Version:
 async def list_servers(call: Call) -> list[ServerOut]:
     """List all servers (the caller's organization's; an admin's: all), oldest first."""
     found = await call.services.servers.list(call.caller)
-    places = await where(call.services.core, found)
+    places = await call.services.servers.where(found)
     return [render(call, inst, places[inst.id]) for inst in found]
 
 

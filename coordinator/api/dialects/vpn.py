@@ -20,7 +20,7 @@ from coordinator.api.fields import Bool, Int, Text
 from coordinator.api.routing import Call, Handler, Router
 from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
-from coordinator.service.servers import Where, where
+from coordinator.service.servers import Where
 from coordinator.service.vpn import NOT_FOUND, NotRedeployable
 
 T = TypeVar("T")
@@ -222,7 +222,7 @@ def render(inst: Instance, place: Where, org_name: str) -> VpnNode:
 
 
 async def rendered(call: Call, found: list[Instance]) -> list[VpnNode]:
-    places = await where(call.services.core, found)
+    places = await call.services.servers.where(found)
     names = await call.services.vpn.organization_names({i.organization_id for i in found})
     return [render(i, places[i.id], names.get(i.organization_id, "")) for i in found]
 
