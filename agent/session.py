@@ -262,7 +262,6 @@ class AgentSession:
         return pb.Hello(
             agent_version=__version__,
             protocol_version=PROTOCOL_VERSION,
-            hostname=self.config.data_dir.name,
             capacity=pb.Capacity(
                 **self.telemetry.capacity(self.config.memory_mib, self.config.disk_mib, self.config.cpu_count)
             ),

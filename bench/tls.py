@@ -39,8 +39,6 @@ def heartbeat(seq: int) -> pb.AgentMessage:
             container_id="c" * 64,
             state=pb.CONTAINER_STATE_RUNNING,
             started_at_ms=1_700_000_000_000,
-            cpu_percent=12.5,
-            memory_bytes=256 * 2**20,
             rx_bytes=123_456_789,
             tx_bytes=987_654_321,
             rx_mbps=1.5,

@@ -96,7 +96,6 @@ class _CommandKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CommandKi
     COMMAND_KIND_KILL: _CommandKind.ValueType  # 5
     COMMAND_KIND_REMOVE: _CommandKind.ValueType  # 6
     COMMAND_KIND_SUSPEND: _CommandKind.ValueType  # 7
-    COMMAND_KIND_UPDATE_LIMITS: _CommandKind.ValueType  # 8
 
 class CommandKind(_CommandKind, metaclass=_CommandKindEnumTypeWrapper): ...
 
@@ -108,7 +107,6 @@ COMMAND_KIND_RESTART: CommandKind.ValueType  # 4
 COMMAND_KIND_KILL: CommandKind.ValueType  # 5
 COMMAND_KIND_REMOVE: CommandKind.ValueType  # 6
 COMMAND_KIND_SUSPEND: CommandKind.ValueType  # 7
-COMMAND_KIND_UPDATE_LIMITS: CommandKind.ValueType  # 8
 Global___CommandKind: _TypeAlias = CommandKind  # noqa: Y015
 
 class _DesiredState:
@@ -230,7 +228,6 @@ class Hello(_message.Message):
 
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
-    HOSTNAME_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     IMAGES_FIELD_NUMBER: _builtins.int
@@ -238,7 +235,6 @@ class Hello(_message.Message):
     DROPPED_EVENTS_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     protocol_version: _builtins.int
-    hostname: _builtins.str
     pull_policy: _builtins.str
     dropped_events: _builtins.int
     """Events dropped from the bounded buffer while the coordinator was away."""
@@ -257,7 +253,6 @@ class Hello(_message.Message):
         *,
         agent_version: _builtins.str = ...,
         protocol_version: _builtins.int = ...,
-        hostname: _builtins.str = ...,
         capacity: Global___Capacity | None = ...,
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
         images: _abc.Iterable[_builtins.str] | None = ...,
@@ -266,7 +261,7 @@ class Hello(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "dropped_events", b"dropped_events", "hostname", b"hostname", "images", b"images", "instances", b"instances", "protocol_version", b"protocol_version", "pull_policy", b"pull_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "capacity", b"capacity", "dropped_events", b"dropped_events", "images", b"images", "instances", b"instances", "protocol_version", b"protocol_version", "pull_policy", b"pull_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -389,13 +384,10 @@ class InstanceStatus(_message.Message):
     RESTARTS_FIELD_NUMBER: _builtins.int
     STARTED_AT_MS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
-    CPU_PERCENT_FIELD_NUMBER: _builtins.int
-    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     RX_BYTES_FIELD_NUMBER: _builtins.int
     TX_BYTES_FIELD_NUMBER: _builtins.int
     RX_MBPS_FIELD_NUMBER: _builtins.int
     TX_MBPS_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
     REMOVE_AT_MS_FIELD_NUMBER: _builtins.int
     LIMIT_ERROR_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
@@ -406,13 +398,10 @@ class InstanceStatus(_message.Message):
     restarts: _builtins.int
     started_at_ms: _builtins.int
     health: _builtins.str
-    cpu_percent: _builtins.float
-    memory_bytes: _builtins.int
     rx_bytes: _builtins.int
     tx_bytes: _builtins.int
     rx_mbps: _builtins.float
     tx_mbps: _builtins.float
-    error: _builtins.str
     remove_at_ms: _builtins.int
     """Set for a labelled container this node's desired set does not hold: when the agent removes it."""
     limit_error: _builtins.str
@@ -428,19 +417,16 @@ class InstanceStatus(_message.Message):
         restarts: _builtins.int = ...,
         started_at_ms: _builtins.int = ...,
         health: _builtins.str = ...,
-        cpu_percent: _builtins.float = ...,
-        memory_bytes: _builtins.int = ...,
         rx_bytes: _builtins.int = ...,
         tx_bytes: _builtins.int = ...,
         rx_mbps: _builtins.float = ...,
         tx_mbps: _builtins.float = ...,
-        error: _builtins.str = ...,
         remove_at_ms: _builtins.int = ...,
         limit_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_percent", b"cpu_percent", "error", b"error", "exit_code", b"exit_code", "health", b"health", "instance_id", b"instance_id", "limit_error", b"limit_error", "memory_bytes", b"memory_bytes", "oom_killed", b"oom_killed", "remove_at_ms", b"remove_at_ms", "restarts", b"restarts", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "started_at_ms", b"started_at_ms", "state", b"state", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "exit_code", b"exit_code", "health", b"health", "instance_id", b"instance_id", "limit_error", b"limit_error", "oom_killed", b"oom_killed", "remove_at_ms", b"remove_at_ms", "restarts", b"restarts", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "started_at_ms", b"started_at_ms", "state", b"state", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
