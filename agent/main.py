@@ -15,7 +15,7 @@ from agent.files import FileStore
 from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
 from agent.runtime.docker import DockerRuntime
-from agent.session import AgentSession
+from agent.session import AgentSession, Outbox
 from agent.telemetry import Telemetry
 from common import systemd
 from common.config import ConfigError, load
@@ -121,16 +121,17 @@ async def run(config: AgentConfig) -> None:
     node = await obtain_identity(config)
     runtime = DockerRuntime(config.docker_url or None)
     await wait_for_engine(runtime, config)
+    outbox = Outbox(config.event_buffer, config.confirm_start_after_s)
     executor = Executor(
         runtime,
         node.node_id,
         config.pull_policy,
-        report=lambda _r: None,
+        report=outbox.report,
         unknown_grace_s=config.unknown_container_grace_s,
         restart_policy=config.restart,
         files=FileStore(config.data_dir / "files"),
     )
-    session = AgentSession(config, node, runtime, executor, Telemetry(disk_path=str(config.data_dir)))
+    session = AgentSession(config, node, runtime, executor, Telemetry(disk_path=str(config.data_dir)), outbox)
     systemd.notify("READY=1")
     log.info("agent ready", node_id=node.node_id, coordinator=config.coordinator, version=__version__)
     stop = asyncio.Event()

@@ -35,13 +35,23 @@ WELCOME_TIMEOUT_S = 30.0
 @dataclass
 class Outbox:
     """Events and results, kept across reconnects; the newest heartbeat rides in a slot of its own so a
-    stale one is never queued behind a backlog."""
+    stale one is never queued behind a backlog. The executor reports into it (``report``) and the
+    session drains it: neither holds the other."""
 
     limit: int
+    #: After a container started: how soon a heartbeat confirms it (instead of the interval's end).
+    confirm_start_after_s: float = 0.3
     items: deque[pb.AgentMessage] = field(default_factory=deque)
     heartbeat: pb.AgentMessage | None = None
     dropped: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set when a heartbeat should go now (a start was reported a moment ago).
+    beat_now: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def report(self, report: Report) -> None:
+        self.put(pb.AgentMessage(event=instance_event(report, time.time())))
+        if report.kind is ReportKind.STARTED:
+            asyncio.get_running_loop().call_later(self.confirm_start_after_s, self.beat_now.set)
 
     def put(self, message: pb.AgentMessage) -> None:
         if len(self.items) >= self.limit:
@@ -179,26 +189,20 @@ class AgentSession:
         runtime: Runtime,
         executor: Executor,
         telemetry: Telemetry,
+        outbox: Outbox,
     ) -> None:
         self.config = config
         self.identity = identity
         self.runtime = runtime
         self.executor = executor
         self.telemetry = telemetry
-        self.outbox = Outbox(config.event_buffer)
+        self.outbox = outbox
         self.heartbeat_interval_s = config.heartbeat_interval_s
         self.connected = asyncio.Event()
         self._seq = 0
         #: When the current attempt got its Welcome (None: not yet).
         self._welcomed_at: float | None = None
-        self._beat_now = asyncio.Event()
         self._commands: set[asyncio.Task[None]] = set()
-        executor.report = self.emit
-
-    def emit(self, report: Report) -> None:
-        self.outbox.put(pb.AgentMessage(event=instance_event(report, time.time())))
-        if report.kind is ReportKind.STARTED:
-            asyncio.get_running_loop().call_later(self.config.confirm_start_after_s, self._beat_now.set)
 
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
@@ -387,7 +391,7 @@ class AgentSession:
                 self.outbox.put_heartbeat(pb.AgentMessage(heartbeat=beat))
             except Exception as exc:
                 log.warning("heartbeat skipped", error=str(exc))
-            self._beat_now.clear()
+            self.outbox.beat_now.clear()
             interval = self.heartbeat_interval_s * random.uniform(0.9, 1.1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), interval)
+                await asyncio.wait_for(self.outbox.beat_now.wait(), interval)

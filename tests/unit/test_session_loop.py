@@ -18,7 +18,7 @@ from agent.executor import Executor
 from agent.identity import EnrollmentRefused, Identity
 from agent.runtime.base import PullPolicy
 from agent.runtime.memory import MemoryRuntime
-from agent.session import AgentSession
+from agent.session import AgentSession, Outbox
 from agent.telemetry import Telemetry
 
 
@@ -39,8 +39,10 @@ class ScriptedSession(AgentSession):
     def __init__(self, tmp: Path, ends: list[Callable[[], BaseException] | None]) -> None:
         config = AgentConfig(data_dir=tmp, reconnect_initial_s=0.001, reconnect_max_s=0.004)
         runtime = MemoryRuntime()
-        executor = Executor(runtime, "n", PullPolicy.MISSING, lambda _r: None)
-        super().__init__(config, cast(Identity, ValidIdentity()), runtime, executor, Telemetry(disk_path="/"))
+        outbox = Outbox(config.event_buffer)
+        executor = Executor(runtime, "n", PullPolicy.MISSING, outbox.report)
+        identity = cast(Identity, ValidIdentity())
+        super().__init__(config, identity, runtime, executor, Telemetry(disk_path="/"), outbox)
         self.ends = ends
         self.attempts = 0
         self.exhausted = asyncio.Event()
