@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Set
 from dataclasses import dataclass
 
 from agent import shaping
+from agent import state as machine
 from agent.files import FileStore
 from agent.reconcile import RUNNING, Desired
 from agent.restarts import RestartPolicy
@@ -26,35 +27,6 @@ from agent.runtime.base import (
     RuntimeFailure,
 )
 from agent.shaping import Shaper
-from agent.state import (
-    Accepted,
-    Action,
-    Adopted,
-    AgentState,
-    Apply,
-    CancelRetry,
-    Commanded,
-    Event,
-    Exited,
-    Failed,
-    Finished,
-    Listed,
-    Made,
-    OomKilled,
-    Order,
-    Remove,
-    Removed,
-    RemoveUnknown,
-    Report,
-    RetryDone,
-    RetryDue,
-    ScheduleRetry,
-    Started,
-    Stop,
-    StopIssued,
-    Stopped,
-    Welcomed,
-)
 from common.logging import get
 
 log = get("agent.executor")
@@ -78,7 +50,7 @@ class Executor:
         runtime: Runtime,
         node_id: str,
         pull_policy: PullPolicy,
-        report: Callable[[Report], None],
+        report: Callable[[machine.Report], None],
         *,
         unknown_grace_s: float = 300.0,
         restart_policy: RestartPolicy | None = None,
@@ -91,7 +63,7 @@ class Executor:
         self.pull_policy = pull_policy
         #: Where instance events go (the session's outbox).
         self.report = report
-        self.state = AgentState(restart_policy or RestartPolicy(), unknown_grace_s)
+        self.state = machine.AgentState(restart_policy or RestartPolicy(), unknown_grace_s)
         #: Where instances' files are written for their mounts; None: instances with files fail.
         self.files = files
         #: Sets a bandwidth cap on a running container (by its namespace); tests without Docker pass theirs.
@@ -108,7 +80,7 @@ class Executor:
 
     # ------------------------------------------------------------ what the session and main call
 
-    async def command(self, order: Order, instance_id: str, want: Desired | None) -> Outcome:
+    async def command(self, order: machine.Order, instance_id: str, want: Desired | None) -> Outcome:
         """Apply one command. Idempotent: a redelivered deploy finds its container, a redelivered remove
         finds nothing to remove; both answer ok."""
         try:
@@ -116,7 +88,7 @@ class Executor:
             # Taken in arrival order under the instance's lock: a deploy still at work finishes before a
             # removal behind it changes what is wanted.
             async with self._lock(instance_id):
-                for action in self._feed(Commanded(order, instance_id, want, self.clock())):
+                for action in self._feed(machine.Commanded(order, instance_id, want, self.clock())):
                     container_id = await self._perform_locked(action)
             return Outcome(True, container_id=container_id or "")
         except Exception as exc:
@@ -126,24 +98,24 @@ class Executor:
     async def reconcile(self, desired: Mapping[str, Desired], remove: Set[str]) -> None:
         """The Welcome's desired set becomes exactly the agent's at once (even if the engine does not answer
         now: the resync after it comes back converges); then the gap to the engine is closed."""
-        self._feed(Welcomed(desired, remove, self.clock()))
+        self._feed(machine.Welcomed(desired, remove, self.clock()))
         actual = await self.actual()
-        await self._perform_all(self._feed(Listed(actual, self.clock(), remove, readopt=True)))
+        await self._perform_all(self._feed(machine.Listed(actual, self.clock(), remove, readopt=True)))
 
     async def resync(self) -> None:
         """Between Welcomes (periodically, and after the engine came back): close the gap again."""
         if not self.state.welcomed:
             return
-        actions = self._feed(Listed(await self.actual(), self.clock()))
+        actions = self._feed(machine.Listed(await self.actual(), self.clock()))
         if actions:
             log.info("resync", actions=[f"{type(a).__name__.lower()}:{a.instance_id}" for a in actions])
         await self._perform_all(actions)
 
     def on_engine_event(self, kind: str, instance_id: str, exit_code: int, container_id: str) -> None:
         if kind == "oom":
-            self._feed(OomKilled(instance_id))
+            self._feed(machine.OomKilled(instance_id))
         elif kind == "exited":
-            self._feed(Exited(instance_id, exit_code, container_id, self.clock()))
+            self._feed(machine.Exited(instance_id, exit_code, container_id, self.clock()))
 
     async def actual(self) -> dict[str, ContainerInfo]:
         return {c.instance_id: c for c in await self.runtime.list(self.node_id) if c.instance_id}
@@ -163,18 +135,18 @@ class Executor:
 
     # ------------------------------------------------------------ the loop between state and engine
 
-    def _feed(self, event: Event) -> list[Action]:
+    def _feed(self, event: machine.Event) -> list[machine.Action]:
         """Hand an event to the state machine; reports and timers are dealt with at once, the engine work
         is given back to perform."""
-        work: list[Action] = []
+        work: list[machine.Action] = []
         for action in self.state.handle(event):
-            if isinstance(action, Report):
+            if isinstance(action, machine.Report):
                 if action.message.startswith("crash loop"):
                     log.warning("crash loop", instance_id=action.instance_id, reason=action.message)
                 self.report(action)
-            elif isinstance(action, ScheduleRetry):
+            elif isinstance(action, machine.ScheduleRetry):
                 self._schedule(action.instance_id, action.delay_s)
-            elif isinstance(action, CancelRetry):
+            elif isinstance(action, machine.CancelRetry):
                 timer = self._timers.pop(action.instance_id, None)
                 if timer is not None:
                     timer.cancel()
@@ -182,8 +154,8 @@ class Executor:
                 work.append(action)
         return work
 
-    async def _perform_all(self, actions: list[Action]) -> None:
-        async def one(action: Action) -> None:
+    async def _perform_all(self, actions: list[machine.Action]) -> None:
+        async def one(action: machine.Action) -> None:
             try:
                 await self._perform(action)
             except Exception as exc:
@@ -191,16 +163,16 @@ class Executor:
 
         await asyncio.gather(*(one(a) for a in actions))
 
-    async def _perform(self, action: Action) -> str | None:
+    async def _perform(self, action: machine.Action) -> str | None:
         async with self._lock(action.instance_id):
             return await self._perform_locked(action)
 
-    async def _perform_locked(self, action: Action) -> str | None:
-        if isinstance(action, Apply):
+    async def _perform_locked(self, action: machine.Action) -> str | None:
+        if isinstance(action, machine.Apply):
             return await self._apply(action)
-        if isinstance(action, Remove):
+        if isinstance(action, machine.Remove):
             await self._remove(action.instance_id)
-        elif isinstance(action, RemoveUnknown) and self.state.want(action.instance_id) is None:
+        elif isinstance(action, machine.RemoveUnknown) and self.state.want(action.instance_id) is None:
             log.warning(
                 "removing a container nobody wants",
                 instance_id=action.instance_id,
@@ -237,12 +209,12 @@ class Executor:
         if self._timers.get(instance_id) is asyncio.current_task():
             del self._timers[instance_id]  # awake: from here on it is work, not a wait to cancel
         try:
-            for action in self._feed(RetryDue(instance_id, self.clock())):
+            for action in self._feed(machine.RetryDue(instance_id, self.clock())):
                 await self._perform(action)
         except Exception as exc:
             log.warning("retry failed", instance_id=instance_id, error=str(exc))
         finally:
-            self._feed(RetryDone(instance_id))
+            self._feed(machine.RetryDone(instance_id))
 
     # ------------------------------------------------------------ engine work (under the instance's lock)
 
@@ -252,14 +224,14 @@ class Executor:
                 return c
         return None
 
-    async def _apply(self, action: Apply) -> str | None:
+    async def _apply(self, action: machine.Apply) -> str | None:
         iid = action.instance_id
         want = self.state.want(iid)
         if want is None:
             return None
         have = await self._find(iid)
-        if have is not None and action.stop_first is not Stop.NONE and have.status in RUNNING:
-            timeout = 0 if action.stop_first is Stop.KILL else want.spec.stop_timeout_s
+        if have is not None and action.stop_first is not machine.Stop.NONE and have.status in RUNNING:
+            timeout = 0 if action.stop_first is machine.Stop.KILL else want.spec.stop_timeout_s
             await self._stop_container(iid, have, timeout)
             have = await self._find(iid)
         if have is None:
@@ -268,21 +240,21 @@ class Executor:
         if want.running and not running:
             await self.runtime.start(have.container_id)
             await self._shape(iid, have.container_id)
-            self._feed(Started(iid, have.container_id, self.clock(), after_crash=action.after_crash))
+            self._feed(machine.Started(iid, have.container_id, self.clock(), after_crash=action.after_crash))
         elif not want.running and running:
             await self._stop_container(iid, have, want.spec.stop_timeout_s)
         elif not action.after_crash:  # a retry that finds it as wanted (a start came first) says nothing
             if running:
                 # The cap is set again (idempotent): an agent restart forgot whether it was.
                 await self._shape(iid, have.container_id)
-            self._feed(Adopted(iid, have.container_id, running, have.started_at, self.clock()))
+            self._feed(machine.Adopted(iid, have.container_id, running, have.started_at, self.clock()))
         return have.container_id
 
     async def _create(self, want: Desired) -> str | None:
         """Pull, create and (if wanted) start. A failure is reported with the engine's own words, and
         nothing of it stays on the host."""
         iid = want.spec.instance_id
-        self._feed(Accepted(iid))
+        self._feed(machine.Accepted(iid))
         try:
             await self.runtime.ensure_image(want.spec.image, self.pull_policy)
             spec = await self._with_files(want.spec)
@@ -290,7 +262,7 @@ class Executor:
         except RuntimeFailure as exc:
             await self._fail(iid, str(exc))
             raise
-        self._feed(Made(iid, container_id))
+        self._feed(machine.Made(iid, container_id))
         if want.running:
             try:
                 await self.runtime.start(container_id)
@@ -300,8 +272,8 @@ class Executor:
                 await self._fail(iid, str(exc))
                 raise
             await self._shape(iid, container_id)
-            self._feed(Started(iid, container_id, self.clock()))
-        if self._feed(Finished(iid)):
+            self._feed(machine.Started(iid, container_id, self.clock()))
+        if self._feed(machine.Finished(iid)):
             log.info("removing a container made for an instance no longer wanted", instance_id=iid)
             await self._remove(iid)
             return None
@@ -310,12 +282,12 @@ class Executor:
     async def _fail(self, instance_id: str, why: str) -> None:
         await self._drop_files(instance_id)
         log.info("deploy failed", instance_id=instance_id, error=why)
-        self._feed(Failed(instance_id, why, self.clock()))
+        self._feed(machine.Failed(instance_id, why, self.clock()))
 
     async def _stop_container(self, instance_id: str, have: ContainerInfo, timeout_s: int) -> None:
-        self._feed(StopIssued(instance_id))
+        self._feed(machine.StopIssued(instance_id))
         await self.runtime.stop(have.container_id, timeout_s)
-        self._feed(Stopped(instance_id, have.container_id))
+        self._feed(machine.Stopped(instance_id, have.container_id))
 
     async def _remove(self, instance_id: str) -> None:
         have = await self._find(instance_id)
@@ -323,7 +295,7 @@ class Executor:
             try:
                 if have.status in STOPPABLE:
                     # Its "die" (which may come after the removal) is expected, not a crash.
-                    self._feed(StopIssued(instance_id))
+                    self._feed(machine.StopIssued(instance_id))
                 if have.status in RUNNING:
                     want = self.state.want(instance_id)
                     await self.runtime.stop(have.container_id, want.spec.stop_timeout_s if want else 10)
@@ -332,7 +304,7 @@ class Executor:
                 pass
         self.limit_errors.pop(instance_id, None)
         await self._drop_files(instance_id)
-        self._feed(Removed(instance_id, have.container_id if have else ""))
+        self._feed(machine.Removed(instance_id, have.container_id if have else ""))
 
     async def _with_files(self, spec: ContainerSpec) -> ContainerSpec:
         if not spec.files:

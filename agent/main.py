@@ -8,7 +8,7 @@ import asyncio
 import signal
 import sys
 
-from agent import __version__, identity
+from agent import __version__, identity, shaping
 from agent.config import AgentConfig
 from agent.executor import Executor
 from agent.files import FileStore
@@ -16,6 +16,7 @@ from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, 
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
 from agent.runtime.docker import DockerRuntime
 from agent.session import AgentSession, Outbox
+from agent.shaping import Shaper
 from agent.telemetry import Telemetry
 from common import systemd
 from common.config import ConfigError, load
@@ -117,10 +118,16 @@ def _on_engine_event(executor: Executor, ev: ContainerEvent) -> None:
         executor.on_engine_event("oom", ev.instance_id, 0, ev.container_id)
 
 
-async def run(config: AgentConfig) -> None:
-    node = await obtain_identity(config)
-    runtime = DockerRuntime(config.docker_url or None)
-    await wait_for_engine(runtime, config)
+def assemble(
+    config: AgentConfig,
+    node: Identity,
+    runtime: Runtime,
+    *,
+    shaper: Shaper = shaping.cap,
+    disk_path: str = "",
+) -> tuple[Executor, AgentSession]:
+    """The agent's parts over a runtime, wired one way: the executor reports into the outbox, the session
+    drains it and hands commands to the executor."""
     outbox = Outbox(config.event_buffer, config.confirm_start_after_s)
     executor = Executor(
         runtime,
@@ -130,8 +137,17 @@ async def run(config: AgentConfig) -> None:
         unknown_grace_s=config.unknown_container_grace_s,
         restart_policy=config.restart,
         files=FileStore(config.data_dir / "files"),
+        shaper=shaper,
     )
-    session = AgentSession(config, node, runtime, executor, Telemetry(disk_path=str(config.data_dir)), outbox)
+    telemetry = Telemetry(disk_path=disk_path or str(config.data_dir))
+    return executor, AgentSession(config, node, runtime, executor, telemetry, outbox)
+
+
+async def run(config: AgentConfig) -> None:
+    node = await obtain_identity(config)
+    runtime = DockerRuntime(config.docker_url or None)
+    await wait_for_engine(runtime, config)
+    executor, session = assemble(config, node, runtime)
     systemd.notify("READY=1")
     log.info("agent ready", node_id=node.node_id, coordinator=config.coordinator, version=__version__)
     stop = asyncio.Event()

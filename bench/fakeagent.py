@@ -15,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentConfig
-from agent.executor import Executor
-from agent.files import FileStore
-from agent.main import obtain_identity
-from agent.runtime.base import PullPolicy
+from agent.main import assemble, obtain_identity
 from agent.runtime.memory import MemoryRuntime
-from agent.session import AgentSession, Outbox
 from agent.shaping import ShapingError
-from agent.telemetry import Telemetry
 
 
 async def accept_cap(netns: str, mbps: int) -> None:
@@ -36,16 +31,7 @@ async def run_one(spec: dict[str, Any]) -> None:
     config = AgentConfig.model_validate({"reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, **spec})
     node = await obtain_identity(config)
     runtime = MemoryRuntime()
-    outbox = Outbox(config.event_buffer, config.confirm_start_after_s)
-    executor = Executor(
-        runtime,
-        node.node_id,
-        PullPolicy.MISSING,
-        report=outbox.report,
-        files=FileStore(config.data_dir / "files"),
-        shaper=accept_cap,
-    )
-    session = AgentSession(config, node, runtime, executor, Telemetry(disk_path="/"), outbox)
+    _, session = assemble(config, node, runtime, shaper=accept_cap, disk_path="/")
     await session.run()
 
 

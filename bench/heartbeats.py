@@ -37,10 +37,10 @@ import psutil
 
 from agent.identity import SERVER_NAME, new_key_and_csr
 from bench.daemons import REPO, CoordinatorProcess, wait_for
+from bench.seed import organization_with_user
 from coordinator.domain.records import Instance, InstanceState, Node
 from coordinator.security.pki import CertificateAuthority
 from coordinator.store import nodes as nodes_store
-from coordinator.store import users as users_store
 from coordinator.store.engine import Store, sqlite_url
 from coordinator.store.instances import INSERT_INSTANCE, instance_params
 from protos import moorage_pb2 as pb
@@ -65,17 +65,7 @@ async def _seed(data_dir: Path, count: int) -> dict[str, Any]:
     now = time.time()
     nodes: list[dict[str, Any]] = []
     async with store.write() as conn:
-        org = await users_store.create_organization(conn, "bench", now)
-        await users_store.create_user(
-            conn,
-            user_id="bench",
-            username="bench",
-            email="bench@example.com",
-            password_hash=None,
-            admin=False,
-            organization_id=org,
-            now=now,
-        )
+        org = await organization_with_user(conn, "bench", admin=False, now=now)
         for n in range(count):
             node_id = str(uuid.uuid4())
             issued = ca.sign_node(csr_pem, node_id, dt.timedelta(days=1))

@@ -19,10 +19,11 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.seed import node_record, organization_with_user
 from coordinator.catalogs.images import Catalog
 from coordinator.config import CoordinatorConfig
 from coordinator.domain.agents import Heartbeat
-from coordinator.domain.records import Node, Principal
+from coordinator.domain.records import Principal
 from coordinator.fleet.live import Fleet
 from coordinator.placement.scheduler import (
     Decision,
@@ -40,7 +41,6 @@ from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import ServiceError
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
-from coordinator.store import users as users_store
 from coordinator.store.engine import Store
 
 REGIONS = 10
@@ -112,17 +112,7 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
     )
     region_ids = [str(uuid.uuid4()) for _ in range(REGIONS)]
     async with store.write() as conn:
-        org = await users_store.create_organization(conn, "bench", 0.0)
-        await users_store.create_user(
-            conn,
-            user_id="u",
-            username="u",
-            email="u@bench",
-            password_hash=None,
-            admin=True,
-            organization_id=org,
-            now=0.0,
-        )
+        org = await organization_with_user(conn, "u", admin=True)
         for i, rid in enumerate(region_ids):
             await regions_store.insert_region(
                 conn,
@@ -141,21 +131,7 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
             )
         for n in range(NODES):
             node_id = f"node-{n}"
-            node = Node(
-                id=node_id,
-                name=node_id,
-                address="127.0.0.1",
-                port=8080,
-                region_id=region_ids[n % REGIONS],
-                tags=[],
-                memory_mib=65_536,
-                disk_mib=10_000,
-                cpu_count=64,
-                overallocation_pct=0,
-                maintenance=False,
-                enrolled=True,
-                created_at=0.0,
-            )
+            node = node_record(node_id, region_id=region_ids[n % REGIONS], memory_mib=65_536, cpu_count=64)
             await nodes_store.insert_node(conn, node)
             await nodes_store.insert_allocations(
                 conn, node_id, [(str(uuid.uuid4()), "0.0.0.0", 30_000 + p) for p in range(PORTS_PER_NODE)]

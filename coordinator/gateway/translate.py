@@ -6,20 +6,7 @@ protobuf as it is written. A heartbeat is translated once, on arrival, and nothi
 
 from __future__ import annotations
 
-from coordinator.domain.agents import (
-    Command,
-    CommandKind,
-    CommandResult,
-    ContainerState,
-    EventKind,
-    Heartbeat,
-    Hello,
-    InstanceEvent,
-    InstanceStatus,
-    Outgoing,
-    Welcome,
-    Workload,
-)
+from coordinator.domain import agents
 from coordinator.domain.records import HostMetrics, InstanceState
 from protos import moorage_pb2 as pb
 
@@ -31,45 +18,45 @@ TLS_DIR = "/etc/moorage/tls"
 SECRET_VARIABLE = "MOORAGE_SECRET"
 
 _STATES = {
-    pb.CONTAINER_STATE_UNSPECIFIED: ContainerState.UNSPECIFIED,
-    pb.CONTAINER_STATE_ABSENT: ContainerState.ABSENT,
-    pb.CONTAINER_STATE_CREATED: ContainerState.CREATED,
-    pb.CONTAINER_STATE_RUNNING: ContainerState.RUNNING,
-    pb.CONTAINER_STATE_EXITED: ContainerState.EXITED,
-    pb.CONTAINER_STATE_RESTARTING: ContainerState.RESTARTING,
-    pb.CONTAINER_STATE_PAUSED: ContainerState.PAUSED,
-    pb.CONTAINER_STATE_DEAD: ContainerState.DEAD,
+    pb.CONTAINER_STATE_UNSPECIFIED: agents.ContainerState.UNSPECIFIED,
+    pb.CONTAINER_STATE_ABSENT: agents.ContainerState.ABSENT,
+    pb.CONTAINER_STATE_CREATED: agents.ContainerState.CREATED,
+    pb.CONTAINER_STATE_RUNNING: agents.ContainerState.RUNNING,
+    pb.CONTAINER_STATE_EXITED: agents.ContainerState.EXITED,
+    pb.CONTAINER_STATE_RESTARTING: agents.ContainerState.RESTARTING,
+    pb.CONTAINER_STATE_PAUSED: agents.ContainerState.PAUSED,
+    pb.CONTAINER_STATE_DEAD: agents.ContainerState.DEAD,
 }
 _EVENTS = {
-    pb.EVENT_KIND_UNSPECIFIED: EventKind.UNSPECIFIED,
-    pb.EVENT_KIND_ACCEPTED: EventKind.ACCEPTED,
-    pb.EVENT_KIND_CREATED: EventKind.CREATED,
-    pb.EVENT_KIND_STARTED: EventKind.STARTED,
-    pb.EVENT_KIND_EXITED: EventKind.EXITED,
-    pb.EVENT_KIND_OOM_KILLED: EventKind.OOM_KILLED,
-    pb.EVENT_KIND_REMOVED: EventKind.REMOVED,
-    pb.EVENT_KIND_FAILED: EventKind.FAILED,
-    pb.EVENT_KIND_STOPPED: EventKind.STOPPED,
+    pb.EVENT_KIND_UNSPECIFIED: agents.EventKind.UNSPECIFIED,
+    pb.EVENT_KIND_ACCEPTED: agents.EventKind.ACCEPTED,
+    pb.EVENT_KIND_CREATED: agents.EventKind.CREATED,
+    pb.EVENT_KIND_STARTED: agents.EventKind.STARTED,
+    pb.EVENT_KIND_EXITED: agents.EventKind.EXITED,
+    pb.EVENT_KIND_OOM_KILLED: agents.EventKind.OOM_KILLED,
+    pb.EVENT_KIND_REMOVED: agents.EventKind.REMOVED,
+    pb.EVENT_KIND_FAILED: agents.EventKind.FAILED,
+    pb.EVENT_KIND_STOPPED: agents.EventKind.STOPPED,
 }
 _KINDS = {
-    CommandKind.DEPLOY: pb.COMMAND_KIND_DEPLOY,
-    CommandKind.START: pb.COMMAND_KIND_START,
-    CommandKind.STOP: pb.COMMAND_KIND_STOP,
-    CommandKind.RESTART: pb.COMMAND_KIND_RESTART,
-    CommandKind.KILL: pb.COMMAND_KIND_KILL,
-    CommandKind.REMOVE: pb.COMMAND_KIND_REMOVE,
-    CommandKind.SUSPEND: pb.COMMAND_KIND_SUSPEND,
+    agents.CommandKind.DEPLOY: pb.COMMAND_KIND_DEPLOY,
+    agents.CommandKind.START: pb.COMMAND_KIND_START,
+    agents.CommandKind.STOP: pb.COMMAND_KIND_STOP,
+    agents.CommandKind.RESTART: pb.COMMAND_KIND_RESTART,
+    agents.CommandKind.KILL: pb.COMMAND_KIND_KILL,
+    agents.CommandKind.REMOVE: pb.COMMAND_KIND_REMOVE,
+    agents.CommandKind.SUSPEND: pb.COMMAND_KIND_SUSPEND,
 }
 
 # ------------------------------------------------------------------ agent -> coordinator
 
 
-def status(s: pb.InstanceStatus) -> InstanceStatus:
-    return InstanceStatus(
+def status(s: pb.InstanceStatus) -> agents.InstanceStatus:
+    return agents.InstanceStatus(
         instance_id=s.instance_id,
         container_id=s.container_id,
         # A state this coordinator does not know yet (a newer agent) reads as unspecified: not running.
-        state=_STATES.get(s.state, ContainerState.UNSPECIFIED),
+        state=_STATES.get(s.state, agents.ContainerState.UNSPECIFIED),
         exit_code=s.exit_code,
         oom_killed=s.oom_killed,
         restarts=s.restarts,
@@ -99,8 +86,8 @@ def host_metrics(h: pb.HostMetrics) -> HostMetrics:
     )
 
 
-def heartbeat(hb: pb.Heartbeat) -> Heartbeat:
-    return Heartbeat(
+def heartbeat(hb: pb.Heartbeat) -> agents.Heartbeat:
+    return agents.Heartbeat(
         instances=tuple(map(status, hb.instances)),
         host=host_metrics(hb.host) if hb.HasField("host") else None,
         engine_error=hb.engine_error,
@@ -108,8 +95,8 @@ def heartbeat(hb: pb.Heartbeat) -> Heartbeat:
     )
 
 
-def hello(h: pb.Hello) -> Hello:
-    return Hello(
+def hello(h: pb.Hello) -> agents.Hello:
+    return agents.Hello(
         agent_version=h.agent_version,
         cpu_count=h.capacity.cpu_count,
         instances=tuple(map(status, h.instances)),
@@ -118,18 +105,18 @@ def hello(h: pb.Hello) -> Hello:
     )
 
 
-def event(ev: pb.InstanceEvent) -> InstanceEvent:
-    return InstanceEvent(
+def event(ev: pb.InstanceEvent) -> agents.InstanceEvent:
+    return agents.InstanceEvent(
         instance_id=ev.instance_id,
-        kind=_EVENTS.get(ev.kind, EventKind.UNSPECIFIED),
+        kind=_EVENTS.get(ev.kind, agents.EventKind.UNSPECIFIED),
         exit_code=ev.exit_code,
         message=ev.message,
         container_id=ev.container_id,
     )
 
 
-def result(r: pb.CommandResult) -> CommandResult:
-    return CommandResult(
+def result(r: pb.CommandResult) -> agents.CommandResult:
+    return agents.CommandResult(
         command_id=r.command_id,
         instance_id=r.instance_id,
         ok=r.ok,
@@ -141,7 +128,7 @@ def result(r: pb.CommandResult) -> CommandResult:
 # ------------------------------------------------------------------ coordinator -> agent
 
 
-def instance_spec(workload: Workload) -> pb.InstanceSpec:
+def instance_spec(workload: agents.Workload) -> pb.InstanceSpec:
     """A server's opened identity: its TLS files are mounted and its secret set in the environment."""
     inst, opened = workload.instance, workload.identity
     primary = inst.primary
@@ -189,7 +176,7 @@ def instance_spec(workload: Workload) -> pb.InstanceSpec:
     )
 
 
-def command(c: Command) -> pb.Command:
+def command(c: agents.Command) -> pb.Command:
     """A command carries the whole spec and its own id, so the agent can apply it idempotently."""
     return pb.Command(
         command_id=c.command_id,
@@ -199,7 +186,7 @@ def command(c: Command) -> pb.Command:
     )
 
 
-def welcome(w: Welcome) -> pb.Welcome:
+def welcome(w: agents.Welcome) -> pb.Welcome:
     return pb.Welcome(
         node_id=w.node_id,
         heartbeat_interval_ms=int(w.heartbeat_interval_s * 1000),
@@ -208,9 +195,9 @@ def welcome(w: Welcome) -> pb.Welcome:
     )
 
 
-def message(out: Outgoing) -> pb.CoordinatorMessage:
-    if isinstance(out, Command):
+def message(out: agents.Outgoing) -> pb.CoordinatorMessage:
+    if isinstance(out, agents.Command):
         return pb.CoordinatorMessage(command=command(out))
-    if isinstance(out, Welcome):
+    if isinstance(out, agents.Welcome):
         return pb.CoordinatorMessage(welcome=welcome(out))
     return pb.CoordinatorMessage(renewed=pb.RenewResponse(certificate_pem=out.certificate_pem))

@@ -9,16 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from common.logging import get
-from coordinator.domain.agents import (
-    CommandResult,
-    ContainerState,
-    EventKind,
-    Heartbeat,
-    Hello,
-    InstanceEvent,
-    InstanceStatus,
-    Welcome,
-)
+from coordinator.domain import agents
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
@@ -38,7 +29,7 @@ REMOVED = "the container was removed outside Moorage"
 ENDED = frozenset({S.ERROR, S.RELEASED})
 
 
-def _runs(status: InstanceStatus | None) -> bool:
+def _runs(status: agents.InstanceStatus | None) -> bool:
     return status is not None and status.runs
 
 
@@ -82,7 +73,7 @@ class AgentReports:
 
     # ------------------------------------------------------------ session start
 
-    async def hello(self, node_id: str, hello: Hello) -> Welcome:
+    async def hello(self, node_id: str, hello: agents.Hello) -> agents.Welcome:
         """Take the agent's full truth and answer with the node's full desired set."""
         self.core.fleet.note_hello(node_id, hello)
         reported = {i.instance_id: i for i in hello.instances}
@@ -120,18 +111,20 @@ class AgentReports:
                 # Gone while nobody watched (removed while the agent or we were down): the agent re-creates
                 # it from this Welcome; until a heartbeat shows it running again it is not running.
                 await self._transition(inst.id, Event.FAULT, error=MISSING)
-        beat = Heartbeat(instances=hello.instances)
+        beat = agents.Heartbeat(instances=hello.instances)
         self.note_heartbeat(node_id, beat)
         await self.heartbeat(node_id, beat)
-        return Welcome(node_id, self.core.config.fleet.heartbeat_interval_s, desired, remove)
+        return agents.Welcome(node_id, self.core.config.fleet.heartbeat_interval_s, desired, remove)
 
     # ------------------------------------------------------------ steady state
 
-    def note_heartbeat(self, node_id: str, hb: Heartbeat) -> None:
+    def note_heartbeat(self, node_id: str, hb: agents.Heartbeat) -> None:
         """Liveness and metrics, in memory, the moment a heartbeat is read: never behind a database write."""
         self.core.fleet.record_heartbeat(node_id, hb)
 
-    def _changes(self, node_id: str, hb: Heartbeat) -> Iterator[tuple[str, InstanceStatus | None]]:
+    def _changes(
+        self, node_id: str, hb: agents.Heartbeat
+    ) -> Iterator[tuple[str, agents.InstanceStatus | None]]:
         """(instance id, status) for each report that changes the database: a container running that is not
         yet confirmed, one confirmed that no longer runs, or one confirmed that is gone altogether (status
         None). One running with a failing health check is none of these: it waits for its check."""
@@ -140,17 +133,17 @@ class AgentReports:
             if _runs(status):
                 if status.instance_id not in confirmed:
                     yield status.instance_id, status
-            elif status.state is not ContainerState.RUNNING and status.instance_id in confirmed:
+            elif status.state is not agents.ContainerState.RUNNING and status.instance_id in confirmed:
                 yield status.instance_id, status
         for instance_id in self.core.fleet.vanished(node_id, hb.instances):
             yield instance_id, None
 
-    def needs_work(self, node_id: str, hb: Heartbeat) -> bool:
+    def needs_work(self, node_id: str, hb: agents.Heartbeat) -> bool:
         """Whether ``heartbeat`` would change anything in the database. Most heartbeats need nothing and
         skip the session worker altogether (checked in memory, as each is read)."""
         return next(self._changes(node_id, hb), None) is not None
 
-    async def heartbeat(self, node_id: str, hb: Heartbeat) -> None:
+    async def heartbeat(self, node_id: str, hb: agents.Heartbeat) -> None:
         """What a heartbeat changes in the database (rarely anything): a container confirmed running for
         the first time, or one we believed running that is not (it died or vanished while we were away)."""
         for instance_id, status in list(self._changes(node_id, hb)):
@@ -172,7 +165,7 @@ class AgentReports:
         if not task.cancelled() and task.exception() is not None:
             log.error("a running hook failed", error=str(task.exception()))
 
-    async def _confirm_running(self, node_id: str, status: InstanceStatus) -> None:
+    async def _confirm_running(self, node_id: str, status: agents.InstanceStatus) -> None:
         async with self.core.store.read() as conn:
             known = await instances_store.get_instance(conn, status.instance_id)
         if known is None or known.state not in (S.STARTING, S.UNHEALTHY, S.RUNNING):
@@ -194,37 +187,37 @@ class AgentReports:
             self._hooks.add(task)
             task.add_done_callback(self._hook_done)
 
-    async def event(self, node_id: str, ev: InstanceEvent) -> None:
+    async def event(self, node_id: str, ev: agents.InstanceEvent) -> None:
         iid = ev.instance_id
         kind = ev.kind
-        if kind is EventKind.ACCEPTED:
+        if kind is agents.EventKind.ACCEPTED:
             await self._transition(iid, Event.ACCEPTED)
-        elif kind is EventKind.CREATED:
+        elif kind is agents.EventKind.CREATED:
             await self._transition(iid, Event.CREATED, container_id=ev.container_id)
-        elif kind is EventKind.STARTED:
+        elif kind is agents.EventKind.STARTED:
             await self._transition(iid, Event.STARTED, container_id=ev.container_id)
-        elif kind is EventKind.FAILED:
+        elif kind is agents.EventKind.FAILED:
             await self._fail(node_id, iid, ev.message or "the agent could not provision the instance")
-        elif kind in (EventKind.EXITED, EventKind.OOM_KILLED):
+        elif kind in (agents.EventKind.EXITED, agents.EventKind.OOM_KILLED):
             # The agent's message says what happened and when it restarts it (or that it is a crash loop).
             reason = ev.message or (
                 "the container was OOM-killed"
-                if kind is EventKind.OOM_KILLED
+                if kind is agents.EventKind.OOM_KILLED
                 else f"the container exited with code {ev.exit_code}"
             )
             self.core.fleet.bandwidth.stopped([iid])
             # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
             if await self._transition(iid, Event.FAULT, error=reason):
                 self.core.fleet.unconfirm(iid)
-        elif kind is EventKind.STOPPED:
+        elif kind is agents.EventKind.STOPPED:
             # A stop the coordinator asked for (stop, kill, suspend, or the first half of a restart): the
             # state already says what is wanted; only the confirmation and the byte rates go.
             self.core.fleet.bandwidth.stopped([iid])
             self.core.fleet.unconfirm(iid)
-        elif kind is EventKind.REMOVED:
+        elif kind is agents.EventKind.REMOVED:
             await self._removed(iid)
 
-    async def result(self, node_id: str, result: CommandResult) -> None:
+    async def result(self, node_id: str, result: agents.CommandResult) -> None:
         self.core.fleet.resolve(result)
         if not result.ok:
             log.warning("command failed", node_id=node_id, instance_id=result.instance_id, error=result.error)

@@ -1,4 +1,4 @@
-"""Domain records with sensible defaults, for unit tests."""
+"""Domain records (the coordinator's and the agent's) with sensible defaults, for unit tests."""
 
 from __future__ import annotations
 
@@ -7,30 +7,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus
+from bench.seed import node_record, organization_with_user
 from coordinator.domain.records import Instance, InstanceState, Node
 from coordinator.store import nodes as nodes_store
-from coordinator.store import users as users_store
 from coordinator.store.engine import Store
 
 
 def make_node(node_id: str, **over: Any) -> Node:
-    values: dict[str, Any] = dict(
-        id=node_id,
-        name=node_id,
-        address="127.0.0.1",
-        port=8080,
-        region_id=None,
-        tags=[],
-        memory_mib=4096,
-        disk_mib=10_000,
-        cpu_count=2,
-        overallocation_pct=0,
-        maintenance=False,
-        enrolled=True,
-        created_at=0.0,
-    )
-    values.update(over)
-    return Node(**values)
+    return node_record(node_id, **over)
 
 
 def make_instance(instance_id: str, **over: Any) -> Instance:
@@ -75,15 +60,40 @@ async def seeded_store(path: Path, ports: range = range(30000, 30010)) -> Store:
 
 async def seed_user(conn: AsyncConnection, *, admin: bool = False) -> int:
     """User "u" in a new organization (whose id is returned)."""
-    org = await users_store.create_organization(conn, "o", 0.0)
-    await users_store.create_user(
-        conn,
-        user_id="u",
-        username="u",
-        email="u@x",
-        password_hash=None,
-        admin=admin,
-        organization_id=org,
-        now=0.0,
+    return await organization_with_user(conn, "u", admin=admin)
+
+
+def container_spec(iid: str, **over: Any) -> ContainerSpec:
+    """What the agent is asked to run for an instance (the test image, 64 MiB)."""
+    values: dict[str, Any] = dict(
+        instance_id=iid,
+        node_id="n",
+        name=iid,
+        image="moorage-test/busybox:latest",
+        env={},
+        memory_mib=64,
+        cpu_percent=0,
     )
-    return org
+    values.update(over)
+    return ContainerSpec(**values)
+
+
+def container_info(iid: str, status: ContainerStatus = ContainerStatus.RUNNING, **over: Any) -> ContainerInfo:
+    """A labelled container as the engine reports it."""
+    values: dict[str, Any] = dict(
+        container_id=f"c-{iid}",
+        instance_id=iid,
+        node_id="n",
+        name=iid,
+        image="img",
+        status=status,
+        exit_code=0,
+        oom_killed=False,
+        pid=1 if status is ContainerStatus.RUNNING else 0,
+        started_at=0.0,
+        restart_count=0,
+        health="",
+        labels={"moorage.instance": iid},
+    )
+    values.update(over)
+    return ContainerInfo(**values)

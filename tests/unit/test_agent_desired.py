@@ -21,6 +21,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report
+from tests.unit.factories import container_spec
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, reset_after_s=60, crash_loop_after=10)
 BUSY = "Bind for 127.0.0.1:30000 failed: port is already allocated"
@@ -42,16 +43,7 @@ class BusyPortRuntime(MemoryRuntime):
 
 
 def spec(iid: str = "i1") -> ContainerSpec:
-    return ContainerSpec(
-        instance_id=iid,
-        node_id="n",
-        name=iid,
-        image="moorage-test/busybox:latest",
-        env={},
-        memory_mib=64,
-        cpu_percent=0,
-        ports=(PortBinding("127.0.0.1", 30000),),
-    )
+    return container_spec(iid, ports=(PortBinding("127.0.0.1", 30000),))
 
 
 def want(*iids: str) -> dict[str, Desired]:

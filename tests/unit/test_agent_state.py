@@ -38,15 +38,14 @@ from agent.state import (
     Stopped,
     Welcomed,
 )
+from tests.unit.factories import container_info, container_spec
 
 IDS = ["a", "b", "c", "d"]
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=8, reset_after_s=30, crash_loop_after=3)
 
 
 def spec(iid: str) -> ContainerSpec:
-    return ContainerSpec(
-        instance_id=iid, node_id="n", name=iid, image="img", env={}, memory_mib=64, cpu_percent=0
-    )
+    return container_spec(iid, image="img")
 
 
 def want(iid: str, running: bool = True) -> Desired:
@@ -54,21 +53,7 @@ def want(iid: str, running: bool = True) -> Desired:
 
 
 def container(iid: str, status: ContainerStatus = ContainerStatus.RUNNING) -> ContainerInfo:
-    return ContainerInfo(
-        container_id=f"c-{iid}",
-        instance_id=iid,
-        node_id="n",
-        name=iid,
-        image="img",
-        status=status,
-        exit_code=0,
-        oom_killed=False,
-        pid=0,
-        started_at=0.0,
-        restart_count=0,
-        health="",
-        labels={"moorage.instance": iid},
-    )
+    return container_info(iid, status, pid=0)
 
 
 def state() -> AgentState:

@@ -7,30 +7,15 @@ from hypothesis import strategies as st
 
 from agent.reconcile import Act, Desired, plan
 from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus
+from tests.unit.factories import container_info, container_spec
 
 
 def spec(iid: str) -> ContainerSpec:
-    return ContainerSpec(
-        instance_id=iid, node_id="n", name=iid, image="img", env={}, memory_mib=64, cpu_percent=0
-    )
+    return container_spec(iid, image="img")
 
 
 def info(iid: str, status: ContainerStatus) -> ContainerInfo:
-    return ContainerInfo(
-        container_id=f"c-{iid}",
-        instance_id=iid,
-        node_id="n",
-        name=iid,
-        image="img",
-        status=status,
-        exit_code=0,
-        oom_killed=False,
-        pid=1 if status is ContainerStatus.RUNNING else 0,
-        started_at=0.0,
-        restart_count=0,
-        health="",
-        labels={},
-    )
+    return container_info(iid, status, labels={})
 
 
 def test_examples() -> None:

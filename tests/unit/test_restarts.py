@@ -15,6 +15,7 @@ from agent.restarts import RestartPolicy, on_crash
 from agent.runtime.base import ContainerSpec, ContainerStatus, PullPolicy
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report, ReportKind
+from tests.unit.factories import container_spec
 
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=60, reset_after_s=30, crash_loop_after=4)
 
@@ -44,15 +45,7 @@ def test_the_delay_never_exceeds_the_cap_and_never_shrinks_within_a_row(previous
 
 
 def spec(iid: str) -> ContainerSpec:
-    return ContainerSpec(
-        instance_id=iid,
-        node_id="n",
-        name=iid,
-        image="moorage-test/busybox:latest",
-        env={},
-        memory_mib=64,
-        cpu_percent=50,
-    )
+    return container_spec(iid, cpu_percent=50)
 
 
 async def running_manager(policy: RestartPolicy) -> tuple[Executor, MemoryRuntime, list[Report]]:
