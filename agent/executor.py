@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Set
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Set
 from dataclasses import dataclass
 
 from agent import shaping
@@ -57,6 +57,7 @@ class Executor:
         files: FileStore | None = None,
         shaper: Shaper = shaping.cap,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.runtime = runtime
         self.node_id = node_id
@@ -69,6 +70,8 @@ class Executor:
         #: Sets a bandwidth cap on a running container (by its namespace); tests without Docker pass theirs.
         self.shaper = shaper
         self.clock = clock
+        #: How a retry waits out its back-off (tests move time by hand).
+        self.sleep = sleep
         #: Why an instance's bandwidth cap is not in force (reported in heartbeats).
         self.limit_errors: dict[str, str] = {}
         #: Per instance: its lock and how many hold or wait for it (the entry goes when none do).
@@ -205,7 +208,7 @@ class Executor:
         task.add_done_callback(self._retries.discard)
 
     async def _retry(self, instance_id: str, delay_s: float) -> None:
-        await asyncio.sleep(delay_s)
+        await self.sleep(delay_s)
         if self._timers.get(instance_id) is asyncio.current_task():
             del self._timers[instance_id]  # awake: from here on it is work, not a wait to cancel
         try:

@@ -280,26 +280,31 @@ class Fleet:
     async def run_monitor(self) -> None:
         """Wake at the earliest heartbeat deadline; re-judge only the nodes whose deadline passed."""
         while True:
-            now = self.clock()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, node_id = heapq.heappop(self._deadlines)
-                live = self.live.get(node_id)
-                if live is None:
-                    continue
-                last = live.last_heartbeat if live.last_heartbeat is not None else live.expected_since
-                status = self.judge(last)
-                if status is not NodeStatus.READY:
-                    self.ready.discard(node_id)
-                if status is not live.status:
-                    previous, live.status = live.status, status
-                    log.info("node status changed", node_id=node_id, old=previous.value, new=status.value)
-                    self._notify(node_id, previous, status)
-                if status is NodeStatus.HEARTBEAT_ABNORMAL and last is not None:
-                    heapq.heappush(self._deadlines, (last + self.options.offline_after_s + 0.001, node_id))
-            delay = self._deadlines[0][0] - now if self._deadlines else 1.0
+            delay = self.judge_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(max(delay, 0.01), 1.0))
             self._wake.clear()
+
+    def judge_due(self) -> float:
+        """Re-judge the nodes whose heartbeat deadline passed (listeners hear of each change); the time
+        until the next deadline."""
+        now = self.clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, node_id = heapq.heappop(self._deadlines)
+            live = self.live.get(node_id)
+            if live is None:
+                continue
+            last = live.last_heartbeat if live.last_heartbeat is not None else live.expected_since
+            status = self.judge(last)
+            if status is not NodeStatus.READY:
+                self.ready.discard(node_id)
+            if status is not live.status:
+                previous, live.status = live.status, status
+                log.info("node status changed", node_id=node_id, old=previous.value, new=status.value)
+                self._notify(node_id, previous, status)
+            if status is NodeStatus.HEARTBEAT_ABNORMAL and last is not None:
+                heapq.heappush(self._deadlines, (last + self.options.offline_after_s + 0.001, node_id))
+        return self._deadlines[0][0] - now if self._deadlines else 1.0
 
     def take_dirty(self) -> dict[str, tuple[float, HostMetrics | None]]:
         batch = {

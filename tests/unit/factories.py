@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +100,40 @@ def container_info(iid: str, status: ContainerStatus = ContainerStatus.RUNNING, 
     )
     values.update(over)
     return ContainerInfo(**values)
+
+
+async def settle(rounds: int = 30) -> None:
+    """Let every task that can run, run (each round is one turn of the event loop)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+class ManualTime:
+    """A clock and a sleep the test moves by hand: a timer fires when the test advances past it, never on
+    its own, so back-offs are tested without waiting for them."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + delay, next(self._order), waiter))
+        await waiter
+
+    async def advance(self, seconds: float) -> None:
+        """Move time on, waking each sleeper whose time came, in order, and letting it run."""
+        await settle()
+        target = self.now + seconds
+        while self._sleepers and self._sleepers[0][0] <= target:
+            due, _, waiter = heapq.heappop(self._sleepers)
+            self.now = max(self.now, due)
+            if not waiter.done():
+                waiter.set_result(None)
+            await settle()
+        self.now = target
+        await settle()

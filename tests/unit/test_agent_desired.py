@@ -21,7 +21,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report
-from tests.unit.factories import container_spec
+from tests.unit.factories import ManualTime, container_spec, settle
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, reset_after_s=60, crash_loop_after=10)
 BUSY = "Bind for 127.0.0.1:30000 failed: port is already allocated"
@@ -50,9 +50,20 @@ def want(*iids: str) -> dict[str, Desired]:
     return {iid: Desired(spec(iid), running=True) for iid in iids}
 
 
-def manager_over(runtime: MemoryRuntime) -> tuple[Executor, list[Report]]:
+def manager_over(runtime: MemoryRuntime, time: ManualTime | None = None) -> tuple[Executor, list[Report]]:
+    """An executor over ``runtime`` whose retries wait on ``time`` (moved by hand)."""
     events: list[Report] = []
-    return Executor(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=FAST), events
+    time = time or ManualTime()
+    executor = Executor(
+        runtime,
+        "n",
+        PullPolicy.MISSING,
+        events.append,
+        restart_policy=FAST,
+        clock=time.clock,
+        sleep=time.sleep,
+    )
+    return executor, events
 
 
 def kinds(events: list[Report]) -> list[str]:
@@ -60,8 +71,8 @@ def kinds(events: list[Report]) -> list[str]:
 
 
 async def test_a_failed_deploy_is_retried_with_the_back_off_while_wanted() -> None:
-    runtime = BusyPortRuntime()
-    manager, events = manager_over(runtime)
+    runtime, time = BusyPortRuntime(), ManualTime()
+    manager, events = manager_over(runtime, time)
     await manager.reconcile({}, set())
     result = await manager.command(Order.DEPLOY, "i1", want("i1")["i1"])
     assert not result.ok and BUSY in result.error
@@ -70,24 +81,26 @@ async def test_a_failed_deploy_is_retried_with_the_back_off_while_wanted() -> No
     for _ in range(5):
         await manager.resync()
     assert runtime.starts == 1
-    await asyncio.sleep(0.05 + 0.1 + 0.05)  # two retries: after 0.05 s, then 0.1 s
+    await time.advance(0.049)
+    assert runtime.starts == 1  # not before its back-off
+    await time.advance(0.001 + 0.1 + 1e-6)  # two retries: after 0.05 s, then 0.1 s
     assert runtime.starts == 3 and not runtime.containers
     runtime.busy = False
-    await asyncio.sleep(0.2 + 0.1)  # the next one (0.2 s later) succeeds
+    await time.advance(0.2 + 1e-6)  # the next one (0.2 s later) succeeds
     assert [c.status for c in runtime.containers.values()] == [ContainerStatus.RUNNING]
     assert kinds(events)[-1] == "STARTED"
     await manager.close()
 
 
 async def test_a_removal_ends_the_retries_so_a_released_instance_never_comes_back() -> None:
-    runtime = BusyPortRuntime()
-    manager, events = manager_over(runtime)
+    runtime, time = BusyPortRuntime(), ManualTime()
+    manager, events = manager_over(runtime, time)
     await manager.reconcile({}, set())
     await manager.command(Order.DEPLOY, "i1", want("i1")["i1"])
     removed = await manager.command(Order.REMOVE, "i1", None)
     assert removed.ok and kinds(events)[-1] == "REMOVED"
     runtime.busy = False  # the port is free again: nothing may use it now
-    await asyncio.sleep(0.5)
+    await time.advance(60)
     for _ in range(3):
         await manager.resync()
     assert not runtime.containers and runtime.starts == 1 and manager.state.want("i1") is None
@@ -95,26 +108,26 @@ async def test_a_removal_ends_the_retries_so_a_released_instance_never_comes_bac
 
 
 async def test_a_welcome_without_the_instance_drops_it_and_its_retry() -> None:
-    runtime = BusyPortRuntime()
-    manager, _ = manager_over(runtime)
+    runtime, time = BusyPortRuntime(), ManualTime()
+    manager, _ = manager_over(runtime, time)
     await manager.reconcile(want("i1"), set())
     assert runtime.starts == 1 and not runtime.containers
     # The coordinator failed it while the session was down; the next Welcome no longer holds it.
     await manager.reconcile(want("other"), set())
     runtime.busy = False
-    await asyncio.sleep(0.5)
+    await time.advance(60)
     await manager.resync()
     assert [c.instance_id for c in runtime.containers.values()] == ["other"]
     await manager.close()
 
 
 async def test_a_welcome_removal_of_a_failed_instance_reports_it_removed() -> None:
-    runtime = BusyPortRuntime()
-    manager, events = manager_over(runtime)
+    runtime, time = BusyPortRuntime(), ManualTime()
+    manager, events = manager_over(runtime, time)
     await manager.reconcile(want("i1"), set())
     await manager.reconcile({}, {"i1"})
     runtime.busy = False
-    await asyncio.sleep(0.3)
+    await time.advance(60)
     assert kinds(events)[-1] == "REMOVED" and not runtime.containers
     await manager.close()
 
@@ -150,16 +163,17 @@ class SlowStartRuntime(BusyPortRuntime):
 
 
 async def test_a_welcome_that_drops_an_instance_mid_retry_leaves_no_container() -> None:
-    runtime = SlowStartRuntime()
-    manager, _ = manager_over(runtime)
+    runtime, time = SlowStartRuntime(), ManualTime()
+    manager, _ = manager_over(runtime, time)
     await manager.reconcile(want("i1"), set())  # fails: the port is busy; a retry is pending
     runtime.busy = False
-    await asyncio.wait_for(runtime.in_start.wait(), 2)  # the retry is inside the engine's start
+    await time.advance(0.05)
+    assert runtime.in_start.is_set()  # the retry is inside the engine's start
     dropping = asyncio.create_task(manager.reconcile({}, set()))  # the coordinator no longer wants it
-    await asyncio.sleep(0.05)
+    await settle()
     runtime.finish_start.set()
     await dropping
-    await asyncio.sleep(0.1)
+    await settle()
     assert not runtime.containers, "a container of an instance nobody wants was left running"
     await manager.close()
 
@@ -216,15 +230,16 @@ async def test_a_welcome_the_engine_cannot_answer_is_still_in_force() -> None:
 
 
 async def test_a_retry_at_work_is_not_doubled_by_a_resync_and_close_stops_it() -> None:
-    runtime = SlowStartRuntime()
-    manager, _ = manager_over(runtime)
+    runtime, time = SlowStartRuntime(), ManualTime()
+    manager, _ = manager_over(runtime, time)
     await manager.reconcile(want("i1"), set())  # fails: the port is busy; a retry is pending
     runtime.busy = False
-    await asyncio.wait_for(runtime.in_start.wait(), 2)  # the retry is inside the engine's start
+    await time.advance(0.05)
+    assert runtime.in_start.is_set()  # the retry is inside the engine's start
     await manager.resync()  # plans a start for the created container: the retry owns it
     assert runtime.starts == 1  # the retry's start has not returned yet
     runtime.finish_start.set()
-    await asyncio.sleep(0.1)
+    await settle()
     assert runtime.starts == 2 and [c.status for c in runtime.containers.values()] == [
         ContainerStatus.RUNNING
     ]
@@ -240,7 +255,7 @@ async def test_a_removal_behind_a_deploy_at_work_waits_for_it_and_removes_once()
     deploying = asyncio.create_task(manager.command(Order.DEPLOY, "i1", want("i1")["i1"]))
     await asyncio.wait_for(runtime.in_start.wait(), 2)
     removing = asyncio.create_task(manager.command(Order.REMOVE, "i1", None))
-    await asyncio.sleep(0.05)
+    await settle()
     runtime.finish_start.set()
     deployed, removed = await asyncio.gather(deploying, removing)
     assert deployed.ok and deployed.container_id and removed.ok

@@ -7,6 +7,8 @@ import gc
 import itertools
 import tracemalloc
 
+import pytest
+
 from coordinator.config import FleetOptions
 from coordinator.domain.agents import (
     Command,
@@ -18,7 +20,7 @@ from coordinator.domain.agents import (
 )
 from coordinator.domain.records import HostMetrics, NodeStatus
 from coordinator.fleet.live import Fleet, Session
-from tests.unit.factories import make_instance, make_node
+from tests.unit.factories import make_instance, make_node, settle
 
 
 class Clock:
@@ -61,21 +63,15 @@ async def test_monitor_reports_each_transition_once() -> None:
     clock = Clock()
     f = fleet(clock)
     seen = recorded(f)
-    monitor = asyncio.create_task(f.run_monitor())
-    try:
-        f.record_heartbeat("n", Heartbeat(host=HostMetrics(cpu_percent=1.0)))
-        await asyncio.sleep(0.05)
-        clock.now += 3.5
-        f._wake.set()
-        await asyncio.sleep(0.05)
-        clock.now += 7.0
-        f._wake.set()
-        await asyncio.sleep(0.05)
-        f.record_heartbeat("n", Heartbeat())
-        await asyncio.sleep(0.05)
-    finally:
-        monitor.cancel()
-        await asyncio.gather(monitor, return_exceptions=True)
+    f.record_heartbeat("n", Heartbeat(host=HostMetrics(cpu_percent=1.0)))
+    assert f.judge_due() == pytest.approx(3.0)  # the monitor sleeps until the deadline
+    clock.now += 3.5
+    f.judge_due()
+    f.judge_due()  # judged once: nothing new to say
+    clock.now += 7.0
+    f.judge_due()
+    f.record_heartbeat("n", Heartbeat())
+    await settle()  # the listeners run in tasks of their own
     assert [(o, n) for _, o, n in seen] == [
         (NodeStatus.AWAITING_HEARTBEAT, NodeStatus.READY),
         (NodeStatus.READY, NodeStatus.HEARTBEAT_ABNORMAL),
@@ -95,22 +91,18 @@ async def test_a_node_expected_after_a_restart_that_never_reports_goes_abnormal(
     f = Fleet(options, clock=clock)
     seen = recorded(f)
     f.expect(["gone", "back"])
-    monitor = asyncio.create_task(f.run_monitor())
-    try:
-        await asyncio.sleep(0.05)
-        assert seen == [] and f.status_of(make_node("back")) is NodeStatus.AWAITING_HEARTBEAT
-        clock.now += 4.0  # within the startup grace (5 s), though past the usual one (3 s)
-        f._wake.set()
-        await asyncio.sleep(0.02)
-        assert seen == []
-        for _ in range(6):  # 12 s more: past the startup grace and the offline time (10 s) of "gone"
-            f.record_heartbeat("back", Heartbeat())
-            clock.now += 2.0
-            f._wake.set()
-            await asyncio.sleep(0.02)
-    finally:
-        monitor.cancel()
-        await asyncio.gather(monitor, return_exceptions=True)
+    f.judge_due()
+    await settle()
+    assert seen == [] and f.status_of(make_node("back")) is NodeStatus.AWAITING_HEARTBEAT
+    clock.now += 4.0  # within the startup grace (5 s), though past the usual one (3 s)
+    f.judge_due()
+    await settle()
+    assert seen == []
+    for _ in range(6):  # 12 s more: past the startup grace and the offline time (10 s) of "gone"
+        f.record_heartbeat("back", Heartbeat())
+        clock.now += 2.0
+        f.judge_due()
+    await settle()
     assert seen == [
         ("gone", NodeStatus.READY, NodeStatus.HEARTBEAT_ABNORMAL),
         ("gone", NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE),

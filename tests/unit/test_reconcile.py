@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.reconcile import Act, Desired, plan
+from agent.reconcile import RUNNING, Act, Desired, plan
 from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus
 from tests.unit.factories import container_info, container_spec
 
@@ -77,7 +77,13 @@ def test_properties(
         if iid not in have:
             assert act is Act.DEPLOY
         else:
-            assert act in (Act.START, Act.STOP, Act.ADOPT)
+            # Exactly the one action that closes the gap: start what should run and does not, stop what
+            # runs and should not, adopt what is as wanted.
+            runs = actual[iid] in RUNNING
+            expected = (
+                Act.ADOPT if runs == want[iid].running else (Act.START if want[iid].running else Act.STOP)
+            )
+            assert act is expected, (iid, actual[iid], want[iid].running, act)
             assert by_id[iid].container_id == f"c-{iid}"
     for iid in set(have) - set(want) - remove:
         assert (iid in by_id) == (grace <= 5.0)

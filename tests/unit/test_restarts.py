@@ -3,7 +3,6 @@ executor applying it over the in-memory runtime (the Docker path is proven in te
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from hypothesis import given
@@ -15,7 +14,7 @@ from agent.restarts import RestartPolicy, on_crash
 from agent.runtime.base import ContainerSpec, ContainerStatus, PullPolicy
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report, ReportKind
-from tests.unit.factories import container_spec
+from tests.unit.factories import ManualTime, container_spec
 
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=60, reset_after_s=30, crash_loop_after=4)
 
@@ -48,10 +47,21 @@ def spec(iid: str) -> ContainerSpec:
     return container_spec(iid, cpu_percent=50)
 
 
+TIME = ManualTime()  # each test moves it on; nothing here waits for real
+
+
 async def running_manager(policy: RestartPolicy) -> tuple[Executor, MemoryRuntime, list[Report]]:
     runtime = MemoryRuntime()
     events: list[Report] = []
-    manager = Executor(runtime, "n", PullPolicy.MISSING, events.append, restart_policy=policy)
+    manager = Executor(
+        runtime,
+        "n",
+        PullPolicy.MISSING,
+        events.append,
+        restart_policy=policy,
+        clock=TIME.clock,
+        sleep=TIME.sleep,
+    )
     await manager.reconcile({"i1": Desired(spec("i1"), running=True)}, set())
     return manager, runtime, events
 
@@ -77,7 +87,9 @@ async def test_a_crashed_container_is_reported_then_restarted_after_the_back_off
         assert reported.kind is ReportKind.EXITED and "exited with code 3" in reported.message
         assert ("crash loop" in reported.message) == (n == 3)
         assert runtime.containers[cid].status is ContainerStatus.EXITED  # not at once: after the back-off
-        await asyncio.sleep(fast.initial_delay_s * 2 ** (n - 1) + 0.05)
+        await TIME.advance(fast.initial_delay_s * 2 ** (n - 1) * 0.9)
+        assert runtime.containers[cid].status is ContainerStatus.EXITED  # still waiting out its back-off
+        await TIME.advance(fast.initial_delay_s * 2 ** (n - 1) * 0.1 + 1e-6)
         assert runtime.containers[cid].status is ContainerStatus.RUNNING
         assert events[-1].kind is ReportKind.STARTED and manager.restarts("i1") == n
     await manager.close()
@@ -92,12 +104,12 @@ async def test_no_restart_for_a_stop_we_asked_for_a_stopped_instance_or_a_disabl
     assert events[-1].kind is ReportKind.STOPPED
     # Should not run (stopped by its owner, or suspended): reported, never restarted.
     manager.on_engine_event("exited", "i1", 0, cid)
-    await asyncio.sleep(0.05)
+    await TIME.advance(60)
     assert runtime.containers[cid].status is ContainerStatus.EXITED and manager.restarts("i1") == 0
     assert [e.kind for e in events[-1:]] == [ReportKind.EXITED]
     off, runtime2, events2 = await running_manager(RestartPolicy(enabled=False))
     crash(off, runtime2)
-    await asyncio.sleep(0.05)
+    await TIME.advance(60)
     assert next(iter(runtime2.containers.values())).status is ContainerStatus.EXITED
     assert events2[-1].message == "the container exited with code 1"
 
@@ -110,7 +122,7 @@ async def test_an_oom_kill_is_one_crash_with_its_reason_and_a_stop_meanwhile_win
     assert [e.kind for e in events[-1:]] == [ReportKind.OOM_KILLED]
     assert events[-1].message.startswith("the container was OOM-killed; restarting in")
     await stop(manager)  # a stop arrived during the back-off
-    await asyncio.sleep(0.1)
+    await TIME.advance(60)
     assert runtime.containers[cid].status is ContainerStatus.EXITED
     await manager.close()
 
