@@ -99,6 +99,8 @@ class Router:
     tag: str
     render_error: ErrorRenderer = render_error
     field_names: Mapping[str, str] = field(default_factory=lambda: FIELD_NAMES)
+    #: The dialect's own text for what the use cases' errors name by reason (its document's words).
+    messages: Mapping[str, str] = field(default_factory=dict)
     #: What a non-admin hears on an admin route, in the dialect's words.
     admin_message: str = "this action needs an admin"
     #: The shape ``render_error`` answers in (the OpenAPI document shows it for every error).
@@ -189,7 +191,7 @@ class Router:
                 result = await route.handler(*args)
                 response = self._render(route, adapter, result)
             except ServiceError as exc:
-                name, message = exc.worded(self.field_names)
+                name, message = exc.worded(self.field_names, self.messages)
                 response = self.error(exc.status, message, name, exc.headers, route.status_map)
             if route.method in MUTATING:
                 # Who did what, when, and how it ended; written before the caller hears the outcome.

@@ -103,7 +103,9 @@ class RegionService:
     async def get(self, region_id: str, caller: Principal | None = None) -> RegionView:
         views = await self._views(caller, region_id)
         if not views:
-            raise NotFound("Region not found")
+            raise NotFound(
+                f"region_id: region {region_id} does not exist", field="region_id", reason="region.not_found"
+            )
         return views[0]
 
     async def create(self, values: dict[str, Any]) -> RegionView:
@@ -111,10 +113,18 @@ class RegionService:
         region_id = str(uuid.uuid4())
         async with self.core.store.write() as conn:
             if await regions_store.identifier_taken(conn, values["identifier"]):
-                raise BadRequest("Region with this identifier already exists", field="identifier")
+                raise BadRequest(
+                    "identifier: a region with this identifier exists",
+                    field="identifier",
+                    reason="region.identifier_taken",
+                )
             fallback = values.get("fallback_region_id")
             if fallback is not None and await regions_store.get_region(conn, fallback) is None:
-                raise BadRequest("Fallback region not found", field="fallback_region_id")
+                raise BadRequest(
+                    f"fallback_region_id: region {fallback} does not exist",
+                    field="fallback_region_id",
+                    reason="region.fallback_not_found",
+                )
             await regions_store.insert_region(
                 conn,
                 {
@@ -133,18 +143,34 @@ class RegionService:
         async with self.core.store.write() as conn:
             region = await regions_store.get_region(conn, region_id)
             if region is None or region.id != region_id:
-                raise NotFound("Region not found")
+                raise NotFound(
+                    f"region_id: region {region_id} does not exist",
+                    field="region_id",
+                    reason="region.not_found",
+                )
             identifier = values.get("identifier")
             if identifier is not None and await regions_store.identifier_taken(
                 conn, identifier, other_than=region_id
             ):
-                raise BadRequest("Region with this identifier already exists", field="identifier")
+                raise BadRequest(
+                    "identifier: a region with this identifier exists",
+                    field="identifier",
+                    reason="region.identifier_taken",
+                )
             if "fallback_region_id" in values and values["fallback_region_id"] is not None:
                 fallback = values["fallback_region_id"]
                 if fallback == region_id:
-                    raise BadRequest("Region cannot be its own fallback", field="fallback_region_id")
+                    raise BadRequest(
+                        "fallback_region_id: a region cannot be its own fallback",
+                        field="fallback_region_id",
+                        reason="region.own_fallback",
+                    )
                 if await regions_store.get_region(conn, fallback) is None:
-                    raise NotFound("Fallback region not found", field="fallback_region_id")
+                    raise NotFound(
+                        f"fallback_region_id: region {fallback} does not exist",
+                        field="fallback_region_id",
+                        reason="region.fallback_not_found",
+                    )
             limit = values.get("server_limit")
             if limit is not None and limit < region.live_count:
                 raise BadRequest(
@@ -166,12 +192,25 @@ class RegionService:
         async with self.core.store.write() as conn:
             region = await regions_store.get_region(conn, region_id)
             if region is None or region.id != region_id:
-                raise NotFound("Region not found")
+                raise NotFound(
+                    f"region_id: region {region_id} does not exist",
+                    field="region_id",
+                    reason="region.not_found",
+                )
             if await regions_store.node_count(conn, region_id):
-                raise BadRequest("Cannot delete region with assigned nodes")
+                raise BadRequest(
+                    f"region_id: region {region_id} has nodes; move or delete them first",
+                    field="region_id",
+                    reason="region.has_nodes",
+                )
             users = await regions_store.fallback_users(conn, region_id)
             if users:
-                raise BadRequest(f"Cannot delete region: it is the fallback of {', '.join(users)}")
+                raise BadRequest(
+                    f"region_id: region {region_id} is the fallback of {', '.join(users)}",
+                    field="region_id",
+                    reason="region.is_fallback",
+                    facts={"regions": ", ".join(users)},
+                )
             await regions_store.delete_region(conn, region_id)
         self.core.snapshot.forget()
 

@@ -30,7 +30,6 @@ from coordinator.store.claims import Statement
 
 log = get("coordinator.vpn")
 
-NOT_FOUND = "Can not find the server"
 
 S = InstanceState
 #: Redeploy without force only from these (and not while the instance waits to be released).
@@ -90,10 +89,10 @@ class VpnService:
         async with self.core.store.read() as conn:
             instance_id = await vpn_store.instance_id_by_number(conn, number)
         if instance_id is None:
-            raise NotFound(NOT_FOUND)
+            raise NotFound(f"node {number} does not exist", field="number", reason="vpn.node_not_found")
         inst = await self.instances.get_unchecked(instance_id)
         if not policy.can_see(caller, inst.organization_id):
-            raise NotFound(NOT_FOUND)
+            raise NotFound(f"node {number} does not exist", field="number", reason="vpn.node_not_found")
         return inst
 
     # ------------------------------------------------------------ changes

@@ -9,7 +9,7 @@ import pytest
 
 from agent.files import FileStore
 from agent.runtime.base import ContainerSpec, FileSet
-from coordinator.api.dialects import client, servers
+from coordinator.api.dialects import client, regions, servers
 from coordinator.api.dialects.client_models import STATES_OF, ServerListQuery, parse_time
 from coordinator.api.routing import FIELD_NAMES
 from coordinator.catalogs.images import Catalog
@@ -70,6 +70,17 @@ def test_each_dialect_words_a_canonical_field_its_own_way() -> None:
     plain = BadRequest("Fallback region not found", field="fallback_region_id")
     assert plain.worded(FIELD_NAMES) == ("fallbackRegionId", "Fallback region not found")
     assert BadRequest("image: nope", field="image").worded(client.FIELDS) == ("image", "image: nope")
+    # A dialect whose document has its own text for a case words it so, with the error's facts.
+    busy = BadRequest(
+        "region_id: region r1 is the fallback of eu, us",
+        field="region_id",
+        reason="region.is_fallback",
+        facts={"regions": "eu, us"},
+    )
+    assert (
+        busy.worded(FIELD_NAMES, regions.MESSAGES)[1] == "Cannot delete region: it is the fallback of eu, us"
+    )
+    assert busy.worded(FIELD_NAMES)[1] == "regionId: region r1 is the fallback of eu, us"
 
 
 def test_address_brackets_ipv6_and_omits_a_missing_port() -> None:

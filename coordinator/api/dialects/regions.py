@@ -25,8 +25,21 @@ class KyroError(BaseModel):
     error: str
 
 
+#: Kyro's own words for what the region use cases refuse.
+MESSAGES = {
+    "region.not_found": "Region not found",
+    "region.identifier_taken": "Region with this identifier already exists",
+    "region.fallback_not_found": "Fallback region not found",
+    "region.own_fallback": "Region cannot be its own fallback",
+    "region.has_nodes": "Cannot delete region with assigned nodes",
+    "region.is_fallback": "Cannot delete region: it is the fallback of {regions}",
+}
 router = Router(
-    "regions", render_error=kyro_error, admin_message="Insufficient permissions", error_model=KyroError
+    "regions",
+    render_error=kyro_error,
+    admin_message="Insufficient permissions",
+    error_model=KyroError,
+    messages=MESSAGES,
 )
 
 IDENTIFIER = r"^[a-z0-9-]+$"

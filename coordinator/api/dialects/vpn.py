@@ -21,7 +21,7 @@ from coordinator.api.routing import Call, Handler, Router
 from coordinator.domain.records import Instance, InstanceState
 from coordinator.service.errors import BadRequest, NotFound
 from coordinator.service.servers import Where
-from coordinator.service.vpn import NOT_FOUND, NotRedeployable
+from coordinator.service.vpn import NotRedeployable
 
 T = TypeVar("T")
 NUMBER = re.compile(r"[0-9]{1,9}")
@@ -40,7 +40,13 @@ class DrfDetail(BaseModel):
 
 
 #: Django REST framework's shapes: {"detail": ...}, or per field {"name": ["..."]} for a 400.
-router = Router("vpn", render_error=drf_error, error_model=DrfDetail | dict[str, list[str]])
+NOT_FOUND = "Can not find the server"
+router = Router(
+    "vpn",
+    render_error=drf_error,
+    error_model=DrfDetail | dict[str, list[str]],
+    messages={"vpn.node_not_found": NOT_FOUND},
+)
 
 #: The lifecycle table's vpn column: (code, display). 11, 12, 21 and -1 are ours (the document lists the
 #: others); an instance waiting to be released for its replacement (or expiry) is 20 whatever it runs.
