@@ -15,10 +15,11 @@ from coordinator.domain.records import Instance, ServerIdentity
 from coordinator.fleet.channel import NodeChannel
 from coordinator.fleet.live import Fleet
 from coordinator.metrics import Metrics
+from coordinator.placement.snapshot import PlacementSnapshot
 from coordinator.security.pki import CertificateAuthority
 from coordinator.security.sealing import Sealer
-from coordinator.service.snapshot import PlacementSnapshot
 from coordinator.store.engine import Store
+from coordinator.store.regions import SnapshotReads
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Core:
     sealer: Sealer
     sizes: SizeCatalog = field(default_factory=lambda: SizeCatalog([]))
     clock: Callable[[], float] = field(default=time.time)
-    #: The scheduler's cached view of nodes and regions (service/snapshot.py).
+    #: The scheduler's cached view of nodes and regions (placement/snapshot.py).
     snapshot: PlacementSnapshot = field(init=False)
     metrics: Metrics = field(default_factory=Metrics)
     #: Called when an instance is confirmed running for the first time since it started.
@@ -42,7 +43,7 @@ class Core:
     enroll_port: int = 0
 
     def __post_init__(self) -> None:
-        self.snapshot = PlacementSnapshot(self.store)
+        self.snapshot = PlacementSnapshot(SnapshotReads(self.store))
 
     def opened(self, inst: Instance) -> ServerIdentity | None:
         """The instance's server identity with its secret and keys opened (None for other instances)."""

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import LIVE_STATES
 from coordinator.placement.scheduler import NodeInfo, RegionInfo
+from coordinator.store.engine import Store
 from coordinator.store.tables import allocations, instances, nodes, regions
 
 
@@ -184,3 +185,26 @@ async def free_ports(
     for r in await conn.execute(query):
         found.setdefault(r.node_id, set()).add(r.port)
     return {node: frozenset(p) for node, p in found.items()}
+
+
+class SnapshotReads:
+    """What the placement snapshot reads, from this store (placement/snapshot.py SnapshotSource)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def regions_and_nodes(
+        self, region_ids: Sequence[str]
+    ) -> tuple[dict[str, RegionInfo], list[NodeInfo]]:
+        async with self.store.read() as conn:
+            found = {r.id: r.info() for r in await list_regions(conn)}
+            infos = await node_infos(conn, region_ids=region_ids) if region_ids else []
+        return found, infos
+
+    async def node_and_region(
+        self, node_id: str, region_id: str
+    ) -> tuple[NodeInfo | None, RegionInfo | None]:
+        async with self.store.read() as conn:
+            infos = await node_infos(conn, node_id=node_id)
+            region = await get_region(conn, region_id)
+        return (infos[0] if infos else None), (region.info() if region is not None else None)

@@ -5,7 +5,10 @@ The view is kept current by our own claims as they commit, re-read after an admi
 re-read when older than ``ttl_s`` (by whichever deploy finds it stale; the others go on with the view they
 have). It can still lag the database (an instance released, another coordinator's claim), and that is safe
 both ways: a node that looks emptier than it is loses its claim (the transaction re-checks everything) and
-is re-read at once; a region that looks fuller than it is is re-read before anyone is refused."""
+is re-read at once; a region that looks fuller than it is is re-read before anyone is refused.
+
+It reads through a SnapshotSource (the store implements it: store/regions.py SnapshotReads), so placement
+knows no database."""
 
 from __future__ import annotations
 
@@ -14,10 +17,21 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from coordinator.placement.scheduler import NodeInfo, RankedNodes, RegionInfo, Snapshot, region_chain
-from coordinator.store import regions as regions_store
-from coordinator.store.engine import Store
+
+
+class SnapshotSource(Protocol):
+    async def regions_and_nodes(
+        self, region_ids: Sequence[str]
+    ) -> tuple[dict[str, RegionInfo], list[NodeInfo]]:
+        """Every region, and the nodes of ``region_ids``, in one consistent read."""
+        ...
+
+    async def node_and_region(
+        self, node_id: str, region_id: str
+    ) -> tuple[NodeInfo | None, RegionInfo | None]: ...
 
 
 @dataclass
@@ -29,12 +43,12 @@ class _Region:
 class PlacementSnapshot:
     def __init__(
         self,
-        store: Store,
+        source: SnapshotSource,
         ttl_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self.store = store
+        self.source = source
         self.ttl_s = ttl_s
         self.clock = clock
         self._rng = rng or random.Random()
@@ -135,9 +149,7 @@ class PlacementSnapshot:
 
     async def _load(self, region_ids: Sequence[str]) -> None:
         began = self.clock()
-        async with self.store.read() as conn:
-            found = {r.id: r.info() for r in await regions_store.list_regions(conn)}
-            infos = await regions_store.node_infos(conn, region_ids=region_ids) if region_ids else []
+        found, infos = await self.source.regions_and_nodes(region_ids)
         fresh = {rid: _Region(began, RankedNodes(rng=self._rng)) for rid in region_ids if rid in found}
         for info in infos:
             if info.region_id in fresh:
@@ -164,16 +176,14 @@ class PlacementSnapshot:
 
     async def lost(self, region_id: str, node_id: str) -> None:
         """A claim on this node lost its race: re-read the node and its region, nothing more."""
-        async with self.store.read() as conn:
-            infos = await regions_store.node_infos(conn, node_id=node_id)
-            region = await regions_store.get_region(conn, region_id)
+        info, region = await self.source.node_and_region(node_id, region_id)
         loaded = self._nodes.get(region_id)
         if loaded is not None:
             loaded.nodes.discard(node_id)
-            if infos and infos[0].region_id == region_id:
-                loaded.nodes.put(infos[0])
+            if info is not None and info.region_id == region_id:
+                loaded.nodes.put(info)
         if region is not None:
-            self._regions[region_id] = region.info()
+            self._regions[region_id] = region
 
     def forget(self) -> None:
         """Re-read everything before the next decision (an admin changed nodes, allocations or regions)."""
