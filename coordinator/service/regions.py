@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from coordinator.domain.records import Allocation, Node, NodeStatus, Principal
 from coordinator.service.core import Core
-from coordinator.service.errors import BadRequest, NotFound
+from coordinator.service.errors import BadRequest, NotFound, ServiceError
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import regions as regions_store
@@ -48,6 +48,29 @@ class RegionView:
     #: Instances holding allocations here that the caller may not know of (another organization's):
     #: their allocations show as assigned, without saying to what.
     foreign: frozenset[str] = frozenset()
+
+
+def not_found(region_id: str) -> NotFound:
+    return NotFound(
+        f"region_id: region {region_id} does not exist", field="region_id", reason="region.not_found"
+    )
+
+
+def identifier_taken() -> BadRequest:
+    return BadRequest(
+        "identifier: a region with this identifier exists",
+        field="identifier",
+        reason="region.identifier_taken",
+    )
+
+
+def fallback_not_found(fallback: str, kind: type[BadRequest] | type[NotFound]) -> ServiceError:
+    """Kyro answers 400 for it on create and 404 on update."""
+    return kind(
+        f"fallback_region_id: region {fallback} does not exist",
+        field="fallback_region_id",
+        reason="region.fallback_not_found",
+    )
 
 
 class RegionService:
@@ -103,9 +126,7 @@ class RegionService:
     async def get(self, region_id: str, caller: Principal | None = None) -> RegionView:
         views = await self._views(caller, region_id)
         if not views:
-            raise NotFound(
-                f"region_id: region {region_id} does not exist", field="region_id", reason="region.not_found"
-            )
+            raise not_found(region_id)
         return views[0]
 
     async def create(self, values: dict[str, Any]) -> RegionView:
@@ -113,18 +134,10 @@ class RegionService:
         region_id = str(uuid.uuid4())
         async with self.core.store.write() as conn:
             if await regions_store.identifier_taken(conn, values["identifier"]):
-                raise BadRequest(
-                    "identifier: a region with this identifier exists",
-                    field="identifier",
-                    reason="region.identifier_taken",
-                )
+                raise identifier_taken()
             fallback = values.get("fallback_region_id")
             if fallback is not None and await regions_store.get_region(conn, fallback) is None:
-                raise BadRequest(
-                    f"fallback_region_id: region {fallback} does not exist",
-                    field="fallback_region_id",
-                    reason="region.fallback_not_found",
-                )
+                raise fallback_not_found(fallback, BadRequest)
             await regions_store.insert_region(
                 conn,
                 {
@@ -143,20 +156,12 @@ class RegionService:
         async with self.core.store.write() as conn:
             region = await regions_store.get_region(conn, region_id)
             if region is None or region.id != region_id:
-                raise NotFound(
-                    f"region_id: region {region_id} does not exist",
-                    field="region_id",
-                    reason="region.not_found",
-                )
+                raise not_found(region_id)
             identifier = values.get("identifier")
             if identifier is not None and await regions_store.identifier_taken(
                 conn, identifier, other_than=region_id
             ):
-                raise BadRequest(
-                    "identifier: a region with this identifier exists",
-                    field="identifier",
-                    reason="region.identifier_taken",
-                )
+                raise identifier_taken()
             if "fallback_region_id" in values and values["fallback_region_id"] is not None:
                 fallback = values["fallback_region_id"]
                 if fallback == region_id:
@@ -166,11 +171,7 @@ class RegionService:
                         reason="region.own_fallback",
                     )
                 if await regions_store.get_region(conn, fallback) is None:
-                    raise NotFound(
-                        f"fallback_region_id: region {fallback} does not exist",
-                        field="fallback_region_id",
-                        reason="region.fallback_not_found",
-                    )
+                    raise fallback_not_found(fallback, NotFound)
             limit = values.get("server_limit")
             if limit is not None and limit < region.live_count:
                 raise BadRequest(
@@ -192,11 +193,7 @@ class RegionService:
         async with self.core.store.write() as conn:
             region = await regions_store.get_region(conn, region_id)
             if region is None or region.id != region_id:
-                raise NotFound(
-                    f"region_id: region {region_id} does not exist",
-                    field="region_id",
-                    reason="region.not_found",
-                )
+                raise not_found(region_id)
             if await regions_store.node_count(conn, region_id):
                 raise BadRequest(
                     f"region_id: region {region_id} has nodes; move or delete them first",
