@@ -35,6 +35,20 @@ class Order(enum.Enum):
     REMOVE = "remove"
 
 
+@dataclass(frozen=True, slots=True)
+class OneInstance:
+    """An event or action about one instance (the classes below say which)."""
+
+    instance_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OneContainer(OneInstance):
+    """... and one of its containers."""
+
+    container_id: str
+
+
 # ------------------------------------------------------------------ events (inputs)
 
 
@@ -75,11 +89,10 @@ class Exited:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
-class OomKilled:
+class OomKilled(OneInstance):
     """The engine says "oom", then "die": one crash, reported once, with the better reason."""
 
-    instance_id: str
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,25 +103,25 @@ class RetryDue:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
-class RetryDone:
-    instance_id: str
+class RetryDone(OneInstance):
+    """The retry's work is over (done or failed)."""
+
+    __slots__ = ()
 
 
 # What the executor did, fed back.
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(OneInstance):
     """A container is being made for the instance (none existed)."""
 
-    instance_id: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Made:
-    instance_id: str
-    container_id: str
+class Made(OneContainer):
+    """A container was created for the instance."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,31 +153,29 @@ class Failed:
     now: float
 
 
-@dataclass(frozen=True, slots=True)
-class StopIssued:
+class StopIssued(OneInstance):
     """Sent before the executor stops a running container: its exit is then expected, not a crash (the
     engine's "die" may arrive before the stop call returns)."""
 
-    instance_id: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    instance_id: str
-    container_id: str
+class Stopped(OneContainer):
+    """A container we stopped has stopped."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(OneInstance):
     """An Apply that made a new container is done."""
 
-    instance_id: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Removed:
-    instance_id: str
-    container_id: str
+class Removed(OneContainer):
+    """The instance's container is gone (or there was none)."""
+
+    __slots__ = ()
 
 
 Event = (
@@ -206,19 +217,16 @@ class Apply:
     after_crash: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Remove:
+class Remove(OneInstance):
     """Stop (expected) and remove the container, drop its files, report it removed."""
 
-    instance_id: str
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class RemoveUnknown:
+class RemoveUnknown(OneContainer):
     """A labelled container nobody wants, past its grace."""
 
-    instance_id: str
-    container_id: str
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,9 +235,10 @@ class ScheduleRetry:
     delay_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class CancelRetry:
-    instance_id: str
+class CancelRetry(OneInstance):
+    """Cancel the instance's waiting retry."""
+
+    __slots__ = ()
 
 
 class ReportKind(enum.Enum):

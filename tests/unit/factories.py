@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus
+from agent.executor import Executor
+from agent.restarts import RestartPolicy
+from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus, PullPolicy, Runtime
+from agent.state import Report
 from bench.seed import node_record, organization_with_user
 from coordinator.domain.records import Instance, InstanceState, Node
 from coordinator.store import nodes as nodes_store
@@ -137,3 +141,12 @@ class ManualTime:
             await settle()
         self.now = target
         await settle()
+
+
+def executor_over(
+    runtime: Runtime, report: Callable[[Report], None], time: ManualTime, policy: RestartPolicy
+) -> Executor:
+    """An agent executor over ``runtime`` whose clock and retries run on ``time`` (moved by hand)."""
+    return Executor(
+        runtime, "n", PullPolicy.MISSING, report, restart_policy=policy, clock=time.clock, sleep=time.sleep
+    )

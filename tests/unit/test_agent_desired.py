@@ -16,12 +16,11 @@ from agent.runtime.base import (
     ContainerSpec,
     ContainerStatus,
     PortBinding,
-    PullPolicy,
     RuntimeFailure,
 )
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report
-from tests.unit.factories import ManualTime, container_spec, settle
+from tests.unit.factories import ManualTime, container_spec, executor_over, settle
 
 FAST = RestartPolicy(initial_delay_s=0.05, max_delay_s=0.4, reset_after_s=60, crash_loop_after=10)
 BUSY = "Bind for 127.0.0.1:30000 failed: port is already allocated"
@@ -53,17 +52,7 @@ def want(*iids: str) -> dict[str, Desired]:
 def manager_over(runtime: MemoryRuntime, time: ManualTime | None = None) -> tuple[Executor, list[Report]]:
     """An executor over ``runtime`` whose retries wait on ``time`` (moved by hand)."""
     events: list[Report] = []
-    time = time or ManualTime()
-    executor = Executor(
-        runtime,
-        "n",
-        PullPolicy.MISSING,
-        events.append,
-        restart_policy=FAST,
-        clock=time.clock,
-        sleep=time.sleep,
-    )
-    return executor, events
+    return executor_over(runtime, events.append, time or ManualTime(), FAST), events
 
 
 def kinds(events: list[Report]) -> list[str]:
@@ -162,13 +151,19 @@ class SlowStartRuntime(BusyPortRuntime):
         await super().start(container_id)
 
 
-async def test_a_welcome_that_drops_an_instance_mid_retry_leaves_no_container() -> None:
+async def retry_inside_start() -> tuple[Executor, SlowStartRuntime]:
+    """A deploy failed (its port was busy); its retry is now inside the engine's slow start."""
     runtime, time = SlowStartRuntime(), ManualTime()
     manager, _ = manager_over(runtime, time)
-    await manager.reconcile(want("i1"), set())  # fails: the port is busy; a retry is pending
+    await manager.reconcile(want("i1"), set())
     runtime.busy = False
     await time.advance(0.05)
-    assert runtime.in_start.is_set()  # the retry is inside the engine's start
+    assert runtime.in_start.is_set()
+    return manager, runtime
+
+
+async def test_a_welcome_that_drops_an_instance_mid_retry_leaves_no_container() -> None:
+    manager, runtime = await retry_inside_start()
     dropping = asyncio.create_task(manager.reconcile({}, set()))  # the coordinator no longer wants it
     await settle()
     runtime.finish_start.set()
@@ -230,12 +225,7 @@ async def test_a_welcome_the_engine_cannot_answer_is_still_in_force() -> None:
 
 
 async def test_a_retry_at_work_is_not_doubled_by_a_resync_and_close_stops_it() -> None:
-    runtime, time = SlowStartRuntime(), ManualTime()
-    manager, _ = manager_over(runtime, time)
-    await manager.reconcile(want("i1"), set())  # fails: the port is busy; a retry is pending
-    runtime.busy = False
-    await time.advance(0.05)
-    assert runtime.in_start.is_set()  # the retry is inside the engine's start
+    manager, runtime = await retry_inside_start()
     await manager.resync()  # plans a start for the created container: the retry owns it
     assert runtime.starts == 1  # the retry's start has not returned yet
     runtime.finish_start.set()

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from agent.executor import Executor
 from agent.reconcile import Desired
 from agent.restarts import RestartPolicy, on_crash
-from agent.runtime.base import ContainerSpec, ContainerStatus, PullPolicy
+from agent.runtime.base import ContainerSpec, ContainerStatus
 from agent.runtime.memory import MemoryRuntime
 from agent.state import Order, Report, ReportKind
-from tests.unit.factories import ManualTime, container_spec
+from tests.unit.factories import ManualTime, container_spec, executor_over
 
 POLICY = RestartPolicy(initial_delay_s=1, max_delay_s=60, reset_after_s=30, crash_loop_after=4)
 
@@ -53,15 +53,7 @@ TIME = ManualTime()  # each test moves it on; nothing here waits for real
 async def running_manager(policy: RestartPolicy) -> tuple[Executor, MemoryRuntime, list[Report]]:
     runtime = MemoryRuntime()
     events: list[Report] = []
-    manager = Executor(
-        runtime,
-        "n",
-        PullPolicy.MISSING,
-        events.append,
-        restart_policy=policy,
-        clock=TIME.clock,
-        sleep=TIME.sleep,
-    )
+    manager = executor_over(runtime, events.append, TIME, policy)
     await manager.reconcile({"i1": Desired(spec("i1"), running=True)}, set())
     return manager, runtime, events
 
