@@ -19,12 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.seed import node_record, organization_with_user
-from coordinator.catalogs.images import Catalog
+from bench.seed import core_over, node_record, organization_with_user
 from coordinator.config import CoordinatorConfig
 from coordinator.domain.agents import Heartbeat
 from coordinator.domain.records import Principal
-from coordinator.fleet.live import Fleet
 from coordinator.placement.scheduler import (
     Decision,
     NodeInfo,
@@ -34,9 +32,6 @@ from coordinator.placement.scheduler import (
     Snapshot,
     place,
 )
-from coordinator.security.pki import CertificateAuthority
-from coordinator.security.sealing import Sealer
-from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import ServiceError
 from coordinator.store import nodes as nodes_store
@@ -101,15 +96,8 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
     config = CoordinatorConfig(data_dir=tmp)
     store = Store.open(f"sqlite:///{tmp / 'bench.db'}")
     await store.migrate()
-    fleet = Fleet(config.fleet)
-    core = Core(
-        config,
-        store,
-        fleet,
-        Catalog([]),
-        CertificateAuthority.load_or_create(tmp),
-        Sealer.load_or_create(tmp),
-    )
+    core = core_over(store, tmp, config)
+    fleet = core.fleet
     region_ids = [str(uuid.uuid4()) for _ in range(REGIONS)]
     async with store.write() as conn:
         org = await organization_with_user(conn, "u", admin=True)

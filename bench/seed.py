@@ -1,14 +1,23 @@
-"""Rows a benchmark (or a unit test) puts straight into a store: an organization with its first user, and
-enrolled nodes."""
+"""What a benchmark (or a unit test) builds without daemons: rows straight into a store (an organization
+with its first user, enrolled nodes) and the coordinator's core over that store."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from coordinator.catalogs.images import Catalog
+from coordinator.catalogs.sizes import SizeCatalog
+from coordinator.config import CoordinatorConfig
 from coordinator.domain.records import Node
+from coordinator.fleet.live import Fleet
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
+from coordinator.service.core import Core
 from coordinator.store import users as users_store
+from coordinator.store.engine import Store
 
 
 async def organization_with_user(
@@ -48,3 +57,20 @@ def node_record(node_id: str, **over: Any) -> Node:
     )
     values.update(over)
     return Node(**values)
+
+
+def core_over(
+    store: Store, data_dir: Path, config: CoordinatorConfig | None = None, sizes: SizeCatalog | None = None
+) -> Core:
+    """The coordinator's core over ``store``: an empty image catalog, a fresh CA and sealing key in
+    ``data_dir``, no agents connected."""
+    config = config or CoordinatorConfig(data_dir=data_dir)
+    return Core(
+        config,
+        store,
+        Fleet(config.fleet),
+        Catalog([]),
+        CertificateAuthority.load_or_create(data_dir),
+        Sealer.load_or_create(data_dir),
+        sizes or SizeCatalog([]),
+    )

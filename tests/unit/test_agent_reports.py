@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.catalogs.images import Catalog
-from coordinator.config import CoordinatorConfig
+from bench.seed import core_over
 from coordinator.domain.agents import (
     Command,
     CommandKind,
@@ -20,12 +19,8 @@ from coordinator.domain.agents import (
     InstanceStatus,
 )
 from coordinator.domain.records import InstanceState
-from coordinator.fleet.live import Fleet
 from coordinator.gateway import translate
-from coordinator.security.pki import CertificateAuthority
-from coordinator.security.sealing import Sealer
 from coordinator.service.agent_reports import MISSING, AgentReports
-from coordinator.service.core import Core
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.claims import claim_now
@@ -36,16 +31,8 @@ S = InstanceState
 
 @pytest.fixture
 async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
-    config = CoordinatorConfig(data_dir=tmp_path)
     store = await seeded_store(tmp_path / "m.db", range(30000, 30001))
-    core = Core(
-        config,
-        store,
-        Fleet(config.fleet),
-        Catalog([]),
-        CertificateAuthority.load_or_create(tmp_path),
-        Sealer.load_or_create(tmp_path),
-    )
+    core = core_over(store, tmp_path)
     try:
         yield AgentReports(core)
     finally:

@@ -12,14 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from coordinator.catalogs.images import Catalog
-from coordinator.config import CoordinatorConfig
+from bench.seed import core_over
 from coordinator.domain.agents import Heartbeat
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import Principal
-from coordinator.fleet.live import Fleet
-from coordinator.security.pki import CertificateAuthority
-from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployOrder, DeployService
 from coordinator.service.errors import BadRequest, Conflict
@@ -43,16 +39,8 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     """Region "eu" (serverLimit 2) with two Ready nodes of 4 GiB and five allocations each."""
-    config = CoordinatorConfig(data_dir=tmp_path)
     store = await seeded_store(tmp_path / "m.db", range(0))
-    core = Core(
-        config,
-        store,
-        Fleet(config.fleet),
-        Catalog([]),
-        CertificateAuthority.load_or_create(tmp_path),
-        Sealer.load_or_create(tmp_path),
-    )
+    core = core_over(store, tmp_path)
     async with store.write() as conn:
         await regions_store.insert_region(
             conn, dict(id="r-eu", name="EU", identifier="eu", server_limit=2, created_at=0.0, updated_at=0.0)

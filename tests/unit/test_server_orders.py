@@ -9,16 +9,13 @@ import pytest
 
 from agent.files import FileStore
 from agent.runtime.base import ContainerSpec, FileSet
+from bench.seed import core_over
 from coordinator.api.dialects import client, regions, servers
 from coordinator.api.dialects.client_models import STATES_OF, ServerListQuery, parse_time
 from coordinator.api.routing import FIELD_NAMES
-from coordinator.catalogs.images import Catalog
 from coordinator.catalogs.sizes import Size, SizeCatalog
 from coordinator.config import CoordinatorConfig, ServersOptions
 from coordinator.domain.records import InstanceState
-from coordinator.fleet.live import Fleet
-from coordinator.security.pki import CertificateAuthority
-from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict
 from coordinator.service.servers import SizedOrder, Where, deploy_order
@@ -27,15 +24,8 @@ from coordinator.store.engine import Store
 
 def core(tmp_path: Path, **servers: str) -> Core:
     config = CoordinatorConfig(data_dir=tmp_path, servers=ServersOptions(**servers))
-    return Core(
-        config,
-        Store.open(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"),
-        Fleet(config.fleet),
-        Catalog([]),
-        CertificateAuthority.load_or_create(tmp_path),
-        Sealer.load_or_create(tmp_path),
-        SizeCatalog([Size(name="small", memory=512, cpu=50, disk=100, capacity=2)]),
-    )
+    sizes = SizeCatalog([Size(name="small", memory=512, cpu=50, disk=100, capacity=2)])
+    return core_over(Store.open(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"), tmp_path, config, sizes)
 
 
 async def test_order_takes_defaults_and_names_what_is_missing(tmp_path: Path) -> None:
