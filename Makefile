@@ -27,9 +27,10 @@ lint: $(STAMP)
 test-env:
 	bash tests/env/ensure-docker.sh
 	bash tests/env/build-test-image.sh
+	bash tests/env/ensure-postgres.sh
 
 test: $(STAMP) test-env lint
-	@if [ -n "$$CI" ]; then export MOORAGE_REQUIRE_DOCKER=1; fi; \
+	@if [ -n "$$CI" ]; then export MOORAGE_REQUIRE_DOCKER=1 MOORAGE_REQUIRE_POSTGRES=1; fi; \
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)

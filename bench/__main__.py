@@ -10,7 +10,7 @@ def main() -> None:
     print()
     tls.main()
     print()
-    placement.main()
+    placement.main([])
     print()
     heartbeats.main()
     print()

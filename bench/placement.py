@@ -7,18 +7,22 @@
    temporary directory: 5,000 Ready nodes with 20 allocations each, placements issued concurrently; then
    the invariants are checked in the database (no allocation twice, counters equal to the rows). The
    first deploys read the fleet into the scheduler's view; that cold start is timed apart from the rate.
+   The same on PostgreSQL: a fresh database in the test cluster, or ``--database URL`` (an empty one).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
-import sqlite3
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from sqlalchemy import text
+
+from bench.databases import drop_database, fresh_database, postgres_url
 from bench.seed import core_over, node_record, organization_with_user
 from coordinator.config import CoordinatorConfig
 from coordinator.domain.agents import Heartbeat
@@ -91,10 +95,11 @@ def pure_decisions() -> float:
     return rate
 
 
-async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
-    """A migrated SQLite store with REGIONS regions in a ring of fallbacks and NODES Ready nodes."""
+async def seeded(tmp: Path, url: str) -> tuple[Store, DeployService, Principal]:
+    """A migrated store (``url``: an empty database) with REGIONS regions in a ring of fallbacks and NODES
+    Ready nodes."""
     config = CoordinatorConfig(data_dir=tmp)
-    store = Store.open(f"sqlite:///{tmp / 'bench.db'}")
+    store = Store.open(url)
     await store.migrate()
     core = core_over(store, tmp, config)
     fleet = core.fleet
@@ -129,8 +134,8 @@ async def seeded(tmp: Path) -> tuple[Store, DeployService, Principal]:
     return store, DeployService(core), Principal("u", "u", org, True)
 
 
-async def claims(tmp: Path) -> float:
-    store, service, caller = await seeded(tmp)
+async def claims(tmp: Path, url: str) -> float:
+    store, service, caller = await seeded(tmp, url)
     rng = random.Random(3)
     begin = time.perf_counter()
     warm = [
@@ -157,19 +162,21 @@ async def claims(tmp: Path) -> float:
     begin = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     elapsed = time.perf_counter() - begin
-    await store.close()
     rate = len(placed) / elapsed
-    with sqlite3.connect(tmp / "bench.db") as db:
-        held = db.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT instance_id) FROM allocations WHERE instance_id IS NOT NULL"
+    async with store.read() as conn:
+        held = await conn.execute(
+            text(
+                "SELECT COUNT(*), COUNT(DISTINCT instance_id) FROM allocations WHERE instance_id IS NOT NULL"
+            )
         )
-        assigned, holders = held.fetchone()
-        counted = db.execute("SELECT SUM(live_count) FROM regions").fetchone()[0]
-    db.close()
+        assigned, holders = held.one()
+        counted = (await conn.execute(text("SELECT SUM(live_count) FROM regions"))).scalar_one()
+    engine = "SQLite, FULL sync" if store.is_sqlite else "PostgreSQL"
+    await store.close()
     total = len(placed) + len(warm)
     collisions = total - holders + (assigned - holders)
     print(
-        f"placements through the use case (SQLite, FULL sync)    {rate:9.0f} placements/s   "
+        f"{f'placements through the use case ({engine})':56}{rate:9.0f} placements/s   "
         f"({len(placed)} placed, {refused} refused, {collisions} collisions, {CONCURRENCY} concurrent;"
         f" cold view of {NODES} nodes read in {cold_ms:.0f} ms)"
     )
@@ -181,10 +188,31 @@ def _order(region: str) -> DeployOrder:
     return DeployOrder(image="busybox", memory_mib=256, cpu_percent=10, name="b", region=region)
 
 
-def main() -> None:
-    pure_decisions()
+async def on_postgres(tmp: Path, url: str | None) -> None:
+    """``url``: an empty database; without one, a fresh database in the test cluster (when it runs)."""
+    base = None if url else postgres_url()
+    if url is None and base is None:
+        print("placements through the use case (PostgreSQL): no test cluster (tests/env/ensure-postgres.sh)")
+        return
+    target = url or await fresh_database(base or "")
+    try:
+        await claims(tmp, target)
+    finally:
+        if url is None and base is not None:
+            await drop_database(base, target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.placement", description=__doc__)
+    p.add_argument("--database", help="an empty database to run the claim path on (postgresql://...)")
+    args = p.parse_args(argv)
+    if args.database is None:
+        pure_decisions()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(claims(Path(tmp)))
+        if args.database is None or args.database.startswith("sqlite"):
+            asyncio.run(claims(Path(tmp), args.database or f"sqlite:///{Path(tmp) / 'bench.db'}"))
+        if args.database is None or not args.database.startswith("sqlite"):
+            asyncio.run(on_postgres(Path(tmp), args.database))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from bench.daemons import DATA_DIRS, RESPONSES
+from tests.databases import store_url
+
+__all__ = ["store_url"]  # a fixture for every test module
 
 SHOWN_ONCE = re.compile(
     r"(MOORAGE1::[0-9a-f]{64}::[0-9a-f]+\.[\w-]+|mrg_[\w-]{43}|eyJ[\w-]+\.[\w-]+\.[\w-]+)"

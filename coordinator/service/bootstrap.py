@@ -9,6 +9,7 @@ from pathlib import Path
 from coordinator.security import tokens
 from coordinator.service.core import Core
 from coordinator.store import users as users_store
+from coordinator.store.engine import exclusive
 
 ADMIN_USER_ID = "admin"
 
@@ -24,6 +25,8 @@ async def ensure_admin(core: Core, admin_key: str | None) -> str | None:
     (so the caller prints it once). A key given by flag or environment on a later start is installed too if
     it is new, so automation can always rely on the key it passes."""
     async with core.store.write() as conn:
+        # Coordinators starting at once on one database: one creates the admin, the others find it.
+        await exclusive(conn, "bootstrap")
         now = core.clock()
         if await users_store.count_users(conn) == 0:
             org = await users_store.create_organization(conn, "default", now)

@@ -10,6 +10,13 @@ It is plain SQL, run by ``Store.batch``: on SQLite a whole batch of claims is on
 transaction. A durable commit costs an fsync, so claims waiting at the same moment share it: each runs in
 its own SAVEPOINT (a claim that loses its race rolls back alone), and every caller hears its outcome only
 after the commit made it durable. A lone claim is its own batch and waits for nobody.
+
+Lock order. Every writer that touches more than one of these takes them in this order, so no two
+transactions wait on each other in a circle (PostgreSQL would detect it and abort one): an instance's own
+row (a transition's SELECT ... FOR UPDATE; a claim's instance is new and nobody else's), then its region,
+then its node, then allocations. Counters (regions.live_count, the nodes' usage and free_allocations) move
+by what the transaction itself changes, in the guarded statement that takes the lock; none is recounted
+(under read committed a recount races a concurrent claim and drifts).
 """
 
 from __future__ import annotations

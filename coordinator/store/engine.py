@@ -57,6 +57,18 @@ class Transact(Protocol):
     def __call__(self, work: Callable[[Sql], T], /) -> T: ...
 
 
+#: Advisory lock keys (PostgreSQL): one per first-start step that must not run twice at once.
+_ADVISORY = {"migrate": 7_420_001, "bootstrap": 7_420_002}
+
+
+async def exclusive(conn: AsyncConnection, step: str) -> None:
+    """Hold ``step``'s lock until the caller's transaction ends. PostgreSQL: a transaction-scoped advisory
+    lock (every coordinator on the database waits its turn). SQLite: nothing to do, a write transaction
+    (BEGIN IMMEDIATE) already excludes every other writer of the file."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY[step]})
+
+
 def sqlite_url(data_dir: Path) -> str:
     return f"sqlite+aiosqlite:///{data_dir / 'moorage.db'}"
 
@@ -139,9 +151,14 @@ class Store:
         return job(functools.partial(_raw_transaction, self._raw))
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision (idempotent)."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        """Bring the schema to the newest Alembic revision (idempotent). On PostgreSQL under an advisory
+        lock: coordinators starting at once on an empty database migrate one after the other (the first
+        does the work, the others find it done)."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{_WRITE: True})  # SQLite: BEGIN IMMEDIATE, the writers' queue
+            async with conn.begin():
+                await exclusive(conn, "migrate")
+                await conn.run_sync(_upgrade)
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, select, text, update
+from sqlalchemy import Row, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
@@ -15,7 +15,7 @@ from coordinator.domain import lifecycle
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store.engine import execute_many
-from coordinator.store.nodes import allocation_from_row, refresh_free_allocations
+from coordinator.store.nodes import allocation_from_row
 from coordinator.store.tables import (
     allocations,
     instance_numbers,
@@ -276,7 +276,29 @@ async def transition(
             "transition refused", instance_id=instance_id, state=old.value, transition_event=event.value
         )
         return None
-    if not lifecycle.holds_allocations(new):
+    # The one lock order every writer keeps (a claim takes its region, then its node, then allocations):
+    # this instance's row (locked above), its region, its node, its allocations. Counters move by what this
+    # transaction changes, never by a recount (under read committed a recount races concurrent claims).
+    leaving = old in LIVE_STATES and new not in LIVE_STATES
+    freeing = not lifecycle.holds_allocations(new)
+    if leaving and row.region_id is not None:
+        await conn.execute(
+            update(regions).where(regions.c.id == row.region_id).values(live_count=regions.c.live_count - 1)
+        )
+    held = await allocations_held(conn, instance_id) if freeing else {}
+    for node_id in {row.node_id, *held} - {None}:
+        changes: dict[str, Any] = {}
+        if leaving and node_id == row.node_id:
+            changes.update(
+                used_memory_mib=nodes.c.used_memory_mib - row.memory_mib,
+                used_cpu_percent=nodes.c.used_cpu_percent - row.cpu_percent,
+                used_disk_mib=nodes.c.used_disk_mib - row.disk_mib,
+            )
+        if held.get(node_id):
+            changes["free_allocations"] = nodes.c.free_allocations + held[node_id]
+        if changes:
+            await conn.execute(update(nodes).where(nodes.c.id == node_id).values(**changes))
+    if held:
         await free_instance_allocations(conn, instance_id)
     if new is InstanceState.RELEASED:
         values = {"released": True, "released_at": now, **values}
@@ -287,23 +309,6 @@ async def transition(
         .where(instances.c.id == instance_id, instances.c.state == old.value)
         .values(state=new.value, updated_at=now, **values)
     )
-    if old in LIVE_STATES and new not in LIVE_STATES:
-        if row.region_id is not None:
-            await conn.execute(
-                update(regions)
-                .where(regions.c.id == row.region_id)
-                .values(live_count=regions.c.live_count - 1)
-            )
-        if row.node_id is not None:
-            await conn.execute(
-                update(nodes)
-                .where(nodes.c.id == row.node_id)
-                .values(
-                    used_memory_mib=nodes.c.used_memory_mib - row.memory_mib,
-                    used_cpu_percent=nodes.c.used_cpu_percent - row.cpu_percent,
-                    used_disk_mib=nodes.c.used_disk_mib - row.disk_mib,
-                )
-            )
     return Moved(old, new)
 
 
@@ -313,17 +318,26 @@ async def update_instance(conn: AsyncConnection, instance_id: str, now: float, *
     )
 
 
+async def allocations_held(conn: AsyncConnection, instance_id: str) -> dict[str, int]:
+    """How many allocations the instance holds, per node (stable: only its own transitions free them, and
+    they hold its row's lock)."""
+    found = await conn.execute(
+        select(allocations.c.node_id, func.count())
+        .where(allocations.c.instance_id == instance_id)
+        .group_by(allocations.c.node_id)
+    )
+    return {node_id: count for node_id, count in found}
+
+
 async def free_instance_allocations(conn: AsyncConnection, instance_id: str) -> int:
+    """Free the instance's allocations; the caller has moved the nodes' free counters already (lock
+    order: nodes before allocations)."""
     result = await conn.execute(
         update(allocations)
         .where(allocations.c.instance_id == instance_id)
         .values(instance_id=None, instance_released=None, is_primary=False)
-        .returning(allocations.c.node_id)
     )
-    freed = [r.node_id for r in result]
-    for node_id in set(freed):
-        await refresh_free_allocations(conn, node_id)
-    return len(freed)
+    return result.rowcount or 0
 
 
 async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]]) -> None:

@@ -105,8 +105,14 @@ async def insert_node(conn: AsyncConnection, node: Node) -> None:
 async def insert_allocations(
     conn: AsyncConnection, node_id: str, rows: Sequence[tuple[str, str, int]], now: float | None = None
 ) -> None:
-    """rows: (allocation id, bind address, port). The unique constraint refuses duplicates."""
+    """rows: (allocation id, bind address, port). The unique constraint refuses duplicates. The node's free
+    counter moves first (lock order: nodes, then allocations)."""
     if rows:
+        await conn.execute(
+            update(nodes)
+            .where(nodes.c.id == node_id)
+            .values(free_allocations=nodes.c.free_allocations + len(rows))
+        )
         await conn.execute(
             insert(allocations),
             [
@@ -121,18 +127,6 @@ async def insert_allocations(
                 for a, b, p in rows
             ],
         )
-        await refresh_free_allocations(conn, node_id)
-
-
-async def refresh_free_allocations(conn: AsyncConnection, node_id: str) -> None:
-    """Recount a node's free allocations (the counter placement reads) after allocations change."""
-    free = (
-        select(func.count())
-        .select_from(allocations)
-        .where(allocations.c.node_id == node_id, allocations.c.instance_id.is_(None))
-        .scalar_subquery()
-    )
-    await conn.execute(update(nodes).where(nodes.c.id == node_id).values(free_allocations=free))
 
 
 async def existing_ports(
@@ -324,16 +318,25 @@ async def get_allocation(conn: AsyncConnection, node_id: str, allocation_id: str
 
 
 async def delete_free_allocation(conn: AsyncConnection, allocation_id: str) -> bool:
-    """Only while no instance holds it (guarded DELETE)."""
+    """Only while no instance holds it (guarded DELETE). The node's row is locked first (lock order: nodes,
+    then allocations, as a claim takes them) and its free counter moves by what was deleted."""
+    node_id = (
+        await conn.execute(select(allocations.c.node_id).where(allocations.c.id == allocation_id))
+    ).scalar_one_or_none()
+    if node_id is None:
+        return False
+    await conn.execute(select(nodes.c.id).where(nodes.c.id == node_id).with_for_update())
     result = await conn.execute(
         delete(allocations)
         .where(allocations.c.id == allocation_id, allocations.c.instance_id.is_(None))
         .returning(allocations.c.node_id)
     )
-    row = result.first()
-    if row is not None:
-        await refresh_free_allocations(conn, row.node_id)
-    return row is not None
+    if result.first() is None:
+        return False
+    await conn.execute(
+        update(nodes).where(nodes.c.id == node_id).values(free_allocations=nodes.c.free_allocations - 1)
+    )
+    return True
 
 
 async def update_allocation(conn: AsyncConnection, allocation_id: str, values: dict[str, Any]) -> None:

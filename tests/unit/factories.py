@@ -53,10 +53,10 @@ def make_instance(instance_id: str, **over: Any) -> Instance:
     return Instance(**values)
 
 
-async def seeded_store(path: Path, ports: range = range(30000, 30010)) -> Store:
-    """A migrated SQLite store holding user "u" (organization 1) and node "n1" with allocations
-    "a<port>" on 0.0.0.0."""
-    store = Store.open(f"sqlite:///{path}")
+async def seeded_store(where: Path | str, ports: range = range(30000, 30010)) -> Store:
+    """A migrated store holding user "u" (organization 1) and node "n1" with allocations "a<port>" on
+    0.0.0.0. ``where``: a SQLite file, or a database URL (the ``store_url`` fixture's)."""
+    store = Store.open(where if isinstance(where, str) else f"sqlite:///{where}")
     await store.migrate()
     async with store.write() as conn:
         await seed_user(conn)

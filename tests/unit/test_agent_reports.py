@@ -30,8 +30,8 @@ S = InstanceState
 
 
 @pytest.fixture
-async def reports(tmp_path: Path) -> AsyncIterator[AgentReports]:
-    store = await seeded_store(tmp_path / "m.db", range(30000, 30001))
+async def reports(store_url: str, tmp_path: Path) -> AsyncIterator[AgentReports]:
+    store = await seeded_store(store_url, range(30000, 30001))
     core = core_over(store, tmp_path)
     try:
         yield AgentReports(core)

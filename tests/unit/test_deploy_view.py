@@ -37,9 +37,10 @@ class World:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    """Region "eu" (serverLimit 2) with two Ready nodes of 4 GiB and five allocations each."""
-    store = await seeded_store(tmp_path / "m.db", range(0))
+async def world(store_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """Region "eu" (serverLimit 2) with two Ready nodes of 4 GiB and five allocations each, on SQLite and
+    on PostgreSQL."""
+    store = await seeded_store(store_url, range(0))
     core = core_over(store, tmp_path)
     async with store.write() as conn:
         await regions_store.insert_region(

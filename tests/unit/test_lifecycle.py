@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -90,8 +89,9 @@ def test_power_actions_never_touch_instances_not_yet_created_or_ended() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    store = await seeded_store(tmp_path / "lifecycle.db", range(30000, 30002))
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """On SQLite and on PostgreSQL (tests/databases.py)."""
+    store = await seeded_store(store_url, range(30000, 30002))
     async with store.write() as conn:
         region = {"id": "r1", "name": "r", "identifier": "r", "server_limit": 5}
         await regions_store.insert_region(conn, {**region, "created_at": 0.0, "updated_at": 0.0})

@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from bench.seed import core_over
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import HostMetrics, Instance, ServerIdentity
+from coordinator.service.bootstrap import ensure_admin
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
@@ -24,8 +26,9 @@ from tests.unit.factories import make_instance, seeded_store
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await seeded_store(tmp_path / "m.db")
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """On SQLite and on PostgreSQL (tests/databases.py)."""
+    s = await seeded_store(store_url)
     try:
         yield s
     finally:
@@ -115,10 +118,10 @@ async def test_concurrent_claims_of_one_allocation_have_one_winner(store: Store)
     assert owners == {contenders[results.index(True)].id}
 
 
-async def test_two_stores_on_one_file_claim_safely(store: Store, tmp_path: Path) -> None:
-    """Two engines (as two coordinator processes would be) racing on one SQLite file: BEGIN IMMEDIATE and the
-    guarded UPDATE still give exactly one winner per allocation."""
-    other = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+async def test_two_stores_on_one_database_claim_safely(store: Store, store_url: str) -> None:
+    """Two engines (as two coordinator processes would be) racing on one database: the guarded UPDATE
+    (after BEGIN IMMEDIATE on SQLite) still gives exactly one winner per allocation."""
+    other = Store.open(store_url)
     try:
         contenders = [make_instance(str(uuid.uuid4()), node_id="n1") for _ in range(10)]
 
@@ -227,3 +230,74 @@ def test_host_metrics_stored_by_an_earlier_version_read_canonically() -> None:
         cpu_percent=12.5, memory_used_mib=100, memory_total_mib=200, load1=0.5, load5=0.25, load15=0.1
     )
     assert nodes_store.host_metrics_from_json({}) is None and nodes_store.host_metrics_from_json(None) is None
+
+
+async def test_concurrent_claims_and_releases_keep_every_counter(store: Store) -> None:
+    """Claims and releases racing on one node and one region (as busy coordinators make them): the
+    counters placement reads stay equal to the rows — on PostgreSQL a recount under read committed used to
+    drift (33 of 40 rounds), and opposite lock orders deadlocked."""
+    async with store.write() as conn:
+        await conn.execute(
+            insert(regions).values(
+                id="r", name="r", identifier="r", server_limit=100, created_at=0.0, updated_at=0.0
+            )
+        )
+        await conn.execute(update(nodes).where(nodes.c.id == "n1").values(region_id="r"))
+    held: list[Instance] = []
+
+    async def claim_one() -> None:
+        inst = make_instance(str(uuid.uuid4()), node_id="n1", region_id="r")
+        try:
+            await claim_now(store, inst, ports=(), port_count=1, primary=None)
+        except ClaimLost:
+            return
+        held.append(inst)
+
+    async def release(inst: Instance) -> None:
+        async with store.write() as conn:
+            await instances_store.transition(conn, inst.id, Event.RELEASE, now=1.0)
+        async with store.write() as conn:
+            await instances_store.transition(conn, inst.id, Event.REMOVED, now=2.0)
+
+    for _ in range(8):
+        leaving, held[:] = list(held[: len(held) // 2]), held[len(held) // 2 :]
+        await asyncio.gather(*(claim_one() for _ in range(6)), *(release(i) for i in leaving))
+    async with store.read() as conn:
+        node = (await conn.execute(select(nodes).where(nodes.c.id == "n1"))).one()
+        free = (
+            await conn.execute(
+                select(func.count()).where(allocations.c.node_id == "n1", allocations.c.instance_id.is_(None))
+            )
+        ).scalar_one()
+        live = (
+            await conn.execute(
+                select(func.count(), func.coalesce(func.sum(instances.c.memory_mib), 0)).where(
+                    instances.c.node_id == "n1", instances.c.state.not_in(["released", "error"])
+                )
+            )
+        ).one()
+        region = (await conn.execute(select(regions.c.live_count).where(regions.c.id == "r"))).scalar_one()
+    assert node.free_allocations == free, (node.free_allocations, free)
+    assert (region, node.used_memory_mib) == (live[0], live[1])
+    assert live[0] == len(held) > 0
+
+
+async def test_coordinators_starting_at_once_on_an_empty_database_all_come_up(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Three coordinators started at the same instant on one empty database: every migration succeeds
+    (one does the work), and exactly one admin is created."""
+    stores = [Store.open(store_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(s.migrate() for s in stores))
+        cores = []
+        for n, s in enumerate(stores):
+            (tmp_path / f"c{n}").mkdir()
+            cores.append(core_over(s, tmp_path / f"c{n}"))
+        keys = await asyncio.gather(*(ensure_admin(c, None) for c in cores))
+        assert sum(k is not None for k in keys) == 1
+        async with stores[0].read() as conn:
+            assert await users_store.count_users(conn) == 1
+    finally:
+        for s in stores:
+            await s.close()

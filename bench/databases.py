@@ -1,0 +1,38 @@
+"""Databases for benchmarks and tests: the throw-away PostgreSQL cluster `make test-env` starts
+(tests/env/ensure-postgres.sh writes its URL), and fresh databases in it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+URL_FILE = Path(__file__).resolve().parents[1] / "tests" / "env" / ".cache" / "postgres.url"
+
+
+def postgres_url() -> str | None:
+    """The maintenance URL of the test cluster (MOORAGE_TEST_POSTGRES_URL wins over the file)."""
+    if os.environ.get("MOORAGE_TEST_POSTGRES_URL"):
+        return os.environ["MOORAGE_TEST_POSTGRES_URL"]
+    return URL_FILE.read_text().strip() if URL_FILE.exists() else None
+
+
+async def fresh_database(base: str) -> str:
+    """A new, empty database in the cluster ``base`` names; its URL."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return f"{base.rsplit('/', 1)[0]}/{name}"
+
+
+async def drop_database(base: str, url: str) -> None:
+    conn = await asyncpg.connect(base)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
