@@ -3,6 +3,7 @@ directories, and a small synchronous HTTP client for the coordinator's API."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from sqlalchemy import text
+
+from coordinator.store.engine import Store
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "config" / "images.yaml"
@@ -214,6 +218,10 @@ class CoordinatorProcess(Process):
             **(extra or {}),
         }
         self.config_path = write_config(data_dir, config)
+        #: Where its store is: the configured database, or SQLite in its data directory.
+        self.database_url: str = (
+            config.get("storage", {}).get("database") or f"sqlite:///{data_dir / 'moorage.db'}"
+        )
         super().__init__(
             [sys.executable, "-m", "coordinator.main", "--config", str(self.config_path)],
             data_dir.parent,
@@ -236,6 +244,20 @@ class CoordinatorProcess(Process):
             return found if found.get("pid") == pid else None
 
         self.endpoints = wait_for(ready, 30, "the coordinator to start")
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        """Rows of a read-only SQL statement on its store, whichever database that is (read as the store
+        reads, not by opening a file behind its back)."""
+
+        async def read() -> list[tuple[Any, ...]]:
+            store = Store.open(self.database_url)
+            try:
+                async with store.read() as conn:
+                    return [tuple(r) for r in (await conn.execute(text(statement))).all()]
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
 
     @property
     def admin_key(self) -> str:

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,8 +197,18 @@ def _sqlalchemy_transaction(sync: Connection, work: Callable[[Sql], T]) -> T:
 
 def _configure_sqlite(dbapi_conn: Any, synchronous: str) -> None:
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # Switching a new file to WAL needs it to itself; a second process opening it at the same moment gets
+    # "database is locked" at once (SQLite does not wait there), so it tries again until one of them has
+    # switched it (WAL is then the file's mode for good).
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except Exception as exc:
+            if "locked" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA synchronous={synchronous}")
     # Pages read through a memory map instead of a read() call each: most of a busy writer's time otherwise.

@@ -60,8 +60,10 @@ class Client:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SizedFleet]:
-    with sized_fleet(tmp_path_factory.mktemp("client"), eu_limit=40) as w:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, coordinator_storage: dict[str, Any]
+) -> Iterator[SizedFleet]:
+    with sized_fleet(tmp_path_factory.mktemp("client"), eu_limit=40, extra=coordinator_storage) as w:
         yield w
 
 

@@ -64,9 +64,9 @@ class Panel:
 
 
 @pytest.fixture(scope="module")
-def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
+def panel(tmp_path_factory: pytest.TempPathFactory, coordinator_storage: dict[str, Any]) -> Iterator[Panel]:
     tmp: Path = tmp_path_factory.mktemp("contract")
-    with running_coordinator(tmp / "coordinator") as coordinator:
+    with running_coordinator(tmp / "coordinator", extra=coordinator_storage) as coordinator:
         api = coordinator.api()
         node = create_node(api, port_block(12), name="contract-node")
         agents = FakeAgents(tmp / "agents", coordinator, [node["joinToken"]])

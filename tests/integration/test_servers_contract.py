@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -27,8 +26,10 @@ SERVER_FIELDS = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SizedFleet]:
-    with sized_fleet(tmp_path_factory.mktemp("servers"), eu_limit=2) as w:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, coordinator_storage: dict[str, Any]
+) -> Iterator[SizedFleet]:
+    with sized_fleet(tmp_path_factory.mktemp("servers"), eu_limit=2, extra=coordinator_storage) as w:
         yield w
 
 
@@ -188,12 +189,9 @@ def test_colleagues_see_certificates_but_not_keys_or_secret(world: SizedFleet) -
 
 def test_keys_and_secret_are_sealed_at_rest(world: SizedFleet) -> None:
     made = server(world.api, "runner-one")
-    db = world.coordinator.data_dir / "moorage.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        row = conn.execute(
-            "SELECT secret, ca_key, tls_key, tls_cert FROM servers WHERE name = 'runner-one'"
-        ).fetchone()
-    conn.close()
+    (row,) = world.coordinator.query(
+        "SELECT secret, ca_key, tls_key, tls_cert FROM servers WHERE name = 'runner-one'"
+    )
     secret, ca_key, tls_key, tls_cert = row
     assert all(v.startswith("sealed1:") for v in (secret, ca_key, tls_key))
     assert made["secret"] not in secret and b"PRIVATE KEY" not in (ca_key + tls_key).encode()

@@ -51,8 +51,10 @@ class Vpn:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SizedFleet]:
-    with sized_fleet(tmp_path_factory.mktemp("vpn"), eu_limit=20) as w:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, coordinator_storage: dict[str, Any]
+) -> Iterator[SizedFleet]:
+    with sized_fleet(tmp_path_factory.mktemp("vpn"), eu_limit=20, extra=coordinator_storage) as w:
         yield w
 
 
