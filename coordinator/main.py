@@ -88,13 +88,18 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
 
 
 async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, HostMetrics | None]]) -> None:
-    """Dirty nodes' lastChecked and metrics and instances' bandwidth totals, in one transaction."""
+    """Dirty nodes' lastChecked and metrics, then instances' bandwidth totals: two short transactions, each
+    taking its rows in id order, so neither holds node rows while it waits for an instance row that a
+    transition holding that node wants (the lock order in store/claims.py)."""
     bandwidth = core.fleet.bandwidth.take_dirty()
     if nodes or bandwidth:
         with core.metrics.batch_writes.time():
-            async with core.store.write() as conn:
-                await nodes_store.write_heartbeats(conn, nodes)
-                await instances_store.write_bandwidth(conn, bandwidth)
+            if nodes:
+                async with core.store.write() as conn:
+                    await nodes_store.write_heartbeats(conn, nodes)
+            if bandwidth:
+                async with core.store.write() as conn:
+                    await instances_store.write_bandwidth(conn, bandwidth)
 
 
 async def flush_batches(core: Core, access: AccessService) -> None:

@@ -230,9 +230,10 @@ class AgentReports:
         if new in (NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE) and old is NodeStatus.READY:
             now = self.core.clock()
             async with self.core.store.write() as conn:
-                for inst in await instances_store.list_instances(
+                found = await instances_store.list_instances(
                     conn, node_id=node_id, states={S.RUNNING, S.STARTING}
-                ):
+                )
+                for inst in sorted(found, key=lambda i: i.id):  # instance locks in id order
                     await instances_store.transition(
                         conn,
                         inst.id,

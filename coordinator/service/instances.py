@@ -177,7 +177,10 @@ class InstanceService:
         the containers (a failed one's too: the agent then drops it for good), and (``wait``) wait for
         their reports a bounded time."""
         now = self.core.clock()
-        found = [inst for inst in found if inst.state is not InstanceState.RELEASED]
+        # In id order: two releases of overlapping sets lock their instances in one order.
+        found = sorted(
+            (inst for inst in found if inst.state is not InstanceState.RELEASED), key=lambda i: i.id
+        )
         async with self.core.store.write() as conn:
             moved = {
                 inst.id: await instances_store.transition(conn, inst.id, Event.RELEASE, now=now)
@@ -202,8 +205,11 @@ class InstanceService:
             found = await instances_store.list_instances(conn, node_id=node_id, states=LIVE_STATES)
         await self.release(found)
         now = self.core.clock()
-        async with self.core.store.write() as conn:
-            for inst in found:
+        for inst in found:
+            # One transaction each: a transition takes its instance, region, node and allocations, and the
+            # next instance's lock must not be waited for while holding those (a late removal report holds it
+            # and wants the region).
+            async with self.core.store.write() as conn:
                 await instances_store.transition(
                     conn,
                     inst.id,
@@ -211,5 +217,5 @@ class InstanceService:
                     now=now,
                     error="released with its node; the agent did not confirm removal",
                 )
-                self.core.fleet.forget_instance(inst.id)
+            self.core.fleet.forget_instance(inst.id)
         return [inst.id for inst in found]

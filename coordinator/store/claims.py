@@ -178,7 +178,21 @@ class _Claim:
 Outcome = list[Allocation] | ClaimRefused | None
 
 
-def _claim_each(sql: Sql, batch: Sequence[_Claim]) -> list[Outcome]:
+def _lock_places(sql: Sql, batch: Sequence[_Claim]) -> None:
+    """Lock every region, then every node, the batch's claims will take, each in id order, before the first
+    claim: one claim after another would take region, node, region, node in arrival order, and two batches
+    (or a batch and the heartbeat writer, which takes nodes in id order) could wait in a circle. PostgreSQL
+    only (SQLite has one writer, and no FOR UPDATE)."""
+    for table, key in (("regions", "region_id"), ("nodes", "node_id")):
+        ids = sorted({getattr(item.inst, key) for item in batch} - {None})
+        if ids:
+            listed, params = _in("id", ids)
+            sql(f"SELECT id FROM {table} WHERE id IN {listed} ORDER BY id FOR UPDATE", params)
+
+
+def _claim_each(sql: Sql, batch: Sequence[_Claim], lock_first: bool = False) -> list[Outcome]:
+    if lock_first and len(batch) > 1:
+        _lock_places(sql, batch)
     outcomes: list[Outcome] = []
     for item in batch:
         sql("SAVEPOINT claim")
@@ -254,7 +268,7 @@ class ClaimQueue:
             batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
             try:
                 outcomes: list[Outcome] | BaseException = transact(
-                    functools.partial(_claim_each, batch=batch)
+                    functools.partial(_claim_each, batch=batch, lock_first=not self.store.is_sqlite)
                 )
             except Exception as exc:  # the commit itself failed: nobody's claim holds
                 outcomes = exc

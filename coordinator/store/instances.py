@@ -286,7 +286,7 @@ async def transition(
             update(regions).where(regions.c.id == row.region_id).values(live_count=regions.c.live_count - 1)
         )
     held = await allocations_held(conn, instance_id) if freeing else {}
-    for node_id in {row.node_id, *held} - {None}:
+    for node_id in sorted({row.node_id, *held} - {None}):
         changes: dict[str, Any] = {}
         if leaving and node_id == row.node_id:
             changes.update(
@@ -344,7 +344,7 @@ async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]
     """The batch writer's bandwidth totals: one executemany for every instance that moved bytes."""
     if not batch:
         return
-    rows = [{"b_id": instance_id, **values} for instance_id, values in batch.items()]
+    rows = [{"b_id": instance_id, **values} for instance_id, values in sorted(batch.items())]
     statement = (
         update(instances)
         .where(instances.c.id == bindparam("b_id"))

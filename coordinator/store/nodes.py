@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import Allocation, HostMetrics, Node
 from coordinator.store.engine import execute_many
-from coordinator.store.tables import allocations, join_tokens, nodes, regions
+from coordinator.store.tables import allocations, instances, join_tokens, nodes, regions
 
 #: Rows written before host metrics were stored canonically carry the panel's camelCase shape.
 _LEGACY_METRICS = {
@@ -146,7 +146,16 @@ async def existing_ports(
 
 
 async def delete_node(conn: AsyncConnection, node_id: str) -> None:
-    """Allocations and join tokens go with the row (cascade); instances keep theirs, without the node."""
+    """Allocations and join tokens go with the row (cascade); instances keep theirs, without the node.
+    Rows are locked in the order every writer keeps (store/claims.py): the node's instances (by id), the
+    node, its allocations."""
+    await conn.execute(
+        select(instances.c.id)
+        .where(instances.c.node_id == node_id)
+        .order_by(instances.c.id)
+        .with_for_update()
+    )
+    await conn.execute(select(nodes.c.id).where(nodes.c.id == node_id).with_for_update())
     await conn.execute(delete(allocations).where(allocations.c.node_id == node_id))
     await conn.execute(delete(nodes).where(nodes.c.id == node_id))
 
@@ -256,7 +265,8 @@ async def write_heartbeats(
             "b_checked": checked,
             "b_metrics": json.dumps(dataclasses.asdict(metrics) if metrics else {}),
         }
-        for n, (checked, metrics) in batch.items()
+        # In node order: two batch writers (coordinators) touching the same nodes never wait in a circle.
+        for n, (checked, metrics) in sorted(batch.items())
     ]
     await execute_many(conn, statement, rows)
 

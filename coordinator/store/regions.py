@@ -83,6 +83,14 @@ async def update_region(conn: AsyncConnection, region_id: str, values: dict[str,
 
 
 async def delete_region(conn: AsyncConnection, region_id: str) -> None:
+    """Its instances (locked in id order, before the region: the order in store/claims.py) keep their rows
+    without the region."""
+    await conn.execute(
+        select(instances.c.id)
+        .where(instances.c.region_id == region_id)
+        .order_by(instances.c.id)
+        .with_for_update()
+    )
     await conn.execute(update(instances).where(instances.c.region_id == region_id).values(region_id=None))
     await conn.execute(delete(regions).where(regions.c.id == region_id))
 

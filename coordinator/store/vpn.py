@@ -83,6 +83,13 @@ async def set_pending_release(
     conn: AsyncConnection, instance_ids: list[str], pending: bool, now: float
 ) -> None:
     if instance_ids:
+        # Their rows locked in id order first (an IN list updates in plan order).
+        await conn.execute(
+            select(instances.c.id)
+            .where(instances.c.id.in_(instance_ids))
+            .order_by(instances.c.id)
+            .with_for_update()
+        )
         await conn.execute(
             update(instances)
             .where(instances.c.id.in_(instance_ids))

@@ -22,7 +22,7 @@ from coordinator.store.claims import ClaimLost, ClaimQueue, ClaimRefused, claim_
 from coordinator.store.engine import Store
 from coordinator.store.servers import insert_server
 from coordinator.store.tables import allocations, instances, nodes, regions
-from tests.unit.factories import make_instance, seeded_store
+from tests.unit.factories import make_instance, make_node, seeded_store
 
 
 @pytest.fixture
@@ -301,3 +301,68 @@ async def test_coordinators_starting_at_once_on_an_empty_database_all_come_up(
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_claim_batches_heartbeat_writes_and_releases_never_wait_in_a_circle(store: Store) -> None:
+    """Batched claims over several regions and nodes, the heartbeat writer touching every node, and
+    releases, all at once: no deadlock (PostgreSQL would abort one of them) and the counters hold. A batch
+    locks its regions, then its nodes, in id order; the heartbeat writer takes nodes in id order; a release
+    takes its instance, region, node, allocations."""
+    async with store.write() as conn:
+        for r in ("ra", "rb"):
+            await conn.execute(
+                insert(regions).values(
+                    id=r, name=r, identifier=r, server_limit=100, created_at=0.0, updated_at=0.0
+                )
+            )
+        await conn.execute(update(nodes).where(nodes.c.id == "n1").values(region_id="ra"))
+        for n, region in (("n2", "rb"), ("n3", "ra"), ("n4", "rb")):
+            await nodes_store.insert_node(conn, make_node(n, region_id=region))
+            await nodes_store.insert_allocations(
+                conn, n, [(f"{n}-{p}", "0.0.0.0", p) for p in range(30000, 30010)]
+            )
+    queue = ClaimQueue(store)
+    placed: list[Instance] = []
+
+    async def claim(node: str, region: str) -> None:
+        inst = make_instance(str(uuid.uuid4()), node_id=node, region_id=region, memory_mib=16, cpu_percent=1)
+        try:
+            await queue.claim(inst, ports=(), port_count=1, primary=None)
+        except ClaimLost:
+            return
+        placed.append(inst)
+
+    async def beat() -> None:
+        async with store.write() as conn:
+            await nodes_store.write_heartbeats(
+                conn,
+                {n: (float(k), HostMetrics(cpu_percent=1.0)) for k, n in enumerate(("n4", "n1", "n3", "n2"))},
+            )
+
+    async def release(inst: Instance) -> None:
+        async with store.write() as conn:
+            await instances_store.transition(conn, inst.id, Event.RELEASE, now=1.0)
+        async with store.write() as conn:
+            await instances_store.transition(conn, inst.id, Event.REMOVED, now=2.0)
+
+    places = [("n1", "ra"), ("n2", "rb"), ("n3", "ra"), ("n4", "rb")]
+    for round_ in range(6):
+        leaving, placed[:] = list(placed[::2]), placed[1::2]
+        await asyncio.gather(
+            *(claim(*places[(round_ + k) % 4]) for k in range(16)),
+            *(beat() for _ in range(3)),
+            *(release(i) for i in leaving),
+        )
+    async with store.read() as conn:
+        for node_id, _ in places:
+            node = (await conn.execute(select(nodes).where(nodes.c.id == node_id))).one()
+            free = (
+                await conn.execute(
+                    select(func.count()).where(
+                        allocations.c.node_id == node_id, allocations.c.instance_id.is_(None)
+                    )
+                )
+            ).scalar_one()
+            assert node.free_allocations == free, node_id
+        counted = (await conn.execute(select(func.sum(regions.c.live_count)))).scalar_one()
+    assert counted == len(placed) > 0
