@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.restarts import RestartPolicy
 from agent.runtime.base import PullPolicy
@@ -15,7 +15,8 @@ class AgentConfig(BaseModel):
 
     #: Identity (node key, certificate, CA) lives here; keep it across restarts.
     data_dir: Path = Path("/var/lib/moorage-agent")
-    #: HOST:PORT of the coordinator's agent sessions (mutual TLS).
+    #: HOST:PORT of the coordinator's agent sessions (mutual TLS); several, separated by commas, for
+    #: coordinators sharing one database: a lost session is retried on the next one.
     coordinator: str = ""
     #: HOST:PORT of the coordinator's enrollment port. Empty: the session port + 1 on the same host.
     enroll_address: str = ""
@@ -49,8 +50,21 @@ class AgentConfig(BaseModel):
     log_level: str = "info"
     log_json: bool = True
 
+    def coordinators(self) -> list[str]:
+        """The session addresses, in the order they are tried."""
+        return [a.strip() for a in self.coordinator.split(",") if a.strip()]
+
     def enroll_target(self) -> str:
         if self.enroll_address:
             return self.enroll_address
-        host, _, port = self.coordinator.rpartition(":")
+        host, _, port = self.coordinators()[0].rpartition(":")
         return f"{host}:{int(port) + 1}"
+
+    @field_validator("coordinator")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        for address in (a.strip() for a in value.split(",") if a.strip()):
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{address!r} is not HOST:PORT")
+        return value

@@ -203,6 +203,8 @@ class AgentSession:
         #: When the current attempt got its Welcome (None: not yet).
         self._welcomed_at: float | None = None
         self._commands: set[asyncio.Task[None]] = set()
+        #: Which of the configured coordinators the next attempt dials.
+        self._turn = 0
 
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
@@ -255,9 +257,16 @@ class AgentSession:
                 # lost at once after its Welcome (a coordinator failing on every session) backs off further.
                 backoff = self.config.reconnect_initial_s
             delay = random.uniform(backoff / 2, backoff)  # jitter: a fleet does not reconnect in lockstep
-            log.info("reconnecting", in_s=round(delay, 2))
+            self._turn += 1  # a lost session tries the next coordinator (the same one when there is one)
+            log.info("reconnecting", in_s=round(delay, 2), to=self.target)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.config.reconnect_max_s)
+
+    @property
+    def target(self) -> str:
+        """The coordinator the next (or current) attempt dials."""
+        addresses = self.config.coordinators()
+        return addresses[self._turn % len(addresses)] if addresses else self.config.coordinator
 
     async def _hello(self) -> pb.Hello:
         statuses = await self.statuses()
@@ -282,7 +291,7 @@ class AgentSession:
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
         creds = self.identity.channel_credentials()
-        async with grpc.aio.secure_channel(self.config.coordinator, creds, options=options) as channel:
+        async with grpc.aio.secure_channel(self.target, creds, options=options) as channel:
             call = pb_grpc.CoordinatorStub(channel).Connect()
             await call.write(pb.AgentMessage(hello=await self._hello()))
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)

@@ -88,3 +88,30 @@ async def test_only_a_refusal_ends_it(tmp_path: Path, code: grpc.StatusCode) -> 
     with pytest.raises(EnrollmentRefused, match="refused this node"):
         await asyncio.wait_for(session.run(), 5)
     assert session.attempts == 2
+
+
+async def test_a_lost_session_tries_the_next_coordinator(tmp_path: Path) -> None:
+    """Coordinators sharing one database: each lost session moves on to the next address, round the list."""
+    session = ScriptedSession(tmp_path, [lambda: rpc_error(grpc.StatusCode.UNAVAILABLE)] * 4)
+    session.config = session.config.model_copy(update={"coordinator": "c1:7443, c2:7443,c3:7443"})
+    dialled: list[str] = []
+    scripted = session._session
+
+    async def recording() -> None:
+        dialled.append(session.target)
+        await scripted()
+
+    session._session = recording  # type: ignore[method-assign]
+    loop = asyncio.create_task(session.run())
+    await asyncio.wait_for(session.exhausted.wait(), 5)
+    loop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await loop
+    assert dialled == ["c1:7443", "c2:7443", "c3:7443", "c1:7443", "c2:7443"]
+
+
+def test_coordinator_addresses_are_checked() -> None:
+    assert AgentConfig(coordinator="a:1,b:2").coordinators() == ["a:1", "b:2"]
+    assert AgentConfig(coordinator="[::1]:7443").enroll_target() == "[::1]:7444"
+    with pytest.raises(ValueError, match="'b' is not HOST:PORT"):
+        AgentConfig(coordinator="a:1,b")
