@@ -142,17 +142,18 @@ class Instance:
     cpu_percent: int
     disk_mib: int
     env: dict[str, str]
-    node_id: str | None
-    region_id: str | None
-    state: InstanceState
-    error: str | None
-    suspended: bool
-    container_id: str | None
-    created_at: float
-    updated_at: float
-    state_changed_at: float
-    delivered_at: float | None
-    released_at: float | None
+    #: A new instance is pending and unplaced; the store fills these in from its row (and its clock).
+    node_id: str | None = None
+    region_id: str | None = None
+    state: InstanceState = InstanceState.PENDING
+    error: str | None = None
+    suspended: bool = False
+    container_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    state_changed_at: float = 0.0
+    delivered_at: float | None = None
+    released_at: float | None = None
     allocations: list[Allocation] = field(default_factory=list)
     command: list[str] = field(default_factory=list)
     stop_signal: str = "SIGTERM"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from coordinator.catalogs.images import VariableError
 from coordinator.domain.agents import CommandKind
-from coordinator.domain.records import Instance, InstanceState, Principal, time_ordered_id
+from coordinator.domain.records import Instance, Principal, time_ordered_id
 from coordinator.placement.scheduler import (
     Candidate,
     Decision,
@@ -161,17 +161,6 @@ class DeployService:
             cpu_percent=order.cpu_percent,
             disk_mib=order.disk_mib,
             env=image.env,
-            node_id=None,
-            region_id=None,
-            state=InstanceState.PENDING,
-            error=None,
-            suspended=False,
-            container_id=None,
-            created_at=0.0,
-            updated_at=0.0,
-            state_changed_at=0.0,
-            delivered_at=None,
-            released_at=None,
             command=image.command,
             stop_signal=image.stop_signal,
             size=order.size,

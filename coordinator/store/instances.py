@@ -16,6 +16,7 @@ from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row
+from coordinator.store.rows import record_from_row
 from coordinator.store.tables import (
     allocations,
     instance_numbers,
@@ -30,38 +31,16 @@ log = get("coordinator.lifecycle")
 
 
 def instance_from_row(row: Row[Any]) -> Instance:
-    return Instance(
-        id=row.id,
-        name=row.name,
-        organization_id=row.organization_id,
-        owner_id=row.owner_id,
-        image=row.image,
-        image_ref=row.image_ref,
-        memory_mib=row.memory_mib,
-        cpu_percent=row.cpu_percent,
-        disk_mib=row.disk_mib,
+    return record_from_row(
+        Instance,
+        row,
         env=dict(row.env or {}),
-        node_id=row.node_id,
-        region_id=row.region_id,
         state=InstanceState(row.state),
-        error=row.error,
         suspended=bool(row.suspended),
-        container_id=row.container_id,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        state_changed_at=row.state_changed_at,
-        delivered_at=row.delivered_at,
-        released_at=row.released_at,
         command=list(row.command or []),
-        stop_signal=row.stop_signal,
-        rx_bytes=row.rx_bytes,
-        tx_bytes=row.tx_bytes,
-        size=row.size,
-        bandwidth_mbps=row.bandwidth_mbps,
-        expires_at=row.expires_at,
-        redeploy_max_count=row.redeploy_max_count,
-        replaces_id=row.replaces_id,
         pending_release=bool(row.pending_release),
+        # The column is superseded by the instance_tags table (migration 0009); _attach fills them in.
+        tags=[],
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import Allocation, HostMetrics, Node
 from coordinator.store.engine import execute_many
+from coordinator.store.rows import record_from_row
 from coordinator.store.tables import allocations, instances, join_tokens, nodes, regions
 
 #: Rows written before host metrics were stored canonically carry the panel's camelCase shape.
@@ -38,45 +39,19 @@ def host_metrics_from_json(stored: Mapping[str, Any] | None) -> HostMetrics | No
 
 
 def node_from_row(row: Row[Any]) -> Node:
-    return Node(
-        id=row.id,
-        name=row.name,
-        address=row.address,
-        port=row.port,
-        region_id=row.region_id,
+    return record_from_row(
+        Node,
+        row,
         tags=list(row.tags or []),
-        memory_mib=row.memory_mib,
-        disk_mib=row.disk_mib,
-        cpu_count=row.cpu_count,
-        overallocation_pct=row.overallocation_pct,
         maintenance=bool(row.maintenance),
         enrolled=bool(row.enrolled),
-        created_at=row.created_at,
-        last_checked=row.last_checked,
-        updated_at=row.updated_at,
-        agent_version=row.agent_version,
         host_metrics=host_metrics_from_json(row.host_metrics),
-        organization_id=row.organization_id,
-        used_memory_mib=row.used_memory_mib,
-        used_cpu_percent=row.used_cpu_percent,
-        used_disk_mib=row.used_disk_mib,
         processor=row.processor or "",
     )
 
 
 def allocation_from_row(row: Row[Any]) -> Allocation:
-    return Allocation(
-        id=row.id,
-        node_id=row.node_id,
-        bind_address=row.bind_address,
-        port=row.port,
-        alias=row.alias,
-        notes=row.notes,
-        instance_id=row.instance_id,
-        primary=bool(row.is_primary),
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return record_from_row(Allocation, row, primary=bool(row.is_primary))
 
 
 async def insert_node(conn: AsyncConnection, node: Node) -> None:

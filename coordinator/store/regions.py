@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from coordinator.domain.records import LIVE_STATES
 from coordinator.placement.scheduler import NodeInfo, RegionInfo
 from coordinator.store.engine import Store
+from coordinator.store.rows import record_from_row
 from coordinator.store.tables import allocations, instances, nodes, regions
 
 
@@ -39,17 +40,7 @@ class RegionRecord:
 
 
 def _region(row: Row[Any]) -> RegionRecord:
-    return RegionRecord(
-        row.id,
-        row.name,
-        row.identifier,
-        row.country_id,
-        row.fallback_region_id,
-        row.server_limit,
-        row.live_count,
-        row.created_at,
-        row.updated_at,
-    )
+    return record_from_row(RegionRecord, row)
 
 
 async def list_regions(conn: AsyncConnection) -> list[RegionRecord]:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import InstanceState, ServerIdentity
 from coordinator.store.claims import Statement
+from coordinator.store.rows import record_values
 from coordinator.store.tables import client_tags, instance_tags, instances, nodes, regions, servers
 
 # ---------------------------------------------------------------- servers
@@ -20,15 +21,7 @@ def insert_server(instance_id: str, identity: ServerIdentity) -> Statement:
     return (
         "INSERT INTO servers (instance_id, name, secret, ca_key, ca_cert, tls_key, tls_cert)"
         " VALUES (:instance_id, :name, :secret, :ca_key, :ca_cert, :tls_key, :tls_cert)",
-        dict(
-            instance_id=instance_id,
-            name=identity.name,
-            secret=identity.secret,
-            ca_key=identity.ca_key,
-            ca_cert=identity.ca_cert,
-            tls_key=identity.tls_key,
-            tls_cert=identity.tls_cert,
-        ),
+        record_values(identity, instance_id=instance_id),
     )
 
 

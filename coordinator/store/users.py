@@ -8,6 +8,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import KeyRecord, Principal, UserRecord
+from coordinator.store.rows import record_from_row
 from coordinator.store.tables import api_keys, audit_log, organizations, users
 
 
@@ -94,7 +95,7 @@ async def touch_api_keys(conn: AsyncConnection, last_used: dict[str, float]) -> 
 
 
 def _user(row: Any) -> UserRecord:
-    return UserRecord(row.id, row.username, row.email, bool(row.admin), row.organization_id, row.created_at)
+    return record_from_row(UserRecord, row, admin=bool(row.admin))
 
 
 _USER_COLUMNS = (

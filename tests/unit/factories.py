@@ -16,7 +16,7 @@ from agent.restarts import RestartPolicy
 from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus, PullPolicy, Runtime
 from agent.state import Report
 from bench.seed import node_record, organization_with_user
-from coordinator.domain.records import Instance, InstanceState, Node
+from coordinator.domain.records import Instance, Node
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store
 
@@ -37,17 +37,6 @@ def make_instance(instance_id: str, **over: Any) -> Instance:
         cpu_percent=50,
         disk_mib=0,
         env={},
-        node_id=None,
-        region_id=None,
-        state=InstanceState.PENDING,
-        error=None,
-        suspended=False,
-        container_id=None,
-        created_at=0.0,
-        updated_at=0.0,
-        state_changed_at=0.0,
-        delivered_at=None,
-        released_at=None,
     )
     values.update(over)
     return Instance(**values)
