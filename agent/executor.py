@@ -144,7 +144,7 @@ class Executor:
         work: list[machine.Action] = []
         for action in self.state.handle(event):
             if isinstance(action, machine.Report):
-                if action.message.startswith("crash loop"):
+                if action.crash_loop:
                     log.warning("crash loop", instance_id=action.instance_id, reason=action.message)
                 self.report(action)
             elif isinstance(action, machine.ScheduleRetry):

@@ -261,6 +261,8 @@ class Report:
     container_id: str = ""
     exit_code: int = 0
     message: str = ""
+    #: The crash that made this report is one of too many in a row (the agent warns in its own log too).
+    crash_loop: bool = False
 
 
 Action = Apply | Remove | RemoveUnknown | ScheduleRetry | CancelRetry | Report
@@ -447,16 +449,17 @@ class AgentState:
         oom, t.oom = t.oom, False
         what = "the container was OOM-killed" if oom else f"the container exited with code {ev.exit_code}"
         message = what
+        loop = False
         actions: list[Action] = []
         if self.policy.enabled and t.want is not None and t.want.running:
             ran_for = ev.now - (t.started_at or 0.0)
             crash = on_crash(self.policy, t.crashes_in_a_row, ran_for)
             t.crashes_in_a_row = crash.in_a_row
-            message = describe(crash, what)
+            message, loop = describe(crash, what), crash.loop
             t.retry_waiting = True
             actions.append(ScheduleRetry(iid, crash.delay_s))
         kind = ReportKind.OOM_KILLED if oom else ReportKind.EXITED
-        actions.append(Report(kind, iid, ev.container_id, ev.exit_code, message))
+        actions.append(Report(kind, iid, ev.container_id, ev.exit_code, message, crash_loop=loop))
         return actions
 
     def _oom(self, ev: OomKilled) -> list[Action]:

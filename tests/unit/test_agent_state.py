@@ -100,6 +100,22 @@ def test_a_crash_of_a_wanted_instance_is_reported_and_retried_after_the_back_off
     assert s.restarts("a") == 1 and not s.instances["a"].retry_pending
 
 
+def test_the_third_crash_in_a_row_is_flagged_a_crash_loop() -> None:
+    s = state()
+    s.handle(Welcomed({"a": want("a")}, set(), now=0))
+    loops, messages = [], []
+    for n in range(1, 5):
+        s.handle(Started("a", "c-a", now=n * 10))
+        *_, report = s.handle(Exited("a", 1, "c-a", now=n * 10 + 1))
+        assert isinstance(report, Report)
+        loops.append(report.crash_loop)
+        messages.append(report.message)
+        s.handle(RetryDue("a", now=n * 10 + 2))
+        s.handle(RetryDone("a"))
+    assert loops == [False, False, True, True]
+    assert messages[-1].startswith("crash loop: the container exited with code 1, 4 times in a row")
+
+
 def test_an_exit_we_caused_is_not_a_crash_and_an_oom_is_one_crash() -> None:
     s = state()
     s.handle(Welcomed({"a": want("a")}, set(), now=0))
