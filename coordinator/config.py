@@ -49,6 +49,10 @@ class StorageOptions(_Section):
     database: str = ""
     #: SQLite synchronous pragma: FULL makes every acknowledged write survive power loss.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    #: File holding the cluster key (also --cluster-key-file; or the key itself in MOORAGE_CLUSTER_KEY).
+    #: With it the CA, sealing key and JWT secret live in the database, sealed, shared by every coordinator
+    #: on it. Empty and no MOORAGE_CLUSTER_KEY: they live in the data directory (one coordinator).
+    cluster_key_file: str = ""
 
 
 class FleetOptions(_Section):

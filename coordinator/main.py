@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -28,12 +29,10 @@ from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.domain.records import HostMetrics
 from coordinator.fleet.live import Fleet
 from coordinator.gateway.servicer import Gateway, start_server
-from coordinator.security.credentials import JwtSigner
-from coordinator.security.pki import CertificateAuthority
-from coordinator.security.sealing import Sealer
+from coordinator.security.cluster import ClusterKeyError, read_cluster_key
 from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
-from coordinator.service.bootstrap import ensure_admin
+from coordinator.service.bootstrap import ensure_admin, load_secrets
 from coordinator.service.clients import ClientService
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
@@ -53,6 +52,7 @@ ENV = {
     "MOORAGE_ADMIN_KEY": "admin_key",
     "MOORAGE_DATA_DIR": "data_dir",
     "MOORAGE_DATABASE_URL": "storage.database",
+    "MOORAGE_CLUSTER_KEY_FILE": "storage.cluster_key_file",
     "MOORAGE_HTTP": "http.listen",
     "MOORAGE_GRPC": "grpc.listen",
     "MOORAGE_LOG_LEVEL": "log_level",
@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grpc", help="HOST:PORT of the agent sessions (mutual TLS)")
     p.add_argument("--grpc-enroll", help="HOST:PORT of agent enrollment (default: the session port + 1)")
     p.add_argument("--database", help="database URL (default: SQLite in the data directory)")
+    p.add_argument(
+        "--cluster-key-file",
+        help="cluster key shared by the coordinators of one database (or MOORAGE_CLUSTER_KEY)",
+    )
     p.add_argument("--admin-key", help="admin API key to install (also MOORAGE_ADMIN_KEY)")
     p.add_argument("--version", action="version", version=f"moorage-coordinator {__version__}")
     return p.parse_args(argv)
@@ -79,6 +83,7 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
         "grpc.listen": args.grpc,
         "grpc.enroll_listen": args.grpc_enroll,
         "storage.database": args.database,
+        "storage.cluster_key_file": args.cluster_key_file,
         "admin_key": args.admin_key,
     }
     config = load(CoordinatorConfig, args.config, env_map=ENV, flags=flags)
@@ -126,6 +131,7 @@ class Coordinator:
         self.tasks: list[asyncio.Task[None]] = []
         self.http_port = 0
         self.admin_key: str | None = None
+        self.store: Store | None = None
         self.core: Core | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.runner: web.AppRunner | None = None
@@ -134,6 +140,9 @@ class Coordinator:
         """Start everything, or stop what was started and raise StartupError."""
         try:
             await self._start()
+        except ClusterKeyError:
+            await self.stop()
+            raise
         except (OSError, RuntimeError, StartupError) as exc:
             await self.stop()
             raise exc if isinstance(exc, StartupError) else StartupError(str(exc)) from exc
@@ -142,19 +151,23 @@ class Coordinator:
         cfg = self.config
         catalog = Catalog.load(cfg.resolve(cfg.catalog.images) if cfg.catalog.images else None)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        store = Store.open(
+        self.store = store = Store.open(
             cfg.storage.database or sqlite_url(cfg.data_dir), synchronous=cfg.storage.sqlite_synchronous
+        )
+        await store.migrate()
+        key_file = cfg.storage.cluster_key_file
+        secrets = await load_secrets(
+            store, read_cluster_key(cfg.resolve(key_file) if key_file else None), cfg.data_dir, time.time()
         )
         self.core = core = Core(
             config=cfg,
             store=store,
             fleet=Fleet(cfg.fleet),
             catalog=catalog,
-            ca=CertificateAuthority.load_or_create(cfg.data_dir),
-            sealer=Sealer.load_or_create(cfg.data_dir),
+            ca=secrets.ca,
+            sealer=secrets.sealer,
             sizes=SizeCatalog.load(cfg.resolve(cfg.catalog.sizes) if cfg.catalog.sizes else None),
         )
-        await store.migrate()
         async with store.read() as conn:
             # Before any session: the first heartbeat of each agent must add only what is new.
             core.fleet.bandwidth.load(await instances_store.bandwidth_meters(conn))
@@ -171,7 +184,7 @@ class Coordinator:
         )
         access = AccessService(
             core,
-            JwtSigner.load_or_create(cfg.data_dir, cfg.auth.jwt_ttl_s),
+            secrets.signer(cfg.auth.jwt_ttl_s),
             FailureLimiter(cfg.auth.failed_attempts, cfg.auth.failed_window_s),
         )
         deploys = DeployService(core, cfg.placement.strategy)
@@ -217,7 +230,13 @@ class Coordinator:
         partial = cfg.data_dir / "endpoints.json.tmp"
         partial.write_text(json.dumps(endpoints))
         os.replace(partial, cfg.data_dir / "endpoints.json")
-        log.info("coordinator ready", version=__version__, database=store.engine.dialect.name, **endpoints)
+        log.info(
+            "coordinator ready",
+            version=__version__,
+            database=store.engine.dialect.name,
+            secrets=secrets.kept_in,
+            **endpoints,
+        )
 
     async def stop(self) -> None:
         """Stop whatever was started (also after a failed start)."""
@@ -237,7 +256,9 @@ class Coordinator:
         if self.core is not None:
             # A last flush so lastChecked survives a clean restart.
             await write_fleet_batch(self.core, self.core.fleet.take_dirty())
-            await self.core.store.close()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.close()
 
 
 async def serve(config: CoordinatorConfig) -> None:
@@ -268,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     configure(config.log_level, config.log_json)
     try:
         asyncio.run(serve(config))
-    except CatalogError as exc:  # the image or the size catalog
+    except (CatalogError, ClusterKeyError) as exc:  # the image or the size catalog; the cluster key
         print(f"moorage-coordinator: {exc}", file=sys.stderr)
         raise SystemExit(78) from exc
     except StartupError as exc:

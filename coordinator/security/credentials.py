@@ -37,14 +37,14 @@ class JwtSigner:
         self._secret = secret
         self.ttl_s = ttl_s
 
-    @classmethod
-    def load_or_create(cls, data_dir: Path, ttl_s: int) -> JwtSigner:
+    @staticmethod
+    def load_or_create_secret(data_dir: Path) -> bytes:
         path = data_dir / "jwt.secret"
         if not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(secrets.token_bytes(32))
-        return cls(path.read_bytes(), ttl_s)
+        return path.read_bytes()
 
     def issue(self, user_id: str) -> tuple[str, float]:
         now = int(time.time())

@@ -99,15 +99,23 @@ class CertificateAuthority:
     def load_or_create(cls, directory: Path) -> CertificateAuthority:
         key_path, cert_path = directory / "ca.key", directory / "ca.pem"
         if key_path.exists() and cert_path.exists():
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ValueError(f"{key_path} is not an EC private key")
-            return cls(key, x509.load_pem_x509_certificate(cert_path.read_bytes()))
+            return cls.from_pem(key_path.read_bytes(), cert_path.read_bytes(), str(key_path))
         ca = cls.create("Moorage coordinator CA")
         directory.mkdir(parents=True, exist_ok=True)
-        _write_private(key_path, _pem_key(ca.key))
+        _write_private(key_path, ca.key_pem)
         cert_path.write_bytes(ca.cert_pem)
         return ca
+
+    @classmethod
+    def from_pem(cls, key_pem: bytes, cert_pem: bytes, where: str = "the CA key") -> CertificateAuthority:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{where} is not an EC private key")
+        return cls(key, x509.load_pem_x509_certificate(cert_pem))
+
+    @property
+    def key_pem(self) -> bytes:
+        return _pem_key(self.key)
 
     def _issue(
         self,

@@ -1,15 +1,25 @@
-"""First start: the admin user, its organization and the admin API key."""
+"""First start: the secrets (the data directory's, or the cluster's in the database), the admin user, its
+organization and the admin API key."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from common.logging import get
 from coordinator.security import tokens
+from coordinator.security.cluster import NAMES, ClusterKey, ClusterKeyError, directory_secrets, new_secrets
+from coordinator.security.credentials import JwtSigner
+from coordinator.security.pki import CertificateAuthority
+from coordinator.security.sealing import Sealer
 from coordinator.service.core import Core
+from coordinator.store import cluster as cluster_store
 from coordinator.store import users as users_store
-from coordinator.store.engine import exclusive
+from coordinator.store.engine import Store, exclusive
+
+log = get("coordinator.bootstrap")
 
 ADMIN_USER_ID = "admin"
 
@@ -57,3 +67,65 @@ async def ensure_admin(core: Core, admin_key: str | None) -> str | None:
         # Written before the commit: a crash in between leaves a file for a key that a restart re-creates.
         _write_key_file(core.config.data_dir / "admin.key", key)
     return key
+
+
+@dataclass(frozen=True)
+class Secrets:
+    ca: CertificateAuthority
+    sealer: Sealer
+    jwt_secret: bytes
+    #: "database" (the cluster's, sealed with the cluster key) or "data directory".
+    kept_in: str
+
+    def signer(self, ttl_s: int) -> JwtSigner:
+        return JwtSigner(self.jwt_secret, ttl_s)
+
+
+async def load_secrets(store: Store, key: ClusterKey | None, data_dir: Path, now: float) -> Secrets:
+    """Without a cluster key the secrets are the data directory's (one coordinator, today's behaviour),
+    unless the database holds a cluster's: then the key is required. With a key the database's are opened,
+    or, on a database that has none, the first coordinator puts them there (its data directory's if it ran
+    alone before, so its agents, sealed values and tokens stay valid; new ones otherwise)."""
+    if key is None:
+        async with store.read() as conn:
+            if await cluster_store.read_sealed(conn):
+                raise ClusterKeyError(
+                    "this database holds a cluster's secrets: start every coordinator on it with the cluster "
+                    "key (storage.cluster_key_file, --cluster-key-file or MOORAGE_CLUSTER_KEY)"
+                )
+        return Secrets(
+            CertificateAuthority.load_or_create(data_dir),
+            Sealer.load_or_create(data_dir),
+            JwtSigner.load_or_create_secret(data_dir),
+            "data directory",
+        )
+    async with store.write() as conn:
+        # Coordinators starting at once on an empty database: one creates the secrets, the others open them.
+        await exclusive(conn, "bootstrap")
+        sealed = await cluster_store.read_sealed(conn)
+        if sealed:
+            values = {name: key.open(name, value) for name, value in sealed.items()}
+            missing = [name for name in NAMES if name not in values]
+            if missing:
+                raise ClusterKeyError(f"the database's cluster secrets lack {', '.join(missing)}")
+        else:
+            found = directory_secrets(data_dir)
+            values = {**new_secrets(), **found}
+            await cluster_store.insert_sealed(
+                conn, {name: key.seal(name, values[name]) for name in NAMES}, now
+            )
+            log.info(
+                "cluster secrets created in the database",
+                taken_from_data_directory=sorted(found),
+                note="the data directory's copies are no longer read and may be removed" if found else "",
+            )
+    try:
+        sealer = Sealer(values["sealing.key"])
+    except ValueError as exc:
+        raise ClusterKeyError("the cluster's sealing key is not a 32-byte key") from exc
+    return Secrets(
+        CertificateAuthority.from_pem(values["ca.key"], values["ca.pem"], "the cluster's CA key"),
+        sealer,
+        values["jwt.secret"],
+        "database",
+    )

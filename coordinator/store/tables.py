@@ -317,3 +317,13 @@ catalog_images = Table(
     Column("created_by", String(64), nullable=True),
     Column("created_at", Float, nullable=False),
 )
+
+#: The secrets every coordinator of the database shares (CA, sealing key, JWT secret), each sealed with the
+#: cluster key (coordinator/security/cluster.py). Empty when the coordinators keep them in a data directory.
+cluster_secrets = Table(
+    "cluster_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
