@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,12 +269,18 @@ class CoordinatorProcess(Process):
 
 class AgentProcess(Process):
     def __init__(
-        self, data_dir: Path, coordinator: CoordinatorProcess, join_token: str | None, **options: Any
+        self,
+        data_dir: Path,
+        coordinator: CoordinatorProcess,
+        join_token: str | None,
+        also: Sequence[CoordinatorProcess] = (),
+        **options: Any,
     ) -> None:
+        """Enrolls through ``coordinator``; its sessions go there first, then to those ``also`` names."""
         self.data_dir = data_dir
         config = {
             "data_dir": str(data_dir),
-            "coordinator": f"127.0.0.1:{coordinator.endpoints['grpc_port']}",
+            "coordinator": ",".join(f"127.0.0.1:{c.endpoints['grpc_port']}" for c in (coordinator, *also)),
             "enroll_address": f"127.0.0.1:{coordinator.endpoints['enroll_port']}",
             "reconnect_initial_s": 0.2,
             "reconnect_max_s": 2.0,

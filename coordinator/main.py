@@ -9,9 +9,12 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -27,6 +30,7 @@ from coordinator.catalogs.images import Catalog, CatalogError
 from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig, split_host_port
 from coordinator.domain.records import HostMetrics
+from coordinator.fleet.cluster import ClusterChannel
 from coordinator.fleet.live import Fleet
 from coordinator.gateway.servicer import Gateway, start_server
 from coordinator.security.cluster import ClusterKeyError, read_cluster_key
@@ -44,7 +48,9 @@ from coordinator.service.servers import ServerService
 from coordinator.service.vpn import VpnService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
+from coordinator.store.cluster import ClusterRows
 from coordinator.store.engine import Store, sqlite_url
+from coordinator.store.notify import PgBus
 
 log = get("coordinator")
 
@@ -107,6 +113,16 @@ async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, HostMetric
                     await instances_store.write_bandwidth(conn, bandwidth)
 
 
+async def refresh_cluster(core: Core, cluster: ClusterChannel) -> None:
+    """Once a batch period: this coordinator lives, and who holds which node's session, re-read."""
+    while True:
+        try:
+            await cluster.refresh()
+        except Exception:
+            log.exception("reading the other coordinators' view failed; retrying")
+        await asyncio.sleep(core.config.fleet.batch_period_s)
+
+
 async def flush_batches(core: Core, access: AccessService) -> None:
     """The batch writer: dirty nodes' lastChecked and metrics, and API keys' last use, once per period."""
     while True:
@@ -132,6 +148,7 @@ class Coordinator:
         self.http_port = 0
         self.admin_key: str | None = None
         self.store: Store | None = None
+        self.bus: PgBus | None = None
         self.core: Core | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.runner: web.AppRunner | None = None
@@ -171,8 +188,12 @@ class Coordinator:
         async with store.read() as conn:
             # Before any session: the first heartbeat of each agent must add only what is new.
             core.fleet.bandwidth.load(await instances_store.bandwidth_meters(conn))
-            # Agents of the last run are expected back; one that does not come is judged silent.
-            core.fleet.expect([n.id for n in await nodes_store.list_nodes(conn) if n.enrolled])
+            if store.engine.dialect.name != "postgresql":
+                # Agents of the last run are expected back; one that does not come is judged silent. (On
+                # PostgreSQL the leader does this for the nodes no live coordinator holds.)
+                core.fleet.expect([n.id for n in await nodes_store.list_nodes(conn) if n.enrolled])
+            else:
+                await self._join_cluster(core)
         self.admin_key = await ensure_admin(core, cfg.admin_key or None)
         instances = InstanceService(core)
         images = ImageService(core)
@@ -214,11 +235,14 @@ class Coordinator:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else port
-        self.tasks = [
+        bus = self.bus
+        self.tasks += [
             asyncio.create_task(core.fleet.run_monitor(), name="fleet-monitor"),
             asyncio.create_task(flush_batches(core, access), name="batch-writer"),
             asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
-            asyncio.create_task(services.vpn.run_sweeps(), name="release-sweeps"),
+            asyncio.create_task(
+                services.vpn.run_sweeps(lambda: bus is None or bus.leading), name="release-sweeps"
+            ),
         ]
         endpoints = {
             "http": f"http://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{self.http_port}",
@@ -238,6 +262,26 @@ class Coordinator:
             **endpoints,
         )
 
+    async def _join_cluster(self, core: Core) -> None:
+        """On PostgreSQL: this coordinator among the others on the database (fleet/cluster.py)."""
+        cluster: ClusterChannel | None = None
+
+        def received(message: dict[str, Any]) -> None:
+            if cluster is not None:
+                cluster.receive(message)
+
+        self.bus = bus = PgBus(core.store.engine.url.render_as_string(hide_password=False), received)
+        cluster = ClusterChannel(str(uuid.uuid4()), core.fleet, bus, ClusterRows(core.store), core.relay)
+        self.tasks.append(asyncio.create_task(bus.run(), name="cluster-bus"))
+        try:
+            await asyncio.wait_for(bus.listening.wait(), 15)
+        except TimeoutError as exc:
+            raise StartupError("cannot LISTEN on the database for the other coordinators' messages") from exc
+        await cluster.join(f"{socket.gethostname()}:{os.getpid()}")
+        core.cluster = cluster
+        self.tasks.append(asyncio.create_task(refresh_cluster(core, cluster), name="cluster-view"))
+        log.info("joined the coordinators on the database", coordinator_id=cluster.me)
+
     async def stop(self) -> None:
         """Stop whatever was started (also after a failed start)."""
         for task in self.tasks:
@@ -245,6 +289,12 @@ class Coordinator:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.core is not None and self.core.cluster is not None:
+            with contextlib.suppress(Exception):
+                await self.core.cluster.leave()
+        if self.bus is not None:
+            bus, self.bus = self.bus, None
+            await bus.close()
         # Drop the references once stopped: a grpc.aio server still referenced when the loop closes (as
         # from the traceback of a failed start) tries to shut down again on a closed loop.
         if self.grpc_server is not None:

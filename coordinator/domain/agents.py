@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator.domain.records import HostMetrics, Instance, ServerIdentity
@@ -159,3 +159,15 @@ class Renewed:
 
 #: What the coordinator sends down a session.
 Outgoing = Welcome | Command | Renewed
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """The fleet as the other coordinators on the database hold it, read once a batch period."""
+
+    #: Nodes whose agent session a live coordinator other than this one holds, to that coordinator.
+    owners: Mapping[str, str]
+    #: The stored last heartbeat (lastChecked) of those nodes and of the orphans.
+    last_checked: Mapping[str, float | None]
+    #: Enrolled nodes held by no live coordinator (their holder died, or none ever did): the leader's.
+    orphans: frozenset[str]

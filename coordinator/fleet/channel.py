@@ -1,7 +1,7 @@
 """The one port a use case reaches an agent through: "tell node N to do X (and wait for its answer)".
 
-Today the fleet of this process implements it over its own sessions; a channel that reaches agents
-connected to another coordinator can implement it too, and no use case changes.
+The fleet of this process implements it over its own sessions (one coordinator); fleet/cluster.py over
+the sessions of every coordinator on the database. No use case knows which.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ class NodeChannel(Protocol):
     def post(self, node_id: str, command: Command) -> bool:
         """Send without waiting; False when the node is not reachable. Nothing is lost then: the node's
         desired set is in the database and reaches its agent in the Welcome of its next session."""
+        ...
+
+    def close(self, node_id: str) -> None:
+        """The node was deleted: end its agent's session, wherever it is."""
         ...
 
     async def send(self, node_id: str, command: Command, wait_s: float) -> CommandResult | None:

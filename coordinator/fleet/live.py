@@ -101,6 +101,9 @@ class Fleet:
         self.removing: set[str] = set()
         #: Per-instance byte totals and rates, folded from every heartbeat's counters.
         self.bandwidth = Bandwidth()
+        #: Nodes whose session another coordinator on the database holds, with their stored last heartbeat
+        #: (that coordinator writes it every batch period): read as that one sees them, never watched here.
+        self.remote: dict[str, float | None] = {}
 
     # ------------------------------------------------------------ sessions
 
@@ -150,6 +153,44 @@ class Fleet:
 
     def is_connected(self, node_id: str) -> bool:
         return node_id in self.sessions
+
+    def close(self, node_id: str) -> None:
+        """The node is gone (deleted): its session ends and nothing of it is kept."""
+        self.forget(node_id)
+        self.remote.pop(node_id, None)
+
+    def held_elsewhere(self, node_id: str, last_checked: float | None) -> None:
+        """Another coordinator holds the node's session now: this one stops watching it (its monitor must
+        not judge a node whose heartbeats go elsewhere) and reads it from the database."""
+        if node_id in self.live:
+            self.forget(node_id)
+        self.remote[node_id] = last_checked
+        if self.judge(last_checked) is NodeStatus.READY:
+            self.ready.add(node_id)
+        else:
+            self.ready.discard(node_id)
+
+    def held_nowhere(self, node_id: str) -> None:
+        if node_id in self.remote:
+            del self.remote[node_id]
+            if node_id not in self.live:
+                self.ready.discard(node_id)
+
+    def watch(self, node_id: str, last_checked: float | None) -> None:
+        """Judge a node that no live coordinator holds (its holder died): as at a start, its agent has the
+        startup grace to come back before it counts as silent; one silent already is judged from its own
+        last heartbeat (its holder marked it when it went)."""
+        if node_id in self.live:
+            return
+        self.remote.pop(node_id, None)
+        status = self.judge(last_checked)
+        if status is NodeStatus.READY:
+            self.expect([node_id])
+            return
+        self.ready.discard(node_id)
+        self.live[node_id] = LiveNode(status=status, expected_since=last_checked)
+        if last_checked is not None:
+            heapq.heappush(self._deadlines, (last_checked + self.options.offline_after_s + 0.001, node_id))
 
     # ------------------------------------------------------------ confirmed instances
 
@@ -246,6 +287,9 @@ class Fleet:
         """Status from the freshest heartbeat known: memory first, the stored lastChecked after a restart."""
         if not node.enrolled:
             return NodeStatus.AWAITING_ENROLLMENT
+        if node.id in self.remote:
+            # Held by another coordinator, which writes lastChecked every batch period.
+            return self.judge(_latest(self.remote[node.id], node.last_checked))
         live = self.live.get(node.id)
         if live is not None and live.last_heartbeat is not None:
             return self.judge(live.last_heartbeat)
@@ -362,6 +406,10 @@ class Fleet:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         session.waiting.clear()
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -76,6 +76,8 @@ class AgentReports:
     async def hello(self, node_id: str, hello: agents.Hello) -> agents.Welcome:
         """Take the agent's full truth and answer with the node's full desired set."""
         self.core.fleet.note_hello(node_id, hello)
+        if self.core.cluster is not None:
+            await self.core.cluster.hold(node_id)
         reported = {i.instance_id: i for i in hello.instances}
         async with self.core.store.read() as conn:
             node = await nodes_store.get_node(conn, node_id)

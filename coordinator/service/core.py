@@ -10,14 +10,16 @@ from typing import Any
 from coordinator.catalogs.images import Catalog
 from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig
-from coordinator.domain.agents import Command, CommandKind, Workload
+from coordinator.domain.agents import Command, CommandKind, CommandResult, Workload
 from coordinator.domain.records import Instance, ServerIdentity
 from coordinator.fleet.channel import NodeChannel
+from coordinator.fleet.cluster import ClusterChannel
 from coordinator.fleet.live import Fleet
 from coordinator.metrics import Metrics
 from coordinator.placement.snapshot import PlacementSnapshot
 from coordinator.security.pki import CertificateAuthority
 from coordinator.security.sealing import Sealer
+from coordinator.store import instances as instances_store
 from coordinator.store.engine import Store
 from coordinator.store.regions import SnapshotReads
 
@@ -41,6 +43,8 @@ class Core:
     #: Ports the gRPC server actually bound (the config may say 0); agent commands name these.
     session_port: int = 0
     enroll_port: int = 0
+    #: Set on PostgreSQL: the node channel across every coordinator on the database (fleet/cluster.py).
+    cluster: ClusterChannel | None = None
 
     def __post_init__(self) -> None:
         self.snapshot = PlacementSnapshot(SnapshotReads(self.store))
@@ -62,7 +66,7 @@ class Core:
     @property
     def agents(self) -> NodeChannel:
         """The only way a use case reaches an agent."""
-        return self.fleet
+        return self.cluster if self.cluster is not None else self.fleet
 
     def workload(self, inst: Instance) -> Workload:
         """What the agent gets for the instance: the whole record, secrets opened."""
@@ -70,6 +74,21 @@ class Core:
 
     def command(self, kind: CommandKind, inst: Instance) -> Command:
         return Command(kind, self.workload(inst))
+
+    async def relay(
+        self, node_id: str, kind: CommandKind, instance_id: str, command_id: str, wait_s: float | None
+    ) -> CommandResult | None:
+        """A command another coordinator relays for a node whose session is here: the instance as stored
+        (the caller stored its desired state before telling), down this coordinator's session."""
+        async with self.store.read() as conn:
+            inst = await instances_store.get_instance(conn, instance_id)
+        if inst is None or not self.fleet.is_connected(node_id):
+            return None
+        command = Command(kind, self.workload(inst), command_id)
+        if wait_s is None:
+            self.fleet.post(node_id, command)
+            return None
+        return await self.fleet.send(node_id, command, wait_s)
 
     def tell_remove(self, inst: Instance, *, wait: bool, ended: bool = False) -> Awaitable[object] | None:
         """Ask the instance's agent to remove its container; the answer to wait for when ``wait`` and the

@@ -124,7 +124,7 @@ class NodeService:
             status=fleet.status_of(node),
             last_heartbeat=fleet.last_heartbeat(node),
             host_metrics=fleet.host_metrics(node),
-            connected=fleet.is_connected(node.id),
+            connected=self.core.agents.is_connected(node.id),
             allocations_total=counts[0],
             allocations_assigned=counts[1],
             unwanted=tuple(
@@ -204,11 +204,14 @@ class NodeService:
             counts = await nodes_store.allocation_counts(conn)
         return [self._view(n, counts.get(n.id, (0, 0))) for n in found]
 
-    async def health(self) -> tuple[str, int]:
-        """(the database engine's name, agents connected), once the database has answered a query."""
+    async def health(self) -> tuple[str, int, bool]:
+        """(the database engine's name, agents connected here, whether this coordinator leads), once the
+        database has answered a query."""
         async with self.core.store.read() as conn:
             await nodes_store.ping(conn)
-        return self.core.store.engine.dialect.name, len(self.core.fleet.sessions)
+        cluster = self.core.cluster
+        leading = cluster is None or cluster.bus.leading
+        return self.core.store.engine.dialect.name, len(self.core.fleet.sessions), leading
 
     async def statuses(self, node_ids: Iterable[str]) -> dict[str, tuple[Node, NodeStatus]]:
         """The nodes named (those that still exist) with their status: what a list of instances embeds."""
@@ -241,7 +244,7 @@ class NodeService:
         released = await self.instances.release_node(node_id) if live else []
         async with self.core.store.write() as conn:
             await nodes_store.delete_node(conn, node_id)
-        self.core.fleet.forget(node_id)
+        self.core.agents.close(node_id)
         self.core.snapshot.forget()
         log.info("node deleted", node_id=node_id, released=len(released))
         return released

@@ -9,6 +9,7 @@ replacement runs, and expired instances, every ``instances.expiry_check_s``."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pycountry
@@ -193,10 +194,13 @@ class VpnService:
         log.info("released expired or replaced instances", count=len(found))
         return due
 
-    async def run_sweeps(self) -> None:
-        """Forever, every ``instances.expiry_check_s``; a failed sweep is logged and retried."""
+    async def run_sweeps(self, leading: Callable[[], bool] = lambda: True) -> None:
+        """Forever, every ``instances.expiry_check_s``, while this coordinator ``leading`` (one sweeps for
+        all on a database); a failed sweep is logged and retried."""
         while True:
             await asyncio.sleep(self.core.config.instances.expiry_check_s)
+            if not leading():
+                continue
             try:
                 await self.sweep()
             except Exception:

@@ -327,3 +327,23 @@ cluster_secrets = Table(
     Column("value", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
+
+#: The coordinators on this database (PostgreSQL clusters), each touching its row every batch period: one
+#: whose row is stale is gone, and the sessions it held are nobody's.
+coordinators = Table(
+    "coordinators",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+
+#: Which coordinator holds (or last held) each node's agent session, since when: that one watches the node.
+node_sessions = Table(
+    "node_sessions",
+    metadata,
+    Column("node_id", String(ID), ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    Column("coordinator_id", String(ID), nullable=False),
+    Column("since", Float, nullable=False),
+)

@@ -4,22 +4,31 @@ cluster key, each its own data directory. What one signs, seals or certifies, th
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import docker
 import pytest
 
 from bench.daemons import (
+    TEST_IMAGE,
     AgentProcess,
     Api,
     CoordinatorProcess,
     create_node,
+    instance,
+    leave_no_containers,
     node_view,
     port_block,
     stop_all,
     wait_for,
+    wait_state,
 )
 from bench.databases import drop_database, fresh_database
 from tests.databases import require_postgres
@@ -38,9 +47,16 @@ def database() -> Iterator[str]:
         asyncio.run(drop_database(base, url))
 
 
-def coordinator(tmp: Path, name: str, database: str, key_file: Path | None) -> CoordinatorProcess:
+def coordinator(
+    tmp: Path, name: str, database: str, key_file: Path | None, fleet: dict[str, Any] | None = None
+) -> CoordinatorProcess:
     storage = {"database": database, **({"cluster_key_file": str(key_file)} if key_file else {})}
-    return CoordinatorProcess(tmp / name, extra={"storage": storage})
+    return CoordinatorProcess(tmp / name, fleet=fleet, extra={"storage": storage})
+
+
+#: A grace of 5 s (10 heartbeats of 0.5 s): longer than an agent takes to restart, so a node whose agent
+#: restarts towards another coordinator is marked by nobody unless someone judges it wrongly.
+CLUSTER_FLEET = {"grace_intervals": 10}
 
 
 def refused_start(proc: CoordinatorProcess) -> subprocess.CompletedProcess[str]:
@@ -107,3 +123,184 @@ def test_a_wrong_or_missing_cluster_key_is_a_configuration_error(tmp_path: Path,
     short.write_text("too short")
     refused = refused_start(coordinator(tmp_path, "d", database, short))
     assert refused.returncode == 78 and "at least 32 characters" in refused.stderr
+
+
+@dataclass
+class Cluster:
+    coordinators: list[CoordinatorProcess]
+    agent: AgentProcess
+    node: dict[str, Any]
+    ports: list[int]
+
+    def api(self, n: int) -> Api:
+        # One admin for the cluster: the key the first coordinator created.
+        return Api(self.coordinators[n].endpoints["http"], self.coordinators[0].admin_key)
+
+    def health(self, n: int) -> dict[str, Any]:
+        body: dict[str, Any] = self.api(n).get("/api/health").body
+        return body
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, database: str) -> Iterator[Cluster]:
+    """Three coordinators on one database and one agent that knows all three, enrolled through the first
+    (so its session starts there); all of them real processes."""
+    require_docker()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_text(CLUSTER_KEY)
+    coordinators = [coordinator(tmp_path, name, database, key_file, CLUSTER_FLEET) for name in "abc"]
+    agent: AgentProcess | None = None
+    node: dict[str, Any] = {}
+    try:
+        for c in coordinators:
+            c.start()
+        ports = port_block(4)
+        node = create_node(Api(coordinators[0].endpoints["http"], coordinators[0].admin_key), ports)
+        agent = AgentProcess(tmp_path / "agent", coordinators[0], node["joinToken"], also=coordinators[1:])
+        agent.start()
+        found = Cluster(coordinators, agent, node, ports)
+        wait_for(lambda: found.health(0)["nodesConnected"] == 1, 30, "the agent's session on the first")
+        yield found
+        agent = found.agent  # a test may have started it again
+    finally:
+        stop_all(*(p for p in (agent, *coordinators) if p is not None))
+        if node:
+            leave_no_containers(node["id"])
+
+
+def containers(node_id: str) -> dict[str, dict[str, Any]]:
+    """The node's containers as the engine has them, by instance id."""
+    client = docker.from_env()
+    try:
+        found = client.containers.list(all=True, filters={"label": f"moorage.node={node_id}"})
+        return {c.labels["moorage.instance"]: c.attrs for c in found}
+    finally:
+        client.close()
+
+
+def reached(node_id: str, iid: str, wanted: Any, within: float, what: str) -> float:
+    """Seconds until the instance's container is as ``wanted`` says (a predicate over its engine state,
+    None when it has no container)."""
+    start = time.monotonic()
+    wait_for(lambda: wanted(containers(node_id).get(iid)), within, what, interval=0.02)
+    return time.monotonic() - start
+
+
+def deploy_body(cluster: Cluster, port: int, name: str) -> dict[str, Any]:
+    node_id = cluster.node["id"]
+    return {
+        "image": TEST_IMAGE,
+        "memory": "64",
+        "cpu": "50",
+        "ports": str(cluster.ports[port]),
+        "nodeId": node_id,
+        "name": name,
+    }
+
+
+def running(attrs: dict[str, Any] | None) -> bool:
+    return attrs is not None and bool(attrs["State"]["Running"])
+
+
+def test_every_coordinator_shows_the_fleet_and_reaches_the_agent_another_holds(cluster: Cluster) -> None:
+    node_id = cluster.node["id"]
+    # The same fleet view through all three: the session is on the first only.
+    assert [cluster.health(n)["nodesConnected"] for n in range(3)] == [1, 0, 0]
+    apis = [cluster.api(n) for n in range(3)]
+    wait_for(lambda: all(node_view(api, node_id)["isOnline"] for api in apis), 5, "the node online via all")
+    # Deploy, power, suspend and delete, each through a coordinator that does not hold the session.
+    body = {
+        "image": TEST_IMAGE,
+        "memory": "64",
+        "cpu": "50",
+        "ports": str(cluster.ports[0]),
+        "nodeId": node_id,
+    }
+    made = cluster.api(1).post("/api/instances/deploy", {**body, "name": "across"})
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    took = {"deploy": reached(node_id, iid, running, 5, "the deployed container to run")}
+    for n in range(3):
+        wait_state(cluster.api(n), iid, "running", timeout=5)
+    assert cluster.api(2).post(f"/api/instances/{iid}/power", {"action": "kill"}).status == 200
+    took["kill"] = reached(node_id, iid, lambda a: a is not None and not running(a), 5, "the kill")
+    assert cluster.api(1).post(f"/api/instances/{iid}/power", {"action": "start"}).status == 200
+    took["start"] = reached(node_id, iid, running, 5, "the start")
+    assert cluster.api(2).post(f"/api/instances/suspend/{iid}").status == 200
+    took["suspend"] = reached(node_id, iid, lambda a: a is not None and not running(a), 20, "the suspension")
+    for n in range(3):
+        assert instance(cluster.api(n), iid)["suspended"] is True
+    assert cluster.api(1).post(f"/api/instances/unsuspend/{iid}").status == 200
+    took["unsuspend"] = reached(node_id, iid, running, 5, "the container to run again")
+    deleted = cluster.api(2).delete("/api/instance/delete", {"id": iid})
+    assert deleted.status == 201, deleted.body
+    took["delete"] = reached(node_id, iid, lambda a: a is None, 20, "the container to be removed")
+    # Each reached the agent within a second, engine work included (a kill, a start, a create and start).
+    for what in ("deploy", "kill", "start", "unsuspend"):
+        assert took[what] < 1.5, took
+    for n in range(3):
+        wait_state(cluster.api(n), iid, "released", timeout=5)
+
+
+def test_killing_the_coordinator_holding_the_session_moves_the_agent_and_keeps_its_containers(
+    cluster: Cluster,
+) -> None:
+    node_id = cluster.node["id"]
+    body = {
+        "image": TEST_IMAGE,
+        "memory": "64",
+        "cpu": "50",
+        "ports": str(cluster.ports[1]),
+        "nodeId": node_id,
+    }
+    made = cluster.api(0).post("/api/instances/deploy", {**body, "name": "survivor"})
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    wait_state(cluster.api(1), iid, "running", timeout=10)
+    before = containers(node_id)[iid]
+    assert cluster.health(0)["leader"] and not cluster.health(1)["leader"] and not cluster.health(2)["leader"]
+
+    cluster.coordinators[0].stop(signal.SIGKILL)
+    killed = time.monotonic()
+    # The agent moves on to the next coordinator it knows, within its back-off cap (2 s in the tests).
+    wait_for(lambda: cluster.health(1)["nodesConnected"] == 1, 6, "the agent's session on the second")
+    moved = time.monotonic() - killed
+    # Another leads within the grace period, and only one.
+    wait_for(lambda: cluster.health(1)["leader"] or cluster.health(2)["leader"], 5, "a new leader")
+    assert [cluster.health(n)["leader"] for n in (1, 2)].count(True) == 1
+    # Nobody marks the instance unhealthy while its heartbeats arrive somewhere: watched for longer than the
+    # grace and the time a dead coordinator's sessions take to count as nobody's.
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        for n in (1, 2):
+            seen = instance(cluster.api(n), iid)
+            assert seen["state"] == "running", (n, seen["state"], moved)
+            assert node_view(cluster.api(n), node_id)["isOnline"], n
+        time.sleep(0.2)
+    after = containers(node_id)[iid]
+    assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
+    assert after["State"]["Running"]
+
+
+def test_an_agent_that_moves_to_another_coordinator_is_not_judged_by_the_one_it_left(
+    cluster: Cluster,
+) -> None:
+    """The agent restarts towards the second coordinator while the first lives on: the first must stop
+    watching the node (its heartbeats go elsewhere) rather than mark its instances unhealthy."""
+    node_id = cluster.node["id"]
+    made = cluster.api(0).post("/api/instances/deploy", deploy_body(cluster, 2, "mover"))
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    wait_state(cluster.api(0), iid, "running", timeout=10)
+    cluster.agent.stop()
+    a, b, c = cluster.coordinators
+    cluster.agent = AgentProcess(cluster.agent.data_dir, b, None, also=[a, c])
+    cluster.agent.start()
+    wait_for(lambda: cluster.health(1)["nodesConnected"] == 1, 10, "the agent's session on the second")
+    assert cluster.health(0)["nodesConnected"] == 0
+    deadline = time.monotonic() + 8  # beyond the first's grace (5 s) for the node it held
+    while time.monotonic() < deadline:
+        for n in range(3):
+            assert instance(cluster.api(n), iid)["state"] == "running", n
+            assert node_view(cluster.api(n), node_id)["isOnline"], n
+        time.sleep(0.25)

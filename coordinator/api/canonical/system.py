@@ -48,14 +48,20 @@ class Health(BaseModel):
     status: str
     version: str
     database: str
-    nodesConnected: int
+    nodesConnected: int = Field(description="Agent sessions this coordinator holds.")
+    leader: bool = Field(
+        description="Whether this coordinator leads the ones on its database (runs the sweeps, watches the "
+        "nodes no coordinator holds); a coordinator alone always does."
+    )
 
 
 @router.route("GET", "/api/health", response=Health, access="public")
 async def health(call: Call) -> Health:
     """Liveness and the database's reachability, for load balancers and `make run`."""
-    database, connected = await call.services.nodes.health()
-    return Health(status="ok", version=__version__, database=database, nodesConnected=connected)
+    database, connected, leader = await call.services.nodes.health()
+    return Health(
+        status="ok", version=__version__, database=database, nodesConnected=connected, leader=leader
+    )
 
 
 @router.route("GET", "/api/openapi.json", response=dict[str, Any], access="public")
