@@ -33,7 +33,8 @@ from coordinator.domain.records import HostMetrics
 from coordinator.fleet.cluster import ClusterChannel
 from coordinator.fleet.live import Fleet
 from coordinator.gateway.servicer import Gateway, start_server
-from coordinator.security.cluster import ClusterKeyError, read_cluster_key
+from coordinator.security.cluster import NAMES as CLUSTER_NAMES
+from coordinator.security.cluster import ClusterKeyError, directory_secrets, new_secrets, read_cluster_key
 from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin, load_secrets
@@ -49,6 +50,7 @@ from coordinator.service.vpn import VpnService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.cluster import ClusterRows
+from coordinator.store.copy import Copied, CopyRefused, copy_database
 from coordinator.store.engine import Store, sqlite_url
 from coordinator.store.notify import PgBus
 
@@ -203,6 +205,11 @@ class Coordinator:
         self.grpc_server, core.session_port, core.enroll_port = await start_server(
             core, Gateway(core, nodes, reports)
         )
+        if core.cluster is not None:
+            address = f"{nodes.session_host()}:{core.session_port}"
+            await core.cluster.join(f"{socket.gethostname()}:{os.getpid()}", address)
+            self.tasks.append(asyncio.create_task(refresh_cluster(core, core.cluster), name="cluster-view"))
+            log.info("joined the coordinators on the database", id=core.cluster.me, address=address)
         access = AccessService(
             core,
             secrets.signer(cfg.auth.jwt_ttl_s),
@@ -277,10 +284,8 @@ class Coordinator:
             await asyncio.wait_for(bus.listening.wait(), 15)
         except TimeoutError as exc:
             raise StartupError("cannot LISTEN on the database for the other coordinators' messages") from exc
-        await cluster.join(f"{socket.gethostname()}:{os.getpid()}")
+        cluster.placement_changed = core.snapshot.forget
         core.cluster = cluster
-        self.tasks.append(asyncio.create_task(refresh_cluster(core, cluster), name="cluster-view"))
-        log.info("joined the coordinators on the database", coordinator_id=cluster.me)
 
     async def stop(self) -> None:
         """Stop whatever was started (also after a failed start)."""
@@ -329,7 +334,66 @@ async def serve(config: CoordinatorConfig) -> None:
     await coordinator.stop()
 
 
+def copy_database_command(argv: list[str]) -> int:
+    """``moorage-coordinator copy-database``: an embedded store into an empty PostgreSQL database."""
+    p = argparse.ArgumentParser(
+        prog="moorage-coordinator copy-database",
+        description="Copy an embedded store (SQLite) into an empty PostgreSQL database, secrets included.",
+    )
+    p.add_argument("--from", dest="source", required=True, help="sqlite:///path/to/moorage.db")
+    p.add_argument("--to", dest="target", required=True, help="postgresql://user:pass@host/db (empty)")
+    p.add_argument("--data-dir", help="the source coordinator's data directory (default: the file's)")
+    p.add_argument("--cluster-key-file", help="seal its secrets into the target with this key")
+    args = p.parse_args(argv)
+    configure("warning", False)
+    source_path = Path(args.source.split("///", 1)[-1])
+    if not args.source.startswith("sqlite") or not source_path.is_file():
+        print(
+            f"moorage-coordinator: --from must name an existing SQLite store, not {args.source}",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = Path(args.data_dir) if args.data_dir else source_path.parent
+    try:
+        key = read_cluster_key(Path(args.cluster_key_file) if args.cluster_key_file else None)
+        secrets = directory_secrets(data_dir)
+        extra = {}
+        if key is not None and secrets:
+            values = {**new_secrets(), **secrets}
+            now = time.time()
+            extra["cluster_secrets"] = [
+                {"name": n, "value": key.seal(n, values[n]), "created_at": now} for n in CLUSTER_NAMES
+            ]
+        copied = asyncio.run(_copy(args.source, args.target, extra))
+    except (CopyRefused, ClusterKeyError) as exc:
+        print(f"moorage-coordinator: {exc}", file=sys.stderr)
+        return 1
+    print(f"copied {copied.total} rows: " + ", ".join(f"{t} {n}" for t, n in copied.rows.items() if n))
+    if extra:
+        print(
+            "the data directory's CA, sealing key and JWT secret: in the target, sealed with the cluster key"
+        )
+    elif secrets:
+        print(
+            f"the CA, sealing key and JWT secret stay in {data_dir}: start the coordinator on PostgreSQL "
+            "with that data directory, or copy with --cluster-key-file to share them with several"
+        )
+    return 0
+
+
+async def _copy(source_url: str, target_url: str, extra: dict[str, list[dict[str, object]]]) -> Copied:
+    source, target = Store.open(source_url), Store.open(target_url)
+    try:
+        return await copy_database(source, target, extra)
+    finally:
+        await source.close()
+        await target.close()
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["copy-database"]:
+        raise SystemExit(copy_database_command(argv[1:]))
     args = parse_args(argv)
     try:
         config = load_config(args)
