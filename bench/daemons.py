@@ -230,7 +230,14 @@ class CoordinatorProcess(Process):
         self.endpoints: dict[str, Any] = {}
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (several may then start at the same instant)."""
         super().start()
+
+    def wait_ready(self) -> None:
         assert self.proc is not None
         pid = self.proc.pid
 

@@ -171,3 +171,5 @@ class ClusterView:
     last_checked: Mapping[str, float | None]
     #: Enrolled nodes held by no live coordinator (their holder died, or none ever did): the leader's.
     orphans: frozenset[str]
+    #: Where agents reach each live coordinator (HOST:PORT), oldest first.
+    addresses: tuple[str, ...] = ()

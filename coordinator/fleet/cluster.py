@@ -33,7 +33,7 @@ class Bus(Protocol):
 
 
 class Membership(Protocol):
-    async def join(self, me: str, name: str, now: float) -> None: ...
+    async def join(self, me: str, name: str, address: str, now: float) -> None: ...
     async def touch(self, me: str, now: float) -> None: ...
     async def leave(self, me: str) -> None: ...
     async def hold(self, node_id: str, me: str, now: float) -> None: ...
@@ -60,6 +60,9 @@ class ClusterChannel:
         self.clock = clock
         #: Nodes held by another live coordinator, to that coordinator.
         self.owners: dict[str, str] = {}
+        #: HOST:PORT of this coordinator's sessions, and of every live one's (this one first).
+        self.address = ""
+        self.addresses: tuple[str, ...] = ()
         self._waits: dict[str, asyncio.Future[CommandResult | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
@@ -67,7 +70,10 @@ class ClusterChannel:
             "command": self._on_command,
             "result": self._on_result,
             "close": self._on_close,
+            "placement": lambda _message: self.placement_changed(),
         }
+        #: Called when another coordinator changed what placement reads (this one's view re-reads it).
+        self.placement_changed: Callable[[], None] = lambda: None
 
     @property
     def alive_s(self) -> float:
@@ -110,10 +116,15 @@ class ClusterChannel:
         self.owners.pop(node_id, None)
         self._spawn(self.bus.publish({"t": "close", "from": self.me, "node": node_id}))
 
+    def tell_placement_changed(self) -> None:
+        self._spawn(self.bus.publish({"t": "placement", "from": self.me}))
+
     # ------------------------------------------------------------ sessions and the view
 
-    async def join(self, name: str) -> None:
-        await self.membership.join(self.me, name, self.clock())
+    async def join(self, name: str, address: str) -> None:
+        self.address = address
+        self.addresses = (address,)
+        await self.membership.join(self.me, name, address, self.clock())
 
     async def leave(self) -> None:
         await self.membership.leave(self.me)
@@ -130,6 +141,7 @@ class ClusterChannel:
         now = self.clock()
         await self.membership.touch(self.me, now)
         view = await self.membership.view(self.me, now - self.alive_s)
+        self.addresses = (self.address, *(a for a in view.addresses if a != self.address))
         for node_id in set(self.owners) - set(view.owners):
             self.fleet.held_nowhere(node_id)
         for node_id in view.owners:

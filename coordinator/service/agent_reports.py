@@ -87,13 +87,16 @@ class AgentReports:
             # Containers of instances that failed or were released while the agent was away: removed now,
             # not after the grace a container nobody knows gets.
             ended = await instances_store.ids_in_states(conn, node_id, list(reported), ENDED)
+            if self.core.cluster is not None:
+                # Another coordinator may have counted its bytes since this one last did.
+                self.core.fleet.bandwidth.load(await instances_store.bandwidth_meters(conn, node_id))
         if node is not None and node.cpu_count == 0 and hello.cpu_count:
             # Created with a processor description and no core count: the agent's cores count (a read
             # first, so a reconnect storm writes nothing here).
             cores = min(hello.cpu_count, 4096)
             async with self.core.store.write() as conn:
                 if await nodes_store.take_agent_cores(conn, node_id, cores, self.core.clock()):
-                    self.core.snapshot.forget()
+                    self.core.placement_changed()
                     log.info("node cores from its agent", node_id=node_id, cores=cores)
         desired, remove = [], list(ended)
         for inst in on_node:

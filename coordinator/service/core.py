@@ -68,6 +68,13 @@ class Core:
         """The only way a use case reaches an agent."""
         return self.cluster if self.cluster is not None else self.fleet
 
+    def placement_changed(self) -> None:
+        """An admin changed nodes, allocations or regions: every coordinator's placement view re-reads them
+        before its next decision (the others hear it over the bus)."""
+        self.snapshot.forget()
+        if self.cluster is not None:
+            self.cluster.tell_placement_changed()
+
     def workload(self, inst: Instance) -> Workload:
         """What the agent gets for the instance: the whole record, secrets opened."""
         return Workload(inst, self.opened(inst))

@@ -176,7 +176,7 @@ class NodeService:
                 now=now,
                 expires_at=expires,
             )
-        self.core.snapshot.forget()
+        self.core.placement_changed()
         allocations = [Allocation(id=a, node_id=node.id, bind_address=b, port=p) for a, b, p in rows]
         return CreatedNode(
             view=self._view(node, (len(rows), 0)),
@@ -186,11 +186,18 @@ class NodeService:
             agent_command=self.agent_command(token),
         )
 
+    def session_host(self) -> str:
+        """The host name or IP agents dial for this coordinator."""
+        return self.core.config.grpc.public_address or socket.getfqdn()
+
     def agent_command(self, token: str) -> str:
         """The exact line to run on the host: where to enroll, where to connect, and the token."""
-        host = self.core.config.grpc.public_address or socket.getfqdn()
+        host = self.session_host()
+        # In a cluster, every live coordinator: the agent moves on to the next when it loses one.
+        cluster = self.core.cluster
+        sessions = ",".join(cluster.addresses) if cluster else f"{host}:{self.core.session_port}"
         return (
-            f"moorage-agent --coordinator {shlex.quote(f'{host}:{self.core.session_port}')} "
+            f"moorage-agent --coordinator {shlex.quote(sessions)} "
             f"--enroll-address {shlex.quote(f'{host}:{self.core.enroll_port}')} "
             f"--join-token {shlex.quote(token)}"
         )
@@ -245,7 +252,7 @@ class NodeService:
         async with self.core.store.write() as conn:
             await nodes_store.delete_node(conn, node_id)
         self.core.agents.close(node_id)
-        self.core.snapshot.forget()
+        self.core.placement_changed()
         log.info("node deleted", node_id=node_id, released=len(released))
         return released
 
@@ -260,7 +267,7 @@ class NodeService:
             await _check_organization(conn, changes.get("organization_id"))
             if not await nodes_store.update_node(conn, node_id, {**changes, "updated_at": self.core.clock()}):
                 raise NotFound(f"node {node_id} does not exist", field="node_id")
-        self.core.snapshot.forget()
+        self.core.placement_changed()
         view, _ = await self.get(node_id)
         return view
 
@@ -282,7 +289,7 @@ class NodeService:
                     f"ports: {bind_address} already has port(s) {shown} on this node", field="ports"
                 )
             await nodes_store.insert_allocations(conn, node_id, rows, now)
-        self.core.snapshot.forget()
+        self.core.placement_changed()
         return [Allocation(a, node_id, b, p, created_at=now, updated_at=now) for a, b, p in rows]
 
     async def delete_allocation(self, caller: Principal, node_id: str, allocation_id: str) -> None:
@@ -293,7 +300,7 @@ class NodeService:
                 raise NotFound(f"allocation {allocation_id} does not exist on node {node_id}")
             if not await nodes_store.delete_free_allocation(conn, allocation_id):
                 raise Conflict(f"allocation {found.bind_address}:{found.port} is assigned to an instance")
-        self.core.snapshot.forget()
+        self.core.placement_changed()
 
     async def update_allocation(
         self, caller: Principal, node_id: str, allocation_id: str, changes: dict[str, Any]

@@ -149,7 +149,7 @@ class RegionService:
                     "updated_at": now,
                 },
             )
-        self.core.snapshot.forget()
+        self.core.placement_changed()
         return await self.get(region_id)
 
     async def update(self, region_id: str, values: dict[str, Any]) -> RegionView:
@@ -186,7 +186,7 @@ class RegionService:
                 raise BadRequest(
                     "server_limit: lower than the servers live in this region", field="server_limit"
                 ) from exc
-        self.core.snapshot.forget()
+        self.core.placement_changed()
         return await self.get(region_id)
 
     async def delete(self, region_id: str) -> None:
@@ -209,7 +209,7 @@ class RegionService:
                     facts={"regions": ", ".join(users)},
                 )
             await regions_store.delete_region(conn, region_id)
-        self.core.snapshot.forget()
+        self.core.placement_changed()
 
     async def unassigned_allocations(
         self, caller: Principal, region_id: str

@@ -28,9 +28,11 @@ class ClusterRows:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def join(self, me: str, name: str, now: float) -> None:
+    async def join(self, me: str, name: str, address: str, now: float) -> None:
         async with self.store.write() as conn:
-            await conn.execute(insert(coordinators).values(id=me, name=name, started_at=now, last_seen=now))
+            await conn.execute(
+                insert(coordinators).values(id=me, name=name, address=address, started_at=now, last_seen=now)
+            )
 
     async def touch(self, me: str, now: float) -> None:
         async with self.store.write() as conn:
@@ -53,12 +55,13 @@ class ClusterRows:
 
     async def view(self, me: str, alive_since: float) -> ClusterView:
         async with self.store.read() as conn:
-            alive = {
-                r.id
-                for r in await conn.execute(
-                    select(coordinators.c.id).where(coordinators.c.last_seen >= alive_since)
-                )
-            }
+            found = await conn.execute(
+                select(coordinators.c.id, coordinators.c.address)
+                .where(coordinators.c.last_seen >= alive_since)
+                .order_by(coordinators.c.started_at, coordinators.c.id)
+            )
+            addresses = {r.id: r.address for r in found}
+            alive = set(addresses)
             rows = await conn.execute(
                 select(nodes.c.id, nodes.c.last_checked, node_sessions.c.coordinator_id)
                 .select_from(nodes.outerjoin(node_sessions, node_sessions.c.node_id == nodes.c.id))
@@ -75,4 +78,4 @@ class ClusterRows:
                 else:
                     orphans.add(r.id)
                 last_checked[r.id] = r.last_checked
-        return ClusterView(owners, last_checked, frozenset(orphans))
+        return ClusterView(owners, last_checked, frozenset(orphans), tuple(addresses.values()))

@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select, text, update
+from sqlalchemy import Row, bindparam, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.logging import get
@@ -324,26 +324,33 @@ async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]
     if not batch:
         return
     rows = [{"b_id": instance_id, **values} for instance_id, values in sorted(batch.items())]
-    statement = (
-        update(instances)
-        .where(instances.c.id == bindparam("b_id"))
-        .values({name: bindparam(name) for name in next(iter(batch.values()))})
-    )
+    values: dict[str, Any] = {name: bindparam(name) for name in next(iter(batch.values()))}
+    for total in ("rx_bytes", "tx_bytes"):
+        # Totals never go back: another coordinator that held the node before may have written a later one
+        # than this one's meter started from (coordinator/fleet/bandwidth.py).
+        column = instances.c[total]
+        new: Any = bindparam(total, type_=column.type)
+        values[total] = case((column > new, column), else_=new)
+    statement = update(instances).where(instances.c.id == bindparam("b_id")).values(values)
     await execute_many(conn, statement, rows)
 
 
-async def bandwidth_meters(conn: AsyncConnection) -> list[tuple[str, int, int, str | None, int, int]]:
-    """What the bandwidth meters of the live instances start from after a restart."""
-    rows = await conn.execute(
-        select(
-            instances.c.id,
-            instances.c.rx_bytes,
-            instances.c.tx_bytes,
-            instances.c.net_epoch,
-            instances.c.net_rx_seen,
-            instances.c.net_tx_seen,
-        ).where(instances.c.state.in_([s.value for s in LIVE_STATES]))
-    )
+async def bandwidth_meters(
+    conn: AsyncConnection, node_id: str | None = None
+) -> list[tuple[str, int, int, str | None, int, int]]:
+    """What the bandwidth meters of the live instances (of one node) start from after a restart, or when
+    the node's session comes here from another coordinator."""
+    query = select(
+        instances.c.id,
+        instances.c.rx_bytes,
+        instances.c.tx_bytes,
+        instances.c.net_epoch,
+        instances.c.net_rx_seen,
+        instances.c.net_tx_seen,
+    ).where(instances.c.state.in_([s.value for s in LIVE_STATES]))
+    if node_id is not None:
+        query = query.where(instances.c.node_id == node_id)
+    rows = await conn.execute(query)
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 

@@ -335,6 +335,8 @@ coordinators = Table(
     metadata,
     Column("id", String(ID), primary_key=True),
     Column("name", String(255), nullable=False),
+    #: HOST:PORT its agents' sessions dial (the agentCommand of a new node lists every live one's).
+    Column("address", String(255), nullable=False),
     Column("started_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
 )

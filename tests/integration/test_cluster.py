@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,10 +132,11 @@ class Cluster:
     agent: AgentProcess
     node: dict[str, Any]
     ports: list[int]
+    #: One admin for the cluster: the key whichever coordinator bootstrapped the database created.
+    admin_key: str
 
     def api(self, n: int) -> Api:
-        # One admin for the cluster: the key the first coordinator created.
-        return Api(self.coordinators[n].endpoints["http"], self.coordinators[0].admin_key)
+        return Api(self.coordinators[n].endpoints["http"], self.admin_key)
 
     def health(self, n: int) -> dict[str, Any]:
         body: dict[str, Any] = self.api(n).get("/api/health").body
@@ -152,13 +154,19 @@ def cluster(tmp_path: Path, database: str) -> Iterator[Cluster]:
     agent: AgentProcess | None = None
     node: dict[str, Any] = {}
     try:
+        # Started at the same instant on the empty database: one migrates and bootstraps, all come up.
         for c in coordinators:
-            c.start()
-        ports = port_block(4)
-        node = create_node(Api(coordinators[0].endpoints["http"], coordinators[0].admin_key), ports)
+            c.launch()
+        for c in coordinators:
+            c.wait_ready()
+        keys = [c.data_dir / "admin.key" for c in coordinators if (c.data_dir / "admin.key").exists()]
+        assert len(keys) == 1, keys  # exactly one bootstrapped the database
+        admin_key = keys[0].read_text().strip()
+        ports = port_block(34)
+        node = create_node(Api(coordinators[0].endpoints["http"], admin_key), ports)
         agent = AgentProcess(tmp_path / "agent", coordinators[0], node["joinToken"], also=coordinators[1:])
         agent.start()
-        found = Cluster(coordinators, agent, node, ports)
+        found = Cluster(coordinators, agent, node, ports, admin_key)
         wait_for(lambda: found.health(0)["nodesConnected"] == 1, 30, "the agent's session on the first")
         yield found
         agent = found.agent  # a test may have started it again
@@ -208,6 +216,11 @@ def test_every_coordinator_shows_the_fleet_and_reaches_the_agent_another_holds(c
     assert [cluster.health(n)["nodesConnected"] for n in range(3)] == [1, 0, 0]
     apis = [cluster.api(n) for n in range(3)]
     wait_for(lambda: all(node_view(api, node_id)["isOnline"] for api in apis), 5, "the node online via all")
+    # A new node's agentCommand lists every coordinator's session address, the one asked first.
+    other = create_node(cluster.api(2), port_block(1), name="node-listed")
+    listed = other["agentCommand"].split("--coordinator ", 1)[1].split(" ", 1)[0].strip("'")
+    sessions = [f"127.0.0.1:{c.endpoints['grpc_port']}" for c in cluster.coordinators]
+    assert listed.split(",") == [sessions[2], sessions[0], sessions[1]], other["agentCommand"]
     # Deploy, power, suspend and delete, each through a coordinator that does not hold the session.
     body = {
         "image": TEST_IMAGE,
@@ -246,37 +259,45 @@ def test_killing_the_coordinator_holding_the_session_moves_the_agent_and_keeps_i
     cluster: Cluster,
 ) -> None:
     node_id = cluster.node["id"]
-    body = {
-        "image": TEST_IMAGE,
-        "memory": "64",
-        "cpu": "50",
-        "ports": str(cluster.ports[1]),
-        "nodeId": node_id,
-    }
-    made = cluster.api(0).post("/api/instances/deploy", {**body, "name": "survivor"})
+    made = cluster.api(0).post("/api/instances/deploy", deploy_body(cluster, 1, "survivor"))
     assert made.status == 201, made.body
     iid = made.body["id"]
     wait_state(cluster.api(1), iid, "running", timeout=10)
     before = containers(node_id)[iid]
-    assert cluster.health(0)["leader"] and not cluster.health(1)["leader"] and not cluster.health(2)["leader"]
+    alive = [0, 1, 2]
+    assert [cluster.health(n)["leader"] for n in alive].count(True) == 1
 
-    cluster.coordinators[0].stop(signal.SIGKILL)
-    killed = time.monotonic()
-    # The agent moves on to the next coordinator it knows, within its back-off cap (2 s in the tests).
+    def kill(n: int) -> None:
+        cluster.coordinators[n].stop(signal.SIGKILL)
+        alive.remove(n)
+
+    def leaders() -> list[int]:
+        return [n for n in alive if cluster.health(n)["leader"]]
+
+    def unharmed(seconds: float) -> None:
+        """Nobody marks the instance unhealthy while its heartbeats arrive somewhere, and every live
+        coordinator shows the node online."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for n in alive:
+                assert instance(cluster.api(n), iid)["state"] == "running", n
+                assert node_view(cluster.api(n), node_id)["isOnline"], n
+            time.sleep(0.2)
+
+    # The holder of the session dies: the agent moves on to the next coordinator it knows, within its
+    # back-off cap (2 s in the tests).
+    kill(0)
     wait_for(lambda: cluster.health(1)["nodesConnected"] == 1, 6, "the agent's session on the second")
-    moved = time.monotonic() - killed
-    # Another leads within the grace period, and only one.
-    wait_for(lambda: cluster.health(1)["leader"] or cluster.health(2)["leader"], 5, "a new leader")
-    assert [cluster.health(n)["leader"] for n in (1, 2)].count(True) == 1
-    # Nobody marks the instance unhealthy while its heartbeats arrive somewhere: watched for longer than the
-    # grace and the time a dead coordinator's sessions take to count as nobody's.
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        for n in (1, 2):
-            seen = instance(cluster.api(n), iid)
-            assert seen["state"] == "running", (n, seen["state"], moved)
-            assert node_view(cluster.api(n), node_id)["isOnline"], n
-        time.sleep(0.2)
+    wait_for(lambda: len(leaders()) == 1, 5, "one leader among the living")
+    # Watched beyond the grace (5 s) and the time a dead coordinator's sessions take to be nobody's.
+    unharmed(8)
+    # The leader dies (whichever it is now): another leads within the grace period.
+    kill(leaders()[0])
+    killed = time.monotonic()
+    wait_for(lambda: len(leaders()) == 1, 5, "a new leader")
+    assert time.monotonic() - killed < 5.0
+    wait_for(lambda: cluster.health(alive[0])["nodesConnected"] == 1, 6, "the agent on the last one")
+    unharmed(6)
     after = containers(node_id)[iid]
     assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
     assert after["State"]["Running"]
@@ -304,3 +325,33 @@ def test_an_agent_that_moves_to_another_coordinator_is_not_judged_by_the_one_it_
             assert instance(cluster.api(n), iid)["state"] == "running", n
             assert node_view(cluster.api(n), node_id)["isOnline"], n
         time.sleep(0.25)
+
+
+def test_ninety_deploys_through_three_coordinators_into_thirty_allocations(cluster: Cluster) -> None:
+    """90 deploys at once, 30 through each coordinator, for a node whose 30 free allocations are all there
+    is: exactly 30 are placed, no allocation twice, and the agent runs them all."""
+    node_id = cluster.node["id"]
+    for port in cluster.ports[30:]:  # 34 in the block: leave exactly 30
+        removed = cluster.api(0).delete(f"/api/nodes/{node_id}/allocations/{allocation_id(cluster, port)}")
+        assert removed.status in (200, 204), removed.body
+    body = {"image": TEST_IMAGE, "memory": "16", "cpu": "1", "nodeId": node_id}
+
+    def one(n: int) -> int:
+        return cluster.api(n % 3).post("/api/instances/deploy", {**body, "name": f"many-{n}"}).status
+
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        statuses = list(pool.map(one, range(90)))
+    assert statuses.count(201) == 30, sorted(statuses)
+    assert all(s in (400, 409, 503) for s in statuses if s != 201), sorted(statuses)
+    rows = cluster.coordinators[0].query(
+        "SELECT COUNT(*), COUNT(DISTINCT instance_id) FROM allocations WHERE instance_id IS NOT NULL"
+    )
+    assert rows == [(30, 30)]
+    live = cluster.coordinators[0].query("SELECT COUNT(*) FROM instances WHERE released = false")
+    assert live == [(30,)]
+    wait_for(lambda: sum(running(c) for c in containers(node_id).values()) == 30, 90, "30 containers running")
+
+
+def allocation_id(cluster: Cluster, port: int) -> str:
+    listed = cluster.api(0).get(f"/api/nodes/{cluster.node['id']}/allocations").body
+    return str(next(a["id"] for a in listed if a["port"] == port))

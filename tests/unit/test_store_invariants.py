@@ -197,6 +197,30 @@ async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement
         assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]
 
 
+async def test_bandwidth_totals_never_go_back(store: Store) -> None:
+    """Two coordinators that held one node in turn: the one whose meter started from an older total must
+    not write it over the later one the other wrote."""
+    inst = await add_instance(store)
+
+    def totals(rx: int, tx: int) -> dict[str, dict[str, object]]:
+        return {
+            inst.id: {
+                "rx_bytes": rx,
+                "tx_bytes": tx,
+                "net_epoch": "c:1",
+                "net_rx_seen": rx,
+                "net_tx_seen": tx,
+            }
+        }
+
+    for rx, tx in ((500, 900), (300, 950), (700, 100)):
+        async with store.write() as conn:
+            await instances_store.write_bandwidth(conn, totals(rx, tx))
+    async with store.read() as conn:
+        assert await instances_store.bandwidth_meters(conn, "n1") == [(inst.id, 700, 950, "c:1", 700, 100)]
+        assert await instances_store.bandwidth_meters(conn, "elsewhere") == []
+
+
 async def test_a_refused_extra_row_rolls_back_only_its_own_claim(store: Store) -> None:
     """Claims batched in one transaction: the one whose server name is taken loses everything it wrote (its
     allocation too), the others in the same batch hold."""

@@ -28,6 +28,7 @@ def upgrade() -> None:
         "coordinators",
         sa.Column("id", sa.String(length=36), primary_key=True),
         sa.Column("name", sa.String(length=255), nullable=False),
+        sa.Column("address", sa.String(length=255), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.Column("last_seen", sa.Float(), nullable=False),
     )

@@ -1,0 +1,129 @@
+"""The node channel across coordinators, as logic: two channels joined by an in-memory bus that delivers
+to every subscriber as NOTIFY does (the real bus, PostgreSQL, carries tests/integration/test_cluster.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from coordinator.config import FleetOptions
+from coordinator.domain.agents import ClusterView, Command, CommandKind, CommandResult, Heartbeat, Workload
+from coordinator.domain.records import NodeStatus
+from coordinator.fleet.cluster import ClusterChannel
+from coordinator.fleet.live import Fleet
+from tests.unit.factories import make_instance, make_node
+
+
+class MemoryBus:
+    def __init__(self) -> None:
+        self.leading = False
+        self.channels: list[ClusterChannel] = []
+        self.sent: list[dict[str, Any]] = []
+
+    async def publish(self, message: dict[str, Any]) -> bool:
+        self.sent.append(message)
+        for channel in self.channels:
+            channel.receive(message)
+        return True
+
+
+class Rows:
+    """What the database would say: who holds which node."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, str] = {}
+        self.alive: set[str] = set()
+
+    async def join(self, me: str, name: str, address: str, now: float) -> None:
+        self.alive.add(me)
+
+    async def touch(self, me: str, now: float) -> None: ...
+
+    async def leave(self, me: str) -> None:
+        self.alive.discard(me)
+
+    async def hold(self, node_id: str, me: str, now: float) -> None:
+        self.holders[node_id] = me
+
+    async def view(self, me: str, alive_since: float) -> ClusterView:
+        owners = {n: c for n, c in self.holders.items() if c != me and c in self.alive}
+        orphans = frozenset(n for n, c in self.holders.items() if c not in self.alive)
+        return ClusterView(owners, dict.fromkeys(self.holders, 999.0), orphans, ())
+
+
+async def settle() -> None:
+    """Let the spawned publishes and relays run."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+OPTIONS = FleetOptions(heartbeat_interval_s=1.0, grace_intervals=3, offline_after_s=10.0, batch_period_s=0.1)
+
+
+def pair() -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[Any, ...]]]:
+    bus, rows, delivered = MemoryBus(), Rows(), []
+
+    async def deliver(node: str, kind: CommandKind, iid: str, cid: str, wait: float | None) -> CommandResult:
+        delivered.append((node, kind, iid, cid, wait))
+        return CommandResult(cid, iid, ok=False, error="no such image")
+
+    a = ClusterChannel("a", Fleet(OPTIONS, clock=lambda: 1000.0), bus, rows, deliver, clock=lambda: 1000.0)
+    b = ClusterChannel("b", Fleet(OPTIONS, clock=lambda: 1000.0), bus, rows, deliver, clock=lambda: 1000.0)
+    bus.channels = [a, b]
+    return a, b, bus, delivered
+
+
+async def test_a_command_for_a_node_held_elsewhere_is_relayed_and_its_result_comes_back() -> None:
+    a, b, _bus, delivered = pair()
+    await a.join("a", "a:7443")
+    await b.join("b", "b:7443")
+    a.fleet.attach("n1")
+    await a.hold("n1")
+    assert b.is_connected("n1") and b.owners == {"n1": "a"}
+    command = Command(CommandKind.DEPLOY, Workload(make_instance("i1", node_id="n1")))
+    result = await b.send("n1", command, 1.0)
+    assert result == CommandResult(command.command_id, "i1", ok=False, error="no such image")
+    assert delivered == [("n1", CommandKind.DEPLOY, "i1", command.command_id, 1.0)]
+    assert b.post("n1", command)
+    await settle()
+    assert len(delivered) == 2 and delivered[-1][-1] is None  # fire and forget: no wait, no answer
+
+
+async def test_the_coordinator_an_agent_left_stops_watching_its_node() -> None:
+    a, b, _bus, _ = pair()
+    await a.join("a", "a:7443")
+    await b.join("b", "b:7443")
+    a.fleet.attach("n1")
+    a.fleet.record_heartbeat("n1", Heartbeat())
+    await b.hold("n1")  # the agent came back through b
+    assert "n1" not in a.fleet.live and not a.fleet.is_connected("n1")
+    assert a.fleet.status_of(make_node("n1", last_checked=999.0)) is NodeStatus.READY  # read as b holds it
+
+
+async def test_the_leader_alone_watches_a_node_whose_holder_died() -> None:
+    a, b, bus, _ = pair()
+    await a.join("a", "a:7443")
+    await b.join("b", "b:7443")
+    b.fleet.attach("n1")
+    await b.hold("n1")
+    await b.leave()  # b is gone
+    await a.refresh()
+    assert "n1" not in a.fleet.live  # not the leader: not its to judge
+    bus.leading = True
+    await a.refresh()
+    assert "n1" in a.fleet.live and a.fleet.live["n1"].expected_since is not None
+
+
+async def test_deleting_a_node_closes_its_session_wherever_it_is_and_placement_changes_travel() -> None:
+    a, b, _bus, _ = pair()
+    forgotten: list[str] = []
+    a.placement_changed = lambda: forgotten.append("a")
+    await a.join("a", "a:7443")
+    await b.join("b", "b:7443")
+    session = a.fleet.attach("n1")
+    await a.hold("n1")
+    b.close("n1")
+    b.tell_placement_changed()
+    await settle()
+    assert session.closed.is_set() and not a.fleet.is_connected("n1")
+    assert forgotten == ["a"]
