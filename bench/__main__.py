@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import coordinator_restart, deploy, heartbeats, placement, tls
+from bench import cluster, coordinator_restart, deploy, heartbeats, placement, tls
 
 
 def main() -> None:
@@ -11,6 +11,8 @@ def main() -> None:
     tls.main()
     print()
     placement.main([])
+    print()
+    cluster.main([])
     print()
     heartbeats.main()
     print()

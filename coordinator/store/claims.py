@@ -9,7 +9,10 @@ back whole.
 It is plain SQL, run by ``Store.batch``: on SQLite a whole batch of claims is one thread hop and one
 transaction. A durable commit costs an fsync, so claims waiting at the same moment share it: each runs in
 its own SAVEPOINT (a claim that loses its race rolls back alone), and every caller hears its outcome only
-after the commit made it durable. A lone claim is its own batch and waits for nobody.
+after the commit made it durable. A lone claim is its own batch and waits for nobody. On PostgreSQL, where
+a round trip is what a claim costs, a claim with nothing written beside it is one all-or-nothing statement
+(claim_in_one_statement: no savepoint), and claims go down several lanes by region, whose batches commit
+side by side.
 
 Lock order. Every writer that touches more than one of these takes them in this order, so no two
 transactions wait on each other in a circle (PostgreSQL would detect it and abort one): an instance's own
@@ -27,15 +30,18 @@ import functools
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.domain.records import Allocation, Instance
 from coordinator.store.engine import Sql, Store, Transact
 from coordinator.store.instances import INSERT_INSTANCE, INSERT_NUMBER, instance_params
+from coordinator.store.tables import instances
 
 #: Claims per transaction at most: bounds how long a caller waits for a commit.
 MAX_BATCH = 24
@@ -43,6 +49,8 @@ MAX_BATCH = 24
 MAX_HOLD_S = 0.05
 #: How long the claim writer waits for the next claim before giving the write lock back.
 LINGER_S = 0.002
+#: Claim lanes on PostgreSQL (see ClaimQueue).
+LANES = 4
 
 
 class ClaimLost(Exception):
@@ -165,6 +173,105 @@ def claim(
     return held
 
 
+# ---------------------------------------------------------------- PostgreSQL: one statement a claim
+
+
+def _typed_instance_insert() -> str:
+    """INSERT_INSTANCE as INSERT ... SELECT with every parameter cast to its column's type (a SELECT list
+    gives PostgreSQL no column to infer a parameter's type from), for use inside a WITH."""
+    head, values = INSERT_INSTANCE.split("VALUES", 1)
+    names = [v.strip().lstrip(":") for v in values.strip().strip("()").split(",")]
+    pg = postgresql.dialect()  # type: ignore[no-untyped-call]
+    casts = ", ".join(f"CAST(:{n} AS {instances.c[n].type.compile(dialect=pg)})" for n in names)
+    return f"{head.strip()} SELECT {casts} WHERE (SELECT fine FROM go)"
+
+
+_INSERT_INSTANCE_IF_FINE = _typed_instance_insert()
+
+
+def claim_in_one_statement(
+    sql: Sql,
+    inst: Instance,
+    *,
+    ports: Sequence[int],
+    port_count: int,
+    primary: int | None,
+) -> list[Allocation]:
+    """The claim as one data-modifying WITH statement, all or nothing: the region's place, the node's room
+    and the free allocations are locked and checked first, and every write is conditioned on all of them,
+    so a claim that loses writes nothing and needs no savepoint. One round trip instead of seven, which is
+    what PostgreSQL's claim rate is made of. The guards are the same as claim()'s; the store tests run both
+    engines against the same invariants."""
+    need = len(ports) if ports else port_count
+    params: dict[str, Any] = {
+        **instance_params(inst),
+        "node": inst.node_id,
+        "region": inst.region_id,
+        "memory": inst.memory_mib,
+        "cpu": inst.cpu_percent,
+        "disk": inst.disk_mib,
+        "need": need,
+        "no": False,
+        "org": inst.organization_id,
+        "instance": inst.id,
+        "now": inst.created_at,
+    }
+    pick = "node_id = :node AND instance_id IS NULL"
+    checks = ["(SELECT count(*) FROM picked) = :need", "(SELECT count(*) FROM nd) = 1"]
+    if ports:
+        listed, port_params = _in("port", ports)
+        pick += f" AND port IN {listed}"
+        params.update(port_params, nports=len(set(ports)))
+        checks.append("(SELECT count(DISTINCT port) FROM picked) = :nports")
+    primary_port = primary if primary is not None else (ports[0] if ports else None)
+    if primary_port is not None:
+        params["primary"] = primary_port
+        is_primary = "a.port = :primary"
+    elif need == 1:
+        is_primary = "TRUE"
+    else:  # several free allocations and no primary named: the lowest port is the primary
+        is_primary = "a.id = (SELECT id FROM picked ORDER BY port, bind_address LIMIT 1)"
+    region_ctes = ""
+    if inst.region_id is not None:
+        checks.append("(SELECT count(*) FROM reg) = 1")
+        region_ctes = (
+            "reg AS (SELECT id FROM regions WHERE id = :region AND live_count < server_limit"
+            " FOR NO KEY UPDATE),"
+        )
+        region_write = (
+            "r AS (UPDATE regions SET live_count = live_count + 1"
+            " WHERE id = :region AND (SELECT fine FROM go)),"
+        )
+    else:
+        region_write = ""
+    claimed = sql(
+        f"""WITH picked AS (SELECT id, port, bind_address FROM allocations WHERE {pick}
+    ORDER BY port, bind_address LIMIT :need FOR NO KEY UPDATE),
+{region_ctes}
+nd AS (SELECT id FROM nodes WHERE id = :node AND maintenance = :no AND free_allocations >= :need
+    AND (organization_id IS NULL OR organization_id = :org)
+    AND used_memory_mib + :memory <= memory_mib * (100 + overallocation_pct) / 100.0
+    AND used_cpu_percent + :cpu <= cpu_count * 100 * (100 + overallocation_pct) / 100.0
+    AND used_disk_mib + :disk <= disk_mib * (100 + overallocation_pct) / 100.0
+    FOR NO KEY UPDATE),
+go AS (SELECT {" AND ".join(checks)} AS fine),
+{region_write}
+n AS (UPDATE nodes SET used_memory_mib = used_memory_mib + :memory,
+    used_cpu_percent = used_cpu_percent + :cpu, used_disk_mib = used_disk_mib + :disk,
+    free_allocations = free_allocations - :need WHERE id = :node AND (SELECT fine FROM go)),
+i AS ({_INSERT_INSTANCE_IF_FINE}),
+num AS (INSERT INTO instance_numbers (instance_id) SELECT :id WHERE (SELECT fine FROM go))
+UPDATE allocations a SET instance_id = :instance, instance_released = :no, is_primary = ({is_primary}),
+    updated_at = :now
+FROM picked WHERE a.id = picked.id AND (SELECT fine FROM go)
+RETURNING {", ".join(f"a.{c.strip()}" for c in _ALLOCATION_COLUMNS.split(","))}""",
+        params,
+    )
+    if not claimed:
+        raise ClaimLost("region at its serverLimit, node room or allocations taken, or another's node")
+    return sorted((_allocation(r) for r in claimed), key=lambda a: (not a.primary, a.port))
+
+
 @dataclass(slots=True)
 class _Claim:
     inst: Instance
@@ -182,21 +289,37 @@ def _lock_places(sql: Sql, batch: Sequence[_Claim]) -> None:
     """Lock every region, then every node, the batch's claims will take, each in id order, before the first
     claim: one claim after another would take region, node, region, node in arrival order, and two batches
     (or a batch and the heartbeat writer, which takes nodes in id order) could wait in a circle. PostgreSQL
-    only (SQLite has one writer, and no FOR UPDATE)."""
+    only (SQLite has one writer, and no FOR UPDATE).
+
+    FOR NO KEY UPDATE, the lock an UPDATE of non-key columns takes anyway, not FOR UPDATE: the latter also
+    blocks foreign-key checks, and a region updated twice in one transaction has its fallback's row checked
+    (KEY SHARE), which another lane's batch may hold; two lanes would then wait on each other."""
     for table, key in (("regions", "region_id"), ("nodes", "node_id")):
         ids = sorted({getattr(item.inst, key) for item in batch} - {None})
         if ids:
             listed, params = _in("id", ids)
-            sql(f"SELECT id FROM {table} WHERE id IN {listed} ORDER BY id FOR UPDATE", params)
+            sql(f"SELECT id FROM {table} WHERE id IN {listed} ORDER BY id FOR NO KEY UPDATE", params)
 
 
 def _claim_each(sql: Sql, batch: Sequence[_Claim], lock_first: bool = False) -> list[Outcome]:
-    if lock_first and len(batch) > 1:
+    if lock_first:
+        # Even for one claim: the one-statement claim's WITH may lock its allocations before its region
+        # and node; held already, they keep the lock order.
         _lock_places(sql, batch)
     outcomes: list[Outcome] = []
     for item in batch:
-        sql("SAVEPOINT claim")
         held: Outcome
+        if lock_first and not item.extra:
+            # PostgreSQL, nothing written beside the claim: one all-or-nothing statement, no savepoint.
+            try:
+                held = claim_in_one_statement(
+                    sql, item.inst, ports=item.ports, port_count=item.port_count, primary=item.primary
+                )
+            except ClaimLost:
+                held = None
+            outcomes.append(held)
+            continue
+        sql("SAVEPOINT claim")
         try:
             held = claim(
                 sql,
@@ -222,11 +345,15 @@ class ClaimQueue:
     event loop decides the next ones, and the writer picks those up without a round trip through the loop.
     It gives the write lock back when nothing waits, or after MAX_HOLD_S so other writers get their turn."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, lanes: int | None = None) -> None:
         self.store = store
-        self._waiting: collections.deque[_Claim] = collections.deque()
-        self._arrived = threading.Event()
-        self._drainer: asyncio.Task[None] | None = None
+        # SQLite has one writer. PostgreSQL takes several transactions at once, so claims go down lanes by
+        # region (by node without one): two lanes never lock the same region or node (a node is in one
+        # region), so their batches commit side by side and never wait on each other.
+        self.lanes = lanes or (1 if store.is_sqlite else LANES)
+        self._waiting = [collections.deque[_Claim]() for _ in range(self.lanes)]
+        self._arrived = [threading.Event() for _ in range(self.lanes)]
+        self._drainers: list[asyncio.Task[None] | None] = [None] * self.lanes
 
     async def claim(
         self,
@@ -240,32 +367,35 @@ class ClaimQueue:
         """The allocations held, once durable; ClaimLost when the candidate was taken meanwhile,
         ClaimRefused when the database refused one of the ``extra`` rows."""
         done: asyncio.Future[list[Allocation]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Claim(inst, ports, port_count, primary, extra, done))
-        self._arrived.set()
+        lane = zlib.crc32((inst.region_id or inst.node_id or "").encode()) % self.lanes
+        self._waiting[lane].append(_Claim(inst, ports, port_count, primary, extra, done))
+        self._arrived[lane].set()
         # Its own task, not the caller's: a caller that goes away must not strand the others' claims.
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain(), name="claim-batches")
+        drainer = self._drainers[lane]
+        if drainer is None or drainer.done():
+            self._drainers[lane] = asyncio.create_task(self._drain(lane), name=f"claim-batches-{lane}")
         return await done
 
-    async def _drain(self) -> None:
+    async def _drain(self, lane: int) -> None:
         loop = asyncio.get_running_loop()
-        while self._waiting:
-            await self.store.on_writer(functools.partial(self._write, loop))
+        while self._waiting[lane]:
+            await self.store.on_writer(functools.partial(self._write, loop, lane))
 
-    def _write(self, loop: asyncio.AbstractEventLoop, transact: Transact) -> None:
+    def _write(self, loop: asyncio.AbstractEventLoop, lane: int, transact: Transact) -> None:
         """On the writer: batch after batch while claims keep coming (deque appends and pops are atomic),
         at least one batch per turn with the lock."""
         until = time.monotonic() + MAX_HOLD_S
+        waiting, arrived = self._waiting[lane], self._arrived[lane]
         while True:
-            if not self._waiting:
+            if not waiting:
                 # The loop is deciding the next claims right now: wait for them a moment rather than hand
                 # the lock back and come round again.
-                self._arrived.clear()
+                arrived.clear()
                 # (Only on a writer thread: elsewhere this job runs on the event loop, which must not wait.)
                 linger = LINGER_S if self.store.is_sqlite else 0.0
-                if not self._waiting and not self._arrived.wait(linger):
+                if not waiting and not arrived.wait(linger):
                     return
-            batch = [self._waiting.popleft() for _ in range(min(MAX_BATCH, len(self._waiting)))]
+            batch = [waiting.popleft() for _ in range(min(MAX_BATCH, len(waiting)))]
             try:
                 outcomes: list[Outcome] | BaseException = transact(
                     functools.partial(_claim_each, batch=batch, lock_first=not self.store.is_sqlite)

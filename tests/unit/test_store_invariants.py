@@ -197,6 +197,57 @@ async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement
         assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]
 
 
+async def test_a_queued_claim_takes_what_it_asks_with_its_primary_or_writes_nothing(store: Store) -> None:
+    """The claim queue's path (on PostgreSQL one all-or-nothing statement a claim, on SQLite statements in a
+    savepoint): named ports, a count of ports, the primary, and a claim that loses leaves no trace."""
+    async with store.write() as conn:
+        await conn.execute(
+            insert(regions).values(
+                id="ra", name="ra", identifier="ra", server_limit=2, created_at=0, updated_at=0
+            )
+        )
+        await conn.execute(update(nodes).where(nodes.c.id == "n1").values(region_id="ra"))
+    queue = ClaimQueue(store)
+
+    async def claim(ports: tuple[int, ...], count: int, primary: int | None, **over: object) -> list[int]:
+        inst = make_instance(str(uuid.uuid4()), node_id="n1", region_id="ra", **over)
+        held = await queue.claim(inst, ports=ports, port_count=count, primary=primary)
+        assert held[0].primary and sum(a.primary for a in held) == 1
+        return [a.port for a in held]
+
+    async def counters() -> tuple[object, ...]:
+        async with store.read() as conn:
+            node = (await conn.execute(select(nodes).where(nodes.c.id == "n1"))).one()
+            live = (await conn.execute(select(regions.c.live_count).where(regions.c.id == "ra"))).scalar_one()
+            rows = (await conn.execute(select(func.count()).select_from(instances))).scalar_one()
+        return node.used_memory_mib, node.free_allocations, live, rows
+
+    assert await claim((30004, 30002), 2, None) == [30004, 30002]  # the first named is the primary
+    assert await claim((), 3, None) == [30000, 30001, 30003]  # the lowest free port is
+    before = await counters()
+    assert before == (128, 5, 2, 2)
+    losers: list[tuple[tuple[int, ...], int, dict[str, int]]] = [
+        ((30002,), 1, {}),  # held already
+        ((), 1, {}),  # the region is at its serverLimit
+    ]
+    for ports, count, over in losers:
+        with pytest.raises(ClaimLost):
+            await claim(ports, count, None, **over)
+        assert await counters() == before
+    async with store.write() as conn:
+        await conn.execute(update(regions).where(regions.c.id == "ra").values(server_limit=10))
+    losers = [
+        ((30005, 30005), 2, {}),  # the same port twice
+        ((), 6, {}),  # more than are free
+        ((), 1, {"memory_mib": 10_000}),  # more memory than the node has
+    ]
+    for ports, count, over in losers:
+        with pytest.raises(ClaimLost):
+            await claim(ports, count, None, **over)
+        assert await counters() == before
+    assert await claim((30006, 30007), 2, 30007) == [30007, 30006]  # a named primary first
+
+
 async def test_bandwidth_totals_never_go_back(store: Store) -> None:
     """Two coordinators that held one node in turn: the one whose meter started from an older total must
     not write it over the later one the other wrote."""
