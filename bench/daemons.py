@@ -252,15 +252,15 @@ class CoordinatorProcess(Process):
 
         self.endpoints = wait_for(ready, 30, "the coordinator to start")
 
-    def query(self, statement: str) -> list[tuple[Any, ...]]:
-        """Rows of a read-only SQL statement on its store, whichever database that is (read as the store
-        reads, not by opening a file behind its back)."""
+    def query(self, statement: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of a read-only SQL statement (``:name`` parameters) on its store, whichever database that
+        is (read as the store reads, not by opening a file behind its back)."""
 
         async def read() -> list[tuple[Any, ...]]:
             store = Store.open(self.database_url)
             try:
                 async with store.read() as conn:
-                    return [tuple(r) for r in (await conn.execute(text(statement))).all()]
+                    return [tuple(r) for r in (await conn.execute(text(statement), params)).all()]
             finally:
                 await store.close()
 

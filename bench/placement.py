@@ -7,18 +7,22 @@
    temporary directory: 5,000 Ready nodes with 20 allocations each, placements issued concurrently; then
    the invariants are checked in the database (no allocation twice, counters equal to the rows). The
    first deploys read the fleet into the scheduler's view; that cold start is timed apart from the rate.
-   The same on PostgreSQL: a fresh database in the test cluster, or ``--database URL`` (an empty one).
+   The same on PostgreSQL: a fresh database in the test cluster, or ``--database URL`` (an empty one);
+   and with three coordinators claiming at once on one fresh database (three processes, each its own
+   store, view and claim queue, as three coordinators are), the rate of all three together.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -48,6 +52,8 @@ PORTS_PER_NODE = 20
 DECISIONS = 2_000
 PLACEMENTS = 6_000
 CONCURRENCY = 32
+#: Coordinators claiming at once on one PostgreSQL database.
+COORDINATORS = 3
 
 
 def pure_decisions() -> float:
@@ -95,14 +101,9 @@ def pure_decisions() -> float:
     return rate
 
 
-async def seeded(tmp: Path, url: str) -> tuple[Store, DeployService, Principal]:
-    """A migrated store (``url``: an empty database) with REGIONS regions in a ring of fallbacks and NODES
-    Ready nodes."""
-    config = CoordinatorConfig(data_dir=tmp)
-    store = Store.open(url)
-    await store.migrate()
-    core = core_over(store, tmp, config)
-    fleet = core.fleet
+async def seed(store: Store) -> int:
+    """REGIONS regions in a ring of fallbacks and NODES nodes with PORTS_PER_NODE allocations each, in a
+    migrated, empty store; the organization of the admin user "u"."""
     region_ids = [str(uuid.uuid4()) for _ in range(REGIONS)]
     async with store.write() as conn:
         org = await organization_with_user(conn, "u", admin=True)
@@ -129,41 +130,46 @@ async def seeded(tmp: Path, url: str) -> tuple[Store, DeployService, Principal]:
             await nodes_store.insert_allocations(
                 conn, node_id, [(str(uuid.uuid4()), "0.0.0.0", 30_000 + p) for p in range(PORTS_PER_NODE)]
             )
+    return org
+
+
+def serving(store: Store, tmp: Path, org: int) -> tuple[DeployService, Principal]:
+    """A coordinator's deploy use case over the seeded store, every node Ready."""
+    core = core_over(store, tmp, CoordinatorConfig(data_dir=tmp))
     for n in range(NODES):
-        fleet.record_heartbeat(f"node-{n}", Heartbeat())
-    return store, DeployService(core), Principal("u", "u", org, True)
+        core.fleet.record_heartbeat(f"node-{n}", Heartbeat())
+    return DeployService(core), Principal("u", "u", org, True)
 
 
-async def claims(tmp: Path, url: str) -> float:
-    store, service, caller = await seeded(tmp, url)
-    rng = random.Random(3)
+async def warm(service: DeployService, caller: Principal) -> tuple[list[str], float]:
+    """The first deploys read the fleet into the scheduler's view: (their ids, milliseconds)."""
     begin = time.perf_counter()
-    warm = [
-        (await service.deploy(caller, _order(f"r{i}"))).instance.id for i in range(REGIONS)
-    ]  # the first deploys read the fleet into the view
-    cold_ms = (time.perf_counter() - begin) * 1000
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(PLACEMENTS):
-        queue.put_nowait(i)
-    placed: list[str] = []
-    refused = 0
+    ids = [(await service.deploy(caller, _order(f"r{i}"))).instance.id for i in range(REGIONS)]
+    return ids, (time.perf_counter() - begin) * 1000
+
+
+async def deploy_many(service: DeployService, caller: Principal, count: int, seed_: int) -> tuple[int, int]:
+    """``count`` deploys, CONCURRENCY at a time, each starting in a random region: (placed, refused)."""
+    rng = random.Random(seed_)
+    left = count
+    placed = refused = 0
 
     async def worker() -> None:
-        nonlocal refused
-        while not queue.empty():
-            queue.get_nowait()
+        nonlocal left, placed, refused
+        while left > 0:
+            left -= 1
             try:
-                placed.append(
-                    (await service.deploy(caller, _order(f"r{rng.randrange(REGIONS)}"))).instance.id
-                )
+                await service.deploy(caller, _order(f"r{rng.randrange(REGIONS)}"))
+                placed += 1
             except ServiceError:
                 refused += 1
 
-    begin, cpu_begin = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    elapsed = time.perf_counter() - begin
-    busy = (time.process_time() - cpu_begin) / elapsed
-    rate = len(placed) / elapsed
+    return placed, refused
+
+
+async def held_and_counted(store: Store) -> tuple[int, int, int]:
+    """(allocations assigned, distinct holders, regions' live counts summed)."""
     async with store.read() as conn:
         held = await conn.execute(
             text(
@@ -172,14 +178,76 @@ async def claims(tmp: Path, url: str) -> float:
         )
         assigned, holders = held.one()
         counted = (await conn.execute(text("SELECT SUM(live_count) FROM regions"))).scalar_one()
+    return assigned, holders, counted
+
+
+async def claims(tmp: Path, url: str) -> float:
+    store = Store.open(url)
+    await store.migrate()
+    service, caller = serving(store, tmp, await seed(store))
+    warmed, cold_ms = await warm(service, caller)
+    begin, cpu_begin = time.perf_counter(), time.process_time()
+    placed, refused = await deploy_many(service, caller, PLACEMENTS, 3)
+    elapsed = time.perf_counter() - begin
+    busy = (time.process_time() - cpu_begin) / elapsed
+    rate = placed / elapsed
+    assigned, holders, counted = await held_and_counted(store)
     engine = "SQLite, FULL sync" if store.is_sqlite else "PostgreSQL"
     await store.close()
-    total = len(placed) + len(warm)
+    total = placed + len(warmed)
     collisions = total - holders + (assigned - holders)
     print(
         f"{f'placements through the use case ({engine})':56}{rate:9.0f} placements/s   "
-        f"({len(placed)} placed, {refused} refused, {collisions} collisions, {CONCURRENCY} concurrent;"
+        f"({placed} placed, {refused} refused, {collisions} collisions, {CONCURRENCY} concurrent;"
         f" cold view of {NODES} nodes read in {cold_ms:.0f} ms; this process {busy:.0%} of a core)"
+    )
+    assert collisions == 0 and counted == total == assigned
+    return rate
+
+
+def _one_of_several(url: str, tmp: str, org: int, n: int, ready: Any, results: Any) -> None:
+    """In a child process: one coordinator's deploy use case, started with the others on a barrier."""
+
+    async def run() -> None:
+        store = Store.open(url)
+        service, caller = serving(store, Path(tmp) / f"c{n}", org)
+        (Path(tmp) / f"c{n}").mkdir(exist_ok=True)
+        warmed, _ = await warm(service, caller)
+        ready.wait()
+        begin = time.monotonic()
+        placed, refused = await deploy_many(service, caller, PLACEMENTS // COORDINATORS, n)
+        results.put((placed + len(warmed), refused, begin, time.monotonic()))
+        await store.close()
+
+    asyncio.run(run())
+
+
+async def claims_on_several(tmp: Path, url: str) -> float:
+    """COORDINATORS processes, each its own store and view, claiming at once on one PostgreSQL database."""
+    store = Store.open(url)
+    await store.migrate()
+    org = await seed(store)
+    context = multiprocessing.get_context("spawn")
+    ready, results = context.Barrier(COORDINATORS), context.Queue()
+    children = [
+        context.Process(target=_one_of_several, args=(url, str(tmp), org, n, ready, results))
+        for n in range(COORDINATORS)
+    ]
+    for child in children:
+        child.start()
+    outcomes: list[tuple[int, int, float, float]] = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    placed = sum(o[0] for o in outcomes) - COORDINATORS * REGIONS
+    rate = placed / (max(o[3] for o in outcomes) - min(o[2] for o in outcomes))
+    assigned, holders, counted = await held_and_counted(store)
+    await store.close()
+    total = placed + COORDINATORS * REGIONS
+    collisions = total - holders + (assigned - holders)
+    print(
+        f"{f'... with {COORDINATORS} coordinators at once (PostgreSQL)':56}{rate:9.0f} placements/s   "
+        f"({placed} placed, {sum(o[1] for o in outcomes)} refused, {collisions} collisions,"
+        f" {CONCURRENCY} concurrent in each)"
     )
     assert collisions == 0 and counted == total == assigned
     return rate
@@ -198,6 +266,14 @@ async def on_postgres(tmp: Path, url: str | None) -> None:
     target = url or await fresh_database(base or "")
     try:
         await claims(tmp, target)
+    finally:
+        if url is None and base is not None:
+            await drop_database(base, target)
+    if url is not None:
+        return  # an operator's database is used once (it must be empty)
+    target = await fresh_database(base or "")
+    try:
+        await claims_on_several(tmp, target)
     finally:
         if url is None and base is not None:
             await drop_database(base, target)

@@ -21,6 +21,17 @@ def engine() -> Iterator[docker.DockerClient]:
     client.close()
 
 
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh, empty database in the test PostgreSQL, dropped after the test."""
+    base = require_postgres()
+    url = asyncio.run(fresh_database(base))
+    try:
+        yield url
+    finally:
+        asyncio.run(drop_database(base, url))
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def coordinator_storage(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     """A contract module runs against a coordinator on each store: its config's ``storage`` section (none:

@@ -3,7 +3,6 @@ limit and the audit trail."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -331,11 +330,9 @@ def test_every_mutating_call_is_audited(coordinator: CoordinatorProcess, admin: 
         "/api/auth/create-user", {"username": "leo", "email": "leo2@example.com", "password": "12345678"}
     )
     Api(admin.url, "mrg_bogus").post("/api/keys", {"name": "x"})
-    with sqlite3.connect(f"file:{coordinator.data_dir / 'moorage.db'}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT user_id, method, path, status, client, request_id FROM audit_log ORDER BY id"
-        ).fetchall()
-    conn.close()
+    rows = coordinator.query(
+        "SELECT user_id, method, path, status, client, request_id FROM audit_log ORDER BY id"
+    )
     created = [r for r in rows if r[2] == "/api/auth/create-user"]
     assert ("admin", "POST", "/api/auth/create-user", 201) in [r[:4] for r in created]
     assert ("admin", "POST", "/api/auth/create-user", 409) in [r[:4] for r in created]

@@ -5,33 +5,19 @@ is there."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bench.daemons import TEST_IMAGE, Api, instance, node_view, one_node_fleet, wait_for, wait_state
-from bench.databases import drop_database, fresh_database
-from tests.databases import require_postgres
 from tests.dockerenv import require_docker
 
 pytestmark = pytest.mark.docker
 
 CLUSTER_KEY = "copy-database-cluster-key-0123456789abcdef"
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    base = require_postgres()
-    url = asyncio.run(fresh_database(base))
-    try:
-        yield url
-    finally:
-        asyncio.run(drop_database(base, url))
 
 
 def copy_database(*args: str) -> subprocess.CompletedProcess[str]:

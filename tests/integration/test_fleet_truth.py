@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -323,17 +322,14 @@ def test_last_checked_lags_by_at_most_one_interval_plus_the_batch_period(fleet: 
     """In the API (memory) and in the database row (the batch writer), sampled over a few seconds."""
     interval, batch = TEST_FLEET["heartbeat_interval_s"], TEST_FLEET["batch_period_s"]
     slack = 0.25  # scheduling on a 2-core machine running the whole suite
-    db = sqlite3.connect(fleet.coordinator.data_dir / "moorage.db")
-    try:
-        worst_api = worst_db = 0.0
-        for _ in range(20):
-            view = node_view(fleet.api, fleet.node_id)
-            worst_api = max(worst_api, view["heartbeatAgeSeconds"])
-            (stored,) = db.execute("SELECT last_checked FROM nodes WHERE id = ?", (fleet.node_id,)).fetchone()
-            worst_db = max(worst_db, time.time() - stored)
-            time.sleep(0.17)
-    finally:
-        db.close()
+    worst_api = worst_db = 0.0
+    for _ in range(20):
+        view = node_view(fleet.api, fleet.node_id)
+        worst_api = max(worst_api, view["heartbeatAgeSeconds"])
+        asked = time.time()  # the query's own time (it opens the store) does not count as lag
+        [(stored,)] = fleet.coordinator.query("SELECT last_checked FROM nodes WHERE id = :n", n=fleet.node_id)
+        worst_db = max(worst_db, asked - stored)
+        time.sleep(0.17)
     assert worst_api <= interval * 1.1 + slack, worst_api  # the agent jitters its interval by ±10%
     assert worst_db <= interval * 1.1 + batch + slack, worst_db
 

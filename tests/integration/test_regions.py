@@ -5,7 +5,6 @@ tests/integration/test_foundation.py places through the chain onto a real agent 
 from __future__ import annotations
 
 import functools
-import sqlite3
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -370,25 +369,20 @@ def rush(world: World, region: str, count: int) -> list[tuple[int, dict[str, Any
 
 
 def check_invariants(world: World, region_id: str, expected_live: int) -> None:
-    db = world.coordinator.data_dir / "moorage.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        assigned = conn.execute(
-            "SELECT COUNT(*) FROM allocations a JOIN nodes n ON n.id = a.node_id "
-            "WHERE n.region_id = ? AND instance_id IS NOT NULL",
-            (region_id,),
-        ).fetchone()[0]
-        live = conn.execute(
-            "SELECT COUNT(*) FROM instances WHERE region_id = ? AND state NOT IN ('released', 'error')",
-            (region_id,),
-        ).fetchone()[0]
-        held = conn.execute(
-            "SELECT COUNT(DISTINCT instance_id) FROM allocations a JOIN nodes n ON n.id = a.node_id "
-            "WHERE n.region_id = ? AND instance_id IS NOT NULL",
-            (region_id,),
-        ).fetchone()[0]
-        counter, limit = conn.execute(
-            "SELECT live_count, server_limit FROM regions WHERE id = ?", (region_id,)
-        ).fetchone()
-    conn.close()
+    query, r = world.coordinator.query, {"r": region_id}
+    [(assigned,)] = query(
+        "SELECT COUNT(*) FROM allocations a JOIN nodes n ON n.id = a.node_id"
+        " WHERE n.region_id = :r AND instance_id IS NOT NULL",
+        **r,
+    )
+    [(live,)] = query(
+        "SELECT COUNT(*) FROM instances WHERE region_id = :r AND state NOT IN ('released', 'error')", **r
+    )
+    [(held,)] = query(
+        "SELECT COUNT(DISTINCT instance_id) FROM allocations a JOIN nodes n ON n.id = a.node_id"
+        " WHERE n.region_id = :r AND instance_id IS NOT NULL",
+        **r,
+    )
+    [(counter, limit)] = query("SELECT live_count, server_limit FROM regions WHERE id = :r", **r)
     # One port per deploy: as many ports held as instances holding them, so no port serves two.
     assert assigned == held == live == counter == expected_live <= limit

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,30 +75,33 @@ def bodies_for(schema: dict[str, Any], components: dict[str, Any], world: World)
     return [every] + [{**plain, n: world.fields[n]} for n in aimed if len(aimed) > 1]
 
 
+def _as_json(value: Any) -> dict[str, Any]:
+    found = json.loads(value) if isinstance(value, str) else value
+    return found if isinstance(found, dict) else {}
+
+
 def a_rows(fleet: SizedFleet, org: int) -> dict[str, list[tuple[Any, ...]]]:
     """A's rows, as the database has them (heartbeat-written columns left out)."""
-    path = fleet.coordinator.data_dir / "moorage.db"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        q = {
-            "instances": "SELECT id, name, state, owner_id, node_id, suspended, released, pending_release, "
-            "expires_at, redeploy_max_count FROM instances WHERE organization_id = ? ORDER BY id",
-            "users": "SELECT id, username, email, admin, password_hash FROM users WHERE organization_id = ?",
-            "keys": "SELECT k.id, k.name, k.revoked_at FROM api_keys k JOIN users u ON u.id = k.user_id "
-            "WHERE u.organization_id = ? ORDER BY k.id",
-            "nodes": "SELECT id, name, address, region_id, maintenance, cert_serial, organization_id, "
-            "cpu_count FROM nodes WHERE organization_id = ? ORDER BY id",
-            "allocations": "SELECT a.id, a.instance_id, a.alias, a.notes FROM allocations a JOIN nodes n "
-            "ON n.id = a.node_id WHERE n.organization_id = ? ORDER BY a.id",
-            "servers": "SELECT s.name, s.secret FROM servers s JOIN instances i ON i.id = s.instance_id "
-            "WHERE i.organization_id = ? ORDER BY s.name",
-            "tags": "SELECT tag FROM client_tags WHERE organization_id = ? ORDER BY tag",
-            "instance_tags": "SELECT t.instance_id, t.tag FROM instance_tags t JOIN instances i ON "
-            "i.id = t.instance_id WHERE i.organization_id = ? ORDER BY 1, 2",
-            "images": "SELECT name, definition FROM catalog_images WHERE json_extract(definition, "
-            "'$.organization') = ? ORDER BY name",
-        }
-        rows = {table: db.execute(sql, (org,)).fetchall() for table, sql in q.items()}
-    db.close()
+    q = {
+        "instances": "SELECT id, name, state, owner_id, node_id, suspended, released, pending_release, "
+        "expires_at, redeploy_max_count FROM instances WHERE organization_id = :org ORDER BY id",
+        "users": "SELECT id, username, email, admin, password_hash FROM users WHERE organization_id = :org",
+        "keys": "SELECT k.id, k.name, k.revoked_at FROM api_keys k JOIN users u ON u.id = k.user_id "
+        "WHERE u.organization_id = :org ORDER BY k.id",
+        "nodes": "SELECT id, name, address, region_id, maintenance, cert_serial, organization_id, "
+        "cpu_count FROM nodes WHERE organization_id = :org ORDER BY id",
+        "allocations": "SELECT a.id, a.instance_id, a.alias, a.notes FROM allocations a JOIN nodes n "
+        "ON n.id = a.node_id WHERE n.organization_id = :org ORDER BY a.id",
+        "servers": "SELECT s.name, s.secret FROM servers s JOIN instances i ON i.id = s.instance_id "
+        "WHERE i.organization_id = :org ORDER BY s.name",
+        "tags": "SELECT tag FROM client_tags WHERE organization_id = :org ORDER BY tag",
+        "instance_tags": "SELECT t.instance_id, t.tag FROM instance_tags t JOIN instances i ON "
+        "i.id = t.instance_id WHERE i.organization_id = :org ORDER BY 1, 2",
+    }
+    rows = {table: fleet.coordinator.query(sql, org=org) for table, sql in q.items()}
+    # The catalog's definitions are JSON: which organization one belongs to is read here, not in SQL.
+    images = fleet.coordinator.query("SELECT name, definition FROM catalog_images ORDER BY name")
+    rows["images"] = [(name, d) for name, d in images if _as_json(d).get("organization") == org]
     return rows
 
 

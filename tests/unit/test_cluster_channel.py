@@ -60,7 +60,8 @@ async def settle() -> None:
 OPTIONS = FleetOptions(heartbeat_interval_s=1.0, grace_intervals=3, offline_after_s=10.0, batch_period_s=0.1)
 
 
-def pair() -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[Any, ...]]]:
+async def pair() -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[Any, ...]]]:
+    """Two coordinators, a and b, joined."""
     bus, rows, delivered = MemoryBus(), Rows(), []
 
     async def deliver(node: str, kind: CommandKind, iid: str, cid: str, wait: float | None) -> CommandResult:
@@ -70,13 +71,13 @@ def pair() -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[Any, .
     a = ClusterChannel("a", Fleet(OPTIONS, clock=lambda: 1000.0), bus, rows, deliver, clock=lambda: 1000.0)
     b = ClusterChannel("b", Fleet(OPTIONS, clock=lambda: 1000.0), bus, rows, deliver, clock=lambda: 1000.0)
     bus.channels = [a, b]
+    await a.join("a", "a:7443")
+    await b.join("b", "b:7443")
     return a, b, bus, delivered
 
 
 async def test_a_command_for_a_node_held_elsewhere_is_relayed_and_its_result_comes_back() -> None:
-    a, b, _bus, delivered = pair()
-    await a.join("a", "a:7443")
-    await b.join("b", "b:7443")
+    a, b, _bus, delivered = await pair()
     a.fleet.attach("n1")
     await a.hold("n1")
     assert b.is_connected("n1") and b.owners == {"n1": "a"}
@@ -90,9 +91,7 @@ async def test_a_command_for_a_node_held_elsewhere_is_relayed_and_its_result_com
 
 
 async def test_the_coordinator_an_agent_left_stops_watching_its_node() -> None:
-    a, b, _bus, _ = pair()
-    await a.join("a", "a:7443")
-    await b.join("b", "b:7443")
+    a, b, _bus, _ = await pair()
     a.fleet.attach("n1")
     a.fleet.record_heartbeat("n1", Heartbeat())
     await b.hold("n1")  # the agent came back through b
@@ -101,9 +100,7 @@ async def test_the_coordinator_an_agent_left_stops_watching_its_node() -> None:
 
 
 async def test_the_leader_alone_watches_a_node_whose_holder_died() -> None:
-    a, b, bus, _ = pair()
-    await a.join("a", "a:7443")
-    await b.join("b", "b:7443")
+    a, b, bus, _ = await pair()
     b.fleet.attach("n1")
     await b.hold("n1")
     await b.leave()  # b is gone
@@ -115,7 +112,7 @@ async def test_the_leader_alone_watches_a_node_whose_holder_died() -> None:
 
 
 async def test_deleting_a_node_closes_its_session_wherever_it_is_and_placement_changes_travel() -> None:
-    a, b, _bus, _ = pair()
+    a, b, _bus, _ = await pair()
     forgotten: list[str] = []
     a.placement_changed = lambda: forgotten.append("a")
     await a.join("a", "a:7443")
