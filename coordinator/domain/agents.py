@@ -173,3 +173,5 @@ class ClusterView:
     orphans: frozenset[str]
     #: Where agents reach each live coordinator (HOST:PORT), oldest first.
     addresses: tuple[str, ...] = ()
+    #: When each of ``owners``' sessions began (the database's clock).
+    since: Mapping[str, float] = field(default_factory=dict)

@@ -33,11 +33,13 @@ class Bus(Protocol):
 
 
 class Membership(Protocol):
-    async def join(self, me: str, name: str, address: str, now: float) -> None: ...
-    async def touch(self, me: str, now: float) -> None: ...
+    """The rows (store/cluster.py). Times are the database's clock, so hosts' clocks need not agree."""
+
+    async def join(self, me: str, name: str, address: str) -> None: ...
+    async def touch(self, me: str) -> None: ...
     async def leave(self, me: str) -> None: ...
-    async def hold(self, node_id: str, me: str, now: float) -> None: ...
-    async def view(self, me: str, alive_since: float) -> ClusterView: ...
+    async def hold(self, node_id: str, me: str) -> float | None: ...
+    async def view(self, me: str, alive_s: float) -> ClusterView: ...
 
 
 class ClusterChannel:
@@ -64,6 +66,10 @@ class ClusterChannel:
         self.address = ""
         self.addresses: tuple[str, ...] = ()
         self._waits: dict[str, asyncio.Future[CommandResult | None]] = {}
+        #: A counter of "held" news, and the value it had when each node's last came: a refresh whose read
+        #: began before that news must not undo it.
+        self._news = 0
+        self._news_of: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "held": self._on_held,
@@ -103,9 +109,10 @@ class ClusterChannel:
         waiter: asyncio.Future[CommandResult | None] = asyncio.get_running_loop().create_future()
         self._waits[command.command_id] = waiter
         try:
-            if not await self.bus.publish(self._command(owner, node_id, command, wait_s)):
-                return None
-            return await asyncio.wait_for(waiter, wait_s)
+            async with asyncio.timeout(wait_s):  # the publish counts too: a slow bus is no answer
+                if not await self.bus.publish(self._command(owner, node_id, command, wait_s)):
+                    return None
+                return await waiter
         except TimeoutError:
             return None
         finally:
@@ -124,35 +131,56 @@ class ClusterChannel:
     async def join(self, name: str, address: str) -> None:
         self.address = address
         self.addresses = (address,)
-        await self.membership.join(self.me, name, address, self.clock())
+        await self.membership.join(self.me, name, address)
 
     async def leave(self) -> None:
         await self.membership.leave(self.me)
 
     async def hold(self, node_id: str) -> None:
-        """An agent's session started here: recorded, and the others stop watching the node at once."""
+        """An agent's session started here: recorded, and the others stop watching the node at once. A
+        session the database already knows a newer one of (the agent moved on meanwhile) is let go."""
+        session = self.fleet.sessions.get(node_id)
+        since = await self.membership.hold(node_id, self.me)
+        if session is None or self.fleet.sessions.get(node_id) is not session:
+            return  # it ended while being recorded
+        if since is None:
+            log.info("a newer session of the node is elsewhere; this one ends", node_id=node_id)
+            self.fleet.held_elsewhere(node_id, None)
+            return
+        session.since = since
         self.owners.pop(node_id, None)
         self.fleet.remote.pop(node_id, None)
-        await self.membership.hold(node_id, self.me, self.clock())
-        await self.bus.publish({"t": "held", "from": self.me, "node": node_id})
+        self._spawn(self.bus.publish({"t": "held", "from": self.me, "node": node_id, "since": since}))
 
     async def refresh(self) -> None:
         """Once a batch period: say this coordinator lives, and re-read who holds what."""
-        now = self.clock()
-        await self.membership.touch(self.me, now)
-        view = await self.membership.view(self.me, now - self.alive_s)
+        await self.membership.touch(self.me)
+        began = self._news
+        view = await self.membership.view(self.me, self.alive_s)
         self.addresses = (self.address, *(a for a in view.addresses if a != self.address))
-        for node_id in set(self.owners) - set(view.owners):
+        fresh = {n for n, seen in self._news_of.items() if seen > began}  # news the read may predate
+        for node_id in set(self.owners) - set(view.owners) - fresh:
+            self.owners.pop(node_id, None)
             self.fleet.held_nowhere(node_id)
-        for node_id in view.owners:
-            if not self.fleet.is_connected(node_id):
-                self.fleet.held_elsewhere(node_id, view.last_checked.get(node_id))
-        self.owners = {n: o for n, o in view.owners.items() if not self.fleet.is_connected(n)}
-        if self.bus.leading:
-            for node_id in view.orphans:
+        for node_id, owner in view.owners.items():
+            if node_id in fresh:
+                continue
+            session = self.fleet.sessions.get(node_id)
+            if session is not None and session.since is not None and session.since >= view.since[node_id]:
+                # Ours is the newer session, yet the row names another: record ours again.
+                self._spawn(self.hold(node_id))
+                continue
+            self.owners[node_id] = owner
+            self.fleet.held_elsewhere(node_id, view.last_checked.get(node_id))
+        for node_id in view.orphans - fresh:
+            if self.fleet.is_connected(node_id):
+                continue
+            if self.bus.leading:
                 if node_id not in self.fleet.live:
                     log.info("watching a node no coordinator holds", node_id=node_id)
                     self.fleet.watch(node_id, view.last_checked.get(node_id))
+            elif node_id in self.fleet.live:
+                self.fleet.forget(node_id)  # no longer the leader: not this one's to judge
 
     # ------------------------------------------------------------ the bus
 
@@ -162,7 +190,12 @@ class ClusterChannel:
             handler(message)
 
     def _on_held(self, message: dict[str, Any]) -> None:
-        node_id, owner = str(message["node"]), str(message["from"])
+        node_id, owner, since = str(message["node"]), str(message["from"]), float(message.get("since") or 0)
+        session = self.fleet.sessions.get(node_id)
+        if session is not None and session.since is not None and session.since > since:
+            return  # old news: the agent has come here since
+        self._news += 1
+        self._news_of[node_id] = self._news
         self.owners[node_id] = owner
         # Our session of it, if any, is the older one (the agent has one at a time): let it go.
         self.fleet.held_elsewhere(node_id, self.clock())

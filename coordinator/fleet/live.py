@@ -39,6 +39,8 @@ class Session:
         self.outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
         self.closed = asyncio.Event()
         self.connected_at = time.time()
+        #: When the database recorded this session as the node's (several coordinators), by its clock.
+        self.since: float | None = None
         #: Ids of the commands sent here whose results someone waits for.
         self.waiting: set[str] = set()
 

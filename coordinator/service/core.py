@@ -107,9 +107,12 @@ class Core:
         cmd = self.command(CommandKind.REMOVE, inst)
         if ended:
             self.agents.post(inst.node_id, cmd)
-        elif wait and self.agents.is_connected(inst.node_id):
-            self.fleet.removing.add(inst.id)
+        # "stopping" is tracked where the removal will be reported: on the coordinator holding the session.
+        here = self.fleet.is_connected(inst.node_id)
+        if wait and self.agents.is_connected(inst.node_id):
+            if here:
+                self.fleet.removing.add(inst.id)
             return self.agents.send(inst.node_id, cmd, self.config.fleet.command_wait_s)
-        elif self.agents.post(inst.node_id, cmd):
+        if self.agents.post(inst.node_id, cmd) and here:
             self.fleet.removing.add(inst.id)
         return None

@@ -3,7 +3,7 @@ each node's session."""
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select, text, true, update
+from sqlalchemy import delete, insert, select, text, true
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.agents import ClusterView
@@ -22,60 +22,83 @@ async def insert_sealed(conn: AsyncConnection, sealed: dict[str, str], now: floa
     )
 
 
+#: The database's clock, in the unix seconds the rows keep: every coordinator's liveness and every session's
+#: age are measured by one clock, whatever the coordinators' hosts' clocks say.
+DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"
+
+
 class ClusterRows:
-    """The coordinators' rows and the session holders', for fleet/cluster.py (its Membership port)."""
+    """The coordinators' rows and the session holders', for fleet/cluster.py (its Membership port).
+    PostgreSQL only (several coordinators need it)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def join(self, me: str, name: str, address: str, now: float) -> None:
+    async def join(self, me: str, name: str, address: str) -> None:
         async with self.store.write() as conn:
             await conn.execute(
-                insert(coordinators).values(id=me, name=name, address=address, started_at=now, last_seen=now)
+                text(
+                    "INSERT INTO coordinators (id, name, address, started_at, last_seen)"
+                    f" VALUES (:me, :name, :address, {DB_NOW}, {DB_NOW})"
+                ),
+                {"me": me, "name": name, "address": address},
             )
 
-    async def touch(self, me: str, now: float) -> None:
+    async def touch(self, me: str) -> None:
         async with self.store.write() as conn:
-            await conn.execute(update(coordinators).where(coordinators.c.id == me).values(last_seen=now))
+            await conn.execute(
+                text(f"UPDATE coordinators SET last_seen = {DB_NOW} WHERE id = :me"), {"me": me}
+            )
 
     async def leave(self, me: str) -> None:
         """A clean stop: the others see at once that what it held is nobody's."""
         async with self.store.write() as conn:
             await conn.execute(delete(coordinators).where(coordinators.c.id == me))
 
-    async def hold(self, node_id: str, me: str, now: float) -> None:
+    async def hold(self, node_id: str, me: str) -> float | None:
+        """Record that the node's session is here, since now; None when a newer session of it is recorded
+        elsewhere already (this one is the stale one)."""
         async with self.store.write() as conn:
-            await conn.execute(
-                text(
-                    "INSERT INTO node_sessions (node_id, coordinator_id, since) VALUES (:node, :me, :now)"
-                    " ON CONFLICT (node_id) DO UPDATE SET coordinator_id = :me, since = :now"
-                ),
-                {"node": node_id, "me": me, "now": now},
-            )
+            row = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO node_sessions (node_id, coordinator_id, since)"
+                        f" VALUES (:node, :me, {DB_NOW}) ON CONFLICT (node_id) DO UPDATE"
+                        " SET coordinator_id = EXCLUDED.coordinator_id, since = EXCLUDED.since"
+                        " WHERE node_sessions.since <= EXCLUDED.since RETURNING since"
+                    ),
+                    {"node": node_id, "me": me},
+                )
+            ).first()
+        return float(row.since) if row is not None else None
 
-    async def view(self, me: str, alive_since: float) -> ClusterView:
+    async def view(self, me: str, alive_s: float) -> ClusterView:
         async with self.store.read() as conn:
             found = await conn.execute(
-                select(coordinators.c.id, coordinators.c.address)
-                .where(coordinators.c.last_seen >= alive_since)
-                .order_by(coordinators.c.started_at, coordinators.c.id)
+                text(
+                    "SELECT id, address FROM coordinators WHERE last_seen >= "
+                    f"{DB_NOW} - :alive ORDER BY started_at, id"
+                ),
+                {"alive": alive_s},
             )
             addresses = {r.id: r.address for r in found}
-            alive = set(addresses)
             rows = await conn.execute(
-                select(nodes.c.id, nodes.c.last_checked, node_sessions.c.coordinator_id)
+                select(
+                    nodes.c.id, nodes.c.last_checked, node_sessions.c.coordinator_id, node_sessions.c.since
+                )
                 .select_from(nodes.outerjoin(node_sessions, node_sessions.c.node_id == nodes.c.id))
                 .where(nodes.c.enrolled == true())
             )
             owners: dict[str, str] = {}
+            since: dict[str, float] = {}
             last_checked: dict[str, float | None] = {}
             orphans: set[str] = set()
             for r in rows:
                 if r.coordinator_id == me:
                     continue
-                if r.coordinator_id in alive:
-                    owners[r.id] = r.coordinator_id
+                if r.coordinator_id in addresses:
+                    owners[r.id], since[r.id] = r.coordinator_id, float(r.since)
                 else:
                     orphans.add(r.id)
                 last_checked[r.id] = r.last_checked
-        return ClusterView(owners, last_checked, frozenset(orphans), tuple(addresses.values()))
+        return ClusterView(owners, last_checked, frozenset(orphans), tuple(addresses.values()), since)

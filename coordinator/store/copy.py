@@ -50,10 +50,22 @@ async def copy_database(source: Store, target: Store, extra: dict[str, list[dict
     async with source.read() as src, target.write() as dst:
         for table in metadata.sorted_tables:
             count = 0
+            # A column naming a row of its own table (a region's fallback) may point at a later row:
+            # copied empty, then set once every row is in.
+            own = [c.name for c in table.columns if any(f.column.table is table for f in c.foreign_keys)]
+            later: list[dict[str, object]] = []
             result = await src.stream(select(table))
             async for chunk in result.partitions(BATCH):
-                await dst.execute(insert(table), [dict(r._mapping) for r in chunk])
+                batch = [dict(r._mapping) for r in chunk]
+                for row in batch if own else ():
+                    later.append({"k": row["id"], **{c: row[c] for c in own}})
+                    row.update(dict.fromkeys(own, None))
+                await dst.execute(insert(table), batch)
                 count += len(chunk)
+            for pointer in later:
+                await dst.execute(
+                    table.update().where(table.c.id == pointer["k"]).values({c: pointer[c] for c in own})
+                )
             for name, values in extra.items():
                 if name == table.name and values:
                     await dst.execute(insert(table), values)

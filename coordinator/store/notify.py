@@ -23,8 +23,13 @@ log = get("coordinator.cluster")
 
 CHANNEL = "moorage_cluster"
 LEADER_LOCK = 7_420_003
+TRY_LEAD = "SELECT pg_try_advisory_lock($1)"
+NOTIFY = "SELECT pg_notify($1, $2)"
 #: NOTIFY payloads are limited to 8000 bytes; messages here are ids and short texts.
 MAX_PAYLOAD = 7_900
+#: No statement on the bus's connection may take longer: a half-open connection (the database failed over,
+#: a network path died) is given up and made again instead of hanging every publisher behind it.
+STATEMENT_TIMEOUT_S = 5.0
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -52,28 +57,42 @@ class PgBus:
             try:
                 await self._connect()
                 while not self._conn_lost():
-                    if not self.leading:
-                        await self._try_lead()
+                    await self._turn()
                     await asyncio.sleep(self._retry_s)
                 log.warning("the coordinators' bus connection was lost; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("the coordinators' bus is down; retrying", error=str(exc))
             await self._drop()
             await asyncio.sleep(self._retry_s)
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
-        await conn.add_listener(CHANNEL, self._received)
+        conn = await asyncpg.connect(self._dsn, timeout=STATEMENT_TIMEOUT_S)
+        try:
+            await conn.add_listener(CHANNEL, self._received)
+        except BaseException:
+            conn.terminate()
+            raise
         self._conn = conn
         self.listening.set()
 
     def _conn_lost(self) -> bool:
         return self._conn is None or self._conn.is_closed()
 
-    async def _try_lead(self) -> None:
+    async def _turn(self) -> None:
+        """Prove the connection, and try for the leader's lock while not leading. Leading or not, a dead
+        connection is found within a turn: a leader on one has lost its lock to the next coordinator."""
         async with self._lock:
-            assert self._conn is not None
-            got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                return
+            try:
+                if self.leading:
+                    await conn.fetchval("SELECT 1", timeout=STATEMENT_TIMEOUT_S)
+                    return
+                got = await conn.fetchval(TRY_LEAD, LEADER_LOCK, timeout=STATEMENT_TIMEOUT_S)
+            except TimeoutError:
+                conn.terminate()
+                raise
         if got:
             self.leading = True
             log.info("this coordinator leads (health of unheld nodes, sweeps)")
@@ -101,16 +120,23 @@ class PgBus:
 
     async def publish(self, message: dict[str, Any]) -> bool:
         """Send to every coordinator (this one too); False when the bus is down."""
-        payload = json.dumps(message, separators=(",", ":"))
+        payload = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
         if len(payload.encode()) > MAX_PAYLOAD:
-            raise ValueError("a message too large for NOTIFY")
-        if self._conn_lost():
+            log.error("a message too large for NOTIFY was dropped", kind=message.get("t"))
             return False
         try:
             async with self._lock:
-                assert self._conn is not None
-                await self._conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                conn = self._conn
+                if conn is None or conn.is_closed():
+                    return False
+                try:
+                    await conn.execute(
+                        "SELECT pg_notify($1, $2)", CHANNEL, payload, timeout=STATEMENT_TIMEOUT_S
+                    )
+                except TimeoutError:
+                    conn.terminate()
+                    raise
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("a message to the other coordinators was lost", error=str(exc))
             return False
         return True

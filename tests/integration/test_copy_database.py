@@ -52,6 +52,13 @@ def test_a_store_that_ran_real_instances_moves_to_postgresql(tmp_path: Path, dat
         container = wait_state(api, first, "running")["ContainerId"]
         person = {"username": "mover", "email": "mover@example.com", "password": "correct horse"}
         assert api.post("/api/auth/create-user", person).status == 201
+        # A region whose fallback was created after it: the copy must not trip over the order.
+        first_region = api.post("/api/regions", {"name": "First", "identifier": "first"}).body["id"]
+        later_region = api.post("/api/regions", {"name": "Later", "identifier": "later"}).body["id"]
+        assert (
+            api.call("PATCH", f"/api/regions/{first_region}", {"fallbackRegionId": later_region}).status
+            == 200
+        )
         coordinator = fleet.coordinator
         assert coordinator.stop() == 0
         source = f"sqlite:///{coordinator.data_dir / 'moorage.db'}"
@@ -86,3 +93,4 @@ def test_a_store_that_ran_real_instances_moves_to_postgresql(tmp_path: Path, dat
         numbers = coordinator.query("SELECT instance_id, number FROM instance_numbers ORDER BY number")
         assert [iid for iid, _ in numbers] == [first, second]
         assert instance(api, first)["name"] == "before-the-move"
+        assert api.get(f"/api/regions/{first_region}").body["fallbackRegionId"] == later_region

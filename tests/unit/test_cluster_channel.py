@@ -31,24 +31,30 @@ class Rows:
     """What the database would say: who holds which node."""
 
     def __init__(self) -> None:
-        self.holders: dict[str, str] = {}
+        self.holders: dict[str, tuple[str, float]] = {}
         self.alive: set[str] = set()
+        self.now = 100.0  # the database's clock
 
-    async def join(self, me: str, name: str, address: str, now: float) -> None:
+    async def join(self, me: str, name: str, address: str) -> None:
         self.alive.add(me)
 
-    async def touch(self, me: str, now: float) -> None: ...
+    async def touch(self, me: str) -> None: ...
 
     async def leave(self, me: str) -> None:
         self.alive.discard(me)
 
-    async def hold(self, node_id: str, me: str, now: float) -> None:
-        self.holders[node_id] = me
+    async def hold(self, node_id: str, me: str) -> float | None:
+        self.now += 1
+        if node_id in self.holders and self.holders[node_id][1] > self.now:
+            return None
+        self.holders[node_id] = (me, self.now)
+        return self.now
 
-    async def view(self, me: str, alive_since: float) -> ClusterView:
-        owners = {n: c for n, c in self.holders.items() if c != me and c in self.alive}
-        orphans = frozenset(n for n, c in self.holders.items() if c not in self.alive)
-        return ClusterView(owners, dict.fromkeys(self.holders, 999.0), orphans, ())
+    async def view(self, me: str, alive_s: float) -> ClusterView:
+        owners = {n: c for n, (c, _) in self.holders.items() if c != me and c in self.alive}
+        orphans = frozenset(n for n, (c, _) in self.holders.items() if c not in self.alive)
+        since = {n: s for n, (_, s) in self.holders.items()}
+        return ClusterView(owners, dict.fromkeys(self.holders, 999.0), orphans, (), since)
 
 
 async def settle() -> None:
@@ -80,6 +86,7 @@ async def test_a_command_for_a_node_held_elsewhere_is_relayed_and_its_result_com
     a, b, _bus, delivered = await pair()
     a.fleet.attach("n1")
     await a.hold("n1")
+    await settle()
     assert b.is_connected("n1") and b.owners == {"n1": "a"}
     command = Command(CommandKind.DEPLOY, Workload(make_instance("i1", node_id="n1")))
     result = await b.send("n1", command, 1.0)
@@ -94,7 +101,9 @@ async def test_the_coordinator_an_agent_left_stops_watching_its_node() -> None:
     a, b, _bus, _ = await pair()
     a.fleet.attach("n1")
     a.fleet.record_heartbeat("n1", Heartbeat())
+    b.fleet.attach("n1")
     await b.hold("n1")  # the agent came back through b
+    await settle()
     assert "n1" not in a.fleet.live and not a.fleet.is_connected("n1")
     assert a.fleet.status_of(make_node("n1", last_checked=999.0)) is NodeStatus.READY  # read as b holds it
 
@@ -103,12 +112,48 @@ async def test_the_leader_alone_watches_a_node_whose_holder_died() -> None:
     a, b, bus, _ = await pair()
     b.fleet.attach("n1")
     await b.hold("n1")
+    await settle()
     await b.leave()  # b is gone
     await a.refresh()
     assert "n1" not in a.fleet.live  # not the leader: not its to judge
     bus.leading = True
     await a.refresh()
     assert "n1" in a.fleet.live and a.fleet.live["n1"].expected_since is not None
+
+
+async def test_old_news_of_a_session_does_not_end_a_newer_one_here() -> None:
+    """b's late "held" (its session began before the agent came to a) leaves a's session alone, and a
+    refresh that reads a row naming b while a's session is the newer records a's again."""
+    a, b, bus, _ = await pair()
+    b.fleet.attach("n1")
+    await b.hold("n1")
+    await settle()
+    stale = bus.sent[-1]
+    session = a.fleet.attach("n1")
+    await a.hold("n1")
+    await settle()
+    a.receive(stale)  # delivered late
+    assert a.fleet.is_connected("n1") and not session.closed.is_set()
+    rows = a.membership
+    assert isinstance(rows, Rows)
+    rows.holders["n1"] = ("b", 50.0)  # a row written by b's slow, older hello
+    await a.refresh()
+    await settle()
+    assert a.fleet.is_connected("n1") and rows.holders["n1"][0] == "a"
+
+
+async def test_a_former_leader_stops_judging_the_nodes_nobody_holds() -> None:
+    a, b, bus, _ = await pair()
+    b.fleet.attach("n1")
+    await b.hold("n1")
+    await settle()
+    await b.leave()
+    bus.leading = True
+    await a.refresh()
+    assert "n1" in a.fleet.live
+    bus.leading = False
+    await a.refresh()
+    assert "n1" not in a.fleet.live
 
 
 async def test_deleting_a_node_closes_its_session_wherever_it_is_and_placement_changes_travel() -> None:
@@ -119,6 +164,7 @@ async def test_deleting_a_node_closes_its_session_wherever_it_is_and_placement_c
     await b.join("b", "b:7443")
     session = a.fleet.attach("n1")
     await a.hold("n1")
+    await settle()
     b.close("n1")
     b.tell_placement_changed()
     await settle()
