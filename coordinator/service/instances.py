@@ -177,15 +177,16 @@ class InstanceService:
         the containers (a failed one's too: the agent then drops it for good), and (``wait``) wait for
         their reports a bounded time."""
         now = self.core.clock()
-        # In id order: two releases of overlapping sets lock their instances in one order.
         found = sorted(
             (inst for inst in found if inst.state is not InstanceState.RELEASED), key=lambda i: i.id
         )
-        async with self.core.store.write() as conn:
-            moved = {
-                inst.id: await instances_store.transition(conn, inst.id, Event.RELEASE, now=now)
-                for inst in found
-            }
+        moved = {}
+        for inst in found:
+            # One transaction each (the lock order in store/claims.py): a failed one released at once takes
+            # its region, node and allocations, and the next instance's row must not be waited for while
+            # holding those.
+            async with self.core.store.write() as conn:
+                moved[inst.id] = await instances_store.transition(conn, inst.id, Event.RELEASE, now=now)
         waits = []
         for inst in found:
             self.core.fleet.unconfirm(inst.id)
