@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import re
 import sqlite3
 import threading
 import time
@@ -182,7 +183,9 @@ def _typed_instance_insert() -> str:
     head, values = INSERT_INSTANCE.split("VALUES", 1)
     names = [v.strip().lstrip(":") for v in values.strip().strip("()").split(",")]
     pg = postgresql.dialect()  # type: ignore[no-untyped-call]
-    casts = ", ".join(f"CAST(:{n} AS {instances.c[n].type.compile(dialect=pg)})" for n in names)
+    # Text cast without its length: an overlong value must be refused by the column, not cut by the cast.
+    types = {n: re.sub(r"VARCHAR\(\d+\)", "VARCHAR", instances.c[n].type.compile(dialect=pg)) for n in names}
+    casts = ", ".join(f"CAST(:{n} AS {types[n]})" for n in names)
     return f"{head.strip()} SELECT {casts} WHERE (SELECT fine FROM go)"
 
 
@@ -221,7 +224,7 @@ def claim_in_one_statement(
     if ports:
         listed, port_params = _in("port", ports)
         pick += f" AND port IN {listed}"
-        params.update(port_params, nports=len(set(ports)))
+        params.update(port_params, nports=len(ports))  # a port named twice can never be had twice
         checks.append("(SELECT count(DISTINCT port) FROM picked) = :nports")
     primary_port = primary if primary is not None else (ports[0] if ports else None)
     if primary_port is not None:

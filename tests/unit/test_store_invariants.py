@@ -207,6 +207,8 @@ async def test_a_queued_claim_takes_what_it_asks_with_its_primary_or_writes_noth
             )
         )
         await conn.execute(update(nodes).where(nodes.c.id == "n1").values(region_id="ra"))
+        # Port 30005 on a second address too: asking for it twice must still not get both.
+        await nodes_store.insert_allocations(conn, "n1", [("a30005-lo", "127.0.0.1", 30005)])
     queue = ClaimQueue(store)
 
     async def claim(ports: tuple[int, ...], count: int, primary: int | None, **over: object) -> list[int]:
@@ -225,7 +227,7 @@ async def test_a_queued_claim_takes_what_it_asks_with_its_primary_or_writes_noth
     assert await claim((30004, 30002), 2, None) == [30004, 30002]  # the first named is the primary
     assert await claim((), 3, None) == [30000, 30001, 30003]  # the lowest free port is
     before = await counters()
-    assert before == (128, 5, 2, 2)
+    assert before == (128, 6, 2, 2)
     losers: list[tuple[tuple[int, ...], int, dict[str, int]]] = [
         ((30002,), 1, {}),  # held already
         ((), 1, {}),  # the region is at its serverLimit
@@ -237,8 +239,8 @@ async def test_a_queued_claim_takes_what_it_asks_with_its_primary_or_writes_noth
     async with store.write() as conn:
         await conn.execute(update(regions).where(regions.c.id == "ra").values(server_limit=10))
     losers = [
-        ((30005, 30005), 2, {}),  # the same port twice
-        ((), 6, {}),  # more than are free
+        ((30005, 30005), 2, {}),  # the same port twice (free on two addresses)
+        ((), 7, {}),  # more than are free
         ((), 1, {"memory_mib": 10_000}),  # more memory than the node has
     ]
     for ports, count, over in losers:
