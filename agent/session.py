@@ -208,6 +208,7 @@ class AgentSession:
 
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
+        self.telemetry.keep_only({c.container_id for c in containers})
         return await asyncio.to_thread(
             lambda: [
                 instance_status(

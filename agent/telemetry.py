@@ -81,6 +81,12 @@ class Telemetry:
             "net_tx_mbps": tx_mbps,
         }
 
+    def keep_only(self, container_ids: set[str]) -> None:
+        """Drop the counters of containers that are gone: the agent lives for months beside containers
+        that come and go, and nothing else would ever remove them."""
+        for gone in self._containers.keys() - container_ids:
+            del self._containers[gone]
+
     def container_network(self, container_id: str, pid: int) -> tuple[int, int, float, float]:
         """(rx bytes, tx bytes, rx Mbps, tx Mbps) of a running container since its namespace was created.
         A restarted container starts from zero; the coordinator keeps the totals across that."""
