@@ -22,6 +22,8 @@ from common.logging import get
 log = get("coordinator.cluster")
 
 CHANNEL = "moorage_cluster"
+#: How the bus's connection names itself in pg_stat_activity (operators see which backend leads).
+APPLICATION_NAME = "moorage-coordinator-bus"
 LEADER_LOCK = 7_420_003
 TRY_LEAD = "SELECT pg_try_advisory_lock($1)"
 NOTIFY = "SELECT pg_notify($1, $2)"
@@ -66,7 +68,9 @@ class PgBus:
             await asyncio.sleep(self._retry_s)
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=STATEMENT_TIMEOUT_S)
+        conn = await asyncpg.connect(
+            self._dsn, timeout=STATEMENT_TIMEOUT_S, server_settings={"application_name": APPLICATION_NAME}
+        )
         try:
             await conn.add_listener(CHANNEL, self._received)
         except BaseException:

@@ -350,3 +350,45 @@ def test_ninety_deploys_through_three_coordinators_into_thirty_allocations(clust
 def allocation_id(cluster: Cluster, port: int) -> str:
     listed = cluster.api(0).get(f"/api/nodes/{cluster.node['id']}/allocations").body
     return str(next(a["id"] for a in listed if a["port"] == port))
+
+
+def test_the_bus_comes_back_after_its_database_connection_is_cut(tmp_path: Path, database: str) -> None:
+    """The database ends the coordinators' bus connections (a failover, an operator's
+    pg_terminate_backend): each coordinator connects again, exactly one leads, and when that one dies the
+    other takes over, so the lock is really being tried again."""
+    key_file = tmp_path / "cluster.key"
+    key_file.write_text(CLUSTER_KEY)
+    a, b = (coordinator(tmp_path, name, database, key_file) for name in "ab")
+    try:
+        a.start()
+        b.start()
+        admin = (a.data_dir / "admin.key").read_text().strip()
+        apis = [Api(c.endpoints["http"], admin) for c in (a, b)]
+
+        def leaders() -> list[bool]:
+            return [bool(api.get("/api/health").body["leader"]) for api in apis]
+
+        wait_for(lambda: leaders().count(True) == 1, 10, "one leader")
+        cut = a.query(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = 'moorage-coordinator-bus' AND datname = current_database()"
+        )
+        assert cut == [(2,)]
+        wait_for(lambda: leaders().count(True) == 1, 15, "one leader again")
+        wait_for(
+            lambda: (
+                a.query(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'moorage-coordinator-bus'"
+                    " AND datname = current_database()"
+                )
+                == [(2,)]
+            ),
+            15,
+            "both buses back",
+        )
+        leading = leaders().index(True)
+        (a, b)[leading].stop(signal.SIGKILL)
+        other = apis[1 - leading]
+        wait_for(lambda: other.get("/api/health").body["leader"], 10, "the other to lead")
+    finally:
+        stop_all(a, b)
