@@ -33,8 +33,7 @@ from coordinator.domain.records import HostMetrics
 from coordinator.fleet.cluster import ClusterChannel
 from coordinator.fleet.live import Fleet
 from coordinator.gateway.servicer import Gateway, start_server
-from coordinator.security.cluster import NAMES as CLUSTER_NAMES
-from coordinator.security.cluster import ClusterKeyError, directory_secrets, new_secrets, read_cluster_key
+from coordinator.security.cluster import ClusterKeyError, first_secrets, read_cluster_key
 from coordinator.service.access import AccessService, FailureLimiter
 from coordinator.service.agent_reports import AgentReports
 from coordinator.service.bootstrap import ensure_admin, load_secrets
@@ -49,7 +48,7 @@ from coordinator.service.servers import ServerService
 from coordinator.service.vpn import VpnService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
-from coordinator.store.cluster import ClusterRows
+from coordinator.store.cluster import ClusterRows, sealed_rows
 from coordinator.store.copy import Copied, CopyRefused, copy_database
 from coordinator.store.engine import Store, sqlite_url
 from coordinator.store.notify import PgBus
@@ -356,14 +355,10 @@ def copy_database_command(argv: list[str]) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else source_path.parent
     try:
         key = read_cluster_key(Path(args.cluster_key_file) if args.cluster_key_file else None)
-        secrets = directory_secrets(data_dir)
+        values, secrets = first_secrets(data_dir)
         extra = {}
         if key is not None and secrets:
-            values = {**new_secrets(), **secrets}
-            now = time.time()
-            extra["cluster_secrets"] = [
-                {"name": n, "value": key.seal(n, values[n]), "created_at": now} for n in CLUSTER_NAMES
-            ]
+            extra["cluster_secrets"] = sealed_rows(key.seal_all(values), time.time())
         copied = asyncio.run(_copy(args.source, args.target, extra))
     except (CopyRefused, ClusterKeyError) as exc:
         print(f"moorage-coordinator: {exc}", file=sys.stderr)

@@ -47,6 +47,9 @@ class ClusterKey:
     def seal(self, name: str, value: bytes) -> str:
         return self._sealer.seal(value, f"cluster:{name}")
 
+    def seal_all(self, values: Mapping[str, bytes]) -> dict[str, str]:
+        return {name: self.seal(name, values[name]) for name in NAMES}
+
     def open(self, name: str, value: str) -> bytes:
         try:
             return self._sealer.open(value, f"cluster:{name}")
@@ -76,6 +79,13 @@ def new_secrets() -> dict[str, bytes]:
         "sealing.key": AESGCM.generate_key(bit_length=256),
         "jwt.secret": secrets.token_bytes(32),
     }
+
+
+def first_secrets(data_dir: Path) -> tuple[dict[str, bytes], list[str]]:
+    """What the first coordinator with a cluster key puts into the database: its data directory's secrets
+    and new ones for what it lacks; and the names of those that came from the directory."""
+    found = directory_secrets(data_dir)
+    return {**new_secrets(), **found}, sorted(found)
 
 
 def directory_secrets(data_dir: Path) -> dict[str, bytes]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common.logging import get
 from coordinator.security import tokens
-from coordinator.security.cluster import NAMES, ClusterKey, ClusterKeyError, directory_secrets, new_secrets
+from coordinator.security.cluster import NAMES, ClusterKey, ClusterKeyError, first_secrets
 from coordinator.security.credentials import JwtSigner
 from coordinator.security.pki import CertificateAuthority
 from coordinator.security.sealing import Sealer
@@ -109,14 +109,11 @@ async def load_secrets(store: Store, key: ClusterKey | None, data_dir: Path, now
             if missing:
                 raise ClusterKeyError(f"the database's cluster secrets lack {', '.join(missing)}")
         else:
-            found = directory_secrets(data_dir)
-            values = {**new_secrets(), **found}
-            await cluster_store.insert_sealed(
-                conn, {name: key.seal(name, values[name]) for name in NAMES}, now
-            )
+            values, found = first_secrets(data_dir)
+            await cluster_store.insert_sealed(conn, key.seal_all(values), now)
             log.info(
                 "cluster secrets created in the database",
-                taken_from_data_directory=sorted(found),
+                taken_from_data_directory=found,
                 note="the data directory's copies are no longer read and may be removed" if found else "",
             )
     try:

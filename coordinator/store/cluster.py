@@ -16,10 +16,12 @@ async def read_sealed(conn: AsyncConnection) -> dict[str, str]:
     return {r.name: r.value for r in rows}
 
 
+def sealed_rows(sealed: dict[str, str], now: float) -> list[dict[str, object]]:
+    return [{"name": n, "value": v, "created_at": now} for n, v in sealed.items()]
+
+
 async def insert_sealed(conn: AsyncConnection, sealed: dict[str, str], now: float) -> None:
-    await conn.execute(
-        insert(cluster_secrets), [{"name": n, "value": v, "created_at": now} for n, v in sealed.items()]
-    )
+    await conn.execute(insert(cluster_secrets), sealed_rows(sealed, now))
 
 
 #: The database's clock, in the unix seconds the rows keep: every coordinator's liveness and every session's
