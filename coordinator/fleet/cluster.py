@@ -166,6 +166,8 @@ class ClusterChannel:
             if node_id in fresh:
                 continue
             session = self.fleet.sessions.get(node_id)
+            if session is not None and session.since is None:
+                continue  # its Hello is being recorded right now: the newest session there is
             if session is not None and session.since is not None and session.since >= view.since[node_id]:
                 # Ours is the newer session, yet the row names another: record ours again.
                 self._spawn(self.hold(node_id))
@@ -192,8 +194,8 @@ class ClusterChannel:
     def _on_held(self, message: dict[str, Any]) -> None:
         node_id, owner, since = str(message["node"]), str(message["from"]), float(message.get("since") or 0)
         session = self.fleet.sessions.get(node_id)
-        if session is not None and session.since is not None and session.since > since:
-            return  # old news: the agent has come here since
+        if session is not None and (session.since is None or session.since > since):
+            return  # old news: the agent has come here since (or is coming: its Hello is being recorded)
         self._news += 1
         self._news_of[node_id] = self._news
         self.owners[node_id] = owner

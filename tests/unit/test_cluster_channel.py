@@ -100,6 +100,7 @@ async def test_a_command_for_a_node_held_elsewhere_is_relayed_and_its_result_com
 async def test_the_coordinator_an_agent_left_stops_watching_its_node() -> None:
     a, b, _bus, _ = await pair()
     a.fleet.attach("n1")
+    await a.hold("n1")
     a.fleet.record_heartbeat("n1", Heartbeat())
     b.fleet.attach("n1")
     await b.hold("n1")  # the agent came back through b
@@ -140,6 +141,20 @@ async def test_old_news_of_a_session_does_not_end_a_newer_one_here() -> None:
     await a.refresh()
     await settle()
     assert a.fleet.is_connected("n1") and rows.holders["n1"][0] == "a"
+
+
+async def test_a_session_whose_hello_is_being_recorded_is_not_ended_by_older_news() -> None:
+    """The agent just came to a from b; until a has recorded it, neither b's row nor b's late "held"
+    ends a's session."""
+    a, b, _bus, _ = await pair()
+    b.fleet.attach("n1")
+    await b.hold("n1")
+    await settle()
+    stale = {"t": "held", "from": "b", "node": "n1", "since": 101.0}
+    session = a.fleet.attach("n1")  # Hello arrived; hold() not done yet
+    await a.refresh()
+    a.receive(stale)
+    assert a.fleet.is_connected("n1") and not session.closed.is_set()
 
 
 async def test_a_former_leader_stops_judging_the_nodes_nobody_holds() -> None:
