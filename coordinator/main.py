@@ -29,7 +29,7 @@ from coordinator.api.services import Services
 from coordinator.catalogs.images import Catalog, CatalogError
 from coordinator.catalogs.sizes import SizeCatalog
 from coordinator.config import CoordinatorConfig, split_host_port
-from coordinator.domain.records import HostMetrics
+from coordinator.domain.records import NodeBeat
 from coordinator.fleet.cluster import ClusterChannel
 from coordinator.fleet.live import Fleet
 from coordinator.gateway.servicer import Gateway, start_server
@@ -99,7 +99,7 @@ def load_config(args: argparse.Namespace) -> CoordinatorConfig:
     return config
 
 
-async def write_fleet_batch(core: Core, nodes: dict[str, tuple[float, HostMetrics | None]]) -> None:
+async def write_fleet_batch(core: Core, nodes: dict[str, NodeBeat]) -> None:
     """Dirty nodes' lastChecked and metrics, then instances' bandwidth totals: two short transactions, each
     taking its rows in id order, so neither holds node rows while it waits for an instance row that a
     transition holding that node wants (the lock order in store/claims.py)."""

@@ -175,3 +175,5 @@ class ClusterView:
     addresses: tuple[str, ...] = ()
     #: When each of ``owners``' sessions began (the database's clock).
     since: Mapping[str, float] = field(default_factory=dict)
+    #: Why their container engines do not answer, as their holders' batch writes last said.
+    engine_errors: Mapping[str, str] = field(default_factory=dict)

@@ -108,11 +108,23 @@ class Node:
     used_disk_mib: int = 0
     #: The processor as its operator described it ("AMD Ryzen 9 5950X"); "" when only cores were given.
     processor: str = ""
+    #: Why its container engine did not answer, as the last batch write of its session's holder said.
+    engine_error: str = ""
 
     @property
     def processor_text(self) -> str:
         """What panels show as the processor: its description, or else its cores."""
         return self.processor or str(self.cpu_count)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBeat:
+    """What the batch writer stores of a node whose session is here: its last heartbeat and what it said."""
+
+    last_checked: float
+    host: HostMetrics | None = None
+    #: Why its container engine did not answer ("" when it did).
+    engine_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

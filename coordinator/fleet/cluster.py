@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from common.logging import get
 from coordinator.domain.agents import ClusterView, Command, CommandKind, CommandResult
+from coordinator.domain.records import NodeStatus
 from coordinator.fleet.live import Fleet
 
 log = get("coordinator.cluster")
@@ -77,7 +78,9 @@ class ClusterChannel:
             "result": self._on_result,
             "close": self._on_close,
             "placement": lambda _message: self.placement_changed(),
+            "node": self._on_node,
         }
+        fleet.on_change = self._tell_node
         #: Called when another coordinator changed what placement reads (this one's view re-reads it).
         self.placement_changed: Callable[[], None] = lambda: None
 
@@ -173,7 +176,9 @@ class ClusterChannel:
                 self._spawn(self.hold(node_id))
                 continue
             self.owners[node_id] = owner
-            self.fleet.held_elsewhere(node_id, view.last_checked.get(node_id))
+            self.fleet.held_elsewhere(
+                node_id, view.last_checked.get(node_id), view.engine_errors.get(node_id, "")
+            )
         for node_id in view.orphans - fresh:
             if self.fleet.is_connected(node_id):
                 continue
@@ -201,6 +206,35 @@ class ClusterChannel:
         self.owners[node_id] = owner
         # Our session of it, if any, is the older one (the agent has one at a time): let it go.
         self.fleet.held_elsewhere(node_id, self.clock())
+
+    def _tell_node(self, node_id: str) -> None:
+        """A node judged here changed status or engine error: the others show it now, not at their next
+        read of the rows."""
+        live = self.fleet.live.get(node_id)
+        if live is None:
+            return
+        last = live.last_heartbeat if live.last_heartbeat is not None else live.expected_since
+        message = {
+            "t": "node",
+            "from": self.me,
+            "node": node_id,
+            "last": last,
+            "error": live.engine_error[:2000],
+            "silent": live.status is not NodeStatus.READY,
+        }
+        self._spawn(self.bus.publish(message))
+
+    def _on_node(self, message: dict[str, Any]) -> None:
+        node_id = str(message["node"])
+        if self.owners.get(node_id) != message["from"] or self.fleet.is_connected(node_id):
+            return  # not the holder's word as this one knows it (the next read settles who holds it)
+        last = message.get("last")
+        self.fleet.held_elsewhere(
+            node_id,
+            float(last) if last is not None else None,
+            str(message.get("error", "")),
+            bool(message.get("silent")),
+        )
 
     def _on_close(self, message: dict[str, Any]) -> None:
         node_id = str(message["node"])

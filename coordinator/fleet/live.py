@@ -25,7 +25,7 @@ from coordinator.domain.agents import (
     InstanceStatus,
     Outgoing,
 )
-from coordinator.domain.records import HostMetrics, Instance, Node, NodeStatus
+from coordinator.domain.records import HostMetrics, Instance, Node, NodeBeat, NodeStatus
 from coordinator.fleet.bandwidth import Bandwidth
 
 log = get("coordinator.fleet")
@@ -74,6 +74,17 @@ class LiveNode:
     expected_since: float | None = None
 
 
+@dataclass(slots=True)
+class RemoteNode:
+    """A node whose session another coordinator holds, as that coordinator last told (its batch writes,
+    read every batch period, and its news over the bus when the node's status or engine changes)."""
+
+    last_checked: float | None = None
+    engine_error: str = ""
+    #: Its holder said it stopped reporting, as of ``last_checked``.
+    silent: bool = False
+
+
 #: Called by the monitor when a node's status changes: (node id, old, new).
 StatusListener = Callable[[str, NodeStatus, NodeStatus], Coroutine[Any, Any, None]]
 
@@ -105,7 +116,10 @@ class Fleet:
         self.bandwidth = Bandwidth()
         #: Nodes whose session another coordinator on the database holds, with their stored last heartbeat
         #: (that coordinator writes it every batch period): read as that one sees them, never watched here.
-        self.remote: dict[str, float | None] = {}
+        self.remote: dict[str, RemoteNode] = {}
+        #: Called when a node whose session is here changes status or engine error (the cluster tells the
+        #: other coordinators at once instead of at their next read).
+        self.on_change: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------ sessions
 
@@ -161,13 +175,21 @@ class Fleet:
         self.forget(node_id)
         self.remote.pop(node_id, None)
 
-    def held_elsewhere(self, node_id: str, last_checked: float | None) -> None:
+    def held_elsewhere(
+        self, node_id: str, last_checked: float | None, engine_error: str = "", silent: bool | None = None
+    ) -> None:
         """Another coordinator holds the node's session now: this one stops watching it (its monitor must
-        not judge a node whose heartbeats go elsewhere) and reads it from the database."""
+        not judge a node whose heartbeats go elsewhere) and shows it as its holder last told. Older news
+        than what it has (a read that began before a push) changes nothing; so does a read of the same
+        heartbeat (``silent`` None: it cannot say what the holder made of it)."""
         if node_id in self.live:
             self.forget(node_id)
-        self.remote[node_id] = last_checked
-        if self.judge(last_checked) is NodeStatus.READY:
+        known = self.remote.get(node_id)
+        new, old = last_checked or 0.0, (known.last_checked or 0.0) if known is not None else -1.0
+        if new > old or (new == old and silent is not None):
+            known = self.remote[node_id] = RemoteNode(last_checked, engine_error, bool(silent))
+        assert known is not None
+        if self.judge_remote(known) is NodeStatus.READY:
             self.ready.add(node_id)
         else:
             self.ready.discard(node_id)
@@ -234,8 +256,15 @@ class Fleet:
         return found
 
     def engine_error(self, node_id: str) -> str | None:
+        found = self.live.get(node_id) or self.remote.get(node_id)
+        return (found.engine_error or None) if found is not None else None
+
+    def beat(self, node_id: str) -> NodeBeat | None:
+        """What a node whose session is here last reported, as the batch writer stores it."""
         live = self.live.get(node_id)
-        return (live.engine_error or None) if live is not None else None
+        if live is None or live.last_heartbeat is None:
+            return None
+        return NodeBeat(live.last_heartbeat, live.host, live.engine_error)
 
     def unwanted(self, node_id: str) -> tuple[InstanceStatus, ...]:
         live = self.live.get(node_id)
@@ -259,6 +288,8 @@ class Fleet:
         if hb.engine_error != live.engine_error:
             live.engine_error = hb.engine_error
             log.warning("container engine", node_id=node_id, error=hb.engine_error or "answers again")
+            if self.on_change is not None and live.status is NodeStatus.READY:
+                self.on_change(node_id)
         if hb.host is not None:
             live.host = hb.host
         self.bandwidth.record(hb.instances)
@@ -289,9 +320,11 @@ class Fleet:
         """Status from the freshest heartbeat known: memory first, the stored lastChecked after a restart."""
         if not node.enrolled:
             return NodeStatus.AWAITING_ENROLLMENT
-        if node.id in self.remote:
+        remote = self.remote.get(node.id)
+        if remote is not None:
             # Held by another coordinator, which writes lastChecked every batch period.
-            return self.judge(_latest(self.remote[node.id], node.last_checked))
+            last = _latest(remote.last_checked, node.last_checked)
+            return self.judge_remote(remote if last == remote.last_checked else RemoteNode(last))
         live = self.live.get(node.id)
         if live is not None and live.last_heartbeat is not None:
             return self.judge(live.last_heartbeat)
@@ -300,10 +333,19 @@ class Fleet:
         status = self.judge(node.last_checked)
         return NodeStatus.AWAITING_HEARTBEAT if status is NodeStatus.READY else status
 
-    def judge(self, last_heartbeat: float | None) -> NodeStatus:
+    def judge_remote(self, node: RemoteNode) -> NodeStatus:
+        """A node held elsewhere. Its stored heartbeat lags its holder's by up to a batch period, so it is
+        given that much more grace: it turns abnormal here when its holder says so (pushed at once) or a
+        batch period after it would there, never before."""
+        status = self.judge(node.last_checked, self.options.batch_period_s)
+        if node.silent and status is NodeStatus.READY:
+            return NodeStatus.HEARTBEAT_ABNORMAL
+        return status
+
+    def judge(self, last_heartbeat: float | None, lag_s: float = 0.0) -> NodeStatus:
         if last_heartbeat is None:
             return NodeStatus.AWAITING_HEARTBEAT
-        age = self.clock() - last_heartbeat
+        age = self.clock() - last_heartbeat - lag_s
         if age <= self.grace_s:
             return NodeStatus.READY
         if age <= self.options.offline_after_s:
@@ -316,9 +358,14 @@ class Fleet:
 
     def last_heartbeat(self, node: Node) -> float | None:
         live = self.live.get(node.id)
-        return live.last_heartbeat if live and live.last_heartbeat else node.last_checked
+        if live is not None and live.last_heartbeat:
+            return live.last_heartbeat
+        remote = self.remote.get(node.id)
+        return _latest(remote.last_checked, node.last_checked) if remote is not None else node.last_checked
 
     def _notify(self, node_id: str, old: NodeStatus, new: NodeStatus) -> None:
+        if self.on_change is not None:
+            self.on_change(node_id)
         for listener in self.listeners:
             task = asyncio.get_running_loop().create_task(listener(node_id, old, new))
             task.add_done_callback(_log_failure)
@@ -352,12 +399,8 @@ class Fleet:
                 heapq.heappush(self._deadlines, (last + self.options.offline_after_s + 0.001, node_id))
         return self._deadlines[0][0] - now if self._deadlines else 1.0
 
-    def take_dirty(self) -> dict[str, tuple[float, HostMetrics | None]]:
-        batch = {
-            node_id: (live.last_heartbeat, live.host)
-            for node_id in self._dirty
-            if (live := self.live.get(node_id)) is not None and live.last_heartbeat is not None
-        }
+    def take_dirty(self) -> dict[str, NodeBeat]:
+        batch = {node_id: beat for node_id in self._dirty if (beat := self.beat(node_id)) is not None}
         self._dirty.clear()
         return batch
 

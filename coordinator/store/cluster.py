@@ -86,7 +86,11 @@ class ClusterRows:
             addresses = {r.id: r.address for r in found}
             rows = await conn.execute(
                 select(
-                    nodes.c.id, nodes.c.last_checked, node_sessions.c.coordinator_id, node_sessions.c.since
+                    nodes.c.id,
+                    nodes.c.last_checked,
+                    nodes.c.engine_error,
+                    node_sessions.c.coordinator_id,
+                    node_sessions.c.since,
                 )
                 .select_from(nodes.outerjoin(node_sessions, node_sessions.c.node_id == nodes.c.id))
                 .where(nodes.c.enrolled == true())
@@ -95,6 +99,7 @@ class ClusterRows:
             since: dict[str, float] = {}
             last_checked: dict[str, float | None] = {}
             orphans: set[str] = set()
+            errors: dict[str, str] = {}
             for r in rows:
                 if r.coordinator_id == me:
                     continue
@@ -103,4 +108,6 @@ class ClusterRows:
                 else:
                     orphans.add(r.id)
                 last_checked[r.id] = r.last_checked
-        return ClusterView(owners, last_checked, frozenset(orphans), tuple(addresses.values()), since)
+                if r.engine_error:
+                    errors[r.id] = r.engine_error
+        return ClusterView(owners, last_checked, frozenset(orphans), tuple(addresses.values()), since, errors)

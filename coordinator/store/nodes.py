@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.domain.records import Allocation, HostMetrics, Node
+from coordinator.domain.records import Allocation, HostMetrics, Node, NodeBeat
 from coordinator.store.engine import execute_many
 from coordinator.store.rows import record_from_row
 from coordinator.store.tables import allocations, instances, join_tokens, nodes, regions
@@ -47,6 +47,7 @@ def node_from_row(row: Row[Any]) -> Node:
         enrolled=bool(row.enrolled),
         host_metrics=host_metrics_from_json(row.host_metrics),
         processor=row.processor or "",
+        engine_error=row.engine_error or "",
     )
 
 
@@ -223,25 +224,28 @@ async def cert_serial(conn: AsyncConnection, node_id: str) -> str | None:
     return (await conn.execute(select(nodes.c.cert_serial).where(nodes.c.id == node_id))).scalar_one_or_none()
 
 
-async def write_heartbeats(
-    conn: AsyncConnection, batch: Mapping[str, tuple[float, HostMetrics | None]]
-) -> None:
+async def write_heartbeats(conn: AsyncConnection, batch: Mapping[str, NodeBeat]) -> None:
     """One executemany for every dirty node, in the caller's single transaction (the batch writer's)."""
     if not batch:
         return
     statement = (
         update(nodes)
         .where(nodes.c.id == bindparam("b_id"))
-        .values(last_checked=bindparam("b_checked"), host_metrics=bindparam("b_metrics"))
+        .values(
+            last_checked=bindparam("b_checked"),
+            host_metrics=bindparam("b_metrics"),
+            engine_error=bindparam("b_error"),
+        )
     )
     rows = [
         {
             "b_id": n,
-            "b_checked": checked,
-            "b_metrics": json.dumps(dataclasses.asdict(metrics) if metrics else {}),
+            "b_checked": beat.last_checked,
+            "b_metrics": json.dumps(dataclasses.asdict(beat.host) if beat.host else {}),
+            "b_error": beat.engine_error[:2000] or None,
         }
         # In node order: two batch writers (coordinators) touching the same nodes never wait in a circle.
-        for n, (checked, metrics) in sorted(batch.items())
+        for n, beat in sorted(batch.items())
     ]
     await execute_many(conn, statement, rows)
 

@@ -113,6 +113,7 @@ nodes = Table(
     Column("agent_version", String(64), nullable=True),
     Column("last_checked", Float, nullable=True),
     Column("host_metrics", JSON, nullable=True),
+    Column("engine_error", String(2000), nullable=True),
     # What live instances use and how many allocations are free: kept by the same transactions that place
     # and release, so a placement reads one row per node instead of aggregating instances and allocations.
     Column("used_memory_mib", Integer, nullable=False, server_default=text("0")),

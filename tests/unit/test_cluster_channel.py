@@ -4,6 +4,7 @@ to every subscriber as NOTIFY does (the real bus, PostgreSQL, carries tests/inte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from coordinator.config import FleetOptions
@@ -66,7 +67,9 @@ async def settle() -> None:
 OPTIONS = FleetOptions(heartbeat_interval_s=1.0, grace_intervals=3, offline_after_s=10.0, batch_period_s=0.1)
 
 
-async def pair() -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[Any, ...]]]:
+async def pair(
+    clock: Callable[[], float] = lambda: 1000.0,
+) -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[Any, ...]]]:
     """Two coordinators, a and b, joined."""
     bus, rows, delivered = MemoryBus(), Rows(), []
 
@@ -74,8 +77,8 @@ async def pair() -> tuple[ClusterChannel, ClusterChannel, MemoryBus, list[tuple[
         delivered.append((node, kind, iid, cid, wait))
         return CommandResult(cid, iid, ok=False, error="no such image")
 
-    a = ClusterChannel("a", Fleet(OPTIONS, clock=lambda: 1000.0), bus, rows, deliver, clock=lambda: 1000.0)
-    b = ClusterChannel("b", Fleet(OPTIONS, clock=lambda: 1000.0), bus, rows, deliver, clock=lambda: 1000.0)
+    a = ClusterChannel("a", Fleet(OPTIONS, clock=clock), bus, rows, deliver, clock=clock)
+    b = ClusterChannel("b", Fleet(OPTIONS, clock=clock), bus, rows, deliver, clock=clock)
     bus.channels = [a, b]
     await a.join("a", "a:7443")
     await b.join("b", "b:7443")
@@ -107,6 +110,36 @@ async def test_the_coordinator_an_agent_left_stops_watching_its_node() -> None:
     await settle()
     assert "n1" not in a.fleet.live and not a.fleet.is_connected("n1")
     assert a.fleet.status_of(make_node("n1", last_checked=999.0)) is NodeStatus.READY  # read as b holds it
+
+
+async def test_the_holders_word_on_its_node_shows_through_the_others_at_once() -> None:
+    """Status and engine changes travel as news, so the others neither wait for their next read of the rows
+    nor judge the node silent sooner than its holder does."""
+    now = [1000.0]
+    a, b, _bus, _ = await pair(lambda: now[0])
+    a.fleet.attach("n1")
+    await a.hold("n1")
+    await settle()
+    a.fleet.record_heartbeat("n1", Heartbeat())
+    await settle()
+    stored = make_node("n1", last_checked=1000.0)  # what a's last batch write left in the row
+    assert b.fleet.status_of(stored) is NodeStatus.READY and "n1" in b.fleet.ready
+    a.fleet.record_heartbeat("n1", Heartbeat(engine_error="Cannot connect to the Docker daemon"))
+    await settle()
+    assert b.fleet.engine_error("n1") == "Cannot connect to the Docker daemon"
+    # Past a's grace (3 s) but before a's monitor ran: b, reading a row up to a batch period old, waits.
+    now[0] = 1003.05
+    assert b.fleet.status_of(stored) is NodeStatus.READY
+    a.fleet.judge_due()  # a says the node went silent: b shows it so at once
+    await settle()
+    assert a.fleet.live["n1"].status is NodeStatus.HEARTBEAT_ABNORMAL
+    assert b.fleet.status_of(stored) is NodeStatus.HEARTBEAT_ABNORMAL and "n1" not in b.fleet.ready
+    await b.refresh()  # a read of older rows does not undo the news
+    assert b.fleet.status_of(stored) is NodeStatus.HEARTBEAT_ABNORMAL
+    a.fleet.record_heartbeat("n1", Heartbeat())  # the agent reports again, its engine answering
+    await settle()
+    assert b.fleet.status_of(stored) is NodeStatus.READY and "n1" in b.fleet.ready
+    assert b.fleet.engine_error("n1") is None
 
 
 async def test_the_leader_alone_watches_a_node_whose_holder_died() -> None:

@@ -119,7 +119,7 @@ def test_heartbeats_are_batched_not_written_one_by_one() -> None:
         )
         f.record_heartbeat("b", Heartbeat(host=HostMetrics()))
     batch = f.take_dirty()
-    assert set(batch) == {"a", "b"} and batch["a"][1] == HostMetrics(cpu_percent=2.0)
+    assert set(batch) == {"a", "b"} and batch["a"].host == HostMetrics(cpu_percent=2.0)
     assert f.take_dirty() == {}
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from bench.seed import core_over
 from coordinator.domain.lifecycle import Event
-from coordinator.domain.records import HostMetrics, Instance, ServerIdentity
+from coordinator.domain.records import HostMetrics, Instance, NodeBeat, ServerIdentity
 from coordinator.service.bootstrap import ensure_admin
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
@@ -177,7 +177,9 @@ async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places
 async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement_each(store: Store) -> None:
     inst = await add_instance(store)
     async with store.write() as conn:
-        await nodes_store.write_heartbeats(conn, {"n1": (123.5, HostMetrics(cpu_percent=2.5, load1=0.1))})
+        await nodes_store.write_heartbeats(
+            conn, {"n1": NodeBeat(123.5, HostMetrics(cpu_percent=2.5, load1=0.1), "engine down")}
+        )
         await instances_store.write_bandwidth(
             conn,
             {
@@ -194,6 +196,7 @@ async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement
         node = await nodes_store.get_node(conn, "n1")
         assert node is not None and node.last_checked == 123.5
         assert node.host_metrics == HostMetrics(cpu_percent=2.5, load1=0.1)
+        assert node.engine_error == "engine down"
         assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]
 
 
@@ -413,7 +416,10 @@ async def test_claim_batches_heartbeat_writes_and_releases_never_wait_in_a_circl
         async with store.write() as conn:
             await nodes_store.write_heartbeats(
                 conn,
-                {n: (float(k), HostMetrics(cpu_percent=1.0)) for k, n in enumerate(("n4", "n1", "n3", "n2"))},
+                {
+                    n: NodeBeat(float(k), HostMetrics(cpu_percent=1.0))
+                    for k, n in enumerate(("n4", "n1", "n3", "n2"))
+                },
             )
 
     async def release(inst: Instance) -> None:
