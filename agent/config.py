@@ -20,7 +20,9 @@ class AgentConfig(BaseModel):
     coordinator: str = ""
     #: HOST:PORT of the coordinator's enrollment port. Empty: the session port + 1 on the same host.
     enroll_address: str = ""
-    #: One-time join token, needed only for the first start (MOORAGE1::<ca-sha256>::<id>.<secret>).
+    #: One-time join token, needed only for the first start
+    #: (MOORAGE2::<ca-sha256>::<sessions>::<enrollment address>::<id>.<secret>). It carries the
+    #: coordinators' addresses: with it, ``coordinator`` and ``enroll_address`` may stay empty.
     join_token: str = ""
     #: Docker engine URL; empty uses DOCKER_HOST or the local socket.
     docker_url: str = ""
@@ -64,7 +66,12 @@ class AgentConfig(BaseModel):
     @classmethod
     def _addresses(cls, value: str) -> str:
         for address in (a.strip() for a in value.split(",") if a.strip()):
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not is_address(address):
                 raise ValueError(f"{address!r} is not HOST:PORT")
         return value
+
+
+def is_address(address: str) -> bool:
+    """HOST:PORT (HOST a name, an IPv4 address or a bracketed IPv6 one)."""
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536

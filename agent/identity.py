@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.config import is_address
 from protos import moorage_pb2 as pb
 from protos import moorage_pb2_grpc as pb_grpc
 
@@ -44,16 +46,46 @@ class JoinToken:
     ca_sha256: str
     token_id: str
     secret: str
+    #: Where the coordinators take sessions and where the issuing one enrolls (MOORAGE2 tokens carry them).
+    coordinators: tuple[str, ...] = ()
+    enroll_address: str = ""
 
     @classmethod
     def parse(cls, raw: str) -> JoinToken:
-        parts = raw.strip().split("::")
-        if len(parts) != 3 or parts[0] != "MOORAGE1" or "." not in parts[2] or len(parts[1]) != 64:
+        parts = _fields(raw.strip())
+        sessions: tuple[str, ...] = ()
+        enroll = ""
+        if len(parts) == 5 and parts[0] == "MOORAGE2":
+            sessions = tuple(a.strip() for a in parts[2].split(",") if a.strip())
+            enroll = parts[3].strip()
+            parts = [parts[0], parts[1], parts[4]]
+            if not sessions or not all(map(is_address, (*sessions, enroll))):
+                parts = []
+        elif len(parts) != 3 or parts[0] != "MOORAGE1":
+            parts = []
+        if len(parts) != 3 or "." not in parts[2] or len(parts[1]) != 64:
             raise EnrollmentRefused(
-                "the join token is malformed (expected MOORAGE1::<ca-sha256>::<id>.<secret>)"
+                "the join token is malformed (expected "
+                "MOORAGE2::<ca-sha256>::<HOST:PORT,...>::<HOST:PORT>::<id>.<secret>)"
             )
         token_id, _, secret = parts[2].partition(".")
-        return cls(parts[1].lower(), token_id, secret)
+        return cls(parts[1].lower(), token_id, secret, sessions, enroll)
+
+
+def _fields(raw: str) -> list[str]:
+    """The token split at "::", except inside brackets (an IPv6 address in a HOST:PORT holds "::")."""
+    fields, depth, start, i = [], 0, 0, 0
+    while i < len(raw):
+        if raw[i] == "[":
+            depth += 1
+        elif raw[i] == "]":
+            depth = max(depth - 1, 0)
+        elif depth == 0 and raw.startswith("::", i):
+            fields.append(raw[start:i])
+            start = i = i + 2
+            continue
+        i += 1
+    return [*fields, raw[start:]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +149,18 @@ def csr_for(key_pem: bytes) -> bytes:
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return _csr(key)
+
+
+def save_coordinators(data_dir: Path, addresses: Sequence[str]) -> None:
+    """The session addresses an enrollment learned, so later starts need only the data directory."""
+    _write(data_dir / "coordinators.json", json.dumps({"coordinators": list(addresses)}).encode(), 0o644)
+
+
+def load_coordinators(data_dir: Path) -> tuple[str, ...]:
+    path = data_dir / "coordinators.json"
+    if not path.exists():
+        return ()
+    return tuple(str(a) for a in json.loads(path.read_text()).get("coordinators", []))
 
 
 def save_certificate(data_dir: Path, cert_pem: bytes) -> None:

@@ -52,16 +52,18 @@ async def obtain_identity(config: AgentConfig) -> Identity:
     if not config.join_token:
         raise EnrollmentRefused(f"{config.data_dir} holds no identity and no --join-token was given")
     token = JoinToken.parse(config.join_token)
+    target = config.enroll_address or token.enroll_address or config.enroll_target()
     delay = config.reconnect_initial_s
     while True:
         try:
-            new = await identity.enroll(config.enroll_target(), token, __version__)
+            new = await identity.enroll(target, token, __version__)
         except CoordinatorUnreachable as exc:
             log.warning("enrollment postponed", error=str(exc), retry_in_s=round(delay, 1))
             await asyncio.sleep(delay)
             delay = min(delay * 2, config.reconnect_max_s)
             continue
         identity.save(config.data_dir, new)
+        identity.save_coordinators(config.data_dir, config.coordinators())
         log.info("enrolled", node_id=new.node_id)
         return new
 
@@ -184,6 +186,21 @@ async def run(config: AgentConfig) -> None:
         await runtime.close()
 
 
+def with_coordinators(config: AgentConfig) -> AgentConfig:
+    """The session addresses: as configured, else as the join token carries them, else as the enrollment
+    stored them in the data directory."""
+    if config.coordinator:
+        return config
+    listed = JoinToken.parse(config.join_token).coordinators if config.join_token else ()
+    listed = listed or identity.load_coordinators(config.data_dir)
+    if not listed:
+        raise ConfigError(
+            "no coordinator address: give --coordinator HOST:PORT, a join token that carries the addresses, "
+            "or a data directory an enrollment stored them in"
+        )
+    return config.model_copy(update={"coordinator": ",".join(listed)})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     flags = {
@@ -193,10 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         "data_dir": args.data_dir,
     }
     try:
-        config = load(AgentConfig, args.config, env_map=ENV, flags=flags)
-        if not config.coordinator:
-            raise ConfigError("no coordinator address: give --coordinator HOST:PORT or set it in the config")
-    except ConfigError as exc:
+        config = with_coordinators(load(AgentConfig, args.config, env_map=ENV, flags=flags))
+    except (ConfigError, EnrollmentRefused) as exc:
         print(f"moorage-agent: {exc}", file=sys.stderr)
         raise SystemExit(identity.EXIT_CONFIG) from exc
     configure(config.log_level, config.log_json)

@@ -281,14 +281,17 @@ class AgentProcess(Process):
         coordinator: CoordinatorProcess,
         join_token: str | None,
         also: Sequence[CoordinatorProcess] = (),
+        addressed: bool = True,
         **options: Any,
     ) -> None:
-        """Enrolls through ``coordinator``; its sessions go there first, then to those ``also`` names."""
+        """Enrolls through ``coordinator``; its sessions go there first, then to those ``also`` names. Not
+        ``addressed``: given no addresses, it goes where its join token or data directory says."""
         self.data_dir = data_dir
+        sessions = ",".join(f"127.0.0.1:{c.endpoints['grpc_port']}" for c in (coordinator, *also))
         config = {
             "data_dir": str(data_dir),
-            "coordinator": ",".join(f"127.0.0.1:{c.endpoints['grpc_port']}" for c in (coordinator, *also)),
-            "enroll_address": f"127.0.0.1:{coordinator.endpoints['enroll_port']}",
+            "coordinator": sessions if addressed else "",
+            "enroll_address": f"127.0.0.1:{coordinator.endpoints['enroll_port']}" if addressed else "",
             "reconnect_initial_s": 0.2,
             "reconnect_max_s": 2.0,
             **options,

@@ -19,7 +19,7 @@ from tests.databases import store_url
 __all__ = ["store_url"]  # a fixture for every test module
 
 SHOWN_ONCE = re.compile(
-    r"(MOORAGE1::[0-9a-f]{64}::[0-9a-f]+\.[\w-]+|mrg_[\w-]{43}|eyJ[\w-]+\.[\w-]+\.[\w-]+)"
+    r"(MOORAGE[12]::[0-9a-f]{64}::(?:[^:]+:\d+(?:,[^:]+:\d+)*::[^:]+:\d+::)?[0-9a-f]+\.[\w-]+|mrg_[\w-]{43}|eyJ[\w-]+\.[\w-]+\.[\w-]+)"
 )
 
 

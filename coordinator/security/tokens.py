@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 
 API_KEY_PREFIX = "mrg_"
-JOIN_TOKEN_SCHEME = "MOORAGE1"
+JOIN_TOKEN_SCHEME = "MOORAGE2"
 
 
 def digest(secret: str) -> str:
@@ -23,9 +24,12 @@ def new_api_key() -> str:
     return API_KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def new_join_token(ca_sha256: str) -> tuple[str, str, str]:
-    """(token id, secret, full token). The token pins the CA, in the manner of k3s:
-    MOORAGE1::<sha256 of the CA certificate>::<token id>.<secret>."""
+def new_join_token(ca_sha256: str, sessions: Sequence[str], enroll: str) -> tuple[str, str, str]:
+    """(token id, secret, full token). The token pins the CA, in the manner of k3s, and says where to go, so
+    it is all an agent needs: MOORAGE2::<sha256 of the CA certificate>::<session HOST:PORT, comma-separated,
+    every live coordinator's>::<enrollment HOST:PORT>::<token id>.<secret>. (Agents still read MOORAGE1,
+    the same without the two addresses.)"""
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    return token_id, secret, f"{JOIN_TOKEN_SCHEME}::{ca_sha256}::{token_id}.{secret}"
+    where = f"{','.join(sessions)}::{enroll}"
+    return token_id, secret, f"{JOIN_TOKEN_SCHEME}::{ca_sha256}::{where}::{token_id}.{secret}"

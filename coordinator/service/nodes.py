@@ -160,7 +160,7 @@ class NodeService:
             organization_id=order.organization_id,
         )
         rows = [(str(uuid.uuid4()), order.bind_address, p) for p in order.ports]
-        token_id, secret, token = tokens.new_join_token(self.core.ca.sha256)
+        token_id, secret, token = self._new_join_token()
         expires = now + self.core.config.enrollment.join_token_ttl_s
         async with self.core.store.write() as conn:
             if order.region_id is not None and not await nodes_store.region_exists(conn, order.region_id):
@@ -190,15 +190,24 @@ class NodeService:
         """The host name or IP agents dial for this coordinator."""
         return self.core.config.grpc.public_address or socket.getfqdn()
 
-    def agent_command(self, token: str) -> str:
-        """The exact line to run on the host: where to enroll, where to connect, and the token."""
-        host = self.session_host()
-        # In a cluster, every live coordinator: the agent moves on to the next when it loses one.
+    def session_addresses(self) -> tuple[str, ...]:
+        """Where agents open sessions: in a cluster every live coordinator (this one first), so an agent
+        moves on to the next when it loses one."""
         cluster = self.core.cluster
-        sessions = ",".join(cluster.addresses) if cluster else f"{host}:{self.core.session_port}"
+        if cluster is not None and cluster.addresses:
+            return cluster.addresses
+        return (f"{self.session_host()}:{self.core.session_port}",)
+
+    def _new_join_token(self) -> tuple[str, str, str]:
+        enroll = f"{self.session_host()}:{self.core.enroll_port}"
+        return tokens.new_join_token(self.core.ca.sha256, self.session_addresses(), enroll)
+
+    def agent_command(self, token: str) -> str:
+        """The exact line to run on the host: where to enroll, where to connect, and the token (which
+        carries both too, so ``moorage-agent --join-token T`` alone also works)."""
         return (
-            f"moorage-agent --coordinator {shlex.quote(sessions)} "
-            f"--enroll-address {shlex.quote(f'{host}:{self.core.enroll_port}')} "
+            f"moorage-agent --coordinator {shlex.quote(','.join(self.session_addresses()))} "
+            f"--enroll-address {shlex.quote(f'{self.session_host()}:{self.core.enroll_port}')} "
             f"--join-token {shlex.quote(token)}"
         )
 
@@ -328,7 +337,7 @@ class NodeService:
         return issued.pem
 
     async def issue_join_token(self, node_id: str) -> tuple[str, float]:
-        token_id, secret, token = tokens.new_join_token(self.core.ca.sha256)
+        token_id, secret, token = self._new_join_token()
         now = self.core.clock()
         expires = now + self.core.config.enrollment.join_token_ttl_s
         async with self.core.store.write() as conn:

@@ -100,8 +100,8 @@ def test_a_token_pinning_another_ca_is_refused_before_the_secret_is_sent(
 ) -> None:
     api = coordinator.api()
     node = create_node(api, port_block(1), name="pinned")
-    scheme, _pinned, secret = node["joinToken"].split("::")
-    wrong = f"{scheme}::{'0' * 64}::{secret}"
+    parts = node["joinToken"].split("::")
+    wrong = "::".join([parts[0], "0" * 64, *parts[2:]])
     agent = start_agent(agents, coordinator, tmp_path / "wrong-ca", wrong)
     assert exit_code(agent) == 78
     assert "refusing to send the token" in agent.log()
@@ -114,6 +114,30 @@ def test_a_token_pinning_another_ca_is_refused_before_the_secret_is_sent(
     assert exit_code(again) == 78
     assert "already used" in again.log()
     assert good.running
+
+
+def test_the_join_token_alone_enrolls_and_the_data_directory_alone_comes_back(
+    coordinator: CoordinatorProcess, agents: list[AgentProcess], tmp_path: Path
+) -> None:
+    """``moorage-agent --join-token T``, no addresses given: the token says where to enroll and where the
+    sessions are, and the agent keeps the addresses with its identity for the starts after."""
+    api = coordinator.api()
+    node = create_node(api, port_block(1), name="token-only")
+    first = AgentProcess(tmp_path / "bare", coordinator, node["joinToken"], addressed=False)
+    agents.append(first)
+    first.start()
+    wait_for(lambda: online(api, node["id"]), 20, "the node to enroll from the token alone")
+    first.stop()
+    again = AgentProcess(tmp_path / "bare", coordinator, None, addressed=False)
+    agents.append(again)
+    again.start()
+    wait_for(lambda: online(api, node["id"]), 20, "the node back from its data directory alone")
+    # With neither addresses nor a stored list, the agent says what it lacks and stops (78).
+    lost = AgentProcess(tmp_path / "nothing", coordinator, None, addressed=False)
+    agents.append(lost)
+    lost.start()
+    assert exit_code(lost) == 78
+    assert "no coordinator address" in lost.log()
 
 
 def test_a_fresh_token_voids_the_old_one(

@@ -226,7 +226,7 @@ def test_node_create_refuses_bad_fields(api: Api, override: dict[str, Any], fiel
 def test_node_create_answers_with_a_one_time_token_and_command(api: Api) -> None:
     ports = port_block(3)
     node = create_node(api, ports, name="fresh", tags=["eu", "ssd"])
-    assert node["joinToken"].startswith("MOORAGE1::")
+    assert node["joinToken"].startswith("MOORAGE2::")
     assert node["joinToken"] in node["agentCommand"] and "--coordinator 127.0.0.1:" in node["agentCommand"]
     assert (
         node["status"] == "awaiting_enrollment"

@@ -17,6 +17,7 @@ from typing import Any
 import docker
 import pytest
 
+from agent.identity import JoinToken
 from bench.daemons import (
     TEST_IMAGE,
     AgentProcess,
@@ -209,6 +210,7 @@ def test_every_coordinator_shows_the_fleet_and_reaches_the_agent_another_holds(c
     listed = other["agentCommand"].split("--coordinator ", 1)[1].split(" ", 1)[0].strip("'")
     sessions = [f"127.0.0.1:{c.endpoints['grpc_port']}" for c in cluster.coordinators]
     assert listed.split(",")[0] == sessions[2] and sorted(listed.split(",")) == sorted(sessions), listed
+    assert JoinToken.parse(other["joinToken"]).coordinators == tuple(listed.split(","))  # the token too
     # Deploy, power, suspend and delete, each through a coordinator that does not hold the session.
     body = {
         "image": TEST_IMAGE,

@@ -233,7 +233,7 @@ def test_cli_against_a_real_coordinator(coordinator: Running) -> None:
     )
     assert created.returncode == 0, created.stderr
     assert "moorage-agent --coordinator" in created.stdout
-    assert "MOORAGE1::" in created.stdout
+    assert "MOORAGE2::" in created.stdout
 
     listed = _cli(coordinator, "nodes", "--json")
     assert listed.returncode == 0, listed.stderr

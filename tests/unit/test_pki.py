@@ -38,11 +38,30 @@ def test_a_garbage_csr_is_refused(tmp_path: Path) -> None:
 
 
 def test_join_tokens_pin_the_ca_and_parse_back() -> None:
-    token_id, secret, token = tokens.new_join_token("ab" * 32)
+    sessions = ("c1.example.net:7443", "[2001:db8::1]:7443")
+    token_id, secret, token = tokens.new_join_token("ab" * 32, sessions, "c1.example.net:7444")
     parsed = JoinToken.parse(token)
     assert (parsed.ca_sha256, parsed.token_id, parsed.secret) == ("ab" * 32, token_id, secret)
+    assert (parsed.coordinators, parsed.enroll_address) == (sessions, "c1.example.net:7444")
     assert len(secret) >= 43  # 32 random bytes
-    for bad in ("", "MOORAGE1::short::a.b", f"MOORAGE2::{'ab' * 32}::a.b", f"MOORAGE1::{'ab' * 32}::nodot"):
+    # A token of the first scheme (no addresses) still reads.
+    old = JoinToken.parse(f"MOORAGE1::{'AB' * 32}::{token_id}.{secret}")
+    assert (old.ca_sha256, old.token_id, old.coordinators, old.enroll_address) == (
+        "ab" * 32,
+        token_id,
+        (),
+        "",
+    )
+    ca = "ab" * 32
+    for bad in (
+        "",
+        "MOORAGE1::short::a.b",
+        f"MOORAGE2::{ca}::a.b",
+        f"MOORAGE1::{ca}::nodot",
+        f"MOORAGE2::{ca}::::h:1::a.b",
+        f"MOORAGE2::{ca}::h:notaport::h:1::a.b",
+        f"MOORAGE2::{ca}::h:1::h:1::nodot",
+    ):
         with pytest.raises(EnrollmentRefused):
             JoinToken.parse(bad)
 
