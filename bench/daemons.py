@@ -281,17 +281,23 @@ class AgentProcess(Process):
         coordinator: CoordinatorProcess,
         join_token: str | None,
         also: Sequence[CoordinatorProcess] = (),
-        addressed: bool = True,
+        addressed: bool | tuple[str, str] = True,
         **options: Any,
     ) -> None:
         """Enrolls through ``coordinator``; its sessions go there first, then to those ``also`` names. Not
-        ``addressed``: given no addresses, it goes where its join token or data directory says."""
+        ``addressed``: given no addresses, it goes where its join token or data directory says; a pair:
+        these (session, enrollment) addresses instead."""
         self.data_dir = data_dir
         sessions = ",".join(f"127.0.0.1:{c.endpoints['grpc_port']}" for c in (coordinator, *also))
+        enroll = f"127.0.0.1:{coordinator.endpoints['enroll_port']}"
+        if not addressed:
+            sessions = enroll = ""
+        elif isinstance(addressed, tuple):
+            sessions, enroll = addressed
         config = {
             "data_dir": str(data_dir),
-            "coordinator": sessions if addressed else "",
-            "enroll_address": f"127.0.0.1:{coordinator.endpoints['enroll_port']}" if addressed else "",
+            "coordinator": sessions,
+            "enroll_address": enroll,
             "reconnect_initial_s": 0.2,
             "reconnect_max_s": 2.0,
             **options,

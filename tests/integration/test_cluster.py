@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 
 from agent.identity import JoinToken
 from bench.daemons import (
+    COORDINATOR_PORTS,
     TEST_IMAGE,
     AgentProcess,
     Api,
@@ -38,10 +40,20 @@ CLUSTER_KEY = "cluster-key-for-the-tests-0123456789abcdef"
 
 
 def coordinator(
-    tmp: Path, name: str, database: str, key_file: Path | None, fleet: dict[str, Any] | None = None
+    tmp: Path,
+    name: str,
+    database: str,
+    key_file: Path | None,
+    fleet: dict[str, Any] | None = None,
+    sessions: str = "",
 ) -> CoordinatorProcess:
+    """One coordinator of the cluster; ``sessions``: IP:PORT for its agent sessions (enrollment on the
+    next port) instead of a port of its own on 127.0.0.1."""
     storage = {"database": database, **({"cluster_key_file": str(key_file)} if key_file else {})}
-    return CoordinatorProcess(tmp / name, fleet=fleet, extra={"storage": storage})
+    extra: dict[str, Any] = {"storage": storage}
+    if sessions:
+        extra["grpc"] = {"listen": sessions, "public_address": sessions.rpartition(":")[0]}
+    return CoordinatorProcess(tmp / name, fleet=fleet, extra=extra)
 
 
 #: A grace of 5 s (10 heartbeats of 0.5 s): longer than an agent takes to restart, so a node whose agent
@@ -398,6 +410,90 @@ def test_ninety_deploys_through_three_coordinators_into_thirty_allocations(clust
     live = cluster.coordinators[0].query("SELECT COUNT(*) FROM instances WHERE released = false")
     assert live == [(30,)]
     wait_for(lambda: sum(running(c) for c in containers(node_id).values()) == 30, 90, "30 containers running")
+
+
+#: One name with two addresses (tests/env/ensure-test-names.sh puts it in /etc/hosts), as operators give
+#: agents a DNS name with an A record per coordinator.
+CLUSTER_NAME, CLUSTER_IPS = "coordinators.moorage.test", ("127.0.0.2", "127.0.0.3")
+
+
+def require_cluster_name() -> None:
+    try:
+        found = {a[4][0] for a in socket.getaddrinfo(CLUSTER_NAME, 1, socket.AF_INET, socket.SOCK_STREAM)}
+    except OSError as exc:
+        found, why = set(), str(exc)
+    else:
+        why = f"it resolves to {sorted(found)}"
+    if found >= set(CLUSTER_IPS):
+        return
+    reason = f"{CLUSTER_NAME} must resolve to {CLUSTER_IPS} (tests/env/ensure-test-names.sh): {why}"
+    if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def session_port_on_all(ips: tuple[str, ...]) -> int:
+    """A port that is free, with the next one, on every one of ``ips``."""
+    for _ in range(50):
+        first = port_block(2, *COORDINATOR_PORTS)[0]
+        try:
+            for ip in ips:
+                for port in (first, first + 1):
+                    with socket.socket() as probe:
+                        probe.bind((ip, port))
+        except OSError:
+            continue
+        return first
+    raise RuntimeError(f"no port free on all of {ips}")
+
+
+def test_an_agent_given_one_name_for_several_coordinators_moves_to_the_next(
+    tmp_path: Path, database: str
+) -> None:
+    """The agent is given one name that resolves to both coordinators' addresses: it enrolls and holds its
+    session through the first address, and when that coordinator dies it reaches the other through the
+    same name, its container untouched."""
+    require_docker()
+    require_cluster_name()
+    key_file = tmp_path / "cluster.key"
+    key_file.write_text(CLUSTER_KEY)
+    port = session_port_on_all(CLUSTER_IPS)
+    coordinators = [
+        coordinator(tmp_path, f"c{n}", database, key_file, CLUSTER_FLEET, f"{ip}:{port}")
+        for n, ip in enumerate(CLUSTER_IPS)
+    ]
+    agent: AgentProcess | None = None
+    node: dict[str, Any] = {}
+    try:
+        coordinators[0].start()
+        coordinators[1].start()
+        admin_key = (coordinators[0].data_dir / "admin.key").read_text().strip()
+        api = [Api(c.endpoints["http"], admin_key) for c in coordinators]
+
+        def connected(n: int) -> int:
+            return int(api[n].get("/api/health").body["nodesConnected"])
+
+        node = create_node(api[0], port_block(1), name="by-name")
+        named = (f"{CLUSTER_NAME}:{port}", f"{CLUSTER_NAME}:{port + 1}")
+        agent = AgentProcess(tmp_path / "agent", coordinators[0], node["joinToken"], addressed=named)
+        agent.start()
+        wait_for(lambda: connected(0) == 1, 20, "a session on the first")
+        body = {"image": TEST_IMAGE, "memory": "16", "cpu": "1", "nodeId": node["id"], "name": "named"}
+        made = api[1].post("/api/instances/deploy", body)
+        assert made.status == 201, made.body
+        iid = made.body["id"]
+        wait_state(api[1], iid, "running", timeout=10)
+        before = containers(node["id"])[iid]
+        coordinators[0].stop(signal.SIGKILL)
+        wait_for(lambda: connected(1) == 1, 6, "the session on the second")
+        wait_for(lambda: node_view(api[1], node["id"])["isOnline"], 5, "the node online")
+        after = containers(node["id"])[iid]
+        assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
+        assert instance(api[1], iid)["state"] == "running"
+    finally:
+        stop_all(*(p for p in (agent, *coordinators) if p is not None))
+        if node:
+            leave_no_containers(node["id"])
 
 
 def allocation_id(cluster: Cluster, port: int) -> str:
