@@ -18,6 +18,7 @@ from coordinator.api.canonical import accounts, images, nodes, system
 from coordinator.api.dialects import client, panel, regions, servers, vpn
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
+from coordinator.domain.failures import StoreBusy
 
 log = get("coordinator.http")
 
@@ -62,6 +63,9 @@ async def errors_as_json(request: web.Request, handler: HandlerT) -> web.StreamR
         response = render_error(exc.status, message, None)
         if isinstance(exc, web.HTTPMethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+    except StoreBusy as exc:
+        response = render_error(503, str(exc), None)
+        response.headers["Retry-After"] = "1"
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
         response = render_error(500, f"internal error (request {request_id})", None)

@@ -10,7 +10,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -20,9 +20,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from common.logging import get
+from coordinator.domain.failures import StoreBusy
 
 log = get("coordinator.store")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -84,6 +86,39 @@ def normalize_url(url: str) -> str:
     return url
 
 
+#: SQLSTATEs after which the same transaction may succeed if tried again: the database chose it as a
+#: deadlock's victim or could not serialize it...
+RETRIED = frozenset({"40P01", "40001"})
+#: ...and those after which nothing was written but the caller may try again later: a lock it did not get,
+#: the server shutting down or refusing connections, a connection lost.
+TRANSIENT = RETRIED | {"55P03", "57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"}
+#: Tries of one transaction of plain statements (Store.batch, Store.on_writer) on a deadlock.
+ATTEMPTS = 3
+
+
+def sqlstate(exc: BaseException) -> str:
+    return str(getattr(getattr(exc, "orig", None), "sqlstate", "") or "")
+
+
+def transient(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or sqlstate(exc) in TRANSIENT)
+
+
+@contextlib.contextmanager
+def busy_when_transient() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if transient(exc):
+            log.warning(
+                "the database could not serve a transaction", sqlstate=sqlstate(exc), error=str(exc.orig)
+            )
+            raise StoreBusy(
+                f"the database is busy ({sqlstate(exc) or 'connection lost'}); try again"
+            ) from exc
+        raise
+
+
 class Store:
     """Hands out connections: ``read()`` for queries, ``write()`` for one short write transaction.
 
@@ -113,17 +148,21 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            yield conn
+        with busy_when_transient():
+            async with self.engine.connect() as conn:
+                yield conn
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction, committed on normal exit: durable before the caller acknowledges anything."""
+        """One transaction, committed on normal exit: durable before the caller acknowledges anything. A
+        transaction the database gave up on (a deadlock's victim, a lost connection) is StoreBusy: its
+        body holds the caller's awaits, so it cannot be run again here."""
         lock = self._write_lock or contextlib.nullcontext()
-        async with lock, self.engine.connect() as conn:
-            await conn.execution_options(**{_WRITE: True})
-            async with conn.begin():
-                yield conn
+        with busy_when_transient():
+            async with lock, self.engine.connect() as conn:
+                await conn.execution_options(**{_WRITE: True})
+                async with conn.begin():
+                    yield conn
 
     async def batch(self, work: Callable[[Sql], T]) -> T:
         """Run ``work`` (plain SQL statements, no awaits) as one write transaction, committed before this
@@ -137,8 +176,11 @@ class Store:
         statement (aiosqlite's cost), which is what lets placement claims keep up. Elsewhere it runs on a
         pooled connection through SQLAlchemy."""
         if self._write_lock is None:
-            async with self.engine.connect() as conn:
-                return await conn.run_sync(lambda sync: job(functools.partial(_sqlalchemy_transaction, sync)))
+            with busy_when_transient():
+                async with self.engine.connect() as conn:
+                    return await conn.run_sync(
+                        lambda sync: job(functools.partial(_sqlalchemy_transaction, sync))
+                    )
         async with self._write_lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -219,8 +261,17 @@ def _sqlalchemy_transaction(sync: Connection, work: Callable[[Sql], T]) -> T:
             result = sync.execute(text(statement), dict(params or {}))
         return result.all() if result.returns_rows else []
 
-    with sync.begin():
-        return work(sql)
+    # ``work`` is plain statements, no awaits: a deadlock's victim runs again at once (the winner holds
+    # its locks no longer), a few times before the caller hears StoreBusy.
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with sync.begin():
+                return work(sql)
+        except DBAPIError as exc:
+            if sqlstate(exc) not in RETRIED or attempt == ATTEMPTS or sync.invalidated:
+                raise
+            log.info("a transaction is tried again", sqlstate=sqlstate(exc), attempt=attempt)
+    raise AssertionError("unreachable")
 
 
 def _configure_sqlite(dbapi_conn: Any, synchronous: str) -> None:
