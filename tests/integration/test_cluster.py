@@ -387,6 +387,32 @@ def test_a_silent_agent_reads_the_same_through_every_coordinator(cluster: Cluste
     assert max(back) <= interval + batch + 0.3, back
 
 
+def test_what_an_admin_changes_through_one_coordinator_places_through_another_at_once(
+    cluster: Cluster,
+) -> None:
+    """A region created and filled through the first; its limit raised there: the second places by it at
+    once (no view of its own older than the change), and the limit holds across both."""
+    admin, other = cluster.api(0), cluster.api(1)
+    made = admin.post("/api/regions", {"name": "Shared", "identifier": "shared", "serverLimit": 1})
+    assert made.status == 201, made.body
+    region = made.body["id"]
+    moved = admin.call("PATCH", f"/api/nodes/{cluster.node['id']}/region", {"regionId": region})
+    assert moved.status == 200, moved.body
+    body = {"image": TEST_IMAGE, "memory": "16", "cpu": "1", "regionId": region}
+    first = other.post("/api/instances/deploy", {**body, "name": "first"})
+    assert first.status == 201, first.body
+    full = other.post("/api/instances/deploy", {**body, "name": "over"})
+    assert full.status in (409, 503), full.body  # serverLimit 1, reached
+    raised = admin.call("PATCH", f"/api/regions/{region}", {"serverLimit": 2})
+    assert raised.status == 200, raised.body
+    second = other.post("/api/instances/deploy", {**body, "name": "second"})
+    assert second.status == 201, second.body
+    third = cluster.api(2).post("/api/instances/deploy", {**body, "name": "third"})
+    assert third.status in (409, 503), third.body  # and 2 holds through the third
+    for made_now in (first, second):
+        wait_state(admin, made_now.body["id"], "running", timeout=10)
+
+
 def test_ninety_deploys_through_three_coordinators_into_thirty_allocations(cluster: Cluster) -> None:
     """90 deploys at once, 30 through each coordinator, for a node whose 30 free allocations are all there
     is: exactly 30 are placed, no allocation twice, and the agent runs them all."""
