@@ -40,7 +40,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.domain.records import Allocation, Instance
-from coordinator.store.engine import Sql, Store, Transact
+from coordinator.store.engine import Sql, Store, Transact, as_busy
 from coordinator.store.instances import INSERT_INSTANCE, INSERT_NUMBER, instance_params
 from coordinator.store.tables import instances
 
@@ -404,7 +404,7 @@ class ClaimQueue:
                     functools.partial(_claim_each, batch=batch, lock_first=not self.store.is_sqlite)
                 )
             except Exception as exc:  # the commit itself failed: nobody's claim holds
-                outcomes = exc
+                outcomes = as_busy(exc)
             loop.call_soon_threadsafe(_settle, batch, outcomes)
             if time.monotonic() >= until:
                 return

@@ -104,19 +104,23 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and (exc.connection_invalidated or sqlstate(exc) in TRANSIENT)
 
 
+def as_busy(exc: Exception) -> Exception:
+    """StoreBusy for a transient failure (the cause chained), else the failure itself."""
+    if not transient(exc):
+        return exc
+    code = sqlstate(exc) or "connection lost"
+    log.warning("the database could not serve a transaction", sqlstate=code, error=str(exc))
+    busy = StoreBusy(f"the database is busy ({code}); try again")
+    busy.__cause__ = exc
+    return busy
+
+
 @contextlib.contextmanager
 def busy_when_transient() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if transient(exc):
-            log.warning(
-                "the database could not serve a transaction", sqlstate=sqlstate(exc), error=str(exc.orig)
-            )
-            raise StoreBusy(
-                f"the database is busy ({sqlstate(exc) or 'connection lost'}); try again"
-            ) from exc
-        raise
+        raise as_busy(exc) from exc
 
 
 class Store:
