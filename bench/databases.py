@@ -36,3 +36,22 @@ async def drop_database(base: str, url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def server_cpu_s() -> float | None:
+    """CPU seconds the PostgreSQL server processes on this machine have used, those that ended included
+    (the postmaster's reaped children); None when none runs here (a remote database)."""
+    total, found = 0.0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition("(")[2].partition(")")
+        if name != "postgres":
+            continue
+        fields = rest.split()
+        # utime, stime, cutime, cstime (fields 14-17 of proc(5)), in clock ticks
+        total += sum(int(f) for f in fields[11:15])
+        found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.databases import drop_database, fresh_database, postgres_url
+from bench.databases import drop_database, fresh_database, postgres_url, server_cpu_s
 from bench.seed import core_over, node_record, organization_with_user
 from coordinator.config import CoordinatorConfig
 from coordinator.domain.agents import Heartbeat
@@ -133,6 +133,23 @@ async def seed(store: Store) -> int:
     return org
 
 
+#: Placements made before the timed ones, after which PostgreSQL's statistics are taken: a database that
+#: has run a while has them. Without, autovacuum takes them whenever it next looks (a minute apart), in the
+#: middle of a run or not, and plans cached while the instances table was nearly empty (the foreign key
+#: checks' among them) scan it whole as it grows: the rate wandered between runs by half.
+SETTLE = 1_000
+
+
+async def settled(store: Store, service: DeployService, caller: Principal) -> None:
+    await deploy_many(service, caller, SETTLE, 99)
+    if not store.is_sqlite:
+        async with store.engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("ANALYZE"))
+        # Connections that planned before the statistics keep their plans: start from fresh ones.
+        await store.engine.dispose()
+
+
 def serving(store: Store, tmp: Path, org: int) -> tuple[DeployService, Principal]:
     """A coordinator's deploy use case over the seeded store, every node Ready."""
     core = core_over(store, tmp, CoordinatorConfig(data_dir=tmp))
@@ -186,21 +203,30 @@ async def claims(tmp: Path, url: str) -> float:
     await store.migrate()
     service, caller = serving(store, tmp, await seed(store))
     warmed, cold_ms = await warm(service, caller)
+    await settled(store, service, caller)
+    server_begin = None if store.is_sqlite else server_cpu_s()
     begin, cpu_begin = time.perf_counter(), time.process_time()
     placed, refused = await deploy_many(service, caller, PLACEMENTS, 3)
     elapsed = time.perf_counter() - begin
-    busy = (time.process_time() - cpu_begin) / elapsed
+    coordinator_cpu = time.process_time() - cpu_begin
+    server_end = None if store.is_sqlite else server_cpu_s()
+    busy = coordinator_cpu / elapsed
     rate = placed / elapsed
     assigned, holders, counted = await held_and_counted(store)
     engine = "SQLite, FULL sync" if store.is_sqlite else "PostgreSQL"
     await store.close()
-    total = placed + len(warmed)
+    total = placed + len(warmed) + SETTLE
     collisions = total - holders + (assigned - holders)
     print(
         f"{f'placements through the use case ({engine})':56}{rate:9.0f} placements/s   "
         f"({placed} placed, {refused} refused, {collisions} collisions, {CONCURRENCY} concurrent;"
         f" cold view of {NODES} nodes read in {cold_ms:.0f} ms; this process {busy:.0%} of a core)"
     )
+    # The rate swings by half between runs on a shared machine; the CPU one placement costs does much less.
+    cost = f"CPU per placement: this process {coordinator_cpu / placed * 1000:.2f} ms"
+    if server_begin is not None and server_end is not None:
+        cost += f" + PostgreSQL's server {(server_end - server_begin) / placed * 1000:.2f} ms"
+    print(f"{'':56}{cost}")
     assert collisions == 0 and counted == total == assigned
     return rate
 
@@ -214,9 +240,9 @@ def _one_of_several(url: str, tmp: str, org: int, n: int, ready: Any, results: A
         (Path(tmp) / f"c{n}").mkdir(exist_ok=True)
         warmed, _ = await warm(service, caller)
         ready.wait()
-        begin = time.monotonic()
+        begin, cpu = time.monotonic(), time.process_time()
         placed, refused = await deploy_many(service, caller, PLACEMENTS // COORDINATORS, n)
-        results.put((placed + len(warmed), refused, begin, time.monotonic()))
+        results.put((placed + len(warmed), refused, begin, time.monotonic(), time.process_time() - cpu))
         await store.close()
 
     asyncio.run(run())
@@ -227,28 +253,36 @@ async def claims_on_several(tmp: Path, url: str) -> float:
     store = Store.open(url)
     await store.migrate()
     org = await seed(store)
+    service, caller = serving(store, tmp, org)
+    await settled(store, service, caller)
     context = multiprocessing.get_context("spawn")
     ready, results = context.Barrier(COORDINATORS), context.Queue()
     children = [
         context.Process(target=_one_of_several, args=(url, str(tmp), org, n, ready, results))
         for n in range(COORDINATORS)
     ]
+    server_begin = server_cpu_s()
     for child in children:
         child.start()
-    outcomes: list[tuple[int, int, float, float]] = [results.get(timeout=600) for _ in children]
+    outcomes: list[tuple[int, int, float, float, float]] = [results.get(timeout=600) for _ in children]
+    server_end = server_cpu_s()  # includes the children's cold views: an upper bound
     for child in children:
         child.join()
     placed = sum(o[0] for o in outcomes) - COORDINATORS * REGIONS
     rate = placed / (max(o[3] for o in outcomes) - min(o[2] for o in outcomes))
     assigned, holders, counted = await held_and_counted(store)
     await store.close()
-    total = placed + COORDINATORS * REGIONS
+    total = placed + COORDINATORS * REGIONS + SETTLE
     collisions = total - holders + (assigned - holders)
     print(
         f"{f'... with {COORDINATORS} coordinators at once (PostgreSQL)':56}{rate:9.0f} placements/s   "
         f"({placed} placed, {sum(o[1] for o in outcomes)} refused, {collisions} collisions,"
         f" {CONCURRENCY} concurrent in each)"
     )
+    cost = f"CPU per placement: the coordinators {sum(o[4] for o in outcomes) / placed * 1000:.2f} ms"
+    if server_begin is not None and server_end is not None:
+        cost += f" + PostgreSQL's server {(server_end - server_begin) / placed * 1000:.2f} ms"
+    print(f"{'':56}{cost}")
     assert collisions == 0 and counted == total == assigned
     return rate
 
