@@ -175,7 +175,7 @@ class Instance:
     tx_bytes: int = 0
     rx_mbps: float = 0.0
     tx_mbps: float = 0.0
-    #: Crash restarts its agent made since the agent started (from heartbeats; not stored).
+    #: Crash restarts its agent made since the agent started (from heartbeats; the batch writes store it).
     restarts: int = 0
     #: Why its bandwidth cap is not in force (from heartbeats; not stored).
     limit_error: str | None = None

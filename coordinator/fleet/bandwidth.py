@@ -29,6 +29,13 @@ class Meter:
     tx_seen: int = 0
     rx_mbps: float = 0.0
     tx_mbps: float = 0.0
+    #: Crash restarts and why its cap is not in force, as its agent's heartbeats say.
+    restarts: int = 0
+    limit_error: str = ""
+    #: A heartbeat of this process reported it (a meter loaded from the row knows only the totals), and
+    #: from which node.
+    heard: bool = False
+    node_id: str = ""
 
     def advance(self, epoch: str, rx: int, tx: int) -> bool:
         """Fold new raw counters in; whether the totals changed."""
@@ -59,23 +66,39 @@ class Bandwidth:
         for iid, rx, tx, epoch, rx_seen, tx_seen in rows:
             self.meters[iid] = Meter(rx, tx, epoch or "", rx_seen, tx_seen)
 
-    def record(self, statuses: Iterable[InstanceStatus]) -> None:
+    def record(self, node_id: str, statuses: Iterable[InstanceStatus]) -> None:
+        """Fold a heartbeat's statuses in; an instance whose totals, rates, restarts or cap error changed
+        is written by the next batch."""
         for status in statuses:
-            if status.state is not ContainerState.RUNNING:
-                continue  # a stopped container reports zeros; its totals stand until it runs again
             meter = self.meters.get(status.instance_id)
             if meter is None:
                 meter = self.meters[status.instance_id] = Meter()
-            meter.rx_mbps, meter.tx_mbps = status.rx_mbps, status.tx_mbps
-            if meter.advance(epoch_of(status), status.rx_bytes, status.tx_bytes):
+            said = (status.restarts, status.limit_error or "")
+            changed = not meter.heard or said != (meter.restarts, meter.limit_error)
+            meter.restarts, meter.limit_error = said
+            meter.heard, meter.node_id = True, node_id
+            if status.state is ContainerState.RUNNING:
+                # (A stopped container reports zeros: its totals stand until it runs again.)
+                changed |= (status.rx_mbps, status.tx_mbps) != (meter.rx_mbps, meter.tx_mbps)
+                meter.rx_mbps, meter.tx_mbps = status.rx_mbps, status.tx_mbps
+                changed |= meter.advance(epoch_of(status), status.rx_bytes, status.tx_bytes)
+            if changed:
                 self._dirty.add(status.instance_id)
+
+    def not_heard(self, node_id: str) -> None:
+        """The node's heartbeats no longer come here (its session moved, or it is gone): what this process
+        heard of its instances is no longer the freshest word."""
+        for meter in self.meters.values():
+            if meter.node_id == node_id:
+                meter.heard = False
 
     def stopped(self, instance_ids: Iterable[str]) -> None:
         """Nothing flows through these any more (stopped, or their node went silent): rates to zero."""
         for iid in instance_ids:
             meter = self.meters.get(iid)
-            if meter is not None:
+            if meter is not None and (meter.rx_mbps or meter.tx_mbps):
                 meter.rx_mbps = meter.tx_mbps = 0.0
+                self._dirty.add(iid)
 
     def retire(self, instance_id: str) -> None:
         """The instance was released: its meter goes after the next batch has written its last totals."""
@@ -84,15 +107,26 @@ class Bandwidth:
     def overlay(self, inst: Instance) -> Instance:
         """The instance with the freshest totals (the row may lag by one batch period) and current rates."""
         meter = self.meters.get(inst.id)
-        if meter is None:
-            return inst
         flowing = inst.state in _FLOWING
+        if meter is None or not meter.heard:
+            # Nothing heard here (its node's session is elsewhere, or not back yet): the row says it all.
+            rx, tx = (meter.rx_total, meter.tx_total) if meter is not None else (0, 0)
+            rates = (inst.rx_mbps, inst.tx_mbps) if flowing else (0.0, 0.0)
+            return replace(
+                inst,
+                rx_bytes=max(rx, inst.rx_bytes),
+                tx_bytes=max(tx, inst.tx_bytes),
+                rx_mbps=rates[0],
+                tx_mbps=rates[1],
+            )
         return replace(
             inst,
             rx_bytes=max(meter.rx_total, inst.rx_bytes),
             tx_bytes=max(meter.tx_total, inst.tx_bytes),
             rx_mbps=meter.rx_mbps if flowing else 0.0,
             tx_mbps=meter.tx_mbps if flowing else 0.0,
+            restarts=meter.restarts,
+            limit_error=meter.limit_error or None,
         )
 
     def take_dirty(self) -> dict[str, dict[str, Any]]:
@@ -103,6 +137,10 @@ class Bandwidth:
                 "net_epoch": m.epoch,
                 "net_rx_seen": m.rx_seen,
                 "net_tx_seen": m.tx_seen,
+                "rx_mbps": m.rx_mbps,
+                "tx_mbps": m.tx_mbps,
+                "restarts": m.restarts,
+                "limit_error": m.limit_error[:2000] or None,
             }
             for iid in self._dirty
             if (m := self.meters.get(iid)) is not None

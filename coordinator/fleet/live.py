@@ -12,7 +12,7 @@ import contextlib
 import heapq
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.logging import get
@@ -105,10 +105,6 @@ class Fleet:
         #: Instances known to be running in the database (to their node), so a heartbeat confirming them
         #: costs nothing.
         self.confirmed_running: dict[str, str] = {}
-        #: Crash restarts the agents made, per instance (as their heartbeats last said).
-        self.restarts: dict[str, int] = {}
-        #: Why an instance's bandwidth cap is not in force, as its agent's heartbeats last said.
-        self.limit_errors: dict[str, str] = {}
         #: Releasing instances whose agent has been told to remove the container (the servers dialect
         #: shows them "stopping" rather than "shutdown").
         self.removing: set[str] = set()
@@ -152,6 +148,8 @@ class Fleet:
             self.confirmed_running.pop(instance_id, None)
         self.ready.discard(node_id)
         self._dirty.discard(node_id)
+        if live is not None:
+            self.bandwidth.not_heard(node_id)  # its instances read from the rows again
 
     def expect(self, node_ids: Sequence[str]) -> None:
         """At start: these nodes reported to an earlier run of the coordinator. One whose agent does not
@@ -242,18 +240,12 @@ class Fleet:
         """A released instance: nothing of it stays in memory."""
         self.unconfirm(instance_id)
         self.removing.discard(instance_id)
-        self.restarts.pop(instance_id, None)
-        self.limit_errors.pop(instance_id, None)
         self.bandwidth.retire(instance_id)
 
     def overlay(self, inst: Instance) -> Instance:
-        """The stored instance with what only heartbeats know: fresh byte totals, rates, crash restarts."""
-        found = self.bandwidth.overlay(inst)
-        restarts = self.restarts.get(inst.id, 0)
-        limit_error = self.limit_errors.get(inst.id)
-        if restarts or limit_error:
-            return replace(found, restarts=restarts, limit_error=limit_error)
-        return found
+        """The stored instance with what heartbeats here say since the last batch write: byte totals,
+        rates, crash restarts, a cap not in force (the row has what the holder wrote)."""
+        return self.bandwidth.overlay(inst)
 
     def engine_error(self, node_id: str) -> str | None:
         found = self.live.get(node_id) or self.remote.get(node_id)
@@ -292,17 +284,8 @@ class Fleet:
                 self.on_change(node_id)
         if hb.host is not None:
             live.host = hb.host
-        self.bandwidth.record(hb.instances)
-        unwanted = []
-        for status in hb.instances:
-            if status.restarts:
-                self.restarts[status.instance_id] = status.restarts
-            if status.limit_error:
-                self.limit_errors[status.instance_id] = status.limit_error
-            elif self.limit_errors and status.instance_id in self.limit_errors:
-                del self.limit_errors[status.instance_id]
-            if status.remove_at_ms:
-                unwanted.append(status)
+        self.bandwidth.record(node_id, hb.instances)
+        unwanted = [status for status in hb.instances if status.remove_at_ms]
         if unwanted or live.unwanted:
             live.unwanted = tuple(unwanted)
         self._dirty.add(node_id)

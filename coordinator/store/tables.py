@@ -171,6 +171,11 @@ instances = Table(
     Column("net_epoch", String(120), nullable=True),
     Column("net_rx_seen", BigInteger, nullable=False, server_default=text("0")),
     Column("net_tx_seen", BigInteger, nullable=False, server_default=text("0")),
+    # As the node's session holder last heard them (migration 0013): what the other coordinators show.
+    Column("rx_mbps", Float, nullable=False, server_default=text("0")),
+    Column("tx_mbps", Float, nullable=False, server_default=text("0")),
+    Column("restarts", Integer, nullable=False, server_default=text("0")),
+    Column("limit_error", String(2000), nullable=True),
     #: The catalog size it was ordered with (servers and client dialects); None for explicit limits.
     Column("size", String(64), nullable=True),
     #: Allocated bandwidth in Mbps (0: none), enforced by the agent on the container's interface.

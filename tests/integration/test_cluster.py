@@ -387,6 +387,25 @@ def test_a_silent_agent_reads_the_same_through_every_coordinator(cluster: Cluste
     assert max(back) <= interval + batch + 0.3, back
 
 
+def test_a_crash_restart_counts_the_same_through_every_coordinator(cluster: Cluster) -> None:
+    """A crash the holder's agent restarted shows as one restart through the other two within the batch
+    period (they read what the holder writes), not only through the holder."""
+    node_id = cluster.node["id"]
+    made = cluster.api(1).post("/api/instances/deploy", deploy_body(cluster, 3, "crashes"))
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    wait_state(cluster.api(0), iid, "running", timeout=10)
+    os.kill(containers(node_id)[iid]["State"]["Pid"], signal.SIGKILL)  # its own process: a crash
+    wait_for(lambda: instance(cluster.api(0), iid)["restarts"] == 1, 10, "the holder to count the restart")
+    counted = time.monotonic()
+    wait_for(
+        lambda: all(instance(cluster.api(n), iid)["restarts"] == 1 for n in (1, 2)),
+        5,
+        "the others to count it",
+    )
+    assert time.monotonic() - counted < 1.0
+
+
 def test_what_an_admin_changes_through_one_coordinator_places_through_another_at_once(
     cluster: Cluster,
 ) -> None:
