@@ -1,6 +1,6 @@
-"""What the database gives up on is StoreBusy (the API's 503 with Retry-After), never a 500; statement-only
-work a deadlock chose as its victim runs again by itself. On a real PostgreSQL: SQLite serializes writers
-and never deadlocks."""
+"""What the database gives up on is StoreBusy (the API's 503 with Retry-After, test_http_errors.py);
+statement-only work a deadlock chose as its victim runs again by itself. On a real PostgreSQL: SQLite
+serializes writers and never deadlocks."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 from sqlalchemy import text
 
 from bench.databases import drop_database, fresh_database
-from coordinator.api.app import errors_as_json
 from coordinator.domain.failures import StoreBusy
 from coordinator.store.engine import Sql, Store
 from tests.databases import require_postgres
@@ -73,22 +70,3 @@ async def test_statement_work_a_deadlock_fails_runs_again(postgres: Store) -> No
 
     with pytest.raises(StoreBusy, match="40001"):
         await postgres.batch(always)
-
-
-async def test_the_api_answers_store_busy_with_503_and_retry_after() -> None:
-    async def busy(request: web.Request) -> web.Response:
-        raise StoreBusy("the database is busy (40P01); try again")
-
-    app = web.Application(middlewares=[errors_as_json])
-    app.router.add_post("/api/busy", busy)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as http, http.post(f"http://127.0.0.1:{port}/api/busy") as r:
-            assert r.status == 503 and r.headers["Retry-After"] == "1"
-            assert (await r.json())["error"] == "the database is busy (40P01); try again"
-    finally:
-        await runner.cleanup()
