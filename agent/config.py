@@ -49,6 +49,8 @@ class AgentConfig(BaseModel):
     resync_interval_s: float = Field(30.0, gt=0)
     #: How crashed containers are restarted (exponential back-off; a crash loop is reported).
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    #: HOST:PORT where the agent serves its Prometheus metrics (/metrics); empty: not served.
+    metrics_listen: str = "127.0.0.1:9104"
     log_level: str = "info"
     log_json: bool = True
 
@@ -61,6 +63,13 @@ class AgentConfig(BaseModel):
             return self.enroll_address
         host, _, port = self.coordinators()[0].rpartition(":")
         return f"{host}:{int(port) + 1}"
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_address(cls, value: str) -> str:
+        if value and not is_address(value):
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
 
     @field_validator("coordinator")
     @classmethod

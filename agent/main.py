@@ -13,6 +13,7 @@ from agent.config import AgentConfig
 from agent.executor import Executor
 from agent.files import FileStore
 from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
+from agent.metrics import AgentMetrics
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
 from agent.runtime.docker import DockerRuntime
 from agent.session import AgentSession, Outbox
@@ -127,6 +128,7 @@ def assemble(
     *,
     shaper: Shaper = shaping.cap,
     disk_path: str = "",
+    metrics: AgentMetrics | None = None,
 ) -> tuple[Executor, AgentSession]:
     """The agent's parts over a runtime, wired one way: the executor reports into the outbox, the session
     drains it and hands commands to the executor."""
@@ -142,14 +144,16 @@ def assemble(
         shaper=shaper,
     )
     telemetry = Telemetry(disk_path=disk_path or str(config.data_dir))
-    return executor, AgentSession(config, node, runtime, executor, telemetry, outbox)
+    return executor, AgentSession(config, node, runtime, executor, telemetry, outbox, metrics)
 
 
 async def run(config: AgentConfig) -> None:
+    metrics = AgentMetrics(enabled=bool(config.metrics_listen))
+    metrics.serve(config.metrics_listen)
     node = await obtain_identity(config)
-    runtime = DockerRuntime(config.docker_url or None)
+    runtime = DockerRuntime(config.docker_url or None, observe=metrics.docker_call)
     await wait_for_engine(runtime, config)
-    executor, session = assemble(config, node, runtime)
+    executor, session = assemble(config, node, runtime, metrics=metrics)
     systemd.notify("READY=1")
     log.info("agent ready", node_id=node.node_id, coordinator=config.coordinator, version=__version__)
     stop = asyncio.Event()

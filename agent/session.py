@@ -18,6 +18,7 @@ from agent import __version__, identity
 from agent.config import AgentConfig
 from agent.executor import Executor, Outcome
 from agent.identity import SERVER_NAME, EnrollmentRefused, Identity
+from agent.metrics import AgentMetrics
 from agent.reconcile import Desired
 from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus, FileSet, PortBinding, Runtime
 from agent.state import Order, Report, ReportKind
@@ -190,8 +191,10 @@ class AgentSession:
         executor: Executor,
         telemetry: Telemetry,
         outbox: Outbox,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or AgentMetrics(enabled=False)
         self.identity = identity
         self.runtime = runtime
         self.executor = executor
@@ -209,7 +212,8 @@ class AgentSession:
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
         self.telemetry.keep_only({c.container_id for c in containers})
-        return await asyncio.to_thread(
+        labelled = [c for c in containers if c.instance_id]
+        found = await asyncio.to_thread(
             lambda: [
                 instance_status(
                     c,
@@ -218,10 +222,14 @@ class AgentSession:
                     self.executor.removal_time(c.instance_id),
                     self.executor.limit_errors.get(c.instance_id, ""),
                 )
-                for c in containers
-                if c.instance_id
+                for c in labelled
             ]
         )
+        self.metrics.containers_seen(
+            (c.instance_id, c.status.value, s.rx_bytes, s.tx_bytes)
+            for c, s in zip(labelled, found, strict=True)
+        )
+        return found
 
     async def run(self) -> None:
         """Hold a session forever. Every end of a call (EOF, UNAVAILABLE, a cancelled call, a write after the
@@ -247,6 +255,7 @@ class AgentSession:
                 log.warning("session lost", error=f"{type(exc).__name__}: {exc}")
             finally:
                 self.connected.clear()
+                self.metrics.connected(False)
             if self.identity.not_after() <= time.time():
                 raise EnrollmentRefused(
                     "this node's certificate has expired; issue a new join token "
@@ -259,6 +268,7 @@ class AgentSession:
                 backoff = self.config.reconnect_initial_s
             delay = random.uniform(backoff / 2, backoff)  # jitter: a fleet does not reconnect in lockstep
             self._turn += 1  # a lost session tries the next coordinator (the same one when there is one)
+            self.metrics.reconnecting()
             log.info("reconnecting", in_s=round(delay, 2), to=self.target)
             await asyncio.sleep(delay)
             backoff = min(backoff * 2, self.config.reconnect_max_s)
@@ -305,6 +315,7 @@ class AgentSession:
                 "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
             )
             self.connected.set()
+            self.metrics.connected(True)
             self._welcomed_at = time.monotonic()
             self._reconcile(welcome)
             tasks = [
@@ -347,6 +358,7 @@ class AgentSession:
                 self._install_certificate(bytes(message.renewed.certificate_pem))
 
     async def _run_command(self, command: pb.Command) -> None:
+        began = time.monotonic()
         order = ORDERS.get(command.kind)
         if order is None:
             known = command.kind in pb.CommandKind.values()
@@ -356,6 +368,8 @@ class AgentSession:
             want = None if order is Order.REMOVE else desired(self.identity.node_id, command.spec)
             outcome = await self.executor.command(order, command.instance_id, want)
         self.outbox.put(pb.AgentMessage(result=command_result(command, outcome)))
+        kind = pb.CommandKind.Name(command.kind) if command.kind in pb.CommandKind.values() else "unknown"
+        self.metrics.command(kind.removeprefix("COMMAND_KIND_").lower(), outcome.ok, time.monotonic() - began)
 
     async def _write(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
         while True:
@@ -365,6 +379,8 @@ class AgentSession:
             except BaseException:
                 self.outbox.give_back(message)
                 raise
+            if message.HasField("heartbeat"):
+                self.metrics.heartbeat_sent()
 
     async def _renew_when_due(self) -> None:
         """Ask for a new certificate two thirds into the current one's life (at once if that is past),

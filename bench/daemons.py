@@ -300,6 +300,7 @@ class AgentProcess(Process):
             "enroll_address": enroll,
             "reconnect_initial_s": 0.2,
             "reconnect_max_s": 2.0,
+            "metrics_listen": "",  # several agents at once on one host: a test that reads them asks
             **options,
         }
         if join_token:

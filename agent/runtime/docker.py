@@ -250,8 +250,17 @@ class DockerEvents:
 class DockerRuntime:
     """Runtime on a Docker engine (unix socket or ``base_url``); see ``agent.runtime.base.Runtime``."""
 
-    def __init__(self, base_url: str | None = None, *, max_workers: int = 8, timeout_s: int = 60) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        max_workers: int = 8,
+        timeout_s: int = 60,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``observe``: told (call name, seconds) after every engine call, from the call's worker thread."""
         self._base_url = base_url
+        self._observe = observe
         self._timeout_s = timeout_s
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
         self._client_lock = threading.Lock()
@@ -275,8 +284,11 @@ class DockerRuntime:
         if self._closed:
             raise RuntimeFailure("the docker runtime is closed")
         loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, **kwargs)
+        if self._observe is not None:
+            call = functools.partial(_timed, self._observe, getattr(fn, "__name__", "call").lstrip("_"), call)
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(self._executor, call)
         except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
             raise _translate(exc) from exc
 
@@ -457,3 +469,11 @@ class DockerRuntime:
 
 if TYPE_CHECKING:
     _check: type[Runtime] = DockerRuntime
+
+
+def _timed(observe: Callable[[str, float], None], name: str, call: Callable[[], T]) -> T:
+    began = time.perf_counter()
+    try:
+        return call()
+    finally:
+        observe(name, time.perf_counter() - began)
