@@ -60,6 +60,8 @@ class Bandwidth:
         self.meters: dict[str, Meter] = {}
         self._dirty: set[str] = set()
         self._retired: set[str] = set()
+        #: Instances by the node whose heartbeats last reported them here.
+        self._by_node: dict[str, set[str]] = {}
 
     def load(self, rows: Iterable[tuple[str, int, int, str | None, int, int]]) -> None:
         """At start: (instance id, rx total, tx total, epoch, rx seen, tx seen) of the live instances."""
@@ -76,6 +78,9 @@ class Bandwidth:
             said = (status.restarts, status.limit_error or "")
             changed = not meter.heard or said != (meter.restarts, meter.limit_error)
             meter.restarts, meter.limit_error = said
+            if meter.node_id != node_id:
+                self._by_node.get(meter.node_id, set()).discard(status.instance_id)
+                self._by_node.setdefault(node_id, set()).add(status.instance_id)
             meter.heard, meter.node_id = True, node_id
             if status.state is ContainerState.RUNNING:
                 # (A stopped container reports zeros: its totals stand until it runs again.)
@@ -88,9 +93,10 @@ class Bandwidth:
     def not_heard(self, node_id: str) -> None:
         """The node's heartbeats no longer come here (its session moved, or it is gone): what this process
         heard of its instances is no longer the freshest word."""
-        for meter in self.meters.values():
-            if meter.node_id == node_id:
-                meter.heard = False
+        for iid in self._by_node.pop(node_id, ()):
+            meter = self.meters.get(iid)
+            if meter is not None and meter.node_id == node_id:
+                meter.heard, meter.node_id = False, ""
 
     def stopped(self, instance_ids: Iterable[str]) -> None:
         """Nothing flows through these any more (stopped, or their node went silent): rates to zero."""
@@ -147,6 +153,8 @@ class Bandwidth:
         }
         self._dirty.clear()
         for iid in self._retired:
-            self.meters.pop(iid, None)
+            gone = self.meters.pop(iid, None)
+            if gone is not None:
+                self._by_node.get(gone.node_id, set()).discard(iid)
         self._retired.clear()
         return batch
