@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,7 +163,7 @@ def test_default_name() -> None:
     assert cli.default_name("localhost:5000/a/b@sha256:" + "0" * 64) == "b"
 
 
-def test_unreachable_coordinator_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_coordinator_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.run(["--url", "http://127.0.0.1:1", "health"]) == cli.EXIT_UNREACHABLE
     assert "cannot reach the coordinator at http://127.0.0.1:1" in capsys.readouterr().err
 
@@ -214,7 +215,7 @@ def coordinator(tmp_path: Path) -> Iterator[Running]:
             proc.wait()
 
 
-def _cli(running: Running, *argv: str) -> subprocess.CompletedProcess[str]:
+def _cli(running: Running, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "coordinator.cli", "--url", running.url, "--key", running.key, *argv],
         cwd=ROOT,
@@ -222,7 +223,14 @@ def _cli(running: Running, *argv: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        input=stdin,
     )
+
+
+def _json(running: Running, *argv: str, stdin: str = "") -> Any:
+    done = _cli(running, *argv, "--json", stdin=stdin)
+    assert done.returncode == 0, (argv, done.stderr)
+    return json.loads(done.stdout) if done.stdout.strip() != "null" else None
 
 
 def test_cli_against_a_real_coordinator(coordinator: Running) -> None:
@@ -251,3 +259,67 @@ def test_cli_against_a_real_coordinator(coordinator: Running) -> None:
     refused = _cli(coordinator, "instance", "show", "no-such-instance")
     assert refused.returncode == cli.EXIT_API
     assert refused.stderr.startswith("moorage: 400 ")
+
+
+def test_the_cli_covers_regions_nodes_people_and_keys(coordinator: Running) -> None:
+    """Every command against a real coordinator: what it changes is what the API then shows, tables for
+    people, --json for scripts; an API refusal exits 1, a usage error 2."""
+    region = _json(
+        coordinator, "region", "create", "Europe West", "eu-west", "--limit", "2", "--country", "IE"
+    )
+    assert (region["identifier"], region["serverLimit"], region["countryId"]) == ("eu-west", 2, "IE")
+    spare = _json(coordinator, "region", "create", "Spare", "spare")
+    changed = _json(coordinator, "region", "update", region["id"], "--limit", "5", "--fallback", spare["id"])
+    assert (changed["serverLimit"], changed["fallbackRegionId"]) == (5, spare["id"])
+    table = _cli(coordinator, "regions")
+    assert table.returncode == 0 and table.stdout.splitlines()[0].split()[:4] == [
+        "ID",
+        "IDENTIFIER",
+        "NAME",
+        "SERVERS",
+    ]
+    assert "0/5 [..........]" in table.stdout and "Spare" in table.stdout  # used/limit, bar, fallback
+    cleared = _json(coordinator, "region", "update", region["id"], "--no-fallback")
+    assert cleared["fallbackRegionId"] is None
+
+    node = _json(
+        coordinator,
+        *["node", "create", "regional", "--ram", "1024", "--disk", "2048", "--cpus", "2"],
+        *["--address", "10.0.0.6", "--ports", "31000-31001", "--region", region["id"]],
+    )
+    token = _json(coordinator, "node", "join-token", node["id"])
+    assert token["joinToken"].startswith("MOORAGE2::") and token["joinToken"] != node["joinToken"]
+    assert _json(coordinator, "node", "maintenance", node["id"], "on")["maintenance"] is True
+    assert _json(coordinator, "node", "maintenance", node["id"], "off")["maintenance"] is False
+    _json(coordinator, "node", "allocation-add", node["id"], "31010-31012")
+    listed = _json(coordinator, "node", "allocations", node["id"])
+    assert sorted(a["port"] for a in listed) == [31000, 31001, 31010, 31011, 31012]
+    last = next(a for a in listed if a["port"] == 31012)
+    assert _cli(coordinator, "node", "allocation-remove", node["id"], last["id"]).returncode == 0
+    assert len(_json(coordinator, "node", "allocations", node["id"])) == 4
+    # A region holding a node is not deleted: the API's refusal, exit 1.
+    refused = _cli(coordinator, "region", "delete", region["id"])
+    assert refused.returncode == cli.EXIT_API and refused.stderr.startswith("moorage: 4")
+    assert _cli(coordinator, "node", "delete", node["id"]).returncode == 0
+    assert _cli(coordinator, "region", "delete", region["id"]).returncode == 0
+    assert region["id"] not in {r["id"] for r in _json(coordinator, "regions")}
+
+    user = _json(
+        coordinator, "user", "create", "ops-two", "ops2@example.net", stdin="correct horse battery\n"
+    )
+    assert user["username"] == "ops-two" and user["admin"] is False
+    assert "ops-two" in _cli(coordinator, "users").stdout
+    key = _json(coordinator, "key", "create", "ci")
+    assert key["key"].startswith("mrg_")
+    assert key["id"] in {k["id"] for k in _json(coordinator, "keys")}
+    assert _cli(coordinator, "key", "revoke", key["id"]).returncode == 0
+    revoked = next(k for k in _json(coordinator, "keys") if k["id"] == key["id"])
+    assert revoked["revokedAt"] is not None
+
+    # Instance commands reach the API (no agent here: the instance does not exist) and report its refusal.
+    for argv in (["instance", "power", "no-such", "start"], ["instance", "suspend", "no-such"]):
+        gone = _cli(coordinator, *argv)
+        assert gone.returncode == cli.EXIT_API and gone.stderr.startswith("moorage: 4"), (argv, gone.stderr)
+    # Usage errors: argparse's exit 2, before any request.
+    for argv in (["node", "maintenance", node["id"], "sideways"], ["instance", "power", "x", "explode"]):
+        assert _cli(coordinator, *argv).returncode == cli.EXIT_USAGE

@@ -1,0 +1,3 @@
+from coordinator.cli.commands import main
+
+main()
