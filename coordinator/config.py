@@ -118,6 +118,13 @@ class InstancesOptions(_Section):
     expiry_check_s: float = Field(10.0, gt=0)
 
 
+class EventsOptions(_Section):
+    #: Seconds an event is kept (the stream's Last-Event-ID reaches back this far); older ones are pruned.
+    retention_s: float = Field(7 * 86400.0, gt=0)
+    #: How often events past the retention are pruned.
+    prune_every_s: float = Field(60.0, gt=0)
+
+
 class ServersOptions(_Section):
     """What POST /api/servers (and a client order) uses for what the request leaves out."""
 
@@ -149,6 +156,7 @@ class CoordinatorConfig(_Section):
     placement: PlacementOptions = Field(default_factory=PlacementOptions)
     servers: ServersOptions = Field(default_factory=ServersOptions)
     instances: InstancesOptions = Field(default_factory=InstancesOptions)
+    events: EventsOptions = Field(default_factory=EventsOptions)
     #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
     _source: Path | None = PrivateAttr(None)
 

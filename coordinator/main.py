@@ -40,6 +40,7 @@ from coordinator.service.bootstrap import ensure_admin, load_secrets
 from coordinator.service.clients import ClientService
 from coordinator.service.core import Core
 from coordinator.service.deploy import DeployService
+from coordinator.service.events import EventService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
@@ -248,6 +249,9 @@ class Coordinator:
             asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
             asyncio.create_task(
                 services.vpn.run_sweeps(lambda: bus is None or bus.leading), name="release-sweeps"
+            ),
+            asyncio.create_task(
+                EventService(core).run_pruning(lambda: bus is None or bus.leading), name="event-pruning"
             ),
         ]
         endpoints = {

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def time_ordered_id() -> str:
@@ -115,6 +116,20 @@ class Node:
     def processor_text(self) -> str:
         """What panels show as the processor: its description, or else its cores."""
         return self.processor or str(self.cpu_count)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetEvent:
+    """One change as the event stream tells it: ``instance.state`` (data: old, new, event, error) or
+    ``node.status`` (data: old, new). Ids grow with every event written."""
+
+    id: int
+    at: float
+    kind: str
+    organization_id: int | None
+    node_id: str | None
+    instance_id: str | None
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from coordinator.domain import agents
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import WANTED_STATES, InstanceState, NodeStatus
 from coordinator.service.core import Core
+from coordinator.store import events as events_store
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.instances import Moved
@@ -231,10 +232,11 @@ class AgentReports:
 
     async def node_status_changed(self, node_id: str, old: NodeStatus, new: NodeStatus) -> None:
         """A node that stops reporting makes its instances unhealthy; nothing is rescheduled (game servers
-        keep state). They return to running on the next heartbeat that shows them running."""
-        if new in (NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE) and old is NodeStatus.READY:
-            now = self.core.clock()
-            async with self.core.store.write() as conn:
+        keep state). They return to running on the next heartbeat that shows them running. Every change
+        is an event (one coordinator judges a node: the one holding its session)."""
+        now = self.core.clock()
+        async with self.core.store.write() as conn:
+            if new in (NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE) and old is NodeStatus.READY:
                 found = await instances_store.list_instances(
                     conn, node_id=node_id, states={S.RUNNING, S.STARTING}
                 )
@@ -248,3 +250,4 @@ class AgentReports:
                     )
                     self.core.fleet.unconfirm(inst.id)
                     self.core.fleet.bandwidth.stopped([inst.id])
+            await events_store.record_node_status(conn, node_id, old.value, new.value, now)

@@ -14,6 +14,7 @@ from common.logging import get
 from coordinator.domain import lifecycle
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
+from coordinator.store import events as events_store
 from coordinator.store.engine import execute_many
 from coordinator.store.nodes import allocation_from_row
 from coordinator.store.rows import record_from_row
@@ -235,6 +236,7 @@ async def transition(
         await conn.execute(
             select(
                 instances.c.state,
+                instances.c.organization_id,
                 instances.c.region_id,
                 instances.c.node_id,
                 instances.c.memory_mib,
@@ -288,6 +290,17 @@ async def transition(
         .where(instances.c.id == instance_id, instances.c.state == old.value)
         .values(state=new.value, updated_at=now, **values)
     )
+    if new is not old:
+        # Told in the same transaction: the event exists exactly when the change does.
+        await events_store.record(
+            conn,
+            "instance.state",
+            at=now,
+            data={"old": old.value, "new": new.value, "event": event.value, "error": values.get("error")},
+            organization_id=row.organization_id,
+            node_id=row.node_id,
+            instance_id=instance_id,
+        )
     return Moved(old, new)
 
 

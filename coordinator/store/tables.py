@@ -314,6 +314,20 @@ audit_log = Table(
     Column("request_id", String(32), nullable=True),
 )
 
+#: What changed in the fleet (store/events.py), written with the change; the event stream reads it.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("kind", String(40), nullable=False),
+    #: Who may see it: that organization (and admins); NULL on a node event is the shared fleet's (all).
+    Column("organization_id", Integer, nullable=True),
+    Column("node_id", String(64), nullable=True),
+    Column("instance_id", String(64), nullable=True),
+    Column("data", JSON, nullable=False),
+)
+
 #: Catalog entries added through the API (those of config/images.yaml live in that file).
 catalog_images = Table(
     "catalog_images",
