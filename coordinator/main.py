@@ -154,6 +154,8 @@ class Coordinator:
         self.core: Core | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.runner: web.AppRunner | None = None
+        #: Told to end its streams before the HTTP server waits for its handlers.
+        self.events: EventService | None = None
 
     async def start(self) -> None:
         """Start everything, or stop what was started and raise StartupError."""
@@ -230,7 +232,9 @@ class Coordinator:
             servers=ServerService(core, deploys, instances),
             clients=ClientService(core, deploys, instances),
             vpn=VpnService(core, deploys, instances),
+            events=EventService(core),
         )
+        self.events = services.events
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
         await self.runner.setup()
         host, port = split_host_port(cfg.http.listen, "http.listen")
@@ -251,7 +255,7 @@ class Coordinator:
                 services.vpn.run_sweeps(lambda: bus is None or bus.leading), name="release-sweeps"
             ),
             asyncio.create_task(
-                EventService(core).run_pruning(lambda: bus is None or bus.leading), name="event-pruning"
+                services.events.run_pruning(lambda: bus is None or bus.leading), name="event-pruning"
             ),
         ]
         endpoints = {
@@ -308,6 +312,8 @@ class Coordinator:
         if self.grpc_server is not None:
             server, self.grpc_server = self.grpc_server, None
             await server.stop(grace=2)
+        if self.events is not None:
+            self.events.close()
         if self.runner is not None:
             runner, self.runner = self.runner, None
             await runner.cleanup()

@@ -12,6 +12,7 @@ from coordinator.metrics import Metrics
 from coordinator.service.access import AccessService
 from coordinator.service.clients import ClientService
 from coordinator.service.deploy import DeployService
+from coordinator.service.events import EventService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
 from coordinator.service.nodes import NodeService
@@ -39,6 +40,7 @@ class Services:
     servers: ServerService
     clients: ClientService
     vpn: VpnService
+    events: EventService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

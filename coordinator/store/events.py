@@ -49,11 +49,19 @@ async def record_node_status(conn: AsyncConnection, node_id: str, old: str, new:
 
 
 async def after(
-    conn: AsyncConnection, after_id: int, *, organization_id: int | None, admin: bool, limit: int = 500
+    conn: AsyncConnection,
+    after_id: int,
+    *,
+    organization_id: int | None,
+    admin: bool,
+    limit: int = 500,
+    up_to: int | None = None,
 ) -> list[FleetEvent]:
-    """Events past ``after_id`` in id order that the caller may see: an admin all, anyone else its
-    organization's and the shared fleet's node events."""
+    """Events past ``after_id`` (and not past ``up_to``) in id order that the caller may see: an admin
+    all, anyone else its organization's and the shared fleet's node events."""
     query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+    if up_to is not None:
+        query = query.where(events.c.id <= up_to)
     if not admin:
         query = query.where(
             or_(
@@ -62,6 +70,14 @@ async def after(
             )
         )
     return [record_from_row(FleetEvent, r, data=dict(r.data or {})) for r in await conn.execute(query)]
+
+
+async def ids_after(conn: AsyncConnection, after_id: int, limit: int = 1000) -> list[int]:
+    """Every event id past ``after_id``, whoever may see it: where a reader may safely go (no gap)."""
+    found = await conn.execute(
+        select(events.c.id).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+    )
+    return [int(i) for i in found.scalars()]
 
 
 async def newest_id(conn: AsyncConnection) -> int:

@@ -318,7 +318,7 @@ audit_log = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
     Column("at", Float, nullable=False, index=True),
     Column("kind", String(40), nullable=False),
     #: Who may see it: that organization (and admins); NULL on a node event is the shared fleet's (all).

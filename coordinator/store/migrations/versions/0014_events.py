@@ -21,7 +21,10 @@ def upgrade() -> None:
     # exists exactly when its change does; kept for events.retention_s.
     op.create_table(
         "events",
-        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        # 64-bit on PostgreSQL (a busy fleet writes billions over the years); SQLite's rowid is already.
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("at", sa.Float(), nullable=False),
         sa.Column("kind", sa.String(length=40), nullable=False),
         sa.Column("organization_id", sa.Integer(), nullable=True),

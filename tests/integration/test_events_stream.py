@@ -1,0 +1,143 @@
+"""GET /api/events against a real coordinator, agent and Docker: an EventSource-style client sees an
+instance's state changes within a second of the coordinator writing them, resumes after its Last-Event-ID
+with nothing missed and nothing twice, and a JSON poller sees the same ids; another organization sees none
+of them."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.client
+import json
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, one_node_fleet, wait_for, wait_state
+from tests.dockerenv import require_docker
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
+    require_docker()
+    with one_node_fleet(tmp_path_factory.mktemp("events"), 2) as f:
+        yield f
+
+
+@dataclass
+class Listener:
+    """An SSE client on a thread of its own (a plain HTTP connection, as an EventSource holds): each event
+    with the time it arrived."""
+
+    url: str
+    headers: dict[str, str]
+    got: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    conn: http.client.HTTPConnection | None = None
+
+    def start(self) -> Listener:
+        where = urllib.parse.urlsplit(self.url)
+        self.conn = http.client.HTTPConnection(where.hostname or "", where.port, timeout=30)
+        self.conn.request("GET", where.path, headers={"Accept": "text/event-stream", **self.headers})
+        response = self.conn.getresponse()
+        assert response.status == 200, response.read()
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        threading.Thread(target=self._read, args=(response,), daemon=True).start()
+        return self
+
+    def _read(self, response: http.client.HTTPResponse) -> None:
+        event: dict[str, Any] = {}
+        try:
+            while line := response.readline().decode():
+                line = line.rstrip("\n")
+                if line.startswith("id: "):
+                    event["id"] = int(line[4:])
+                elif line.startswith("data: "):
+                    event.update(json.loads(line[6:]))
+                elif line == "" and event:
+                    self.got.append((time.time(), event))
+                    event = {}
+        except Exception:  # closed under it: http.client says so in several ways (OSError, ValueError, ...)
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                response.close()
+
+    def close(self) -> None:
+        """As a browser tab closing: the socket goes at once."""
+        if self.conn is not None and self.conn.sock is not None:
+            with contextlib.suppress(OSError):
+                self.conn.sock.shutdown(socket.SHUT_RDWR)
+            self.conn.close()
+
+    def ids(self) -> list[int]:
+        return [e["id"] for _, e in self.got]
+
+    def states(self, iid: str) -> list[str]:
+        return [e["data"]["new"] for _, e in self.got if e.get("instanceId") == iid]
+
+
+def test_a_stream_follows_resumes_and_agrees_with_the_json_page(fleet: OneNodeFleet) -> None:
+    api = fleet.api
+    key = {"x-api-key": fleet.coordinator.admin_key}
+    url = f"{api.url}/api/events"
+    before = api.get("/api/events?limit=1000").body
+    start = before[-1]["id"] if before else 0
+    live = Listener(url, key).start()
+    try:
+        body = {
+            "image": TEST_IMAGE,
+            "memory": "16",
+            "cpu": "1",
+            "ports": str(fleet.ports[0]),
+            "nodeId": fleet.node_id,
+        }
+        made = api.post("/api/instances/deploy", {**body, "name": "told"})
+        assert made.status == 201, made.body
+        iid = made.body["id"]
+        wait_state(api, iid, "running", timeout=15)
+        wait_for(lambda: "running" in live.states(iid), 5, "the stream to tell it running")
+        # Within a second of the coordinator writing it (one host, one clock).
+        for arrived, event in live.got:
+            written = dt.datetime.fromisoformat(event["at"].replace("Z", "+00:00")).timestamp()
+            assert 0 <= arrived - written < 1.0, event
+        assert live.ids() == sorted(set(live.ids())) and all(i > start for i in live.ids())
+        deleted = api.delete("/api/instance/delete", {"id": iid})
+        assert deleted.status == 201, deleted.body
+        wait_for(lambda: "released" in live.states(iid), 15, "the stream to tell it released")
+    finally:
+        live.close()
+    told = live.ids()
+    # Resuming after the second event gets the rest, nothing twice.
+    again = Listener(url, {**key, "Last-Event-ID": str(told[1])}).start()
+    try:
+        wait_for(lambda: again.ids()[: len(told) - 2] == told[2:], 5, "the rest after Last-Event-ID")
+    finally:
+        again.close()
+    page = api.get(f"/api/events?after={start}&limit=1000").body
+    assert [e["id"] for e in page if e.get("instanceId") == iid] == [
+        e["id"] for _, e in live.got if e.get("instanceId") == iid
+    ]
+    assert [e["data"]["new"] for e in page if e.get("instanceId") == iid][-1] == "released"
+
+
+def test_another_organization_sees_none_of_them(fleet: OneNodeFleet) -> None:
+    api = fleet.api
+    made = api.post(
+        "/api/auth/create-user", {"username": "eve", "email": "eve@example.net", "password": "pw-" * 4}
+    )
+    assert made.status == 201, made.body
+    token = api.post("/api/auth/login", {"username": "eve", "password": "pw-" * 4}, key=False).body["token"]
+    eve = Api(api.url, None, headers={"Authorization": f"Bearer {token}"})
+    everything = api.get("/api/events?limit=1000").body
+    assert any(e["instanceId"] for e in everything)
+    seen = eve.get("/api/events?limit=1000").body
+    assert all(e["instanceId"] is None and e["kind"] == "node.status" for e in seen), seen
+    assert {e["id"] for e in seen} <= {e["id"] for e in everything}
+    bad = api.get("/api/events?limit=0")
+    assert bad.status == 400 and "limit" in bad.body["error"]
