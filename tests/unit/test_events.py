@@ -4,7 +4,6 @@ order with each caller's visibility, pruned past the retention."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,18 +12,9 @@ from coordinator.store import events as events_store
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store
-from tests.unit.factories import make_instance, make_node, seeded_store
+from tests.unit.factories import make_instance, make_node
 
 DEDICATED = "dedicated"
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    s = await seeded_store(store_url)
-    try:
-        yield s
-    finally:
-        await s.close()
 
 
 async def test_a_state_change_is_an_event_written_with_it_and_a_refused_one_is_none(store: Store) -> None:

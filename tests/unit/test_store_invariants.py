@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,17 +21,7 @@ from coordinator.store.claims import ClaimLost, ClaimQueue, ClaimRefused, claim_
 from coordinator.store.engine import Store
 from coordinator.store.servers import insert_server
 from coordinator.store.tables import allocations, instances, nodes, regions
-from tests.unit.factories import make_instance, make_node, seeded_store
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    """On SQLite and on PostgreSQL (tests/databases.py)."""
-    s = await seeded_store(store_url)
-    try:
-        yield s
-    finally:
-        await s.close()
+from tests.unit.factories import make_instance, make_node
 
 
 async def add_instance(store: Store, iid: str | None = None) -> Instance:
