@@ -113,26 +113,19 @@ class Bandwidth:
     def overlay(self, inst: Instance) -> Instance:
         """The instance with the freshest totals (the row may lag by one batch period) and current rates."""
         meter = self.meters.get(inst.id)
-        flowing = inst.state in _FLOWING
-        if meter is None or not meter.heard:
-            # Nothing heard here (its node's session is elsewhere, or not back yet): the row says it all.
-            rx, tx = (meter.rx_total, meter.tx_total) if meter is not None else (0, 0)
-            rates = (inst.rx_mbps, inst.tx_mbps) if flowing else (0.0, 0.0)
-            return replace(
-                inst,
-                rx_bytes=max(rx, inst.rx_bytes),
-                tx_bytes=max(tx, inst.tx_bytes),
-                rx_mbps=rates[0],
-                tx_mbps=rates[1],
-            )
+        # Nothing heard here (its node's session is elsewhere, or not back yet): the row has the rest.
+        heard = meter if meter is not None and meter.heard else None
+        rates = (heard.rx_mbps, heard.tx_mbps) if heard is not None else (inst.rx_mbps, inst.tx_mbps)
+        if inst.state not in _FLOWING:
+            rates = (0.0, 0.0)
         return replace(
             inst,
-            rx_bytes=max(meter.rx_total, inst.rx_bytes),
-            tx_bytes=max(meter.tx_total, inst.tx_bytes),
-            rx_mbps=meter.rx_mbps if flowing else 0.0,
-            tx_mbps=meter.tx_mbps if flowing else 0.0,
-            restarts=meter.restarts,
-            limit_error=meter.limit_error or None,
+            rx_bytes=max(meter.rx_total if meter is not None else 0, inst.rx_bytes),
+            tx_bytes=max(meter.tx_total if meter is not None else 0, inst.tx_bytes),
+            rx_mbps=rates[0],
+            tx_mbps=rates[1],
+            restarts=heard.restarts if heard is not None else inst.restarts,
+            limit_error=(heard.limit_error or None) if heard is not None else inst.limit_error,
         )
 
     def take_dirty(self) -> dict[str, dict[str, Any]]:
