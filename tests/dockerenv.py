@@ -12,6 +12,7 @@ import os
 import socket
 import urllib.request
 import warnings
+from typing import Any
 
 import pytest
 
@@ -81,3 +82,18 @@ def serves(port: int) -> bool:
             return b"moorage-test-ok" in resp.read()
     except OSError:
         return False
+
+
+def inspect_labelled(client: Any, label: str) -> list[dict[str, Any]]:
+    """The engine's inspection of every container with the label, skipping any removed between the listing
+    and its inspection (docker-py's ``containers.list`` raises NotFound for those: a test watching an agent
+    remove containers would fail on the race, not on the agent)."""
+    import docker
+
+    found = []
+    for entry in client.api.containers(all=True, filters={"label": label}):
+        try:
+            found.append(client.api.inspect_container(entry["Id"]))
+        except docker.errors.NotFound:
+            continue
+    return found

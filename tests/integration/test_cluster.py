@@ -34,7 +34,7 @@ from bench.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import require_docker
+from tests.dockerenv import inspect_labelled, require_docker
 
 CLUSTER_KEY = "cluster-key-for-the-tests-0123456789abcdef"
 
@@ -181,8 +181,8 @@ def containers(node_id: str) -> dict[str, dict[str, Any]]:
     """The node's containers as the engine has them, by instance id."""
     client = docker.from_env()
     try:
-        found = client.containers.list(all=True, filters={"label": f"moorage.node={node_id}"})
-        return {c.labels["moorage.instance"]: c.attrs for c in found}
+        found = inspect_labelled(client, f"moorage.node={node_id}")
+        return {c["Config"]["Labels"]["moorage.instance"]: c for c in found}
     finally:
         client.close()
 
