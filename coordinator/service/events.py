@@ -1,5 +1,9 @@
 """Fleet events: every instance state change and node status change is written with the change itself
-(store/events.py); this reads them with the caller's visibility and prunes them past the retention."""
+(store/events.py); this reads them with the caller's visibility and prunes them past the retention.
+
+One reader per coordinator (:class:`EventFeed`) polls the table while anyone listens and hands each new event
+to every follower: fifty streams cost one query per poll, not a hundred, and since the table is shared a
+change made through any coordinator reaches the followers of every one."""
 
 from __future__ import annotations
 
@@ -15,15 +19,106 @@ from coordinator.store import events as events_store
 
 log = get("coordinator.events")
 
-#: How often a follower looks for new events: a change reaches it within this (plus its commit).
-POLL_S = 0.2
+#: How often the feed looks for new events while anyone follows: a change reaches a follower within this
+#: (plus its commit). A poll with nothing new is one indexed query.
+POLL_S = 0.05
 #: On PostgreSQL ids are drawn before commit, so a lower id can commit after a higher one, and a rolled
-#: back transaction leaves a gap for good. A follower goes past a gap only once it has waited this long
-#: for it to fill: it delivers in id order, and a client resuming with Last-Event-ID misses nothing and
+#: back transaction leaves a gap for good. The feed goes past a gap only once it has waited this long
+#: for it to fill: it hands out in id order, and a client resuming with Last-Event-ID misses nothing and
 #: gets nothing twice.
 GAP_WAIT_S = 0.5
 #: A follower with nothing to say for this long says so (the stream's keepalive).
 IDLE_S = 15.0
+#: Batches a follower may fall behind by before it is cut loose and catches up from the table instead.
+QUEUE_BATCHES = 256
+#: Events read per query (a follower catching up pages through the table).
+PAGE = 1000
+
+
+class Subscription:
+    """One follower's place on the feed: the batches handed out since ``start`` (every event up to it is
+    in the table), unless it fell too far behind (``overflowed``: catch up from the table past its last)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.queue: asyncio.Queue[list[FleetEvent]] = asyncio.Queue(QUEUE_BATCHES)
+        self.overflowed = False
+
+    def offer(self, batch: list[FleetEvent]) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+
+class EventFeed:
+    """The coordinator's one reader of new events, running while anyone is subscribed."""
+
+    def __init__(self, core: Core, stopping: asyncio.Event) -> None:
+        self.core = core
+        self._stopping = stopping
+        self._subscribers: set[Subscription] = set()
+        #: Every event up to this id has been handed out (None: not running).
+        self.safe: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        #: Set by every poll: waiters on the feed's progress (the webhook deliverer) wake on it.
+        self.advanced = asyncio.Event()
+
+    async def subscribe(self) -> Subscription:
+        if self.safe is None:
+            async with self.core.store.read() as conn:
+                newest = await events_store.newest_id(conn)
+            if self.safe is None:  # another subscriber may have started it meanwhile
+                self.safe = newest
+        sub = Subscription(self.safe)
+        self._subscribers.add(sub)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="event-feed")
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+
+    async def _run(self) -> None:
+        gap_since: float | None = None
+        while self._subscribers and not self._stopping.is_set():
+            try:
+                gap_since = await self._poll(gap_since)
+            except Exception:
+                log.exception("reading new events failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), POLL_S)
+        self.safe = None  # nobody listens: the next subscriber starts from the newest
+        self._task = None
+
+    async def _poll(self, gap_since: float | None) -> float | None:
+        assert self.safe is not None
+        start = safe = self.safe
+        async with self.core.store.read() as conn:
+            # Go as far as the ids are contiguous; past a gap only once it is old enough.
+            for event_id in await events_store.ids_after(conn, safe, PAGE):
+                if event_id == safe + 1:
+                    safe, gap_since = event_id, None
+                    continue
+                now = time.monotonic()
+                gap_since = gap_since if gap_since is not None else now
+                if now - gap_since < GAP_WAIT_S:
+                    break
+                safe, gap_since = event_id, None
+            found = []
+            if safe > start:
+                found = await events_store.after(
+                    conn, start, organization_id=None, admin=True, up_to=safe, limit=PAGE
+                )
+        self.safe = safe
+        if found:
+            for sub in list(self._subscribers):
+                sub.offer(found)
+        self.advanced.set()
+        self.advanced.clear()
+        return gap_since
 
 
 class EventService:
@@ -31,16 +126,24 @@ class EventService:
         self.core = core
         #: Set when the coordinator stops: every follower ends (its stream closes), so none holds it up.
         self._stopping = asyncio.Event()
+        self.feed = EventFeed(core, self._stopping)
 
     def close(self) -> None:
         self._stopping.set()
 
-    async def after(self, caller: Principal, after_id: int, limit: int = 500) -> list[FleetEvent]:
+    async def after(
+        self, caller: Principal, after_id: int, limit: int = 500, up_to: int | None = None
+    ) -> list[FleetEvent]:
         """Events past ``after_id``, oldest first, that ``caller`` may see (an admin: all; anyone else its
         organization's and the shared fleet's node events)."""
         async with self.core.store.read() as conn:
             return await events_store.after(
-                conn, after_id, organization_id=caller.organization_id, admin=caller.admin, limit=limit
+                conn,
+                after_id,
+                organization_id=caller.organization_id,
+                admin=caller.admin,
+                limit=limit,
+                up_to=up_to,
             )
 
     async def newest_id(self) -> int:
@@ -53,43 +156,41 @@ class EventService:
         """Batches of events past ``after_id`` as they are written, in id order; an empty batch after
         IDLE_S without any. Ends when the consumer stops iterating, when ``gone`` says its client left
         (checked every poll, not only at the next write), or when the coordinator stops."""
-        last = safe = after_id
-        gap_since: float | None = None
+        last = after_id
         idle_since = time.monotonic()
-        while not self._stopping.is_set() and not gone():
-            async with self.core.store.read() as conn:
-                ids = await events_store.ids_after(conn, safe)
-                # Go as far as the ids are contiguous; past a gap only once it is old enough.
-                for event_id in ids:
-                    if event_id == safe + 1:
-                        safe, gap_since = event_id, None
-                        continue
-                    now = time.monotonic()
-                    gap_since = gap_since if gap_since is not None else now
-                    if now - gap_since < GAP_WAIT_S:
+        sub = await self.feed.subscribe()
+        try:
+            while not self._stopping.is_set() and not gone():
+                if sub.overflowed:  # fell behind: the table has what the queue dropped
+                    self.feed.unsubscribe(sub)
+                    sub = await self.feed.subscribe()
+                # What the table has up to where the feed took over (a resumed client, a lagging one).
+                while last < sub.start:
+                    found = await self.after(caller, last, PAGE, up_to=sub.start)
+                    if not found:
                         break
-                    safe, gap_since = event_id, None
-                found = []
-                if safe > last:
-                    found = await events_store.after(
-                        conn,
-                        last,
-                        organization_id=caller.organization_id,
-                        admin=caller.admin,
-                        up_to=safe,
-                        limit=1000,
-                    )
-            if found:
-                last = found[-1].id
-                idle_since = time.monotonic()
-                yield found
-            elif time.monotonic() - idle_since >= IDLE_S:
-                idle_since = time.monotonic()
-                yield []
-            if len(found) < 1000:
-                last = max(last, safe)  # nothing more this caller may see up to there
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), POLL_S)
+                    last = found[-1].id
+                    idle_since = time.monotonic()
+                    yield found
+                try:
+                    batch = await asyncio.wait_for(sub.queue.get(), POLL_S * 4)
+                except TimeoutError:
+                    if time.monotonic() - idle_since >= IDLE_S:
+                        idle_since = time.monotonic()
+                        yield []
+                    continue
+                seen = [
+                    e
+                    for e in batch
+                    if e.id > last
+                    and events_store.visible(e, organization_id=caller.organization_id, admin=caller.admin)
+                ]
+                if seen:
+                    last = seen[-1].id
+                    idle_since = time.monotonic()
+                    yield seen
+        finally:
+            self.feed.unsubscribe(sub)
 
     async def prune(self) -> int:
         before = self.core.clock() - self.core.config.events.retention_s

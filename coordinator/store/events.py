@@ -72,6 +72,13 @@ async def after(
     return [record_from_row(FleetEvent, r, data=dict(r.data or {})) for r in await conn.execute(query)]
 
 
+def visible(event: FleetEvent, *, organization_id: int | None, admin: bool) -> bool:
+    """The rule of :func:`after` for one event already read (the feed hands one read to many callers)."""
+    if admin or event.organization_id == organization_id:
+        return True
+    return event.organization_id is None and event.kind in NODE_KINDS
+
+
 async def ids_after(conn: AsyncConnection, after_id: int, limit: int = 1000) -> list[int]:
     """Every event id past ``after_id``, whoever may see it: where a reader may safely go (no gap)."""
     found = await conn.execute(
