@@ -118,6 +118,19 @@ class InstancesOptions(_Section):
     expiry_check_s: float = Field(10.0, gt=0)
 
 
+class WebhooksOptions(_Section):
+    #: Seconds a receiver has to answer one POST before the attempt counts as failed.
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    #: Attempts at one event before it is given up on (counted as dropped on the hook) and delivery moves on.
+    max_attempts: int = Field(10, ge=1, le=100)
+    #: The wait after the first failure; it doubles with each one, up to retry_max_s.
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_max_s: float = Field(300.0, gt=0)
+    #: Whether an organization's hooks may POST to loopback, private and link-local addresses (an admin's
+    #: always may). Off, a tenant cannot make the coordinator reach into the network it runs in.
+    allow_private_targets: bool = False
+
+
 class EventsOptions(_Section):
     #: Seconds an event is kept (the stream's Last-Event-ID reaches back this far); older ones are pruned.
     retention_s: float = Field(7 * 86400.0, gt=0)
@@ -157,6 +170,7 @@ class CoordinatorConfig(_Section):
     servers: ServersOptions = Field(default_factory=ServersOptions)
     instances: InstancesOptions = Field(default_factory=InstancesOptions)
     events: EventsOptions = Field(default_factory=EventsOptions)
+    webhooks: WebhooksOptions = Field(default_factory=WebhooksOptions)
     #: The file this was read from: relative paths resolve against it. Not an option (a private attribute).
     _source: Path | None = PrivateAttr(None)
 

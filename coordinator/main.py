@@ -25,6 +25,7 @@ from common.logging import configure, get
 from coordinator import __version__
 from coordinator.api import app as http_app
 from coordinator.api.auth import Authenticator
+from coordinator.api.outbound import WebhookPoster
 from coordinator.api.services import Services
 from coordinator.catalogs.images import Catalog, CatalogError
 from coordinator.catalogs.sizes import SizeCatalog
@@ -47,6 +48,7 @@ from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
 from coordinator.service.vpn import VpnService
+from coordinator.service.webhooks import WebhookService
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store.cluster import ClusterRows, sealed_rows
@@ -156,6 +158,7 @@ class Coordinator:
         self.runner: web.AppRunner | None = None
         #: Told to end its streams before the HTTP server waits for its handlers.
         self.events: EventService | None = None
+        self.poster: WebhookPoster | None = None
 
     async def start(self) -> None:
         """Start everything, or stop what was started and raise StartupError."""
@@ -218,6 +221,8 @@ class Coordinator:
             FailureLimiter(cfg.auth.failed_attempts, cfg.auth.failed_window_s),
         )
         deploys = DeployService(core, cfg.placement.strategy)
+        events = EventService(core)
+        self.poster = WebhookPoster()
         services = Services(
             clock=core.clock,
             metrics=core.metrics,
@@ -232,7 +237,8 @@ class Coordinator:
             servers=ServerService(core, deploys, instances),
             clients=ClientService(core, deploys, instances),
             vpn=VpnService(core, deploys, instances),
-            events=EventService(core),
+            events=events,
+            webhooks=WebhookService(core, events, self.poster),
         )
         self.events = services.events
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)
@@ -256,6 +262,9 @@ class Coordinator:
             ),
             asyncio.create_task(
                 services.events.run_pruning(lambda: bus is None or bus.leading), name="event-pruning"
+            ),
+            asyncio.create_task(
+                services.webhooks.run_delivery(lambda: bus is None or bus.leading), name="webhook-delivery"
             ),
         ]
         endpoints = {
@@ -317,6 +326,9 @@ class Coordinator:
         if self.runner is not None:
             runner, self.runner = self.runner, None
             await runner.cleanup()
+        if self.poster is not None:
+            poster, self.poster = self.poster, None
+            await poster.close()
         if self.core is not None:
             # A last flush so lastChecked survives a clean restart.
             await write_fleet_batch(self.core, self.core.fleet.take_dirty())

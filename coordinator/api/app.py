@@ -14,7 +14,7 @@ from common.logging import get
 from coordinator import __version__
 from coordinator.api import openapi
 from coordinator.api.auth import TRUSTED_PROXIES
-from coordinator.api.canonical import accounts, events, images, nodes, system
+from coordinator.api.canonical import accounts, events, images, nodes, system, webhooks
 from coordinator.api.dialects import client, panel, regions, servers, vpn
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
@@ -27,6 +27,7 @@ ROUTERS: list[Router] = [
     accounts.router,
     nodes.router,
     events.router,
+    webhooks.router,
     panel.router,
     images.router,
     regions.router,

@@ -19,6 +19,7 @@ from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
 from coordinator.service.vpn import VpnService
+from coordinator.service.webhooks import WebhookService
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Services:
     clients: ClientService
     vpn: VpnService
     events: EventService
+    webhooks: WebhookService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -118,6 +118,10 @@ class Node:
         return self.processor or str(self.cpu_count)
 
 
+#: Every kind of event the stream and webhooks tell (a webhook may ask for some only).
+EVENT_KINDS = ("instance.state", "node.status")
+
+
 @dataclass(frozen=True, slots=True)
 class FleetEvent:
     """One change as the event stream tells it: ``instance.state`` (data: old, new, event, error) or
@@ -130,6 +134,28 @@ class FleetEvent:
     node_id: str | None
     instance_id: str | None
     data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """Where events are POSTed: an organization's (its events and the shared fleet's node events) or, made
+    by an admin, the whole fleet's; ``kinds`` None means every kind. ``cursor``: delivered up to this id."""
+
+    id: str
+    organization_id: int
+    fleet_wide: bool
+    url: str
+    description: str
+    kinds: tuple[str, ...] | None
+    created_at: float
+    cursor: int
+    delivered: int = 0
+    last_delivered_at: float | None = None
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    next_attempt_at: float | None = None
+    dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

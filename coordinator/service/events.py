@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from common.logging import get
 from coordinator.domain.records import FleetEvent, Principal
+from coordinator.domain.times import iso
 from coordinator.service.core import Core
 from coordinator.store import events as events_store
 
@@ -33,6 +35,19 @@ IDLE_S = 15.0
 QUEUE_BATCHES = 256
 #: Events read per query (a follower catching up pages through the table).
 PAGE = 1000
+
+
+def document(e: FleetEvent) -> dict[str, Any]:
+    """An event as the stream, the JSON page and webhooks tell it."""
+    return {
+        "id": e.id,
+        "at": iso(e.at),
+        "kind": e.kind,
+        "instanceId": e.instance_id,
+        "nodeId": e.node_id,
+        "organizationId": e.organization_id,
+        "data": e.data,
+    }
 
 
 class Subscription:

@@ -328,6 +328,40 @@ events = Table(
     Column("data", JSON, nullable=False),
 )
 
+#: Where the fleet's events are POSTed (service/webhooks.py); the secret is sealed, the cursor says how far
+#: delivery got (at least once, in id order, per hook).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    #: Whose events it gets (with the shared fleet's node events); every event when fleet_wide (an admin's).
+    Column(
+        "organization_id",
+        Integer,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("fleet_wide", Boolean, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", String(200), nullable=False),
+    #: Event kinds it wants; NULL: all.
+    Column("kinds", JSON, nullable=True),
+    Column("secret", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    #: Every event up to this id has been delivered (or given up on).
+    Column("cursor", BigInteger().with_variant(Integer, "sqlite"), nullable=False),
+    Column("delivered", Integer, nullable=False, server_default="0"),
+    Column("last_delivered_at", Float, nullable=True),
+    #: Failed attempts at the event after the cursor; reset by a delivery.
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", Float, nullable=True),
+    Column("next_attempt_at", Float, nullable=True),
+    #: Events given up on after webhooks.max_attempts.
+    Column("dropped", Integer, nullable=False, server_default="0"),
+)
+
 #: Catalog entries added through the API (those of config/images.yaml live in that file).
 catalog_images = Table(
     "catalog_images",

@@ -1,7 +1,7 @@
 """GET /api/events against a real coordinator, agent and Docker: an EventSource-style client sees an
 instance's state changes within a second of the coordinator writing them, resumes after its Last-Event-ID
 with nothing missed and nothing twice, and a JSON poller sees the same ids; another organization sees none
-of them."""
+of them; a webhook gets the same events, signed, in order, after its receiver failed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pytest
 
 from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, one_node_fleet, wait_for, wait_state
 from tests.dockerenv import require_docker
+from tests.receiver import Receiver
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,76 @@ def test_another_organization_sees_none_of_them(fleet: OneNodeFleet) -> None:
     assert {e["id"] for e in seen} <= {e["id"] for e in everything}
     bad = api.get("/api/events?limit=0")
     assert bad.status == 400 and "limit" in bad.body["error"]
+
+
+def test_a_webhook_gets_the_same_events_signed_in_order_after_its_receiver_failed(
+    fleet: OneNodeFleet,
+) -> None:
+    api = fleet.api
+    with Receiver(failing=2) as receiver:
+        made = api.post("/api/webhooks", {"url": receiver.url, "description": "ops"})
+        assert made.status == 201, made.body
+        hook, secret = made.body, made.body["secret"]
+        assert hook["fleetWide"] and "secret" not in api.get(f"/api/webhooks/{hook['id']}").body
+        body = {
+            "image": TEST_IMAGE,
+            "memory": 16,
+            "cpu": 1,
+            "ports": [fleet.ports[1]],
+            "nodeId": fleet.node_id,
+        }
+        deployed = api.post("/api/instances/deploy", {**body, "name": "hooked"})
+        assert deployed.status == 201, deployed.body
+        iid = deployed.body["id"]
+        wait_state(api, iid, "running", timeout=15)
+        assert api.delete("/api/instance/delete", {"id": iid}).status == 201
+
+        def told() -> list[str]:
+            return [r.event["data"]["new"] for r in receiver.accepted() if r.event["instanceId"] == iid]
+
+        wait_for(lambda: told()[-1:] == ["released"], 20, "the hook to be told it released")
+        shown = api.get(f"/api/webhooks/{hook['id']}").body
+        assert api.delete(f"/api/webhooks/{hook['id']}").status == 204
+    page = api.get(f"/api/events?after={hook['deliveredUpTo']}&limit=1000").body
+    # Every event since the hook was made, once each, in order: what the stream shows.
+    assert [r.event["id"] for r in receiver.accepted()] == [e["id"] for e in page][: len(receiver.accepted())]
+    assert [e["data"]["new"] for e in page if e["instanceId"] == iid] == told()
+    assert [r.status for r in receiver.got[:3]] == [500, 500, 200]
+    assert len({r.event["id"] for r in receiver.got[:3]}) == 1  # the first event, retried
+    assert all(r.signed_by(secret) for r in receiver.got)
+    assert (
+        shown["lastError"] == "answered 500" and shown["failures"] == 0 and shown["delivered"] >= len(told())
+    )
+    assert api.get(f"/api/webhooks/{hook['id']}").status == 404
+
+
+def test_webhook_input_and_tenancy(fleet: OneNodeFleet) -> None:
+    api = fleet.api
+    made = api.post(
+        "/api/auth/create-user", {"username": "mallory", "email": "mal@example.net", "password": "pw-" * 4}
+    )
+    assert made.status == 201, made.body
+    token = api.post("/api/auth/login", {"username": "mallory", "password": "pw-" * 4}, key=False).body[
+        "token"
+    ]
+    mallory = Api(api.url, None, headers={"Authorization": f"Bearer {token}"})
+    for body, field_named in (
+        ({"url": "ftp://example.net/in"}, "url"),
+        ({"url": "not a url"}, "url"),
+        ({}, "url"),
+        ({"url": "https://example.net/in", "kinds": ["instance.exploded"]}, "kinds"),
+    ):
+        refused = api.post("/api/webhooks", body)
+        assert refused.status == 400 and field_named in refused.body["error"], (body, refused.body)
+    inside = mallory.post("/api/webhooks", {"url": "http://127.0.0.1:9104/metrics"})
+    assert inside.status == 400 and "url" in inside.body["error"], inside.body
+    hers = mallory.post("/api/webhooks", {"url": "https://hooks.example.net/in", "kinds": ["node.status"]})
+    assert hers.status == 201 and not hers.body["fleetWide"] and hers.body["kinds"] == ["node.status"]
+    ours = api.post("/api/webhooks", {"url": "https://ops.example.net/in"}).body
+    assert [h["id"] for h in mallory.get("/api/webhooks").body] == [hers.body["id"]]
+    assert {hers.body["id"], ours["id"]} <= {h["id"] for h in api.get("/api/webhooks").body}
+    assert mallory.get(f"/api/webhooks/{ours['id']}").status == 404
+    assert mallory.delete(f"/api/webhooks/{ours['id']}").status == 404
+    assert api.get("/api/webhooks/no-such-hook").status == 404
+    for h in (hers.body["id"], ours["id"]):
+        assert api.delete(f"/api/webhooks/{h}").status == 204

@@ -50,6 +50,7 @@ def param_for(path: str, name: str, world: World) -> str:
         ("/api/keys/", "key"),
         ("/api/servers/", "server"),
         ("/api/images/", "image"),
+        ("/api/webhooks/", "webhook"),
     ):
         if path.startswith(prefix) and name in ("id", "name"):
             return world.params[key]
@@ -97,6 +98,7 @@ def a_rows(fleet: SizedFleet, org: int) -> dict[str, list[tuple[Any, ...]]]:
         "tags": "SELECT tag FROM client_tags WHERE organization_id = :org ORDER BY tag",
         "instance_tags": "SELECT t.instance_id, t.tag FROM instance_tags t JOIN instances i ON "
         "i.id = t.instance_id WHERE i.organization_id = :org ORDER BY 1, 2",
+        "webhooks": "SELECT id, url, description, kinds, secret FROM webhooks WHERE organization_id = :org",
     }
     rows = {table: fleet.coordinator.query(sql, org=org) for table, sql in q.items()}
     # The catalog's definitions are JSON: which organization one belongs to is read here, not in SQL.
@@ -120,6 +122,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ordered = alice.post(f"/api/v1/client/{org_a}/server", {"name": "alices-order", "tags": ["alices"]})
         vpn = alice.get("/api/v2/nodes/").body["data"]["results"]
         key = alice.post("/api/keys", {"name": "alices-key"}).body
+        hook = alice.post("/api/webhooks", {"url": "https://alices-hooks.example.net/in", "description": "d"})
+        assert hook.status == 201, hook.body
         dedicated = create_node(
             admin, port_block(2), name="alices-node", organization=org_a, regionId=fleet.regions["eu"]
         )
@@ -139,6 +143,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 "key": key["id"],
                 "server": "alices-server",
                 "image": "alices-image",
+                "webhook": hook.body["id"],
                 "allocationId": dedicated["allocationList"][0]["id"],
                 "clientId": str(org_a),
                 "serverUuid": ordered.body["uuid"],
@@ -171,6 +176,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w.secrets |= {server["id"], "alices-server", server["secret"], server["tls_key"], server["ca_key"]}
         w.secrets |= {ordered.body["uuid"], "alices-order", "alices-image", "alices-panel", "alices"}
         w.secrets |= {a["id"] for a in dedicated["allocationList"]}
+        w.secrets |= {hook.body["id"], hook.body["secret"], "alices-hooks.example.net"}
         bob, _ = fleet.user("bob")
         w.bob_jwt = bob.headers["Authorization"].removeprefix("Bearer ")
         w.bob_key = bob.post("/api/keys", {"name": "bobs-key"}).body["key"]

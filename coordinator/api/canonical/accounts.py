@@ -5,10 +5,11 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, model_validator
 
 from coordinator.api.auth import client_address
-from coordinator.api.dialects.panel_models import Body, iso
+from coordinator.api.dialects.panel_models import Body
 from coordinator.api.fields import Text
 from coordinator.api.routing import Call, Router
 from coordinator.domain.records import KeyRecord
+from coordinator.domain.times import iso
 
 router = Router("access")
 

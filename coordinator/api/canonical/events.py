@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from coordinator.api.dialects.panel_models import iso
 from coordinator.api.fields import Int
 from coordinator.api.routing import Call, Router
 from coordinator.domain.records import FleetEvent
 from coordinator.service.errors import BadRequest
+from coordinator.service.events import document
 
 router = Router("events")
 
@@ -46,15 +46,7 @@ class EventOut(BaseModel):
 
     @classmethod
     def of(cls, e: FleetEvent) -> EventOut:
-        return cls(
-            id=e.id,
-            at=iso(e.at),
-            kind=e.kind,
-            instanceId=e.instance_id,
-            nodeId=e.node_id,
-            organizationId=e.organization_id,
-            data=e.data,
-        )
+        return cls(**document(e))
 
 
 def _resume_from(call: Call, query: EventsQuery) -> int | None:
@@ -99,5 +91,5 @@ async def fleet_events(call: Call, query: EventsQuery) -> list[EventOut] | web.S
 
 
 def _sse(e: FleetEvent) -> bytes:
-    data = json.dumps(EventOut.of(e).model_dump(), separators=(",", ":"))
+    data = json.dumps(document(e), separators=(",", ":"))
     return f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()

@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from coordinator.api.dialects.panel_models import AllocationOut, Body, MiB, NodeOut, Port, Processor, iso
+from coordinator.api.dialects.panel_models import AllocationOut, Body, MiB, NodeOut, Port, Processor
 from coordinator.api.fields import Address, BindAddress, Bool, Int, OrganizationId, Text
 from coordinator.api.routing import Call, Router
+from coordinator.domain.times import iso
 from coordinator.service.nodes import MAX_ALLOCATIONS_PER_CALL
 
 router = Router("nodes")

@@ -23,10 +23,10 @@ from coordinator.api.dialects.panel_models import (
     UserId,
     UserLookup,
     UserOut,
-    iso,
 )
 from coordinator.api.routing import Call, Router
 from coordinator.domain.records import Instance, InstanceState
+from coordinator.domain.times import iso
 from coordinator.service.access import NewUser
 from coordinator.service.deploy import DeployOrder
 from coordinator.service.nodes import NodeOrder, parse_port_ranges

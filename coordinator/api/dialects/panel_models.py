@@ -4,7 +4,6 @@ with the field named."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Annotated, Any, Literal
 
@@ -37,6 +36,7 @@ from coordinator.domain.records import (
     NodeStatus,
     UserRecord,
 )
+from coordinator.domain.times import iso
 from coordinator.service.errors import ServiceError
 from coordinator.service.nodes import NodeView, parse_port_ranges
 
@@ -76,12 +76,6 @@ MiB = Annotated[int, BeforeValidator(mebibytes), Field(gt=0, le=MAX_MIB)]
 Processor = Annotated[int | str, BeforeValidator(processor_spec)]
 #: A deploy's port: 25565, "25565" or "25565:25565" (container:host, the same port).
 HostPort = Annotated[int, BeforeValidator(host_port), Field(ge=1, le=65535)]
-
-
-def iso(ts: float | None) -> str | None:
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z") if ts is not None else None
-    )
 
 
 class Body(BaseModel):

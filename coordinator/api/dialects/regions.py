@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from coordinator.api.dialects.panel_models import Body, iso
+from coordinator.api.dialects.panel_models import Body
 from coordinator.api.fields import Int, Text
 from coordinator.api.routing import Call, Router
 from coordinator.domain.records import Allocation, Node, NodeStatus
+from coordinator.domain.times import iso
 from coordinator.service.regions import NodeInRegion, RegionView
 
 
