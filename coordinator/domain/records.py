@@ -119,7 +119,7 @@ class Node:
 
 
 #: Every kind of event the stream and webhooks tell (a webhook may ask for some only).
-EVENT_KINDS = ("instance.state", "node.status")
+EVENT_KINDS = ("instance.state", "instance.placed", "instance.crashed", "placement.refused", "node.status")
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,8 +212,20 @@ class AgentReports:
                 else f"the container exited with code {ev.exit_code}"
             )
             self.core.fleet.bandwidth.stopped([iid])
-            # From unhealthy too: each crash of a loop updates the reason (and the next restart's time).
-            if await self._transition(iid, Event.FAULT, error=reason):
+            # From unhealthy too: each crash of a loop updates the reason (and the next restart's time),
+            # and each is an event of its own (a loop's later crashes change no state).
+            now = self.core.clock()
+            async with self.core.store.write() as conn:
+                moved = await instances_store.transition(conn, iid, Event.FAULT, now=now, error=reason)
+                if moved is not None:
+                    crash = {
+                        "error": reason,
+                        "exitCode": ev.exit_code,
+                        "oomKilled": kind is agents.EventKind.OOM_KILLED,
+                        "state": moved.new.value,
+                    }
+                    await events_store.record_for_instance(conn, "instance.crashed", iid, at=now, data=crash)
+            if moved:
                 self.core.fleet.unconfirm(iid)
         elif kind is agents.EventKind.STOPPED:
             # A stop the coordinator asked for (stop, kill, suspend, or the first half of a restart): the

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from common.logging import get
 from coordinator.catalogs.images import VariableError
 from coordinator.domain.agents import CommandKind
 from coordinator.domain.records import Instance, Principal, time_ordered_id
@@ -22,10 +23,13 @@ from coordinator.placement.scheduler import (
 )
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest, Conflict, Forbidden, Unavailable
+from coordinator.store import events as events_store
 from coordinator.store import instances as instances_store
 from coordinator.store import regions as regions_store
 from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimLost, ClaimQueue, Statement
+
+log = get("coordinator.deploy")
 
 #: A stale snapshot can lose every race; placement is re-run from a fresh one this many times.
 SNAPSHOT_ATTEMPTS = 3
@@ -169,16 +173,44 @@ class DeployService:
             replaces_id=order.replaces_id,
             redeploy_max_count=order.redeploy_max_count,
         )
-        if order.node_id is not None:
-            placed = await self._on_node(caller, draft, order, request)
-        elif order.region is not None:
-            placed = await self._in_region(draft, order, request)
-        else:
-            placed = await self._anywhere(draft, order, request)
+        try:
+            if order.node_id is not None:
+                placed = await self._on_node(caller, draft, order, request)
+            elif order.region is not None:
+                placed = await self._in_region(draft, order, request)
+            else:
+                placed = await self._anywhere(draft, order, request)
+        except (Conflict, Unavailable) as exc:
+            await self._refused(draft, order, exc)
+            raise
         if placed.node_id:
             # When it is away nothing is lost: the agent gets its desired set in its next Welcome.
             self.core.agents.post(placed.node_id, self.core.command(CommandKind.DEPLOY, placed.instance))
         return Deployed(placed.instance, placed.region_identifier, placed.fallback_used)
+
+    async def _refused(self, draft: Instance, order: DeployOrder, exc: Conflict | Unavailable) -> None:
+        """No room where it was asked for: an event for the organization (a panel sees why its deploy
+        bounced; an operator sees a region running out before anyone complains)."""
+        data = {
+            "reason": str(exc),
+            "field": exc.field,
+            "regionId": order.region,
+            "memoryMib": draft.memory_mib,
+            "cpuPercent": draft.cpu_percent,
+            "unreachable": isinstance(exc, Unavailable),
+        }
+        try:
+            async with self.core.store.write() as conn:
+                await events_store.record(
+                    conn,
+                    "placement.refused",
+                    at=self.core.clock(),
+                    data=data,
+                    organization_id=draft.organization_id,
+                    node_id=order.node_id,
+                )
+        except Exception:  # the caller's answer is the refusal, whatever became of its event
+            log.exception("recording a refused placement failed")
 
     # ------------------------------------------------------------ where
 

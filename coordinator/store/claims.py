@@ -41,6 +41,7 @@ from sqlalchemy.exc import IntegrityError
 
 from coordinator.domain.records import Allocation, Instance
 from coordinator.store.engine import Sql, Store, Transact, as_busy
+from coordinator.store.events import INSERT_PLACED, placed_params
 from coordinator.store.instances import INSERT_INSTANCE, INSERT_NUMBER, instance_params
 from coordinator.store.tables import instances
 
@@ -137,6 +138,7 @@ def claim(
         raise ClaimLost("node resources or allocations taken, or the node is another organization's")
     sql(INSERT_INSTANCE, instance_params(inst))
     sql(INSERT_NUMBER, {"id": inst.id})
+    sql(INSERT_PLACED, placed_params(inst))
     pick = "SELECT id FROM allocations WHERE node_id = :node AND instance_id IS NULL"
     params: dict[str, Any] = {"node": inst.node_id, "need": need}
     if ports:
@@ -192,6 +194,13 @@ def _typed_instance_insert() -> str:
 
 
 _INSERT_INSTANCE_IF_FINE = _typed_instance_insert()
+#: The placement's event, written by the same statement when it wins.
+_INSERT_PLACED_IF_FINE = (
+    INSERT_PLACED.split("VALUES", 1)[0]
+    + "SELECT CAST(:placed_at AS DOUBLE PRECISION), 'instance.placed', CAST(:placed_org AS INTEGER),"
+    " CAST(:placed_node AS VARCHAR), CAST(:placed_id AS VARCHAR), CAST(:placed_data AS JSON)"
+    " WHERE (SELECT fine FROM go)"
+)
 
 
 def claim_in_one_statement(
@@ -220,6 +229,7 @@ def claim_in_one_statement(
         "org": inst.organization_id,
         "instance": inst.id,
         "now": inst.created_at,
+        **placed_params(inst),
     }
     pick = "node_id = :node AND instance_id IS NULL"
     checks = ["(SELECT count(*) FROM picked) = :need", "(SELECT count(*) FROM nd) = 1"]
@@ -265,7 +275,8 @@ n AS (UPDATE nodes SET used_memory_mib = used_memory_mib + :memory,
     used_cpu_percent = used_cpu_percent + :cpu, used_disk_mib = used_disk_mib + :disk,
     free_allocations = free_allocations - :need WHERE id = :node AND (SELECT fine FROM go)),
 i AS ({_INSERT_INSTANCE_IF_FINE}),
-num AS (INSERT INTO instance_numbers (instance_id) SELECT :id WHERE (SELECT fine FROM go))
+num AS (INSERT INTO instance_numbers (instance_id) SELECT :id WHERE (SELECT fine FROM go)),
+ev AS ({_INSERT_PLACED_IF_FINE})
 UPDATE allocations a SET instance_id = :instance, instance_released = :no, is_primary = ({is_primary}),
     updated_at = :now
 FROM picked WHERE a.id = picked.id AND (SELECT fine FROM go)

@@ -3,17 +3,36 @@ stream with each caller's visibility, pruned past the retention."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.domain.records import FleetEvent
+from coordinator.domain.records import FleetEvent, Instance
 from coordinator.store.rows import record_from_row
-from coordinator.store.tables import events, nodes
+from coordinator.store.tables import events, instances, nodes
 
 #: Kinds about a node: one of the shared fleet (organization NULL) is everyone's to see.
 NODE_KINDS = ("node.status",)
+
+
+#: An instance placed (raw SQL: the claim writers run it beside their own statements, in their transaction).
+INSERT_PLACED = (
+    "INSERT INTO events (at, kind, organization_id, node_id, instance_id, data)"
+    " VALUES (:placed_at, 'instance.placed', :placed_org, :placed_node, :placed_id, :placed_data)"
+)
+
+
+def placed_params(inst: Instance) -> dict[str, Any]:
+    data = {"regionId": inst.region_id, "memoryMib": inst.memory_mib, "cpuPercent": inst.cpu_percent}
+    return {
+        "placed_at": inst.created_at,
+        "placed_org": inst.organization_id,
+        "placed_node": inst.node_id,
+        "placed_id": inst.id,
+        "placed_data": json.dumps(data),
+    }
 
 
 async def record(
@@ -36,6 +55,27 @@ async def record(
             data=data,
         )
     )
+
+
+async def record_for_instance(
+    conn: AsyncConnection, kind: str, instance_id: str, *, at: float, data: dict[str, Any]
+) -> None:
+    """An event about an instance, seen by its organization, named with the node it is on."""
+    row = (
+        await conn.execute(
+            select(instances.c.organization_id, instances.c.node_id).where(instances.c.id == instance_id)
+        )
+    ).first()
+    if row is not None:
+        await record(
+            conn,
+            kind,
+            at=at,
+            data=data,
+            organization_id=row.organization_id,
+            node_id=row.node_id,
+            instance_id=instance_id,
+        )
 
 
 async def record_node_status(conn: AsyncConnection, node_id: str, old: str, new: str, at: float) -> None:

@@ -9,6 +9,8 @@ import contextlib
 import datetime as dt
 import http.client
 import json
+import os
+import signal
 import socket
 import threading
 import time
@@ -17,10 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import docker
 import pytest
 
 from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, one_node_fleet, wait_for, wait_state
-from tests.dockerenv import require_docker
+from tests.dockerenv import inspect_labelled, require_docker
 from tests.receiver import Receiver
 
 
@@ -29,6 +32,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
     require_docker()
     with one_node_fleet(tmp_path_factory.mktemp("events"), 2) as f:
         yield f
+
+
+def is_state(event: dict[str, Any], iid: str | None = None) -> bool:
+    return event["kind"] == "instance.state" and (iid is None or event["instanceId"] == iid)
 
 
 @dataclass
@@ -80,7 +87,7 @@ class Listener:
         return [e["id"] for _, e in self.got]
 
     def states(self, iid: str) -> list[str]:
-        return [e["data"]["new"] for _, e in self.got if e.get("instanceId") == iid]
+        return [e["data"]["new"] for _, e in self.got if is_state(e, iid)]
 
 
 def test_a_stream_follows_resumes_and_agrees_with_the_json_page(fleet: OneNodeFleet) -> None:
@@ -124,7 +131,7 @@ def test_a_stream_follows_resumes_and_agrees_with_the_json_page(fleet: OneNodeFl
     assert [e["id"] for e in page if e.get("instanceId") == iid] == [
         e["id"] for _, e in live.got if e.get("instanceId") == iid
     ]
-    assert [e["data"]["new"] for e in page if e.get("instanceId") == iid][-1] == "released"
+    assert [e["data"]["new"] for e in page if is_state(e, iid)][-1] == "released"
 
 
 def test_another_organization_sees_none_of_them(fleet: OneNodeFleet) -> None:
@@ -144,7 +151,7 @@ def test_another_organization_sees_none_of_them(fleet: OneNodeFleet) -> None:
     assert bad.status == 400 and "limit" in bad.body["error"]
 
 
-def test_a_webhook_gets_the_same_events_signed_in_order_after_its_receiver_failed(
+def test_a_webhook_gets_the_events_signed_in_order_after_its_receiver_failed(
     fleet: OneNodeFleet,
 ) -> None:
     api = fleet.api
@@ -167,7 +174,7 @@ def test_a_webhook_gets_the_same_events_signed_in_order_after_its_receiver_faile
         assert api.delete("/api/instance/delete", {"id": iid}).status == 201
 
         def told() -> list[str]:
-            return [r.event["data"]["new"] for r in receiver.accepted() if r.event["instanceId"] == iid]
+            return [r.event["data"]["new"] for r in receiver.accepted() if is_state(r.event, iid)]
 
         wait_for(lambda: told()[-1:] == ["released"], 20, "the hook to be told it released")
         shown = api.get(f"/api/webhooks/{hook['id']}").body
@@ -175,7 +182,7 @@ def test_a_webhook_gets_the_same_events_signed_in_order_after_its_receiver_faile
     page = api.get(f"/api/events?after={hook['deliveredUpTo']}&limit=1000").body
     # Every event since the hook was made, once each, in order: what the stream shows.
     assert [r.event["id"] for r in receiver.accepted()] == [e["id"] for e in page][: len(receiver.accepted())]
-    assert [e["data"]["new"] for e in page if e["instanceId"] == iid] == told()
+    assert [e["data"]["new"] for e in page if is_state(e, iid)] == told()
     assert [r.status for r in receiver.got[:3]] == [500, 500, 200]
     assert len({r.event["id"] for r in receiver.got[:3]}) == 1  # the first event, retried
     assert all(r.signed_by(secret) for r in receiver.got)
@@ -215,3 +222,47 @@ def test_webhook_input_and_tenancy(fleet: OneNodeFleet) -> None:
     assert api.get("/api/webhooks/no-such-hook").status == 404
     for h in (hers.body["id"], ours["id"]):
         assert api.delete(f"/api/webhooks/{h}").status == 204
+
+
+def test_placements_refusals_and_crashes_are_events(fleet: OneNodeFleet) -> None:
+    api = fleet.api
+    start = api.get("/api/events?limit=1000").body
+    after = start[-1]["id"] if start else 0
+    body = {"image": TEST_IMAGE, "memory": 16, "cpu": 1, "ports": [fleet.ports[0]], "nodeId": fleet.node_id}
+    made = api.post("/api/instances/deploy", {**body, "name": "crashes"})
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    wait_state(api, iid, "running", timeout=15)
+    taken = api.post("/api/instances/deploy", {**body, "name": "bounced"})  # the same port
+    assert taken.status == 409, taken.body
+    engine = docker.from_env()
+    try:
+        found = inspect_labelled(engine, f"moorage.instance={iid}")
+        os.kill(found[0]["State"]["Pid"], signal.SIGKILL)  # its own process dies: a crash
+    finally:
+        engine.close()
+
+    def kinds() -> list[dict[str, Any]]:
+        return [
+            e for e in api.get(f"/api/events?after={after}&limit=1000").body if e["kind"] != "node.status"
+        ]
+
+    wait_for(lambda: any(e["kind"] == "instance.crashed" for e in kinds()), 15, "the crash to be an event")
+    told = kinds()
+    placed = next(e for e in told if e["kind"] == "instance.placed")
+    assert (
+        placed["instanceId"] == iid
+        and placed["nodeId"] == fleet.node_id
+        and placed["data"]["memoryMib"] == 16
+    )
+    refused = next(e for e in told if e["kind"] == "placement.refused")
+    assert refused["nodeId"] == fleet.node_id and "already assigned" in refused["data"]["reason"]
+    assert refused["data"]["field"] == "ports"
+    crashed = next(e for e in told if e["kind"] == "instance.crashed")
+    assert crashed["instanceId"] == iid and crashed["data"]["exitCode"] == 137, crashed
+    assert [e["kind"] for e in told].index("instance.placed") < [e["kind"] for e in told].index(
+        "instance.state"
+    )
+    wait_state(api, iid, "running", timeout=20)  # restarted by its agent
+    assert api.delete("/api/instance/delete", {"id": iid}).status == 201
+    wait_state(api, iid, "released", timeout=15)

@@ -14,6 +14,7 @@ from bench.seed import core_over
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import HostMetrics, Instance, NodeBeat, ServerIdentity
 from coordinator.service.bootstrap import ensure_admin
+from coordinator.store import events as events_store
 from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
@@ -22,6 +23,18 @@ from coordinator.store.engine import Store
 from coordinator.store.servers import insert_server
 from coordinator.store.tables import allocations, instances, nodes, regions
 from tests.unit.factories import make_instance, make_node
+
+
+async def placed_events(store: Store) -> dict[str, str | None]:
+    """instance id -> node id of every instance.placed event (checked against the instance's row)."""
+    async with store.read() as conn:
+        found = await events_store.after(conn, 0, organization_id=None, admin=True, limit=1000)
+        rows = {r.id: r for r in await conn.execute(select(instances))}
+    placed = [e for e in found if e.kind == "instance.placed"]
+    for e in placed:
+        assert e.instance_id is not None and e.organization_id == rows[e.instance_id].organization_id
+        assert e.data["memoryMib"] == rows[e.instance_id].memory_mib
+    return {e.instance_id: e.node_id for e in placed if e.instance_id is not None}
 
 
 async def add_instance(store: Store, iid: str | None = None) -> Instance:
@@ -153,6 +166,8 @@ async def test_group_commit_gives_each_allocation_once_and_counts_what_it_places
     winners = {i.id for i, won in zip(contenders, results, strict=True) if won}
     assert set(held) == winners and len(held) == 10
     assert (node.used_memory_mib, node.used_cpu_percent, node.free_allocations) == (640, 100, 0)
+    # Each placement is an event, written by the claim that won; a lost claim leaves none.
+    assert await placed_events(store) == {i: "n1" for i in winners}
     # Releasing gives the node its room and its allocation back, in the same transaction.
     some = next(iter(winners))
     async with store.write() as conn:
@@ -289,6 +304,7 @@ async def test_a_refused_extra_row_rolls_back_only_its_own_claim(store: Store) -
         rows = (await conn.execute(text("SELECT id FROM instances"))).all()
         names = (await conn.execute(text("SELECT instance_id FROM servers"))).all()
     assert [r[0] for r in held] == [r[0] for r in rows] == [r[0] for r in names] == [won[0].id]
+    assert await placed_events(store) == {won[0].id: "n1"}  # the refused ones' events went with them
 
 
 def test_host_metrics_stored_by_an_earlier_version_read_canonically() -> None:

@@ -38,7 +38,11 @@ class EventsQuery(BaseModel):
 class EventOut(BaseModel):
     id: int = Field(description="Grows with every event; the stream's event id.")
     at: str | None
-    kind: str = Field(description="instance.state (data: old, new, event, error) or node.status (old, new).")
+    kind: str = Field(
+        description="instance.state (data: old, new, event, error), instance.placed (regionId, memoryMib,"
+        " cpuPercent), instance.crashed (error, exitCode, oomKilled, state), placement.refused (reason,"
+        " field, regionId, memoryMib, cpuPercent, unreachable) or node.status (old, new)."
+    )
     instanceId: str | None
     nodeId: str | None
     organizationId: int | None
