@@ -200,6 +200,8 @@ class WebhookService:
         finally:
             for task in running.values():
                 task.cancel()
+            # Ended before this returns: none is left writing a cursor after the leader stopped.
+            await asyncio.gather(*running.values(), return_exceptions=True)
             if sub is not None:
                 feed.unsubscribe(sub)
 
