@@ -21,9 +21,11 @@ from coordinator.store import events as events_store
 
 log = get("coordinator.events")
 
-#: How often the feed looks for new events while anyone follows: a change reaches a follower within this
-#: (plus its commit). A poll with nothing new is one indexed query.
+#: How often the feed looks for new events while anyone follows, for those other coordinators write (this
+#: one's own commits wake it at once). A poll with nothing new is one indexed query.
 POLL_S = 0.05
+#: At least this long between two looks: a burst of commits is read in one go.
+COALESCE_S = 0.005
 #: On PostgreSQL ids are drawn before commit, so a lower id can commit after a higher one, and a rolled
 #: back transaction leaves a gap for good. The feed goes past a gap only once it has waited this long
 #: for it to fill: it hands out in id order, and a client resuming with Last-Event-ID misses nothing and
@@ -78,8 +80,9 @@ class EventFeed:
         #: Every event up to this id has been handed out (None: not running).
         self.safe: int | None = None
         self._task: asyncio.Task[None] | None = None
-        #: Set by every poll: waiters on the feed's progress (the webhook deliverer) wake on it.
-        self.advanced = asyncio.Event()
+        #: Set by each commit of this process: there may be new events to read.
+        self._committed = asyncio.Event()
+        core.store.on_commit(self._committed.set)
 
     async def subscribe(self) -> Subscription:
         if self.safe is None:
@@ -103,13 +106,15 @@ class EventFeed:
                 gap_since = await self._poll(gap_since)
             except Exception:
                 log.exception("reading new events failed; trying again")
+            await asyncio.sleep(COALESCE_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), POLL_S)
+                await asyncio.wait_for(self._committed.wait(), POLL_S - COALESCE_S)
         self.safe = None  # nobody listens: the next subscriber starts from the newest
         self._task = None
 
     async def _poll(self, gap_since: float | None) -> float | None:
         assert self.safe is not None
+        self._committed.clear()  # a commit from here on makes another look
         start = safe = self.safe
         async with self.core.store.read() as conn:
             # Go as far as the ids are contiguous; past a gap only once it is old enough.
@@ -131,8 +136,6 @@ class EventFeed:
         if found:
             for sub in list(self._subscribers):
                 sub.offer(found)
-        self.advanced.set()
-        self.advanced.clear()
         return gap_since
 
 

@@ -137,6 +137,8 @@ class Store:
         self._synchronous = synchronous
         self._writer: ThreadPoolExecutor | None = None
         self._raw: sqlite3.Connection | None = None
+        #: Called after every commit of this process (the event feed wakes on them rather than polling).
+        self._commit_listeners: list[Callable[[], None]] = []
         if self.is_sqlite:
             _install_sqlite_hooks(engine, synchronous)
 
@@ -167,6 +169,14 @@ class Store:
                 await conn.execution_options(**{_WRITE: True})
                 async with conn.begin():
                     yield conn
+        self._committed()
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        self._commit_listeners.append(listener)
+
+    def _committed(self) -> None:
+        for listener in self._commit_listeners:
+            listener()
 
     async def batch(self, work: Callable[[Sql], T]) -> T:
         """Run ``work`` (plain SQL statements, no awaits) as one write transaction, committed before this
@@ -182,13 +192,17 @@ class Store:
         if self._write_lock is None:
             with busy_when_transient():
                 async with self.engine.connect() as conn:
-                    return await conn.run_sync(
+                    done = await conn.run_sync(
                         lambda sync: job(functools.partial(_sqlalchemy_transaction, sync))
                     )
-        async with self._write_lock:
-            if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-            return await asyncio.get_running_loop().run_in_executor(self._writer, self._on_writer_thread, job)
+        else:
+            async with self._write_lock:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+                loop = asyncio.get_running_loop()
+                done = await loop.run_in_executor(self._writer, self._on_writer_thread, job)
+        self._committed()
+        return done
 
     def _on_writer_thread(self, job: Callable[[Transact], R]) -> R:
         if self._raw is None:
