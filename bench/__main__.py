@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import cluster, coordinator_restart, deploy, heartbeats, placement, tls
+from bench import cluster, coordinator_restart, deploy, events, heartbeats, placement, tls
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     cluster.main([])
     print()
     heartbeats.main()
+    print()
+    events.main()
     print()
     coordinator_restart.main([])
 

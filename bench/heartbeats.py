@@ -90,19 +90,21 @@ async def _seed(data_dir: Path, count: int) -> dict[str, Any]:
 # ---------------------------------------------------------------- one generator process
 
 
-def _statuses(instances: list[str], tick: int) -> list[pb.InstanceStatus]:
+def _statuses(instances: list[str], tick: int, first_down: bool = False) -> list[pb.InstanceStatus]:
+    """``first_down``: the first instance's container has exited (the event benchmark's state changes)."""
     return [
         pb.InstanceStatus(
             instance_id=iid,
             container_id=f"c{iid}",
-            state=pb.CONTAINER_STATE_RUNNING,
+            state=pb.CONTAINER_STATE_EXITED if first_down and n == 0 else pb.CONTAINER_STATE_RUNNING,
+            exit_code=1 if first_down and n == 0 else 0,
             started_at_ms=1,
             rx_bytes=1000 * tick,
             tx_bytes=5000 * tick,
             rx_mbps=0.01,
             tx_mbps=0.05,
         )
-        for iid in instances
+        for n, iid in enumerate(instances)
     ]
 
 
@@ -131,8 +133,10 @@ async def _session(
         drainer = asyncio.create_task(drain())
         await go.wait()  # every generator's sessions are up: a flood must not starve the handshakes
         host = pb.HostMetrics(cpu_percent=3.5, memory_used_mib=900, memory_total_mib=65536, load1=0.2)
-        tick = 0
         interval = spec["interval"]
+        # Every flip_every beats the first instance's container goes down or comes back (bench/events.py).
+        flip = int(spec.get("flip_every", 0))
+        tick = random.randrange(flip) if flip else 0  # the nodes' changes spread over the period
         await asyncio.sleep(random.uniform(0, interval))
         while True:
             tick += 1
@@ -140,7 +144,7 @@ async def _session(
                 seq=tick,
                 sent_at_ms=int(time.time() * 1000),
                 host=host,
-                instances=_statuses(node["instances"], tick),
+                instances=_statuses(node["instances"], tick, bool(flip) and (tick // flip) % 2 == 1),
             )
             await call.write(pb.AgentMessage(heartbeat=beat))
             if interval > 0:
