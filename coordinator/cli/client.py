@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,52 @@ class Client:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise Unreachable(f"cannot reach the coordinator at {self.url}: {reason}") from exc
         return json.loads(raw) if raw.strip() else None
+
+    def follow(self, path: str, after: int | None = None) -> Iterator[dict[str, Any]]:
+        """The events of an SSE stream at ``path``, as an EventSource reads them: on a dropped connection
+        it connects again after a pause, resuming after the last event's id (nothing missed or twice)."""
+        last = after
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if self.key:
+                headers["x-api-key"] = self.key
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            request = urllib.request.Request(self.url.rstrip("/") + path, None, headers)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:  # keepalives every 15 s
+                    failures = 0
+                    for event in _sse_events(response):
+                        last = int(event.get("id", last or 0))
+                        yield event
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    raise error_from_body(exc.code, exc.read(), str(exc.reason)) from None
+            except (urllib.error.URLError, OSError) as exc:
+                failures += 1
+                if failures > FOLLOW_RETRIES:
+                    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                    raise Unreachable(f"cannot reach the coordinator at {self.url}: {reason}") from exc
+            time.sleep(min(2.0 * failures, 10.0))
+
+
+#: Connection attempts in a row a follower makes before it gives up (about a minute).
+FOLLOW_RETRIES = 8
+
+
+def _sse_events(response: Any) -> Iterator[dict[str, Any]]:
+    """Each event's data (JSON) of a text/event-stream, ``id`` included."""
+    data: list[str] = []
+    for raw in response:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data:"):
+            data.append(line[5:].lstrip())
+        elif line == "" and data:
+            found = json.loads("\n".join(data))
+            data = []
+            if isinstance(found, dict):
+                yield found
 
 
 def resolve_key(given: str | None, environ: Mapping[str, str]) -> str | None:

@@ -56,6 +56,44 @@ nodes = _listing("/api/nodes", render.NODE_HEADERS, render.node_rows)
 node_allocations = _listing("/api/nodes/{id}/allocations", render.ALLOCATION_HEADERS, render.allocation_rows)
 instances = _listing("/api/instances", render.INSTANCE_HEADERS, render.instance_rows)
 users = _listing("/api/users", render.USER_HEADERS, render.user_rows)
+webhooks = _listing("/api/webhooks", render.WEBHOOK_HEADERS, render.webhook_rows)
+
+#: What a command that printed as it went returns: nothing more to print.
+PRINTED = object()
+
+
+# ------------------------------------------------------------ events and webhooks
+
+
+def events(args: argparse.Namespace, client: Client) -> Answer:
+    """The last events (oldest first), or with -f every one from now (or --after) as it happens."""
+    if args.follow:
+        for event in client.follow("/api/events", args.after):
+            print(json.dumps(event) if args.json else render.event_line(event), flush=True)
+        return PRINTED, ""
+    if args.after is None:  # the newest --limit events
+        found = client.call("GET", f"/api/events?last=true&limit={args.limit}")
+    else:
+        found = client.call("GET", f"/api/events?after={args.after}&limit={args.limit}")
+    return found, render.format_table(render.EVENT_HEADERS, render.event_rows(found))
+
+
+def webhook_create(args: argparse.Namespace, client: Client) -> Answer:
+    body: dict[str, Any] = {"url": args.target, "description": args.description}
+    if args.kinds:
+        body["kinds"] = [k for k in args.kinds.split(",") if k]
+    h = client.call("POST", "/api/webhooks", body)
+    return h, (
+        f"webhook {h['id']} created for {h['url']}\n"
+        f"secret (shown once; it signs each POST, header X-Moorage-Signature-256): {h['secret']}"
+    )
+
+
+def webhook_delete(args: argparse.Namespace, client: Client) -> Answer:
+    client.call("DELETE", f"/api/webhooks/{args.id}")
+    return None, f"webhook {args.id} deleted"
+
+
 keys = _listing("/api/keys", render.KEY_HEADERS, render.key_rows)
 
 
@@ -252,6 +290,10 @@ HANDLERS = {
     "keys": keys,
     "key create": key_create,
     "key revoke": key_revoke,
+    "events": events,
+    "webhooks": webhooks,
+    "webhook create": webhook_create,
+    "webhook delete": webhook_delete,
 }
 
 
@@ -275,7 +317,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     except Unreachable as exc:
         print(f"moorage: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    print(json.dumps(answer, indent=2) if args.json else text)
+    except KeyboardInterrupt:  # the end of following, as the user meant it
+        return 0
+    if answer is not PRINTED:
+        print(json.dumps(answer, indent=2) if args.json else text)
     return 0
 
 

@@ -165,4 +165,17 @@ def build_parser(handlers: dict[str, Runner] | None = None) -> argparse.Argument
     key = group("key", "API key commands")
     command(key, "key create", "a new API key for you; shown once").add_argument("name")
     command(key, "key revoke", "revoke one of your API keys").add_argument("id")
+
+    # -------------------------------------------------------- events and webhooks
+    told = command(sub, "events", "what changed in the fleet: the last events, or -f to follow")
+    told.add_argument("-f", "--follow", action="store_true", help="print each event as it happens")
+    told.add_argument("--after", type=int, metavar="ID", help="events after this id")
+    told.add_argument("--limit", type=int, default=50, choices=range(1, 1001), metavar="N", help="(50)")
+    command(sub, "webhooks", "webhooks and how their delivery goes")
+    hook = group("webhook", "webhook commands")
+    made_hook = command(hook, "webhook create", "POST events to a URL; prints its secret once")
+    made_hook.add_argument("target", metavar="URL", help="http(s) URL to POST events to")  # not --url
+    made_hook.add_argument("--kinds", help="only these kinds, comma-separated (e.g. node.status)")
+    made_hook.add_argument("--description", default="")
+    command(hook, "webhook delete", "stop delivering to a webhook").add_argument("id")
     return p

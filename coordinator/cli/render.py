@@ -3,6 +3,7 @@ own answer instead)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,4 +153,59 @@ def key_rows(keys: list[dict[str, Any]]) -> list[list[str]]:
             k.get("revokedAt") or "-",
         ]
         for k in keys
+    ]
+
+
+EVENT_HEADERS = ["ID", "AT", "KIND", "ABOUT", "WHAT"]
+
+
+def event_what(e: dict[str, Any]) -> str:
+    """One event's news in a few words: "running -> unhealthy: the container exited with code 1"."""
+    d = e.get("data") or {}
+    kind = e.get("kind")
+    if kind in ("instance.state", "node.status"):
+        said = f"{d.get('old')} -> {d.get('new')}"
+        return f"{said}: {d['error']}" if d.get("error") else said
+    if kind == "instance.placed":
+        return f"placed{' in region ' + str(d['regionId']) if d.get('regionId') else ''}"
+    if kind == "instance.crashed":
+        return f"crashed: {d.get('error')}"
+    if kind == "placement.refused":
+        return f"refused: {d.get('reason')}"
+    return json.dumps(d, separators=(",", ":"))
+
+
+def event_rows(events: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            str(e["id"]),
+            e.get("at") or "-",
+            e["kind"],
+            e.get("instanceId") or e.get("nodeId") or "-",
+            event_what(e),
+        ]
+        for e in events
+    ]
+
+
+def event_line(e: dict[str, Any]) -> str:
+    """An event followed live: the row's cells, two spaces apart."""
+    return "  ".join(event_rows([e])[0])
+
+
+WEBHOOK_HEADERS = ["ID", "URL", "KINDS", "DELIVERED", "FAILURES", "DROPPED", "LAST ERROR"]
+
+
+def webhook_rows(hooks: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            h["id"],
+            h["url"],
+            ",".join(h["kinds"]) if h.get("kinds") else "all",
+            str(h["delivered"]),
+            str(h["failures"]),
+            str(h["dropped"]),
+            h.get("lastError") or "-",
+        ]
+        for h in hooks
     ]

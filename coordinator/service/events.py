@@ -150,7 +150,12 @@ class EventService:
         self._stopping.set()
 
     async def after(
-        self, caller: Principal, after_id: int, limit: int = 500, up_to: int | None = None
+        self,
+        caller: Principal,
+        after_id: int,
+        limit: int = 500,
+        up_to: int | None = None,
+        newest: bool = False,
     ) -> list[FleetEvent]:
         """Events past ``after_id``, oldest first, that ``caller`` may see (an admin: all; anyone else its
         organization's and the shared fleet's node events)."""
@@ -162,6 +167,7 @@ class EventService:
                 admin=caller.admin,
                 limit=limit,
                 up_to=up_to,
+                newest=newest,
             )
 
     async def newest_id(self) -> int:

@@ -96,10 +96,13 @@ async def after(
     admin: bool,
     limit: int = 500,
     up_to: int | None = None,
+    newest: bool = False,
 ) -> list[FleetEvent]:
     """Events past ``after_id`` (and not past ``up_to``) in id order that the caller may see: an admin
-    all, anyone else its organization's and the shared fleet's node events."""
-    query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+    all, anyone else its organization's and the shared fleet's node events. ``newest``: the last
+    ``limit`` of them rather than the first (still oldest first)."""
+    order = events.c.id.desc() if newest else events.c.id
+    query = select(events).where(events.c.id > after_id).order_by(order).limit(limit)
     if up_to is not None:
         query = query.where(events.c.id <= up_to)
     if not admin:
@@ -109,7 +112,8 @@ async def after(
                 and_(events.c.organization_id.is_(None), events.c.kind.in_(NODE_KINDS)),
             )
         )
-    return [record_from_row(FleetEvent, r, data=dict(r.data or {})) for r in await conn.execute(query)]
+    found = [record_from_row(FleetEvent, r, data=dict(r.data or {})) for r in await conn.execute(query)]
+    return found[::-1] if newest else found
 
 
 def visible(event: FleetEvent, *, organization_id: int | None, admin: bool) -> bool:

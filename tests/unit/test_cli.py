@@ -323,3 +323,54 @@ def test_the_cli_covers_regions_nodes_people_and_keys(coordinator: Running) -> N
     # Usage errors: argparse's exit 2, before any request.
     for argv in (["node", "maintenance", node["id"], "sideways"], ["instance", "power", "x", "explode"]):
         assert _cli(coordinator, *argv).returncode == cli.EXIT_USAGE
+
+
+def test_the_cli_shows_and_follows_events_and_manages_webhooks(coordinator: Running) -> None:
+    node = _json(
+        coordinator,
+        *["node", "create", "evented", "--ram", "1024", "--disk", "2048", "--cpus", "2"],
+        *["--address", "10.0.0.7", "--ports", "32000"],
+    )
+    follower = subprocess.Popen(
+        [
+            *[sys.executable, "-m", "coordinator.cli", "--url", coordinator.url, "--key", coordinator.key],
+            *["events", "-f", "--json"],
+        ],
+        cwd=ROOT,
+        env=_clean_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # connected (a follower starts from now)
+        deploy = ["deploy", "--node", node["id"], "--image", "moorage-test/busybox:latest"]
+        made = _json(coordinator, *deploy, "--memory", "16", "--cpu", "5", "--ports", "32000")
+        again = _cli(coordinator, *deploy, "--memory", "16", "--cpu", "5", "--ports", "32000")
+        assert again.returncode == cli.EXIT_API and "already assigned" in again.stderr
+        assert follower.stdout is not None
+        told = [json.loads(follower.stdout.readline()) for _ in range(2)]  # blocks: the timeout guards it
+    finally:
+        follower.send_signal(signal.SIGINT)  # Ctrl-C ends following, exit 0
+        assert follower.wait(timeout=10) == 0
+        if follower.stdout is not None:
+            follower.stdout.close()
+    assert [(e["kind"], e["instanceId"]) for e in told] == [
+        ("instance.placed", made["id"]),
+        ("placement.refused", None),
+    ]
+    table = _cli(coordinator, "events", "--limit", "2")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["ID", "AT", "KIND", "ABOUT", "WHAT"] and len(lines) == 3
+    assert "instance.placed" in lines[1] and "refused: ports: 32000 already assigned" in lines[2]
+    assert [e["id"] for e in _json(coordinator, "events", "--after", str(told[0]["id"]))] == [told[1]["id"]]
+
+    hook = _json(coordinator, "webhook", "create", "https://hooks.example.net/in", "--kinds", "node.status")
+    assert hook["secret"].startswith("whsec_") and hook["kinds"] == ["node.status"]
+    assert "secret (shown once" in _cli(coordinator, "webhook", "create", "https://b.example.net/").stdout
+    listed = _cli(coordinator, "webhooks")
+    assert listed.stdout.splitlines()[0].split()[:3] == ["ID", "URL", "KINDS"] and hook["id"] in listed.stdout
+    assert _cli(coordinator, "webhook", "delete", hook["id"]).returncode == 0
+    assert hook["id"] not in {h["id"] for h in _json(coordinator, "webhooks")}
+    bad = _cli(coordinator, "webhook", "create", "ftp://example.net/")
+    assert bad.returncode == cli.EXIT_API and "url" in bad.stderr

@@ -33,6 +33,9 @@ class EventsQuery(BaseModel):
         description="Events after this id (a stream: else after Last-Event-ID, else from now).",
     )
     limit: Int = Field(100, ge=1, le=1000, description="At most this many events in a JSON page.")
+    last: bool = Field(
+        False, description="The page holds the newest `limit` events (after `after`) rather than the oldest."
+    )
 
 
 class EventOut(BaseModel):
@@ -70,7 +73,7 @@ async def fleet_events(call: Call, query: EventsQuery) -> list[EventOut] | web.S
     events = call.services.events
     after = _resume_from(call, query)
     if "text/event-stream" not in call.request.headers.get("Accept", ""):
-        found = await events.after(call.caller, after or 0, query.limit)
+        found = await events.after(call.caller, after or 0, query.limit, newest=query.last)
         return [EventOut.of(e) for e in found]
     start = after if after is not None else await events.newest_id()
     response = web.StreamResponse(
