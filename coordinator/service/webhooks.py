@@ -235,9 +235,14 @@ class WebhookService:
         (its retry is the next dispatch's, once due)."""
         try:
             async with self.core.store.read() as conn:
-                sealed = (await webhooks_store.secrets(conn)).get(hook.id)
-            if sealed is None:
+                # Afresh: the listing that dispatched this may predate the last attempt's failure.
+                fresh = await webhooks_store.get_webhook(conn, hook.id)
+                sealed = (await webhooks_store.secrets(conn, hook.id)).get(hook.id)
+            if fresh is None or sealed is None:
                 return  # deleted meanwhile
+            hook = fresh
+            if hook.next_attempt_at is not None and self.core.clock() < hook.next_attempt_at:
+                return  # its retry is not due yet
             secret = self.core.sealer.open(sealed, hook.id).decode()
             cursor, failures = hook.cursor, hook.failures
             while cursor < up_to:
