@@ -340,6 +340,8 @@ def test_the_cli_shows_and_follows_events_and_manages_webhooks(coordinator: Runn
         env=_clean_env(),
         stdout=subprocess.PIPE,
         text=True,
+        # As at a terminal: a shell's background job (how CI may run) starts with SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         time.sleep(1.0)  # connected (a follower starts from now)
@@ -351,9 +353,13 @@ def test_the_cli_shows_and_follows_events_and_manages_webhooks(coordinator: Runn
         told = [json.loads(follower.stdout.readline()) for _ in range(2)]  # blocks: the timeout guards it
     finally:
         follower.send_signal(signal.SIGINT)  # Ctrl-C ends following, exit 0
-        assert follower.wait(timeout=10) == 0
-        if follower.stdout is not None:
-            follower.stdout.close()
+        try:
+            assert follower.wait(timeout=10) == 0
+        finally:
+            follower.kill()
+            follower.wait()
+            if follower.stdout is not None:
+                follower.stdout.close()
     assert [(e["kind"], e["instanceId"]) for e in told] == [
         ("instance.placed", made["id"]),
         ("placement.refused", None),
