@@ -30,6 +30,7 @@ test-env:
 	bash tests/env/ensure-postgres.sh
 	bash tests/env/ensure-test-names.sh
 	bash tests/env/ensure-promtool.sh
+	bash tests/env/ensure-chromium.sh
 
 test: $(STAMP) test-env lint
 	@if [ -n "$$CI" ]; then export MOORAGE_REQUIRE_DOCKER=1 MOORAGE_REQUIRE_POSTGRES=1; fi; \

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from common.logging import get
 from coordinator import __version__
-from coordinator.api import openapi
+from coordinator.api import openapi, status_page
 from coordinator.api.auth import TRUSTED_PROXIES
 from coordinator.api.canonical import accounts, events, images, nodes, system, webhooks
 from coordinator.api.dialects import client, panel, regions, servers, vpn
@@ -87,5 +87,6 @@ def build(services: Services) -> web.Application:
     app[TRUSTED_PROXIES] = services.trusted_proxies
     for router in ROUTERS:
         router.install(app)
+    status_page.install(app)  # a page for people, outside the API's document
     app[system.OPENAPI] = openapi.build(all_routes(), __version__)
     return app

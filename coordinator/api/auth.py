@@ -56,6 +56,12 @@ def client_address(request: web.Request) -> str:
     return str(peer)
 
 
+#: The status page's session cookie: a JWT, HttpOnly and SameSite=Strict (api/status_page.py).
+SESSION_COOKIE = "moorage_session"
+#: Where the cookie counts: the page and what it reads (never a route that changes anything).
+COOKIE_PATHS = ("/status", "/api/events")
+
+
 def presented_credential(request: web.Request) -> str | None:
     key = request.headers.get("x-api-key")
     if key:
@@ -63,6 +69,10 @@ def presented_credential(request: web.Request) -> str | None:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if request.method in ("GET", "HEAD") and any(
+        request.path == p or request.path.startswith(p + "/") for p in COOKIE_PATHS
+    ):
+        return request.cookies.get(SESSION_COOKIE) or None
     return None
 
 

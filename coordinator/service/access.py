@@ -129,6 +129,13 @@ class AccessService:
         self.limiter.check(client)
         self.limiter.fail(client)
 
+    async def session_token(self, credential: str, client: str) -> tuple[str, float]:
+        """A JWT for whoever ``credential`` (an API key or a token) names: what the status page keeps in its
+        cookie, so the key itself never sits in the browser; revoking the key ends new sessions, and a
+        session ends with the token's lifetime (auth.jwt_ttl_s)."""
+        principal, _ = await self.authenticate(credential.strip(), client)
+        return self.signer.issue(principal.user_id)
+
     async def login(self, login: str, password: str, client: str) -> tuple[str, float]:
         """A password is tried at most ``auth.failed_attempts`` times per window for one login name from one
         client address (behind a trusted proxy, the forwarded one): an attacker slows down only the names
