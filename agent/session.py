@@ -18,6 +18,7 @@ from agent import __version__, identity
 from agent.config import AgentConfig
 from agent.executor import Executor, Outcome
 from agent.identity import SERVER_NAME, EnrollmentRefused, Identity
+from agent.logs import LogStreams
 from agent.metrics import AgentMetrics
 from agent.reconcile import Desired
 from agent.runtime.base import ContainerInfo, ContainerSpec, ContainerStatus, FileSet, PortBinding, Runtime
@@ -30,6 +31,8 @@ from protos import moorage_pb2_grpc as pb_grpc
 log = get("agent.session")
 
 PROTOCOL_VERSION = 1
+#: Log chunks waiting to be sent before a log stream waits for room.
+LOG_CHUNKS = 8
 WELCOME_TIMEOUT_S = 30.0
 
 
@@ -48,6 +51,9 @@ class Outbox:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     #: Set when a heartbeat should go now (a start was reported a moment ago).
     beat_now: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Log chunks (agent/logs.py), a lane of their own behind everything else.
+    logs: deque[pb.AgentMessage] = field(default_factory=deque)
+    log_room: asyncio.Event = field(default_factory=asyncio.Event)
 
     def report(self, report: Report) -> None:
         self.put(pb.AgentMessage(event=instance_event(report, time.time())))
@@ -61,6 +67,15 @@ class Outbox:
         self.items.append(message)
         self.ready.set()
 
+    async def put_log(self, message: pb.AgentMessage) -> None:
+        """A log chunk: sent after heartbeats and events, never in their buffer (a chatty container must not
+        push events out of it); waits while LOG_CHUNKS are already waiting."""
+        while len(self.logs) >= LOG_CHUNKS:
+            self.log_room.clear()
+            await self.log_room.wait()
+        self.logs.append(message)
+        self.ready.set()
+
     def put_heartbeat(self, message: pb.AgentMessage) -> None:
         self.heartbeat = message
         self.ready.set()
@@ -72,12 +87,20 @@ class Outbox:
                 return message
             if self.items:
                 return self.items.popleft()
+            if self.logs:
+                self.log_room.set()
+                return self.logs.popleft()
             self.ready.clear()
             await self.ready.wait()
 
     def give_back(self, message: pb.AgentMessage) -> None:
-        if not message.HasField("heartbeat"):
+        # A heartbeat is superseded by the next; a log chunk's listener went with the session.
+        if not message.HasField("heartbeat") and not message.HasField("logs"):
             self.items.appendleft(message)
+
+    def drop_logs(self) -> None:
+        self.logs.clear()
+        self.log_room.set()
 
 
 CONTAINER_STATE = {
@@ -208,6 +231,7 @@ class AgentSession:
         self._commands: set[asyncio.Task[None]] = set()
         #: Which of the configured coordinators the next attempt dials.
         self._turn = 0
+        self.logs = LogStreams(runtime, self._container_of, self._send_log)
 
     async def statuses(self) -> list[pb.InstanceStatus]:
         containers = await self.runtime.list(self.identity.node_id)
@@ -335,6 +359,9 @@ class AgentSession:
                     task.cancel()
                 # Whatever the others ended with belongs to the same lost call.
                 await asyncio.gather(*tasks, return_exceptions=True)
+                # So do the log streams: their listeners were on the other end of this call.
+                self.outbox.drop_logs()
+                await self.logs.close()
 
     def _reconcile(self, welcome: pb.Welcome) -> None:
         """Converge to the Welcome's desired set. Not tied to this call: a session lost halfway must not
@@ -356,6 +383,19 @@ class AgentSession:
                 task.add_done_callback(self._commands.discard)
             elif message.HasField("renewed"):
                 self._install_certificate(bytes(message.renewed.certificate_pem))
+            elif message.HasField("logs"):
+                r = message.logs
+                self.logs.handle(r.request_id, r.instance_id, r.tail, r.follow, r.cancel)
+
+    async def _container_of(self, instance_id: str) -> str | None:
+        for c in await self.runtime.list(self.identity.node_id):
+            if c.instance_id == instance_id:
+                return c.container_id
+        return None
+
+    async def _send_log(self, request_id: str, data: bytes, end: bool, error: str) -> None:
+        chunk = pb.LogChunk(request_id=request_id, data=data, end=end, error=error)
+        await self.outbox.put_log(pb.AgentMessage(logs=chunk))
 
     async def _run_command(self, command: pb.Command) -> None:
         began = time.monotonic()

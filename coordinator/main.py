@@ -44,6 +44,7 @@ from coordinator.service.deploy import DeployService
 from coordinator.service.events import EventService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
+from coordinator.service.logs import LogService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
@@ -239,6 +240,7 @@ class Coordinator:
             vpn=VpnService(core, deploys, instances),
             events=events,
             webhooks=WebhookService(core, events, self.poster),
+            logs=LogService(core, instances),
         )
         self.events = services.events
         self.runner = web.AppRunner(http_app.build(services), access_log=None, handle_signals=False)

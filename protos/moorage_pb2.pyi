@@ -193,6 +193,7 @@ class AgentMessage(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     RENEW_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -203,6 +204,8 @@ class AgentMessage(_message.Message):
     def result(self) -> Global___CommandResult: ...
     @_builtins.property
     def renew(self) -> Global___RenewRequest: ...
+    @_builtins.property
+    def logs(self) -> Global___LogChunk: ...
     def __init__(
         self,
         *,
@@ -211,12 +214,13 @@ class AgentMessage(_message.Message):
         event: Global___InstanceEvent | None = ...,
         result: Global___CommandResult | None = ...,
         renew: Global___RenewRequest | None = ...,
+        logs: Global___LogChunk | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "renew", b"renew", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "logs", b"logs", "renew", b"renew", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "renew", b"renew", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "logs", b"logs", "renew", b"renew", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "event", "result", "renew"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "heartbeat", "event", "result", "renew", "logs"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -517,6 +521,38 @@ class RenewRequest(_message.Message):
 Global___RenewRequest: _TypeAlias = RenewRequest  # noqa: Y015
 
 @_typing.final
+class LogChunk(_message.Message):
+    """Output of a container, answering a LogsRequest: chunks of whole lines, then one with end set (an error
+    ends it too). Sent in order; an agent that does not know LogsRequest sends nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    data: _builtins.bytes
+    end: _builtins.bool
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        end: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "end", b"end", "error", b"error", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogChunk: _TypeAlias = LogChunk  # noqa: Y015
+
+@_typing.final
 class CoordinatorMessage(_message.Message):
     """---------------------------------------------------------------- coordinator -> agent"""
 
@@ -525,28 +561,67 @@ class CoordinatorMessage(_message.Message):
     WELCOME_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     RENEWED_FIELD_NUMBER: _builtins.int
+    LOGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
     def command(self) -> Global___Command: ...
     @_builtins.property
     def renewed(self) -> Global___RenewResponse: ...
+    @_builtins.property
+    def logs(self) -> Global___LogsRequest: ...
     def __init__(
         self,
         *,
         welcome: Global___Welcome | None = ...,
         command: Global___Command | None = ...,
         renewed: Global___RenewResponse | None = ...,
+        logs: Global___LogsRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "logs", b"logs", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "logs", b"logs", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "command", "renewed"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "command", "renewed", "logs"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___CoordinatorMessage: _TypeAlias = CoordinatorMessage  # noqa: Y015
+
+@_typing.final
+class LogsRequest(_message.Message):
+    """The last `tail` lines of an instance's container output, and with follow what it writes next until
+    cancelled (the same request_id with cancel set) or the session ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TAIL_FIELD_NUMBER: _builtins.int
+    FOLLOW_FIELD_NUMBER: _builtins.int
+    CANCEL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    instance_id: _builtins.str
+    tail: _builtins.int
+    follow: _builtins.bool
+    cancel: _builtins.bool
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        tail: _builtins.int = ...,
+        follow: _builtins.bool = ...,
+        cancel: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "follow", b"follow", "instance_id", b"instance_id", "request_id", b"request_id", "tail", b"tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogsRequest: _TypeAlias = LogsRequest  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):

@@ -137,6 +137,14 @@ class EventStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class LogStream(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Runtime(Protocol):
     """Every method is a coroutine; implementations must not block the event loop."""
 
@@ -174,6 +182,10 @@ class Runtime(Protocol):
 
     def events(self, node_id: str) -> EventStream:
         """Lifecycle events of this node's labelled containers, fed from a dedicated thread."""
+        ...
+
+    def logs(self, container_id: str, tail: int, follow: bool) -> LogStream:
+        """The container's last ``tail`` lines of output, then with ``follow`` what it writes next."""
         ...
 
     async def close(self) -> None: ...

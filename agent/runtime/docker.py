@@ -37,6 +37,7 @@ from agent.runtime.base import (
     PullPolicy,
     RuntimeFailure,
 )
+from agent.runtime.docker_logs import DockerLogs
 
 if TYPE_CHECKING:
     from agent.runtime.base import Runtime
@@ -420,6 +421,9 @@ class DockerRuntime:
 
     async def remove(self, container_id: str) -> None:
         await self._run(self._remove, container_id)
+
+    def logs(self, container_id: str, tail: int, follow: bool) -> DockerLogs:
+        return DockerLogs(self._docker, container_id, tail, follow)
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         attrs = await self._run(lambda: self._docker().api.inspect_container(container_id))

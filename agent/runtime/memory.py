@@ -36,11 +36,38 @@ class NoEvents:
         return None
 
 
+class MemoryLogs:
+    """The last ``tail`` lines of a list, then (``follow``) the lines appended to it, polled."""
+
+    def __init__(self, lines: list[bytes], tail: int, follow: bool) -> None:
+        self._lines = lines
+        self._at = max(len(lines) - tail, 0)
+        self._follow = follow
+        self._closed = False
+
+    def __aiter__(self) -> MemoryLogs:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while self._at >= len(self._lines):
+            if self._closed or not self._follow:
+                raise StopAsyncIteration
+            await asyncio.sleep(0.01)
+        line = self._lines[self._at]
+        self._at += 1
+        return line
+
+    async def aclose(self) -> None:
+        self._closed = True
+
+
 class MemoryRuntime:
     """Containers as dictionary entries: create, start, stop and remove change state at once."""
 
     def __init__(self, images: tuple[str, ...] = ("moorage-test/busybox:latest",)) -> None:
         self.containers: dict[str, ContainerInfo] = {}
+        #: What each container "wrote", line by line (tests append; a follower sees lines appended later).
+        self.output: dict[str, list[bytes]] = {}
         self._images = list(images)
 
     async def ping(self) -> None:
@@ -104,6 +131,11 @@ class MemoryRuntime:
 
     async def list(self, node_id: str) -> list[ContainerInfo]:
         return list(self.containers.values())
+
+    def logs(self, container_id: str, tail: int, follow: bool) -> MemoryLogs:
+        self._get(container_id)
+        lines = self.output.setdefault(container_id, [])
+        return MemoryLogs(lines, tail, follow)
 
     def events(self, node_id: str) -> NoEvents:
         return NoEvents()

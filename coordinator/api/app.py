@@ -14,7 +14,7 @@ from common.logging import get
 from coordinator import __version__
 from coordinator.api import openapi, status_page
 from coordinator.api.auth import TRUSTED_PROXIES
-from coordinator.api.canonical import accounts, events, images, nodes, system, webhooks
+from coordinator.api.canonical import accounts, events, images, logs, nodes, system, webhooks
 from coordinator.api.dialects import client, panel, regions, servers, vpn
 from coordinator.api.routing import REQUEST_ID, Route, Router, render_error
 from coordinator.api.services import SERVICES, Services
@@ -28,6 +28,7 @@ ROUTERS: list[Router] = [
     nodes.router,
     events.router,
     webhooks.router,
+    logs.router,
     panel.router,
     images.router,
     regions.router,

@@ -15,6 +15,7 @@ from coordinator.service.deploy import DeployService
 from coordinator.service.events import EventService
 from coordinator.service.images import ImageService
 from coordinator.service.instances import InstanceService
+from coordinator.service.logs import LogService
 from coordinator.service.nodes import NodeService
 from coordinator.service.regions import RegionService
 from coordinator.service.servers import ServerService
@@ -43,6 +44,7 @@ class Services:
     vpn: VpnService
     events: EventService
     webhooks: WebhookService
+    logs: LogService
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -71,9 +71,10 @@ class Client:
             raise Unreachable(f"cannot reach the coordinator at {self.url}: {reason}") from exc
         return json.loads(raw) if raw.strip() else None
 
-    def follow(self, path: str, after: int | None = None) -> Iterator[dict[str, Any]]:
+    def follow(self, path: str, after: int | None = None, resume: bool = True) -> Iterator[dict[str, Any]]:
         """The events of an SSE stream at ``path``, as an EventSource reads them: on a dropped connection
-        it connects again after a pause, resuming after the last event's id (nothing missed or twice)."""
+        it connects again after a pause, resuming after the last event's id (nothing missed or twice);
+        without ``resume`` (a stream with no ids, such as logs) it ends there."""
         last = after
         failures = 0
         while True:
@@ -89,12 +90,14 @@ class Client:
                     for event in _sse_events(response):
                         last = int(event.get("id", last or 0))
                         yield event
+                if not resume:
+                    return
             except urllib.error.HTTPError as exc:
                 with exc:
                     raise error_from_body(exc.code, exc.read(), str(exc.reason)) from None
             except (urllib.error.URLError, OSError) as exc:
                 failures += 1
-                if failures > FOLLOW_RETRIES:
+                if failures > FOLLOW_RETRIES or not resume:
                     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
                     raise Unreachable(f"cannot reach the coordinator at {self.url}: {reason}") from exc
             time.sleep(min(2.0 * failures, 10.0))

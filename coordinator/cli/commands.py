@@ -78,6 +78,24 @@ def events(args: argparse.Namespace, client: Client) -> Answer:
     return found, render.format_table(render.EVENT_HEADERS, render.event_rows(found))
 
 
+def logs(args: argparse.Namespace, client: Client) -> Answer:
+    """The instance's last --tail lines; with -f what it writes next, until Ctrl-C or the output ends."""
+    path = f"/api/instances/{args.id}/logs?tail={args.tail}"
+    if not args.follow:
+        found = client.call("GET", path)
+        text = "\n".join(found["lines"])
+        if found.get("error"):
+            text += f"\n(moorage: the output ended early: {found['error']})"
+        return found, text
+    for event in client.follow(path + "&follow=true", resume=False):
+        if "lines" in event:
+            for line in event["lines"]:
+                print(json.dumps(line) if args.json else line, flush=True)
+        elif event.get("error"):
+            print(f"moorage: the output ended: {event['error']}", file=sys.stderr)
+    return PRINTED, ""
+
+
 def webhook_create(args: argparse.Namespace, client: Client) -> Answer:
     body: dict[str, Any] = {"url": args.target, "description": args.description}
     if args.kinds:
@@ -291,6 +309,7 @@ HANDLERS = {
     "key create": key_create,
     "key revoke": key_revoke,
     "events": events,
+    "logs": logs,
     "webhooks": webhooks,
     "webhook create": webhook_create,
     "webhook delete": webhook_delete,

@@ -158,7 +158,29 @@ class Renewed:
 
 
 #: What the coordinator sends down a session.
-Outgoing = Welcome | Command | Renewed
+@dataclass(frozen=True, slots=True)
+class LogsRequest:
+    """An instance's last ``tail`` lines of output and, with ``follow``, what follows; ``cancel`` ends the
+    request of that id."""
+
+    request_id: str
+    instance_id: str = ""
+    tail: int = 0
+    follow: bool = False
+    cancel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """Whole lines of a requested log (``end``: the last of them; ``error``: why it ended early)."""
+
+    request_id: str
+    data: bytes
+    end: bool
+    error: str
+
+
+Outgoing = Welcome | Command | Renewed | LogsRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from coordinator.domain.agents import (
 )
 from coordinator.domain.records import HostMetrics, Instance, Node, NodeBeat, NodeStatus
 from coordinator.fleet.bandwidth import Bandwidth
+from coordinator.fleet.logs import LogReaders
 
 log = get("coordinator.fleet")
 
@@ -116,6 +117,8 @@ class Fleet:
         #: Called when a node whose session is here changes status or engine error (the cluster tells the
         #: other coordinators at once instead of at their next read).
         self.on_change: Callable[[str], None] | None = None
+        #: Log requests sent down this coordinator's sessions, and who reads them.
+        self.logs = LogReaders()
 
     # ------------------------------------------------------------ sessions
 
@@ -125,6 +128,7 @@ class Fleet:
         if old is not None:
             old.close()
             self._end_waits(old)
+            self.logs.node_gone(node_id)
         session = Session(node_id)
         self.sessions[node_id] = session
         self.live.setdefault(node_id, LiveNode())
@@ -135,6 +139,7 @@ class Fleet:
         self._end_waits(session)
         if self.sessions.get(session.node_id) is session:
             del self.sessions[session.node_id]
+            self.logs.node_gone(session.node_id)
 
     def disconnect(self, node_id: str) -> None:
         session = self.sessions.get(node_id)

@@ -164,6 +164,9 @@ class Gateway(pb_grpc.CoordinatorServicer):
                     if self.reports.needs_work(node_id, beat):
                         inbox.put(("heartbeat", beat))
                     continue
+                if message.HasField("logs"):  # to its reader, at once: no database work
+                    self.core.fleet.logs.deliver(translate.log_chunk(message.logs))
+                    continue
                 kind = message.WhichOneof("body") or ""
                 found = self.handlers.get(kind)
                 if found is None:

@@ -200,4 +200,18 @@ def message(out: agents.Outgoing) -> pb.CoordinatorMessage:
         return pb.CoordinatorMessage(command=command(out))
     if isinstance(out, agents.Welcome):
         return pb.CoordinatorMessage(welcome=welcome(out))
+    if isinstance(out, agents.LogsRequest):
+        return pb.CoordinatorMessage(
+            logs=pb.LogsRequest(
+                request_id=out.request_id,
+                instance_id=out.instance_id,
+                tail=out.tail,
+                follow=out.follow,
+                cancel=out.cancel,
+            )
+        )
     return pb.CoordinatorMessage(renewed=pb.RenewResponse(certificate_pem=out.certificate_pem))
+
+
+def log_chunk(m: pb.LogChunk) -> agents.LogChunk:
+    return agents.LogChunk(m.request_id, bytes(m.data), m.end, m.error)

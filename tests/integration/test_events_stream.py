@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -22,8 +24,8 @@ from typing import Any
 import docker
 import pytest
 
-from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, one_node_fleet, wait_for, wait_state
-from tests.dockerenv import inspect_labelled, require_docker
+from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, node_view, one_node_fleet, wait_for, wait_state
+from tests.dockerenv import inspect_labelled, require_docker, serves
 from tests.receiver import Receiver
 
 
@@ -266,3 +268,93 @@ def test_placements_refusals_and_crashes_are_events(fleet: OneNodeFleet) -> None
     wait_state(api, iid, "running", timeout=20)  # restarted by its agent
     assert api.delete("/api/instance/delete", {"id": iid}).status == 201
     wait_state(api, iid, "released", timeout=15)
+
+
+def sse_lines(url: str, headers: dict[str, str], got: list[str], stop: threading.Event) -> None:
+    """Follow a log stream on this thread until ``stop``; each line it carries into ``got`` (an answer
+    other than 200 goes there as "status N")."""
+    where = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname or "", where.port, timeout=30)
+    conn.request("GET", f"{where.path}?{where.query}", headers={"Accept": "text/event-stream", **headers})
+    response = conn.getresponse()
+    if response.status != 200:
+        got.append(f"status {response.status}")
+        conn.close()
+        return
+
+    def read() -> None:
+        with contextlib.suppress(Exception):
+            while line := response.readline().decode():
+                if line.startswith("data: "):
+                    got.extend(json.loads(line[6:]).get("lines", []))
+
+    threading.Thread(target=read, daemon=True).start()
+    stop.wait()
+    with contextlib.suppress(OSError):
+        if conn.sock is not None:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+
+
+def test_logs_through_the_agent_tail_follow_and_their_bounds(fleet: OneNodeFleet) -> None:
+    api = fleet.api
+    key = {"x-api-key": fleet.coordinator.admin_key}
+    port = fleet.ports[0]
+    body = {"image": "busybox-httpd", "memory": 16, "cpu": 1, "ports": [port], "nodeId": fleet.node_id}
+    made = api.post("/api/instances/deploy", {**body, "name": "talks"})
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    wait_state(api, iid, "running", timeout=15)
+    for _ in range(5):  # busybox httpd -v writes a line per request
+        wait_for(lambda: serves(port), 10, "the instance to serve")
+    logs = f"/api/instances/{iid}/logs"
+    wait_for(lambda: len(api.get(f"{logs}?tail=1000").body["lines"]) >= 5, 10, "five request lines")
+    tail = api.get(f"{logs}?tail=3").body
+    assert len(tail["lines"]) == 3 and tail["error"] is None and not tail["truncated"]
+    assert tail["lines"] == api.get(f"{logs}?tail=1000").body["lines"][-3:]
+    # Following: what the container writes next arrives while the stream is open.
+    got: list[str] = []
+    stop = threading.Event()
+    follower = threading.Thread(
+        target=sse_lines, args=(f"{api.url}{logs}?follow=true&tail=0", key, got, stop)
+    )
+    follower.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(3):
+            serves(port)
+        wait_for(lambda: len(got) >= 3, 5, "the followed lines")
+        # The node's heartbeats go on while it streams.
+        assert node_view(api, fleet.node_id)["heartbeatAgeSeconds"] < 2
+    finally:
+        stop.set()
+        follower.join(10)
+    time.sleep(1.0)  # the coordinator sees it gone (it looks between writes, every 0.25 s)
+    # Four at once per node; a fifth is refused, and leaving gives the places back.
+    for _ in range(2):
+        stops = [threading.Event() for _ in range(4)]
+        said: list[str] = []
+        held = [
+            threading.Thread(target=sse_lines, args=(f"{api.url}{logs}?follow=true&tail=0", key, said, s))
+            for s in stops
+        ]
+        for t in held:
+            t.start()
+        time.sleep(1.0)
+        fifth = api.get(f"{logs}?tail=1")
+        for s in stops:
+            s.set()
+        for t in held:
+            t.join(10)
+        assert fifth.status == 429 and "4 logs" in fifth.body["error"], (fifth.body, said)
+        time.sleep(1.0)  # the coordinator and the agent see them gone
+    assert api.get(f"{logs}?tail=1").status == 200
+    bad = api.get(f"{logs}?tail=100000")
+    assert bad.status == 400 and "tail" in bad.body["error"]
+    assert api.get("/api/instances/no-such/logs").status == 404
+    # The CLI says the same (the real CLI, as a subprocess).
+    cli = [sys.executable, "-m", "coordinator.cli", "--url", api.url, "--key", fleet.coordinator.admin_key]
+    printed = subprocess.run([*cli, "logs", iid, "--tail", "2"], capture_output=True, text=True, timeout=30)
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.splitlines() == api.get(f"{logs}?tail=2").body["lines"]
+    assert api.delete("/api/instance/delete", {"id": iid}).status == 201

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coordinator.api.fields import Int
 from coordinator.api.routing import Call, Router
+from coordinator.api.sse import open_stream, wants_stream
 from coordinator.domain.records import FleetEvent
 from coordinator.service.errors import BadRequest
 from coordinator.service.events import document
@@ -72,21 +73,12 @@ async def fleet_events(call: Call, query: EventsQuery) -> list[EventOut] | web.S
     """Instance state changes and node status changes, oldest first."""
     events = call.services.events
     after = _resume_from(call, query)
-    if "text/event-stream" not in call.request.headers.get("Accept", ""):
+    if not wants_stream(call.request):
         found = await events.after(call.caller, after or 0, query.limit, newest=query.last)
         return [EventOut.of(e) for e in found]
     start = after if after is not None else await events.newest_id()
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    )
-    await response.prepare(call.request)
+    response, gone = await open_stream(call.request)
     try:
-        await response.write(b"retry: 2000\n\n")
-        transport = call.request.transport
-
-        def gone() -> bool:
-            return transport is None or transport.is_closing()
-
         async for batch in events.follow(call.caller, start, gone):
             if not batch:
                 await response.write(b": keepalive\n\n")

@@ -1,0 +1,85 @@
+"""An instance's container output, read through its node's agent session (the coordinator never opens
+Docker): the last ``tail`` lines, and with ``follow`` what comes next until the reader leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator
+
+from coordinator.domain.agents import LogsRequest
+from coordinator.domain.records import Principal
+from coordinator.fleet.logs import TooManyLogStreams
+from coordinator.service.core import Core
+from coordinator.service.errors import BadRequest, Conflict, ServiceError, Unavailable
+from coordinator.service.instances import InstanceService
+
+MAX_TAIL = 10_000
+#: How often a reader with no output hears None (and its caller checks on its client).
+IDLE_S = 0.25
+#: How long the agent has to answer at all (an agent older than log requests never does).
+FIRST_CHUNK_S = 10.0
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+
+
+class LogEnded(Exception):
+    """The agent ended the stream early; the message says why."""
+
+
+class LogService:
+    def __init__(self, core: Core, instances: InstanceService) -> None:
+        self.core = core
+        self.instances = instances
+
+    async def read(
+        self, caller: Principal, instance_id: str, tail: int, follow: bool, idle_s: float = IDLE_S
+    ) -> AsyncGenerator[bytes | None, None]:
+        """Chunks of whole lines; None after ``idle_s`` without any (the caller checks on its client).
+        Ends with the output (no follow), or raises LogEnded when the agent ends it early."""
+        if not 0 <= tail <= MAX_TAIL:
+            raise BadRequest(f"tail: at most {MAX_TAIL} lines", field="tail")
+        inst = await self.instances.get(caller, instance_id)
+        if inst.node_id is None:
+            raise Conflict(f"instance {instance_id} is on no node yet", field="id")
+        session = self.core.fleet.sessions.get(inst.node_id)
+        if session is None:
+            held = self.core.cluster is not None and inst.node_id in self.core.fleet.remote
+            raise Unavailable(
+                f"node {inst.node_id}'s agent is connected to another coordinator: read its logs there"
+                if held
+                else f"node {inst.node_id}'s agent is not connected"
+            )
+        request_id = str(uuid.uuid4())
+        try:
+            reader = self.core.fleet.logs.open(request_id, inst.node_id)
+        except TooManyLogStreams as exc:
+            raise TooManyRequests(str(exc)) from exc
+        ended = False
+        try:
+            session.send(LogsRequest(request_id, instance_id, tail, follow))
+            try:
+                first = await asyncio.wait_for(reader.chunks.get(), FIRST_CHUNK_S)
+            except TimeoutError:
+                raise Unavailable(f"node {inst.node_id}'s agent did not answer (too old for logs?)") from None
+            chunk = first
+            while True:
+                if chunk.data:
+                    yield chunk.data
+                if chunk.end:
+                    ended = True
+                    if chunk.error:
+                        raise LogEnded(chunk.error)
+                    return
+                while True:
+                    try:
+                        chunk = await asyncio.wait_for(reader.chunks.get(), idle_s)
+                        break
+                    except TimeoutError:
+                        yield None
+        finally:
+            self.core.fleet.logs.close(request_id)
+            if not ended:
+                session.send(LogsRequest(request_id, cancel=True))
