@@ -29,8 +29,8 @@ test-env:
 	bash tests/env/build-test-image.sh
 	bash tests/env/ensure-postgres.sh
 	bash tests/env/ensure-test-names.sh
-	bash tests/env/ensure-promtool.sh
-	bash tests/env/ensure-chromium.sh
+	bash tests/env/ensure-debian-package.sh promtool prometheus "promtool checks both daemons' /metrics"
+	bash tests/env/ensure-debian-package.sh chromium chromium "the status page's test drives it headless"
 
 test: $(STAMP) test-env lint
 	@if [ -n "$$CI" ]; then export MOORAGE_REQUIRE_DOCKER=1 MOORAGE_REQUIRE_POSTGRES=1; fi; \

@@ -17,6 +17,7 @@ from coordinator.api.auth import SESSION_COOKIE, client_address
 from coordinator.api.dialects.panel_models import NodeOut
 from coordinator.api.dialects.regions import render as render_region
 from coordinator.api.services import SERVICES, Services
+from coordinator.cli.render import event_what
 from coordinator.domain.records import FleetEvent, Principal
 from coordinator.service.errors import ServiceError, Unauthorized
 from coordinator.service.events import document
@@ -32,19 +33,9 @@ SHOWN_EVENTS = 50
 
 
 def describe(e: dict[str, Any]) -> str:
-    """An event's news in a few words (the page's script says the same of the events that follow)."""
-    d = e.get("data") or {}
-    kind = e.get("kind")
-    if kind in ("instance.state", "node.status"):
-        said = f"{d.get('old')} → {d.get('new')}"
-        return f"{said}: {d['error']}" if d.get("error") else said
-    if kind == "instance.placed":
-        return "placed" + (f" in region {d['regionId']}" if d.get("regionId") else "")
-    if kind == "instance.crashed":
-        return f"crashed: {d.get('error')}"
-    if kind == "placement.refused":
-        return f"refused: {d.get('reason')}"
-    return kind or ""
+    """An event's news in a few words, as the CLI says it (the page's script says the same of the events
+    that follow)."""
+    return event_what(e, arrow="→")
 
 
 def _page(name: str, status: int = 200, **values: Any) -> web.Response:

@@ -159,12 +159,13 @@ def key_rows(keys: list[dict[str, Any]]) -> list[list[str]]:
 EVENT_HEADERS = ["ID", "AT", "KIND", "ABOUT", "WHAT"]
 
 
-def event_what(e: dict[str, Any]) -> str:
-    """One event's news in a few words: "running -> unhealthy: the container exited with code 1"."""
+def event_what(e: dict[str, Any], arrow: str = "->") -> str:
+    """One event's news in a few words: "running -> unhealthy: the container exited with code 1" (the
+    status page says the same, with its own arrow)."""
     d = e.get("data") or {}
     kind = e.get("kind")
     if kind in ("instance.state", "node.status"):
-        said = f"{d.get('old')} -> {d.get('new')}"
+        said = f"{d.get('old')} {arrow} {d.get('new')}"
         return f"{said}: {d['error']}" if d.get("error") else said
     if kind == "instance.placed":
         return f"placed{' in region ' + str(d['regionId']) if d.get('regionId') else ''}"

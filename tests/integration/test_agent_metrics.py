@@ -1,6 +1,6 @@
 """The agent's Prometheus metrics, scraped from a real agent beside a real coordinator and Docker: what an
 operator graphs. Both daemons' expositions pass `promtool check metrics` (Debian's prometheus package,
-installed by tests/env/ensure-promtool.sh)."""
+installed by make test-env)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def value(text: str, series: str) -> float:
 def promtool_check(text: str, tmp: Path) -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        why = "promtool is not installed (tests/env/ensure-promtool.sh)"
+        why = "promtool is not installed (make test-env)"
         if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
             pytest.fail(why)
         pytest.skip(why)

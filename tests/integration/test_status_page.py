@@ -37,7 +37,7 @@ def artifacts() -> Path:
 def browser() -> Iterator[Browser]:
     chromium = shutil.which("chromium")
     if chromium is None:
-        why = "chromium is not installed (tests/env/ensure-chromium.sh)"
+        why = "chromium is not installed (make test-env)"
         if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
             pytest.fail(why)
         pytest.skip(why)
