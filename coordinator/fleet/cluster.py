@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from common.logging import get
-from coordinator.domain.agents import ClusterView, Command, CommandKind, CommandResult
+from coordinator.domain.agents import ClusterView, Command, CommandKind, CommandResult, LogsRequest
 from coordinator.domain.records import NodeStatus
 from coordinator.fleet.live import Fleet
+from coordinator.fleet.log_relay import LogRelay
 
 log = get("coordinator.cluster")
 
@@ -80,6 +81,8 @@ class ClusterChannel:
             "placement": lambda _message: self.placement_changed(),
             "node": self._on_node,
         }
+        self.logs = LogRelay(me, fleet, bus.publish, self._spawn)
+        self._handlers.update(logs=self.logs.on_request, log=self.logs.on_chunk)
         fleet.on_change = self._tell_node
         #: Called when another coordinator changed what placement reads (this one's view re-reads it).
         self.placement_changed: Callable[[], None] = lambda: None
@@ -120,6 +123,14 @@ class ClusterChannel:
             return None
         finally:
             self._waits.pop(command.command_id, None)
+
+    def ask_logs(self, node_id: str, request: LogsRequest) -> bool:
+        """A log request (or its cancel) for a node held by another live coordinator; False: none holds it."""
+        owner = self.owners.get(node_id)
+        if owner is None:
+            return False
+        self.logs.ask(owner, node_id, request)
+        return True
 
     def close(self, node_id: str) -> None:
         self.fleet.close(node_id)

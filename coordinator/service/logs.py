@@ -44,26 +44,37 @@ class LogService:
         inst = await self.instances.get(caller, instance_id)
         if inst.node_id is None:
             raise Conflict(f"instance {instance_id} is on no node yet", field="id")
-        session = self.core.fleet.sessions.get(inst.node_id)
-        if session is None:
-            held = self.core.cluster is not None and inst.node_id in self.core.fleet.remote
-            raise Unavailable(
-                f"node {inst.node_id}'s agent is connected to another coordinator: read its logs there"
-                if held
-                else f"node {inst.node_id}'s agent is not connected"
-            )
+        node_id = inst.node_id
+        session = self.core.fleet.sessions.get(node_id)
+        cluster = self.core.cluster
+
+        def send(request: LogsRequest) -> None:
+            """Down this coordinator's session, or through the holder of the node's (fleet/log_relay.py)."""
+            if session is not None:
+                session.send(request)
+            elif cluster is not None:
+                cluster.ask_logs(node_id, request)
+
+        if session is None and (cluster is None or node_id not in cluster.owners):
+            raise Unavailable(f"node {node_id}'s agent is not connected")
+        holder = cluster.owners.get(node_id) if session is None and cluster is not None else None
+
+        def moved() -> bool:
+            """The relaying holder is no longer the node's (it died, or the agent went elsewhere)."""
+            return holder is not None and cluster is not None and cluster.owners.get(node_id) != holder
+
         request_id = str(uuid.uuid4())
         try:
-            reader = self.core.fleet.logs.open(request_id, inst.node_id)
+            reader = self.core.fleet.logs.open(request_id, node_id)
         except TooManyLogStreams as exc:
             raise TooManyRequests(str(exc)) from exc
         ended = False
         try:
-            session.send(LogsRequest(request_id, instance_id, tail, follow))
+            send(LogsRequest(request_id, instance_id, tail, follow))
             try:
                 first = await asyncio.wait_for(reader.chunks.get(), FIRST_CHUNK_S)
             except TimeoutError:
-                raise Unavailable(f"node {inst.node_id}'s agent did not answer (too old for logs?)") from None
+                raise Unavailable(f"node {node_id}'s agent did not answer (too old for logs?)") from None
             chunk = first
             while True:
                 if chunk.data:
@@ -78,8 +89,11 @@ class LogService:
                         chunk = await asyncio.wait_for(reader.chunks.get(), idle_s)
                         break
                     except TimeoutError:
+                        if moved():
+                            ended = True
+                            raise LogEnded("the node's session moved to another coordinator") from None
                         yield None
         finally:
             self.core.fleet.logs.close(request_id)
             if not ended:
-                session.send(LogsRequest(request_id, cancel=True))
+                send(LogsRequest(request_id, cancel=True))

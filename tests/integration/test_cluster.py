@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,8 @@ from bench.daemons import (
     wait_for,
     wait_state,
 )
-from tests.dockerenv import inspect_labelled, require_docker
+from tests.dockerenv import inspect_labelled, require_docker, serves
+from tests.streams import sse_lines
 
 CLUSTER_KEY = "cluster-key-for-the-tests-0123456789abcdef"
 
@@ -586,3 +588,36 @@ def test_the_bus_comes_back_after_its_database_connection_is_cut(tmp_path: Path,
         wait_for(lambda: other.get("/api/health").body["leader"], 10, "the other to lead")
     finally:
         stop_all(a, b)
+
+
+def test_logs_read_through_a_coordinator_that_does_not_hold_the_session(cluster: Cluster) -> None:
+    """The holder relays the agent's output over the bus: the tail and a followed stream read through the
+    other two are what the holder shows."""
+    made = cluster.api(1).post(
+        "/api/instances/deploy", {**deploy_body(cluster, 4, "talks"), "image": "busybox-httpd"}
+    )
+    assert made.status == 201, made.body
+    iid = made.body["id"]
+    wait_state(cluster.api(0), iid, "running", timeout=15)
+    port = cluster.ports[4]
+    for _ in range(5):  # busybox httpd -v writes a line per request
+        wait_for(lambda: serves(port), 10, "the instance to serve")
+    logs = f"/api/instances/{iid}/logs"
+    wait_for(lambda: len(cluster.api(0).get(f"{logs}?tail=100").body["lines"]) >= 5, 10, "five lines")
+    held = cluster.api(0).get(f"{logs}?tail=5").body["lines"]
+    relayed = cluster.api(1).get(f"{logs}?tail=5")
+    assert relayed.status == 200 and relayed.body["lines"] == held, relayed.body
+    got: list[str] = []
+    stop = threading.Event()
+    url = f"{cluster.coordinators[2].endpoints['http']}{logs}?follow=true&tail=0"
+    follower = threading.Thread(target=sse_lines, args=(url, {"x-api-key": cluster.admin_key}, got, stop))
+    follower.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(3):
+            serves(port)
+        wait_for(lambda: len(got) >= 3, 5, "the followed lines through the third coordinator")
+    finally:
+        stop.set()
+        follower.join(10)
+    assert got[-3:] == cluster.api(0).get(f"{logs}?tail=3").body["lines"]

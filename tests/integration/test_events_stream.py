@@ -27,6 +27,7 @@ import pytest
 from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, node_view, one_node_fleet, wait_for, wait_state
 from tests.dockerenv import inspect_labelled, require_docker, serves
 from tests.receiver import Receiver
+from tests.streams import sse_lines
 
 
 @pytest.fixture(scope="module")
@@ -268,32 +269,6 @@ def test_placements_refusals_and_crashes_are_events(fleet: OneNodeFleet) -> None
     wait_state(api, iid, "running", timeout=20)  # restarted by its agent
     assert api.delete("/api/instance/delete", {"id": iid}).status == 201
     wait_state(api, iid, "released", timeout=15)
-
-
-def sse_lines(url: str, headers: dict[str, str], got: list[str], stop: threading.Event) -> None:
-    """Follow a log stream on this thread until ``stop``; each line it carries into ``got`` (an answer
-    other than 200 goes there as "status N")."""
-    where = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(where.hostname or "", where.port, timeout=30)
-    conn.request("GET", f"{where.path}?{where.query}", headers={"Accept": "text/event-stream", **headers})
-    response = conn.getresponse()
-    if response.status != 200:
-        got.append(f"status {response.status}")
-        conn.close()
-        return
-
-    def read() -> None:
-        with contextlib.suppress(Exception):
-            while line := response.readline().decode():
-                if line.startswith("data: "):
-                    got.extend(json.loads(line[6:]).get("lines", []))
-
-    threading.Thread(target=read, daemon=True).start()
-    stop.wait()
-    with contextlib.suppress(OSError):
-        if conn.sock is not None:
-            conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
 
 
 def test_logs_through_the_agent_tail_follow_and_their_bounds(fleet: OneNodeFleet) -> None:
