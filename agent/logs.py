@@ -100,9 +100,9 @@ class LogStreams:
                 error = "the instance has no container on this node"
             else:
                 stream = self.runtime.logs(container, tail, follow)
-                await self.send(request_id, b"", False, "")  # taken: the reader knows this agent streams
                 buffer = bytearray()
-                try:
+                try:  # from here on the stream's thread is stopped whatever ends this
+                    await self.send(request_id, b"", False, "")  # taken: the reader knows this agent streams
                     async for data in stream:
                         buffer += data
                         for chunk in whole_lines(buffer, final=False):

@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from coordinator.service.webhooks import DeliveryFailed, public_address
+from coordinator.service.webhooks import NUMERIC_HOST, DeliveryFailed, public_address
 
 
 class _PublicOnly(AbstractResolver):
@@ -60,6 +60,8 @@ class WebhookPoster:
                 literal = None
             if literal is not None and not public_address(host):
                 raise DeliveryFailed(f"{host} is a loopback, private or link-local address")
+            if literal is None and NUMERIC_HOST.fullmatch(host):
+                raise DeliveryFailed(f"{host} is not an address in its canonical form")
         try:
             async with self._session(private_ok).post(
                 url,

@@ -104,7 +104,17 @@ async def fleet_fragment(request: web.Request) -> web.Response:
     return _page("fleet.html.j2", **await _fleet(request.app[SERVICES], caller))
 
 
+def _cross_site(request: web.Request) -> bool:
+    """A form posted from another site (login CSRF: signing someone in under another's key)."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and origin != "null" and origin.split("://", 1)[-1] != request.host
+
+
 async def sign_in(request: web.Request) -> web.Response:
+    if _cross_site(request):
+        return _page("login.html.j2", 403, error="Sign in from this page.")
     form = await request.post()
     key = form.get("key")
     if not isinstance(key, str) or not key.strip() or len(key) > 4096:
@@ -128,6 +138,8 @@ async def sign_in(request: web.Request) -> web.Response:
 
 
 async def sign_out(request: web.Request) -> web.Response:
+    if _cross_site(request):
+        return _page("login.html.j2", 403, error="Sign out from this page.")
     answer = web.HTTPSeeOther("/status")
     answer.del_cookie(SESSION_COOKIE, path="/")
     return answer

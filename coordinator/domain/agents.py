@@ -178,6 +178,9 @@ class LogChunk:
     data: bytes
     end: bool
     error: str
+    #: False for an end the coordinator made (its reader fell behind, the session went): the agent may
+    #: still be streaming and is told to stop.
+    from_agent: bool = True
 
 
 Outgoing = Welcome | Command | Renewed | LogsRequest

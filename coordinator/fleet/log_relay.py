@@ -93,7 +93,7 @@ class LogRelay:
             parts = pieces(data)
             for n, part in enumerate(parts):
                 last = n == len(parts) - 1
-                await self.publish(
+                sent = await self.publish(
                     {
                         "t": "log",
                         "from": self.me,
@@ -104,6 +104,8 @@ class LogRelay:
                         "error": error if last else "",
                     }
                 )
+                if not sent:  # the bus is down: the asker will not hear the rest (nor tell us to stop)
+                    raise ConnectionError("the bus dropped a relayed log piece")
 
         session = self.fleet.sessions.get(node_id)
         if session is None:
@@ -127,7 +129,7 @@ class LogRelay:
             while not ended:
                 chunk = await reader.chunks.get()
                 await tell(chunk.data, chunk.end, chunk.error)
-                ended = chunk.end
+                ended = chunk.end and chunk.from_agent
         finally:
             self.fleet.logs.close(request_id)
             if not ended:

@@ -45,7 +45,9 @@ class LogReaders:
             self._readers.pop(chunk.request_id, None)
             while not reader.chunks.empty():
                 reader.chunks.get_nowait()
-            reader.chunks.put_nowait(LogChunk(chunk.request_id, b"", True, "the reader fell too far behind"))
+            reader.chunks.put_nowait(
+                LogChunk(chunk.request_id, b"", True, "the reader fell too far behind", from_agent=False)
+            )
 
     def close(self, request_id: str) -> None:
         self._readers.pop(request_id, None)
@@ -53,7 +55,9 @@ class LogReaders:
     def node_gone(self, node_id: str) -> None:
         """Its session ended: every reader of its logs ends too."""
         for reader in [r for r in self._readers.values() if r.node_id == node_id]:
-            self.deliver(LogChunk(reader.request_id, b"", True, "the node's agent disconnected"))
+            self.deliver(
+                LogChunk(reader.request_id, b"", True, "the node's agent disconnected", from_agent=False)
+            )
             self._readers.pop(reader.request_id, None)
 
     def __len__(self) -> int:

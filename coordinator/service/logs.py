@@ -75,12 +75,17 @@ class LogService:
                 first = await asyncio.wait_for(reader.chunks.get(), FIRST_CHUNK_S)
             except TimeoutError:
                 raise Unavailable(f"node {node_id}'s agent did not answer (too old for logs?)") from None
+            if first.end and first.error and first.from_agent:  # refused before it began
+                ended = True
+                if "already streams" in first.error:
+                    raise TooManyRequests(f"node {node_id}: {first.error}")
+                raise Conflict(f"instance {instance_id}: {first.error}", field="id")
             chunk = first
             while True:
                 if chunk.data:
                     yield chunk.data
                 if chunk.end:
-                    ended = True
+                    ended = chunk.from_agent
                     if chunk.error:
                         raise LogEnded(chunk.error)
                     return

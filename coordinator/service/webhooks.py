@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -67,14 +68,21 @@ def public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+    # is_global leaves out private, loopback, link-local, shared (100.64/10: cloud metadata, CGNAT) and
+    # reserved space alike.
+    return ip.is_global and not ip.is_multicast
+
+
+#: A host of numbers (decimal or 0x) and dots: an address, perhaps in a form that is not canonical.
+NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]*))*", re.IGNORECASE)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -92,6 +100,9 @@ def check_url(url: str, private_ok: bool) -> None:
         raise BadRequest("url: give an http:// or https:// URL with a host", field="url")
     if private_ok:
         return
+    if NUMERIC_HOST.fullmatch(host) and not _is_ip(host):
+        # 2130706433, 127.1, 0x7f.1: what some resolvers read as an address; never a name worth reaching.
+        raise BadRequest("url: write an address in its canonical form", field="url")
     if host == "localhost" or host.endswith(".localhost"):
         raise BadRequest("url: loopback addresses are not allowed for an organization's hook", field="url")
     with contextlib.suppress(ValueError):
@@ -266,8 +277,18 @@ class WebhookService:
                     await webhooks_store.delivered(conn, hook.id, cursor, 0, None)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("webhook delivery failed; trying again", id=hook.id)
+            now = self.core.clock()  # not at once: whatever broke may break again
+            with contextlib.suppress(Exception):
+                async with self.core.store.write() as conn:
+                    await webhooks_store.failed(
+                        conn,
+                        hook.id,
+                        f"internal error: {exc}",
+                        now,
+                        now + self.core.config.webhooks.retry_max_s,
+                    )
 
     async def _attempt(self, hook: Webhook, secret: str, event: FleetEvent, failures: int) -> bool:
         """One POST of ``event``; whether delivery may go on past it (delivered, or given up on)."""

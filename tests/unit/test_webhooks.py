@@ -196,6 +196,7 @@ def test_a_url_that_is_not_http_is_refused(url: str) -> None:
         "http://[::1]/",
         "http://[::ffff:127.0.0.1]/",
         "https://192.168.0.10/",
+        "http://100.100.100.200/latest/meta-data",  # shared address space: a cloud's metadata service
     ],
 )
 def test_an_organizations_hook_may_not_reach_inside(url: str) -> None:
@@ -204,6 +205,13 @@ def test_an_organizations_hook_may_not_reach_inside(url: str) -> None:
     check_url(url, private_ok=True)  # an admin's may
 
 
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "0x7f.1", "017700000001"])
+def test_an_address_in_a_form_that_is_not_canonical_is_refused(host: str) -> None:
+    with pytest.raises(BadRequest, match="canonical"):
+        check_url(f"http://{host}/", private_ok=False)
+
+
 def test_a_public_url_is_taken() -> None:
+    check_url("https://face.de/hook", private_ok=False)  # hex letters make a name, not an address
     check_url("https://hooks.example.net/moorage?x=1", private_ok=False)
     check_url("http://93.184.216.34:8080/", private_ok=False)

@@ -4,6 +4,8 @@ writes next until the client leaves. Another organization's instance is missing,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 from aiohttp import web
@@ -12,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from coordinator.api.fields import Int
 from coordinator.api.routing import Call, Router
 from coordinator.api.sse import open_stream, wants_stream
+from coordinator.service.errors import Unavailable
 from coordinator.service.logs import IDLE_S, MAX_TAIL, LogEnded
 
 router = Router("logs")
@@ -20,6 +23,8 @@ router = Router("logs")
 MAX_BYTES = 4 * 1024 * 1024
 #: Seconds without output before the stream says it is still there.
 KEEPALIVE_S = 15.0
+#: A JSON answer waits at most this long for the output's end (a relayed end lost on the way, say).
+READ_S = 30.0
 
 
 class LogsQuery(BaseModel):
@@ -62,25 +67,34 @@ async def instance_logs(call: Call, query: LogsQuery) -> LogsOut | web.StreamRes
         return await _follow(call, iid, query.tail)
     held, size, truncated, error = [], 0, False, None
     try:
-        async for data in logs.read(call.caller, iid, query.tail, follow=False):
-            if data is None:
-                continue
-            if size + len(data) > MAX_BYTES:
-                truncated = True
-                break
-            held.append(data)
-            size += len(data)
+        async with (
+            asyncio.timeout(READ_S),
+            contextlib.aclosing(logs.read(call.caller, iid, query.tail, follow=False)) as output,
+        ):
+            async for data in output:
+                if data is None:
+                    continue
+                if size + len(data) > MAX_BYTES:
+                    truncated = True
+                    break
+                held.append(data)
+                size += len(data)
     except LogEnded as exc:
         error = str(exc)
+    except TimeoutError:
+        error = f"the output did not end within {READ_S:g} s"
     return LogsOut(instanceId=iid, lines=_lines(b"".join(held)), truncated=truncated, error=error)
 
 
 async def _follow(call: Call, iid: str, tail: int) -> web.StreamResponse:
     stream = call.services.logs.read(call.caller, iid, tail, follow=True)
-    first = await anext(stream, b"")  # refusals (404, 429, 503) answer before the stream opens
-    response, gone = await open_stream(call.request)
     quiet = 0.0
     try:
+        try:
+            first = await anext(stream, b"")  # refusals (404, 409, 429, 503) answer before the stream opens
+        except LogEnded as exc:  # ended before anything came (its session went meanwhile)
+            raise Unavailable(str(exc)) from exc
+        response, gone = await open_stream(call.request)
         data = first
         while True:
             if gone():
@@ -100,7 +114,8 @@ async def _follow(call: Call, iid: str, tail: int) -> web.StreamResponse:
                 await response.write(b"event: end\ndata: {}\n\n")
                 break
     except LogEnded as exc:
-        await response.write(f"event: end\ndata: {json.dumps({'error': str(exc)})}\n\n".encode())
+        with contextlib.suppress(ConnectionError):
+            await response.write(f"event: end\ndata: {json.dumps({'error': str(exc)})}\n\n".encode())
     except (ConnectionResetError, ConnectionError):
         pass  # the client left
     finally:
