@@ -31,6 +31,15 @@ COALESCE_S = 0.005
 #: for it to fill: it hands out in id order, and a client resuming with Last-Event-ID misses nothing and
 #: gets nothing twice.
 GAP_WAIT_S = 0.5
+#: The ids a gap was passed over are looked for this long after: one that commits late (a slow transaction)
+#: still reaches the followers (out of order, without an SSE id: a resumed client gets nothing twice), and
+#: webhooks, which must deliver in order, wait for it (``settled``). A rolled back transaction's id never
+#: comes: webhooks wait this long for nothing, so it is a little longer than any write transaction takes.
+MISSING_KEEP_S = 10.0
+#: At most this many missing ids are remembered (a gap wider than that is a rollback storm, not news).
+MISSING_MAX = 1000
+#: How far back a starting feed looks for ids still missing (a transaction in flight as it starts).
+LOOKBACK = 200
 #: A follower with nothing to say for this long says so (the stream's keepalive).
 IDLE_S = 15.0
 #: Batches a follower may fall behind by before it is cut loose and catches up from the table instead.
@@ -58,14 +67,15 @@ class Subscription:
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.queue: asyncio.Queue[list[FleetEvent]] = asyncio.Queue(QUEUE_BATCHES)
+        #: (late, events): late ones committed after the feed had gone past their ids.
+        self.queue: asyncio.Queue[tuple[bool, list[FleetEvent]]] = asyncio.Queue(QUEUE_BATCHES)
         self.overflowed = False
 
-    def offer(self, batch: list[FleetEvent]) -> None:
+    def offer(self, batch: list[FleetEvent], late: bool = False) -> None:
         if self.overflowed:
             return
         try:
-            self.queue.put_nowait(batch)
+            self.queue.put_nowait((late, batch))
         except asyncio.QueueFull:
             self.overflowed = True
 
@@ -80,16 +90,32 @@ class EventFeed:
         #: Every event up to this id has been handed out (None: not running).
         self.safe: int | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Ids passed over as gaps, with when: looked for until MISSING_KEEP_S after.
+        self.missing: dict[int, float] = {}
         #: Set by each commit of this process: there may be new events to read.
         self._committed = asyncio.Event()
         core.store.on_commit(self._committed.set)
+
+    @property
+    def settled(self) -> int | None:
+        """Every event up to this id is handed out and none can still come: below the lowest id still
+        missing (what webhooks deliver up to, in order)."""
+        if self.safe is None:
+            return None
+        return min(self.safe, min(self.missing) - 1) if self.missing else self.safe
 
     async def subscribe(self) -> Subscription:
         if self.safe is None:
             async with self.core.store.read() as conn:
                 newest = await events_store.newest_id(conn)
+                recent = set(await events_store.ids_after(conn, max(newest - LOOKBACK, 0), LOOKBACK))
             if self.safe is None:  # another subscriber may have started it meanwhile
                 self.safe = newest
+                now = time.monotonic()
+                floor = max(newest - LOOKBACK, 0)
+                # Holes among the recent ids only: below the lowest one are the pruned and the ancient.
+                lowest = min(recent, default=newest)
+                self.missing = {i: now for i in range(max(lowest, floor) + 1, newest) if i not in recent}
         sub = Subscription(self.safe)
         self._subscribers.add(sub)
         if self._task is None or self._task.done():
@@ -126,17 +152,37 @@ class EventFeed:
                 gap_since = gap_since if gap_since is not None else now
                 if now - gap_since < GAP_WAIT_S:
                     break
+                for skipped in range(safe + 1, min(event_id, safe + 1 + MISSING_MAX)):
+                    self.missing[skipped] = now
                 safe, gap_since = event_id, None
+            late = await self._late(conn)
             found = []
             if safe > start:
                 found = await events_store.after(
                     conn, start, organization_id=None, admin=True, up_to=safe, limit=PAGE
                 )
         self.safe = safe
-        if found:
-            for sub in list(self._subscribers):
+        for sub in list(self._subscribers):
+            if late:
+                sub.offer(late, late=True)
+            if found:
                 sub.offer(found)
         return gap_since
+
+    async def _late(self, conn: Any) -> list[FleetEvent]:
+        """Missing ids that have committed since (handed out as late), the others kept until too old."""
+        if not self.missing:
+            return []
+        now = time.monotonic()
+        for stale in [i for i, at in self.missing.items() if now - at > MISSING_KEEP_S]:
+            del self.missing[stale]
+        if len(self.missing) > MISSING_MAX:
+            for old in sorted(self.missing)[: len(self.missing) - MISSING_MAX]:
+                del self.missing[old]
+        found = await events_store.with_ids(conn, list(self.missing))
+        for e in found:
+            self.missing.pop(e.id, None)
+        return found
 
 
 class EventService:
@@ -197,7 +243,7 @@ class EventService:
                     idle_since = time.monotonic()
                     yield found
                 try:
-                    batch = await asyncio.wait_for(sub.queue.get(), POLL_S * 4)
+                    late, batch = await asyncio.wait_for(sub.queue.get(), POLL_S * 4)
                 except TimeoutError:
                     if time.monotonic() - idle_since >= IDLE_S:
                         idle_since = time.monotonic()
@@ -206,11 +252,11 @@ class EventService:
                 seen = [
                     e
                     for e in batch
-                    if e.id > last
+                    if (late or e.id > last)
                     and events_store.visible(e, organization_id=caller.organization_id, admin=caller.admin)
                 ]
                 if seen:
-                    last = seen[-1].id
+                    last = max(last, seen[-1].id)
                     idle_since = time.monotonic()
                     yield seen
         finally:

@@ -199,7 +199,7 @@ class WebhookService:
                     sub = await feed.subscribe()
                 while not sub.queue.empty():
                     sub.queue.get_nowait()
-                retry_in = self._dispatch(hooks, running, feed.safe, finished)
+                retry_in = self._dispatch(hooks, running, feed.settled, finished)
                 # Until new events, a delivery ending (its hook may go on or retry soon) or a retry falls due.
                 waiters = [asyncio.ensure_future(sub.queue.get()), asyncio.ensure_future(finished.wait())]
                 await asyncio.wait(

@@ -131,6 +131,14 @@ async def ids_after(conn: AsyncConnection, after_id: int, limit: int = 1000) -> 
     return [int(i) for i in found.scalars()]
 
 
+async def with_ids(conn: AsyncConnection, ids: list[int]) -> list[FleetEvent]:
+    """Those of ``ids`` that exist now, in id order (the feed looks for ids it passed as gaps)."""
+    if not ids:
+        return []
+    query = select(events).where(events.c.id.in_(ids)).order_by(events.c.id)
+    return [record_from_row(FleetEvent, r, data=dict(r.data or {})) for r in await conn.execute(query)]
+
+
 async def newest_id(conn: AsyncConnection) -> int:
     return int((await conn.execute(select(func.coalesce(func.max(events.c.id), 0)))).scalar_one())
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent.executor import Executor
@@ -19,6 +21,7 @@ from bench.seed import node_record, organization_with_user
 from coordinator.domain.records import Instance, Node
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store
+from coordinator.store.tables import events
 
 
 def make_node(node_id: str, **over: Any) -> Node:
@@ -139,3 +142,17 @@ def executor_over(
     return Executor(
         runtime, "n", PullPolicy.MISSING, report, restart_policy=policy, clock=time.clock, sleep=time.sleep
     )
+
+
+async def event_with_id(store: Store, event_id: int, what: str, organization_id: int = 1) -> None:
+    """An event with an id of our own choosing: how a test makes the gaps PostgreSQL's sequence leaves."""
+    async with store.write() as conn:
+        await conn.execute(
+            insert(events).values(
+                id=event_id,
+                at=time.time(),
+                kind="instance.state",
+                organization_id=organization_id,
+                data={"what": what},
+            )
+        )

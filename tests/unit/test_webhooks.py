@@ -18,6 +18,7 @@ from coordinator.api.outbound import WebhookPoster
 from coordinator.config import CoordinatorConfig
 from coordinator.domain.records import Principal, Webhook
 from coordinator.security.sealing import Sealer
+from coordinator.service import events as events_service
 from coordinator.service.core import Core
 from coordinator.service.errors import BadRequest
 from coordinator.service.events import EventService
@@ -26,6 +27,7 @@ from coordinator.store import events as events_store
 from coordinator.store import webhooks as webhooks_store
 from coordinator.store.engine import Store
 from tests.receiver import Receiver
+from tests.unit.factories import event_with_id
 
 ADMIN = Principal("a", "admin", 1, True)
 ONE = Principal("u1", "one", 1, False)
@@ -215,3 +217,25 @@ def test_a_public_url_is_taken() -> None:
     check_url("https://face.de/hook", private_ok=False)  # hex letters make a name, not an address
     check_url("https://hooks.example.net/moorage?x=1", private_ok=False)
     check_url("http://93.184.216.34:8080/", private_ok=False)
+
+
+async def test_a_hook_waits_for_an_id_passed_as_a_gap_and_delivers_in_order(store: Store) -> None:
+    """On PostgreSQL a lower id can commit after a higher one: the hook is not moved past it while it may
+    still come, and gets both in id order when it does."""
+    with Receiver() as receiver:
+        async with delivering(store) as run:
+            await run.hooks.create(ADMIN, NewWebhook(receiver.url))
+            await write(store, 1, "first")
+            await until(lambda: len(receiver.accepted()) == 1)
+            async with store.read() as conn:
+                base = await events_store.newest_id(conn)  # base + 1: the id a slow transaction drew
+            await event_with_id(store, base + 2, "higher id, committed first")
+            await asyncio.sleep(events_service.GAP_WAIT_S + 1.0)  # the stream has passed the gap by now
+            assert len(receiver.accepted()) == 1
+            await event_with_id(store, base + 1, "lower id, committed late")
+            await until(lambda: len(receiver.accepted()) == 3, 3)  # at once, not when the gap expires
+    assert [r.event["data"]["what"] for r in receiver.accepted()] == [
+        "first",
+        "lower id, committed late",
+        "higher id, committed first",
+    ]

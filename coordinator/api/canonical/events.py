@@ -79,16 +79,21 @@ async def fleet_events(call: Call, query: EventsQuery) -> list[EventOut] | web.S
     start = after if after is not None else await events.newest_id()
     response, gone = await open_stream(call.request)
     try:
+        told = start
         async for batch in events.follow(call.caller, start, gone):
             if not batch:
                 await response.write(b": keepalive\n\n")
                 continue
-            await response.write(b"".join(_sse(e) for e in batch))
+            # A late event (lower id, committed after higher ones) goes without an id: Last-Event-ID stays
+            # the highest told, so a resumed client gets nothing twice.
+            await response.write(b"".join(_sse(e, with_id=e.id > told) for e in batch))
+            told = max(told, batch[-1].id, *(e.id for e in batch))
     except (ConnectionResetError, ConnectionError):
         pass  # the client left
     return response
 
 
-def _sse(e: FleetEvent) -> bytes:
+def _sse(e: FleetEvent, with_id: bool = True) -> bytes:
     data = json.dumps(document(e), separators=(",", ":"))
-    return f"id: {e.id}\nevent: {e.kind}\ndata: {data}\n\n".encode()
+    head = f"id: {e.id}\n" if with_id else ""
+    return f"{head}event: {e.kind}\ndata: {data}\n\n".encode()
