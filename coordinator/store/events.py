@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import FleetEvent, Instance
 from coordinator.store.rows import record_from_row
-from coordinator.store.tables import events, instances, nodes
+from coordinator.store.tables import events, instances, nodes, webhooks
 
 #: Kinds about a node: one of the shared fleet (organization NULL) is everyone's to see.
 NODE_KINDS = ("node.status",)
@@ -106,14 +106,17 @@ async def after(
     if up_to is not None:
         query = query.where(events.c.id <= up_to)
     if not admin:
-        query = query.where(
-            or_(
-                events.c.organization_id == organization_id,
-                and_(events.c.organization_id.is_(None), events.c.kind.in_(NODE_KINDS)),
-            )
-        )
+        query = query.where(seen_by(organization_id))
     found = [record_from_row(FleetEvent, r, data=dict(r.data or {})) for r in await conn.execute(query)]
     return found[::-1] if newest else found
+
+
+def seen_by(organization_id: int | None) -> ColumnElement[bool]:
+    """The rows a non-admin of the organization may see: its own and the shared fleet's node events."""
+    return or_(
+        events.c.organization_id == organization_id,
+        and_(events.c.organization_id.is_(None), events.c.kind.in_(NODE_KINDS)),
+    )
 
 
 def visible(event: FleetEvent, *, organization_id: int | None, admin: bool) -> bool:
@@ -144,5 +147,31 @@ async def newest_id(conn: AsyncConnection) -> int:
 
 
 async def prune(conn: AsyncConnection, before: float) -> int:
+    """Events written before ``before`` go; a webhook that had not got to some of them counts them as
+    dropped and its cursor moves past them (they cannot be delivered any more, and nothing is skipped
+    silently)."""
+    last = (await conn.execute(select(func.max(events.c.id)).where(events.c.at < before))).scalar()
+    if last is None:
+        return 0
+    # Not past an event that stays (ids and times are nearly, not strictly, in step).
+    kept = (await conn.execute(select(func.min(events.c.id)).where(events.c.at >= before))).scalar()
+    if kept is not None:
+        last = min(last, kept - 1)
+    for hook in (await conn.execute(select(webhooks).where(webhooks.c.cursor < last))).all():
+        lost = select(func.count()).where(
+            events.c.id > hook.cursor, events.c.id <= last, events.c.at < before
+        )
+        if not hook.fleet_wide:
+            lost = lost.where(seen_by(hook.organization_id))
+        if hook.kinds is not None:
+            lost = lost.where(events.c.kind.in_(list(hook.kinds)))
+        count = int((await conn.execute(lost)).scalar_one())
+        changes: dict[str, Any] = {"cursor": last}
+        if count:
+            changes.update(
+                dropped=webhooks.c.dropped + count,
+                last_error=f"{count} events pruned before they were delivered (events.retention_s)",
+            )
+        await conn.execute(update(webhooks).where(webhooks.c.id == hook.id).values(**changes))
     result = await conn.execute(delete(events).where(events.c.at < before))
     return result.rowcount or 0

@@ -239,3 +239,24 @@ async def test_a_hook_waits_for_an_id_passed_as_a_gap_and_delivers_in_order(stor
         "lower id, committed late",
         "higher id, committed first",
     ]
+
+
+async def test_events_pruned_before_a_hook_got_them_are_counted_dropped(store: Store) -> None:
+    parts = Parts(store, CoordinatorConfig.model_validate({"webhooks": {"allow_private_targets": True}}))
+    hooks = WebhookService(cast(Core, parts), EventService(cast(Core, parts)))  # no poster: nothing delivers
+    mine, _ = await hooks.create(ONE, NewWebhook("https://hooks.example.net/in"))
+    nodes_only, _ = await hooks.create(
+        ADMIN, NewWebhook("https://ops.example.net/in", kinds=("node.status",))
+    )
+    async with store.write() as conn:
+        for org, at in ((1, 100.0), (2, 100.0), (1, 200.0), (1, time.time() + 3600)):
+            await events_store.record(conn, "instance.state", at=at, data={}, organization_id=org)
+        assert await events_store.prune(conn, 250.0) == 3
+    async with store.read() as conn:
+        left = await events_store.after(conn, 0, organization_id=None, admin=True)
+        after = {h.id: h for h in await webhooks_store.list_webhooks(conn)}
+    assert len(left) == 1
+    # Its organization's two were lost (not the other's); the node-only hook wanted none of them.
+    assert after[mine.id].dropped == 2 and "pruned" in (after[mine.id].last_error or "")
+    assert after[nodes_only.id].dropped == 0
+    assert after[mine.id].cursor == after[nodes_only.id].cursor == left[0].id - 1
