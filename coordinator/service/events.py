@@ -141,10 +141,12 @@ class EventFeed:
     async def _poll(self, gap_since: float | None) -> float | None:
         assert self.safe is not None
         self._committed.clear()  # a commit from here on makes another look
-        start = safe = self.safe
+        safe = self.safe
         async with self.core.store.read() as conn:
+            # One read: every event past the last handed out, whoever may see it.
+            fresh = await events_store.after(conn, safe, organization_id=None, admin=True, limit=PAGE)
             # Go as far as the ids are contiguous; past a gap only once it is old enough.
-            for event_id in await events_store.ids_after(conn, safe, PAGE):
+            for event_id in (e.id for e in fresh):
                 if event_id == safe + 1:
                     safe, gap_since = event_id, None
                     continue
@@ -156,11 +158,7 @@ class EventFeed:
                     self.missing[skipped] = now
                 safe, gap_since = event_id, None
             late = await self._late(conn)
-            found = []
-            if safe > start:
-                found = await events_store.after(
-                    conn, start, organization_id=None, admin=True, up_to=safe, limit=PAGE
-                )
+        found = [e for e in fresh if e.id <= safe]
         self.safe = safe
         for sub in list(self._subscribers):
             if late:

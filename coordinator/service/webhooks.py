@@ -248,7 +248,7 @@ class WebhookService:
             async with self.core.store.read() as conn:
                 # Afresh: the listing that dispatched this may predate the last attempt's failure.
                 fresh = await webhooks_store.get_webhook(conn, hook.id)
-                sealed = (await webhooks_store.secrets(conn, hook.id)).get(hook.id)
+                sealed = await webhooks_store.sealed_secret(conn, hook.id)
             if fresh is None or sealed is None:
                 return  # deleted meanwhile
             hook = fresh

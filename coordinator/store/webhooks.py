@@ -50,12 +50,10 @@ async def list_webhooks(conn: AsyncConnection, organization_id: int | None = Non
     return [_record(r) for r in await conn.execute(query)]
 
 
-async def secrets(conn: AsyncConnection, hook_id: str | None = None) -> dict[str, str]:
-    """Sealed secrets by hook id (the deliverer signs with them): every hook's, or one's."""
-    query = select(webhooks.c.id, webhooks.c.secret)
-    if hook_id is not None:
-        query = query.where(webhooks.c.id == hook_id)
-    return {r.id: r.secret for r in await conn.execute(query)}
+async def sealed_secret(conn: AsyncConnection, hook_id: str) -> str | None:
+    """The hook's secret as stored (the deliverer opens it to sign with)."""
+    found = await conn.execute(select(webhooks.c.secret).where(webhooks.c.id == hook_id))
+    return found.scalar_one_or_none()
 
 
 async def delete_webhook(conn: AsyncConnection, hook_id: str) -> bool:
