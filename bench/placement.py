@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -54,6 +56,8 @@ PLACEMENTS = 6_000
 CONCURRENCY = 32
 #: Coordinators claiming at once on one PostgreSQL database.
 COORDINATORS = 3
+#: One coordinator and then three, this many times over (the figures compare rounds side by side).
+ROUNDS = 3
 
 
 def pure_decisions() -> float:
@@ -226,6 +230,7 @@ async def claims(tmp: Path, url: str) -> float:
     cost = f"CPU per placement: this process {coordinator_cpu / placed * 1000:.2f} ms"
     if server_begin is not None and server_end is not None:
         cost += f" + PostgreSQL's server {(server_end - server_begin) / placed * 1000:.2f} ms"
+        cost += _machine(coordinator_cpu + server_end - server_begin, elapsed)
     print(f"{'':56}{cost}")
     assert collisions == 0 and counted == total == assigned
     return rate
@@ -279,43 +284,59 @@ async def claims_on_several(tmp: Path, url: str) -> float:
         f"({placed} placed, {sum(o[1] for o in outcomes)} refused, {collisions} collisions,"
         f" {CONCURRENCY} concurrent in each)"
     )
-    cost = f"CPU per placement: the coordinators {sum(o[4] for o in outcomes) / placed * 1000:.2f} ms"
+    coordinators_cpu = sum(o[4] for o in outcomes)
+    cost = f"CPU per placement: the coordinators {coordinators_cpu / placed * 1000:.2f} ms"
     if server_begin is not None and server_end is not None:
         cost += f" + PostgreSQL's server {(server_end - server_begin) / placed * 1000:.2f} ms"
+        cost += _machine(coordinators_cpu + server_end - server_begin, placed / rate)
     print(f"{'':56}{cost}")
     assert collisions == 0 and counted == total == assigned
     return rate
+
+
+def _machine(cpu_s: float, elapsed_s: float) -> str:
+    """How much of this machine the claimers and the database used: past ~85% of its cores, more
+    coordinators cannot place more here, whatever the code does."""
+    cores = os.cpu_count() or 1
+    return f"; {cpu_s / elapsed_s:.1f} of this machine's {cores} cores busy"
 
 
 def _order(region: str) -> DeployOrder:
     return DeployOrder(image="busybox", memory_mib=256, cpu_percent=10, name="b", region=region)
 
 
-async def on_postgres(tmp: Path, url: str | None) -> None:
-    """``url``: an empty database; without one, a fresh database in the test cluster (when it runs)."""
+async def on_postgres(tmp: Path, url: str | None, rounds: int = ROUNDS) -> None:
+    """``url``: an empty database, used once; without one, fresh databases in the test cluster (when it
+    runs), one coordinator and three taking turns ``rounds`` times: this machine's speed swings by a
+    sixth between minutes, so only rounds interleaved compare the two."""
     base = None if url else postgres_url()
     if url is None and base is None:
         print("placements through the use case (PostgreSQL): no test cluster (tests/env/ensure-postgres.sh)")
         return
-    target = url or await fresh_database(base or "")
-    try:
-        await claims(tmp, target)
-    finally:
-        if url is None and base is not None:
-            await drop_database(base, target)
     if url is not None:
-        return  # an operator's database is used once (it must be empty)
-    target = await fresh_database(base or "")
-    try:
-        await claims_on_several(tmp, target)
-    finally:
-        if url is None and base is not None:
-            await drop_database(base, target)
+        await claims(tmp, url)  # an operator's database is used once (it must be empty)
+        return
+    assert base is not None
+    alone: list[float] = []
+    together: list[float] = []
+    for _ in range(rounds):
+        for claimer, rates in ((claims, alone), (claims_on_several, together)):
+            target = await fresh_database(base)
+            try:
+                rates.append(await claimer(tmp, target))
+            finally:
+                await drop_database(base, target)
+    ratios = sorted(t / a for a, t in zip(alone, together, strict=True))
+    print(
+        f"{f'{COORDINATORS} coordinators together / one alone':56}{statistics.median(ratios):9.2f}"
+        f"   (median of {rounds} interleaved rounds; each: {', '.join(f'{r:.2f}' for r in ratios)})"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.placement", description=__doc__)
     p.add_argument("--database", help="an empty database to run the claim path on (postgresql://...)")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="one coordinator, then three, this many times")
     args = p.parse_args(argv)
     if args.database is None:
         pure_decisions()
@@ -323,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.database is None or args.database.startswith("sqlite"):
             asyncio.run(claims(Path(tmp), args.database or f"sqlite:///{Path(tmp) / 'bench.db'}"))
         if args.database is None or not args.database.startswith("sqlite"):
-            asyncio.run(on_postgres(Path(tmp), args.database))
+            asyncio.run(on_postgres(Path(tmp), args.database, args.rounds))
 
 
 if __name__ == "__main__":

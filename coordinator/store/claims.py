@@ -11,8 +11,8 @@ transaction. A durable commit costs an fsync, so claims waiting at the same mome
 its own SAVEPOINT (a claim that loses its race rolls back alone), and every caller hears its outcome only
 after the commit made it durable. A lone claim is its own batch and waits for nobody. On PostgreSQL, where
 a round trip is what a claim costs, a claim with nothing written beside it is one all-or-nothing statement
-(claim_in_one_statement: no savepoint), and claims go down several lanes by region, whose batches commit
-side by side.
+(_ONE_CLAIM: no savepoint), a batch's claims go to the server in one round trip, and claims go down several
+lanes by region, whose batches commit side by side.
 
 Lock order. Every writer that touches more than one of these takes them in this order, so no two
 transactions wait on each other in a circle (PostgreSQL would detect it and abort one): an instance's own
@@ -203,89 +203,77 @@ _INSERT_PLACED_IF_FINE = (
 )
 
 
-def claim_in_one_statement(
-    sql: Sql,
-    inst: Instance,
-    *,
-    ports: Sequence[int],
-    port_count: int,
-    primary: int | None,
-) -> list[Allocation]:
-    """The claim as one data-modifying WITH statement, all or nothing: the region's place, the node's room
-    and the free allocations are locked and checked first, and every write is conditioned on all of them,
-    so a claim that loses writes nothing and needs no savepoint. One round trip instead of seven, which is
-    what PostgreSQL's claim rate is made of. The guards are the same as claim()'s; the store tests run both
-    engines against the same invariants."""
-    need = len(ports) if ports else port_count
-    params: dict[str, Any] = {
-        **instance_params(inst),
-        "node": inst.node_id,
-        "region": inst.region_id,
-        "memory": inst.memory_mib,
-        "cpu": inst.cpu_percent,
-        "disk": inst.disk_mib,
-        "need": need,
-        "no": False,
-        "org": inst.organization_id,
-        "instance": inst.id,
-        "now": inst.created_at,
-        **placed_params(inst),
-    }
-    pick = "node_id = :node AND instance_id IS NULL"
-    checks = ["(SELECT count(*) FROM picked) = :need", "(SELECT count(*) FROM nd) = 1"]
-    if ports:
-        listed, port_params = _in("port", ports)
-        pick += f" AND port IN {listed}"
-        params.update(port_params, nports=len(ports))  # a port named twice can never be had twice
-        checks.append("(SELECT count(DISTINCT port) FROM picked) = :nports")
-    primary_port = primary if primary is not None else (ports[0] if ports else None)
-    if primary_port is not None:
-        params["primary"] = primary_port
-        is_primary = "a.port = :primary"
-    elif need == 1:
-        is_primary = "TRUE"
-    else:  # several free allocations and no primary named: the lowest port is the primary
-        is_primary = "a.id = (SELECT id FROM picked ORDER BY port, bind_address LIMIT 1)"
-    region_ctes = ""
-    if inst.region_id is not None:
-        checks.append("(SELECT count(*) FROM reg) = 1")
-        region_ctes = (
-            "reg AS (SELECT id FROM regions WHERE id = :region AND live_count < server_limit"
-            " FOR NO KEY UPDATE),"
-        )
-        region_write = (
-            "r AS (UPDATE regions SET live_count = live_count + 1"
-            " WHERE id = :region AND (SELECT fine FROM go)),"
-        )
-    else:
-        region_write = ""
-    claimed = sql(
-        f"""WITH picked AS (SELECT id, port, bind_address FROM allocations WHERE {pick}
+#: The claim as one data-modifying WITH statement, all or nothing: the region's place, the node's room and
+#: the free allocations are locked and checked first, and every write is conditioned on all of them, so a
+#: claim that loses writes nothing and needs no savepoint. One text for every claim (ports named or any,
+#: a primary or none, a region or none: each a parameter), so a batch's claims go to the driver as one
+#: pipelined round trip. The guards are claim()'s; the store tests run both engines against the same
+#: invariants.
+_ONE_CLAIM = f"""WITH picked AS (SELECT id, port, bind_address FROM allocations
+    WHERE node_id = :node AND instance_id IS NULL
+        AND (cardinality(CAST(:ports AS INTEGER[])) = 0 OR port = ANY(CAST(:ports AS INTEGER[])))
     ORDER BY port, bind_address LIMIT :need FOR NO KEY UPDATE),
-{region_ctes}
+reg AS (SELECT id FROM regions WHERE id = CAST(:region AS VARCHAR) AND live_count < server_limit
+    FOR NO KEY UPDATE),
 nd AS (SELECT id FROM nodes WHERE id = :node AND maintenance = :no AND free_allocations >= :need
     AND (organization_id IS NULL OR organization_id = :org)
     AND used_memory_mib + :memory <= memory_mib * (100 + overallocation_pct) / 100.0
     AND used_cpu_percent + :cpu <= cpu_count * 100 * (100 + overallocation_pct) / 100.0
     AND used_disk_mib + :disk <= disk_mib * (100 + overallocation_pct) / 100.0
     FOR NO KEY UPDATE),
-go AS (SELECT {" AND ".join(checks)} AS fine),
-{region_write}
+go AS (SELECT (SELECT count(*) FROM picked) = :need AND (SELECT count(*) FROM nd) = 1
+    AND (CAST(:region AS VARCHAR) IS NULL OR (SELECT count(*) FROM reg) = 1)
+    -- a port named twice can never be had twice
+    AND (cardinality(CAST(:ports AS INTEGER[])) = 0
+        OR (SELECT count(DISTINCT port) FROM picked) = cardinality(CAST(:ports AS INTEGER[]))) AS fine),
+r AS (UPDATE regions SET live_count = live_count + 1
+    WHERE id = CAST(:region AS VARCHAR) AND (SELECT fine FROM go)),
 n AS (UPDATE nodes SET used_memory_mib = used_memory_mib + :memory,
     used_cpu_percent = used_cpu_percent + :cpu, used_disk_mib = used_disk_mib + :disk,
     free_allocations = free_allocations - :need WHERE id = :node AND (SELECT fine FROM go)),
 i AS ({_INSERT_INSTANCE_IF_FINE}),
 num AS (INSERT INTO instance_numbers (instance_id) SELECT :id WHERE (SELECT fine FROM go)),
 ev AS ({_INSERT_PLACED_IF_FINE})
-UPDATE allocations a SET instance_id = :instance, instance_released = :no, is_primary = ({is_primary}),
+UPDATE allocations a SET instance_id = :instance, instance_released = :no,
+    -- several free allocations and no primary named: the lowest port is the primary
+    is_primary = (CASE WHEN CAST(:primary AS INTEGER) IS NULL
+        THEN a.id = (SELECT id FROM picked ORDER BY port, bind_address LIMIT 1)
+        ELSE a.port = CAST(:primary AS INTEGER) END),
     updated_at = :now
 FROM picked WHERE a.id = picked.id AND (SELECT fine FROM go)
-RETURNING {", ".join(f"a.{c.strip()}" for c in _ALLOCATION_COLUMNS.split(","))}""",
-        params,
-    )
-    if not claimed:
-        raise ClaimLost("region at its serverLimit, node room or allocations taken, or another's node")
-    return sorted((_allocation(r) for r in claimed), key=lambda a: (not a.primary, a.port))
+RETURNING {", ".join(f"a.{c.strip()}" for c in _ALLOCATION_COLUMNS.split(","))}"""
+#: Where the instance's id sits in a returned allocation row.
+_HOLDER = [c.strip() for c in _ALLOCATION_COLUMNS.split(",")].index("instance_id")
+
+
+def _one_claim_params(
+    inst: Instance, ports: Sequence[int], port_count: int, primary: int | None
+) -> dict[str, Any]:
+    return {
+        **instance_params(inst),
+        "node": inst.node_id,
+        "region": inst.region_id,
+        "memory": inst.memory_mib,
+        "cpu": inst.cpu_percent,
+        "disk": inst.disk_mib,
+        "need": len(ports) if ports else port_count,
+        "ports": list(ports),
+        "primary": primary if primary is not None else (ports[0] if ports else None),
+        "no": False,
+        "org": inst.organization_id,
+        "instance": inst.id,
+        "now": inst.created_at,
+        **placed_params(inst),
+    }
+
+
+def claims_in_one_round_trip(sql: Sql, batch: Sequence[_Claim]) -> list[list[Allocation]]:
+    """Every claim of ``batch`` as _ONE_CLAIM, sent together; each claim's allocations (empty: it lost)."""
+    rows = sql.many(_ONE_CLAIM, [_one_claim_params(c.inst, c.ports, c.port_count, c.primary) for c in batch])
+    held: dict[str, list[Allocation]] = {}
+    for row in rows:
+        held.setdefault(row[_HOLDER], []).append(_allocation(row))
+    return [sorted(held.get(c.inst.id, ()), key=lambda a: (not a.primary, a.port)) for c in batch]
 
 
 @dataclass(slots=True)
@@ -322,19 +310,16 @@ def _claim_each(sql: Sql, batch: Sequence[_Claim], lock_first: bool = False) -> 
         # Even for one claim: the one-statement claim's WITH may lock its allocations before its region
         # and node; held already, they keep the lock order.
         _lock_places(sql, batch)
-    outcomes: list[Outcome] = []
-    for item in batch:
-        held: Outcome
-        if lock_first and not item.extra:
-            # PostgreSQL, nothing written beside the claim: one all-or-nothing statement, no savepoint.
-            try:
-                held = claim_in_one_statement(
-                    sql, item.inst, ports=item.ports, port_count=item.port_count, primary=item.primary
-                )
-            except ClaimLost:
-                held = None
-            outcomes.append(held)
+    outcomes: dict[int, Outcome] = {}
+    if lock_first:
+        # PostgreSQL: the claims with nothing written beside them, all-or-nothing statements, no savepoint.
+        plain = [n for n, item in enumerate(batch) if not item.extra]
+        held_each = claims_in_one_round_trip(sql, [batch[n] for n in plain])
+        outcomes.update((n, held or None) for n, held in zip(plain, held_each, strict=True))
+    for n, item in enumerate(batch):
+        if n in outcomes:
             continue
+        held: Outcome
         sql("SAVEPOINT claim")
         try:
             held = claim(
@@ -352,8 +337,8 @@ def _claim_each(sql: Sql, batch: Sequence[_Claim], lock_first: bool = False) -> 
             sql("ROLLBACK TO SAVEPOINT claim")
             held = exc
         sql("RELEASE SAVEPOINT claim")
-        outcomes.append(held)
-    return outcomes
+        outcomes[n] = held
+    return [outcomes[n] for n in range(len(batch))]
 
 
 class ClaimQueue:

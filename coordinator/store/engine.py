@@ -22,6 +22,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 from common.logging import get
 from coordinator.domain.failures import StoreBusy
@@ -52,6 +53,11 @@ class Sql(Protocol):
     batch and returns its rows as tuples."""
 
     def __call__(self, statement: str, params: Mapping[str, Any] | None = None, /) -> Sequence[Any]: ...
+
+    def many(self, statement: str, rows: Sequence[Mapping[str, Any]], /) -> Sequence[Any]:
+        """The statement once per parameter set, in order, and the rows of them all. On PostgreSQL one
+        round trip (the driver pipelines them), which is what a batch's locks are held for."""
+        ...
 
 
 class Transact(Protocol):
@@ -232,13 +238,23 @@ class Store:
         await self.engine.dispose()
 
 
-def _raw_transaction(raw: sqlite3.Connection, work: Callable[[Sql], T]) -> T:
-    def sql(statement: str, params: Mapping[str, Any] | None = None, /) -> Sequence[Any]:
-        return raw.execute(statement, params or {}).fetchall()
+class _RawSql:
+    """The SQLite writer thread's statements, on its own connection."""
 
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    def __call__(self, statement: str, params: Mapping[str, Any] | None = None, /) -> Sequence[Any]:
+        return self.raw.execute(statement, params or {}).fetchall()
+
+    def many(self, statement: str, rows: Sequence[Mapping[str, Any]], /) -> Sequence[Any]:
+        return [row for params in rows for row in self(statement, params)]
+
+
+def _raw_transaction(raw: sqlite3.Connection, work: Callable[[Sql], T]) -> T:
     raw.execute("BEGIN IMMEDIATE")
     try:
-        result = work(sql)
+        result = work(_RawSql(raw))
         raw.execute("COMMIT")
     except BaseException:
         if raw.in_transaction:
@@ -265,20 +281,53 @@ def _positional(statement: str) -> tuple[str, tuple[str, ...]]:
     return _NAMED.sub(number, statement), tuple(names)
 
 
-def _sqlalchemy_transaction(sync: Connection, work: Callable[[Sql], T]) -> T:
-    postgres = sync.dialect.name == "postgresql"
+class _PooledSql:
+    """Statements on a pooled SQLAlchemy connection, inside run_sync (so the driver's coroutines can be
+    awaited from here)."""
 
-    def sql(statement: str, params: Mapping[str, Any] | None = None, /) -> Sequence[Any]:
-        if postgres:
+    def __init__(self, sync: Connection) -> None:
+        self.sync = sync
+        self.postgres = sync.dialect.name == "postgresql"
+
+    def __call__(self, statement: str, params: Mapping[str, Any] | None = None, /) -> Sequence[Any]:
+        if self.postgres:
             # Straight to the driver: the claim path's statements are plain SQL with plain values, and
             # SQLAlchemy's text() parsing and binding cost more than the round trip.
             positional, names = _positional(statement)
             values = params or {}
-            result = sync.exec_driver_sql(positional, tuple(values[n] for n in names))
+            result = self.sync.exec_driver_sql(positional, tuple(values[n] for n in names))
         else:
-            result = sync.execute(text(statement), dict(params or {}))
+            result = self.sync.execute(text(statement), dict(params or {}))
         return result.all() if result.returns_rows else []
 
+    def many(self, statement: str, rows: Sequence[Mapping[str, Any]], /) -> Sequence[Any]:
+        if not self.postgres or not rows or not self.sync.in_transaction():
+            return [row for params in rows for row in self(statement, params)]
+        # asyncpg's fetchmany sends every Bind/Execute before one Sync: one round trip for them all. It
+        # runs inside the transaction SQLAlchemy's adapter began (a statement through it went first).
+        positional, names = _positional(statement)
+        driver = self.sync.connection.driver_connection
+        assert driver is not None
+        try:
+            records = await_(driver.fetchmany(positional, [tuple(r[n] for n in names) for r in rows]))
+        except Exception as exc:
+            raise _as_dbapi_error(self.sync, exc) from exc
+        return [tuple(record) for record in records]
+
+
+def _as_dbapi_error(sync: Connection, exc: Exception) -> Exception:
+    """A driver's own exception as SQLAlchemy would have raised it (a DBAPIError carrying the SQLSTATE),
+    so the retry and StoreBusy rules read it as they read every other statement's."""
+    adapter: Any = sync.connection.dbapi_connection
+    try:
+        adapter._handle_exception(exc)
+    except Exception as translated:
+        return DBAPIError.instance(None, None, translated, sync.dialect.loaded_dbapi.Error)
+    return exc
+
+
+def _sqlalchemy_transaction(sync: Connection, work: Callable[[Sql], T]) -> T:
+    sql = _PooledSql(sync)
     # ``work`` is plain statements, no awaits: a deadlock's victim runs again at once (the winner holds
     # its locks no longer), a few times before the caller hears StoreBusy.
     for attempt in range(1, ATTEMPTS + 1):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from bench.databases import drop_database, fresh_database
 from bench.seed import core_over
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import HostMetrics, Instance, NodeBeat, ServerIdentity
@@ -19,10 +20,11 @@ from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimLost, ClaimQueue, ClaimRefused, claim_now
-from coordinator.store.engine import Store
+from coordinator.store.engine import Store, sqlstate
 from coordinator.store.servers import insert_server
 from coordinator.store.tables import allocations, instances, nodes, regions
-from tests.unit.factories import make_instance, make_node
+from tests.databases import require_postgres
+from tests.unit.factories import make_instance, make_node, seeded_store
 
 
 async def placed_events(store: Store) -> dict[str, str | None]:
@@ -255,6 +257,72 @@ async def test_a_queued_claim_takes_what_it_asks_with_its_primary_or_writes_noth
             await claim(ports, count, None, **over)
         assert await counters() == before
     assert await claim((30006, 30007), 2, 30007) == [30007, 30006]  # a named primary first
+
+
+async def test_claims_that_share_a_batch_see_each_other(store: Store) -> None:
+    """Claims queued at one moment go down in one transaction (on PostgreSQL one pipelined round trip):
+    each sees what the ones before it took, so four asking for one port get it once, and the region's
+    serverLimit caps the batch as it caps claims one by one."""
+    async with store.write() as conn:
+        await conn.execute(
+            insert(regions).values(
+                id="rb", name="rb", identifier="rb", server_limit=3, created_at=0, updated_at=0
+            )
+        )
+        await conn.execute(update(nodes).where(nodes.c.id == "n1").values(region_id="rb"))
+        free_before = (await conn.execute(select(nodes.c.free_allocations))).scalar_one()
+    queue = ClaimQueue(store)
+
+    async def claim(ports: tuple[int, ...]) -> list[int] | None:
+        inst = make_instance(str(uuid.uuid4()), node_id="n1", region_id="rb")
+        try:
+            return [a.port for a in await queue.claim(inst, ports=ports, port_count=1, primary=None)]
+        except ClaimLost:
+            return None
+
+    # All queued before the queue's writer first runs: one batch.
+    outcomes = await asyncio.gather(*(claim((30000,)) for _ in range(4)), *(claim(()) for _ in range(3)))
+    won = [o for o in outcomes if o is not None]
+    assert outcomes[:4].count([30000]) == 1 and outcomes[:4].count(None) == 3
+    assert len(won) == 3 and len({p for o in won for p in o}) == 3
+    async with store.read() as conn:
+        live = (await conn.execute(select(regions.c.live_count).where(regions.c.id == "rb"))).scalar_one()
+        free = (await conn.execute(select(nodes.c.free_allocations))).scalar_one()
+        rows = (await conn.execute(select(func.count()).select_from(instances))).scalar_one()
+        held = (
+            await conn.execute(
+                select(func.count()).select_from(allocations).where(allocations.c.instance_id.is_not(None))
+            )
+        ).scalar_one()
+    assert (live, free_before - free, rows, held) == (3, 3, 3, 3)
+    assert len(await placed_events(store)) == 3
+
+
+async def test_a_claim_the_database_refuses_is_a_database_error() -> None:
+    """A value the column refuses fails the claim's batch with the error SQLAlchemy would raise, SQLSTATE
+    and all, which the StoreBusy and retry rules read; nothing of the batch is written. PostgreSQL only:
+    SQLite does not check lengths, and its claims do not go through the pipelined driver call."""
+    base = require_postgres()
+    url = await fresh_database(base)
+    store = await seeded_store(url)
+    try:
+        await refused_then_fine(store)
+    finally:
+        await store.close()
+        await drop_database(base, url)
+
+
+async def refused_then_fine(store: Store) -> None:
+    queue = ClaimQueue(store)
+    too_long = make_instance(str(uuid.uuid4()), node_id="n1", name="x" * 101)
+    with pytest.raises(DBAPIError) as raised:
+        await queue.claim(too_long, ports=(), port_count=1, primary=None)
+    assert sqlstate(raised.value) == "22001"
+    async with store.read() as conn:
+        assert (await conn.execute(select(func.count()).select_from(instances))).scalar_one() == 0
+    # The writer's connection is fine afterwards.
+    fine = make_instance(str(uuid.uuid4()), node_id="n1")
+    assert len(await queue.claim(fine, ports=(), port_count=1, primary=None)) == 1
 
 
 async def test_bandwidth_totals_never_go_back(store: Store) -> None:
