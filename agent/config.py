@@ -39,9 +39,9 @@ class AgentConfig(BaseModel):
     event_buffer: int = Field(10_000, ge=10)
     #: Heartbeat interval until the coordinator sets one in its Welcome.
     heartbeat_interval_s: float = Field(5.0, gt=0)
-    #: After starting a container, send a heartbeat this soon (instead of waiting for the next interval)
-    #: so the coordinator confirms it running quickly; long enough to catch an immediate crash.
-    confirm_start_after_s: float = Field(0.1, ge=0)
+    #: After a container's start is sent, send a heartbeat this much later (instead of at the interval's end)
+    #: so the coordinator confirms it running at once; more holds a container that dies at once in starting.
+    confirm_start_after_s: float = Field(0.0, ge=0)
     #: Labelled containers the coordinator does not want are removed after this grace.
     unknown_container_grace_s: float = Field(300.0, ge=0)
     #: Every this many seconds the agent compares what should run with what the engine has and acts on the

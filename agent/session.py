@@ -43,8 +43,8 @@ class Outbox:
     session drains it: neither holds the other."""
 
     limit: int
-    #: After a container started: how soon a heartbeat confirms it (instead of the interval's end).
-    confirm_start_after_s: float = 0.3
+    #: After a container's start went out: how soon a heartbeat confirms it (instead of the interval's end).
+    confirm_start_after_s: float = 0.0
     items: deque[pb.AgentMessage] = field(default_factory=deque)
     heartbeat: pb.AgentMessage | None = None
     dropped: int = 0
@@ -57,8 +57,6 @@ class Outbox:
 
     def report(self, report: Report) -> None:
         self.put(pb.AgentMessage(event=instance_event(report, time.time())))
-        if report.kind is ReportKind.STARTED:
-            asyncio.get_running_loop().call_later(self.confirm_start_after_s, self.beat_now.set)
 
     def put(self, message: pb.AgentMessage) -> None:
         if len(self.items) >= self.limit:
@@ -86,12 +84,23 @@ class Outbox:
                 message, self.heartbeat = self.heartbeat, None
                 return message
             if self.items:
-                return self.items.popleft()
+                message = self.items.popleft()
+                if message.HasField("event") and message.event.kind == pb.EVENT_KIND_STARTED:
+                    # The confirming heartbeat is built once the start is on its way, so it can never
+                    # overtake it (heartbeats go first) and find the instance not yet starting.
+                    self._beat_soon()
+                return message
             if self.logs:
                 self.log_room.set()
                 return self.logs.popleft()
             self.ready.clear()
             await self.ready.wait()
+
+    def _beat_soon(self) -> None:
+        if self.confirm_start_after_s > 0:
+            asyncio.get_running_loop().call_later(self.confirm_start_after_s, self.beat_now.set)
+        else:
+            self.beat_now.set()
 
     def give_back(self, message: pb.AgentMessage) -> None:
         # A heartbeat is superseded by the next; a log chunk's listener went with the session.

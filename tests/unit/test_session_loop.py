@@ -19,7 +19,9 @@ from agent.identity import EnrollmentRefused, Identity
 from agent.runtime.base import PullPolicy
 from agent.runtime.memory import MemoryRuntime
 from agent.session import AgentSession, Outbox
+from agent.state import Report, ReportKind
 from agent.telemetry import Telemetry
+from protos import moorage_pb2 as pb
 
 
 class ValidIdentity:
@@ -115,3 +117,17 @@ def test_coordinator_addresses_are_checked() -> None:
     assert AgentConfig(coordinator="[::1]:7443").enroll_target() == "[::1]:7444"
     with pytest.raises(ValueError, match="'b' is not HOST:PORT"):
         AgentConfig(coordinator="a:1,b")
+
+
+async def test_the_heartbeat_confirming_a_start_is_asked_for_once_the_start_is_on_its_way() -> None:
+    """Heartbeats leave the outbox before events, so one built while the start waits would overtake it and
+    find the instance not yet starting (the coordinator would then confirm only a whole interval later).
+    The early heartbeat is asked for when the start is taken to be sent, and not for other events."""
+    outbox = Outbox(16)
+    outbox.report(Report(ReportKind.CREATED, "i1", "c1"))
+    outbox.report(Report(ReportKind.STARTED, "i1", "c1"))
+    assert not outbox.beat_now.is_set()
+    assert (await outbox.get()).event.kind == pb.EVENT_KIND_CREATED
+    assert not outbox.beat_now.is_set()
+    assert (await outbox.get()).event.kind == pb.EVENT_KIND_STARTED
+    assert outbox.beat_now.is_set()
