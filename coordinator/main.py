@@ -332,6 +332,7 @@ class Coordinator:
             poster, self.poster = self.poster, None
             await poster.close()
         if self.core is not None:
+            await self.core.fleet.settle()
             # A last flush so lastChecked survives a clean restart.
             await write_fleet_batch(self.core, self.core.fleet.take_dirty())
         if self.store is not None:

@@ -101,6 +101,8 @@ class Fleet:
         self._deadlines: list[tuple[float, str]] = []
         self._wake = asyncio.Event()
         self.listeners: list[StatusListener] = []
+        #: Listener calls still running (their own tasks): settle() waits for them.
+        self._heard: set[asyncio.Task[None]] = set()
         #: Nodes whose last heartbeat is fresh, kept as statuses change: placement reads it per decision.
         self.ready: set[str] = set()
         #: Instances known to be running in the database (to their node), so a heartbeat confirming them
@@ -356,7 +358,14 @@ class Fleet:
             self.on_change(node_id)
         for listener in self.listeners:
             task = asyncio.get_running_loop().create_task(listener(node_id, old, new))
+            self._heard.add(task)
+            task.add_done_callback(self._heard.discard)
             task.add_done_callback(_log_failure)
+
+    async def settle(self) -> None:
+        """Wait for the status listeners still running (they write to the store: before it closes)."""
+        while self._heard:
+            await asyncio.gather(*self._heard, return_exceptions=True)
 
     async def run_monitor(self) -> None:
         """Wake at the earliest heartbeat deadline; re-judge only the nodes whose deadline passed."""

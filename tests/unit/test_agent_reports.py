@@ -36,6 +36,7 @@ async def reports(store_url: str, tmp_path: Path) -> AsyncIterator[AgentReports]
     try:
         yield AgentReports(core)
     finally:
+        await core.fleet.settle()  # a Hello's node status change is still being written
         await store.close()
 
 
