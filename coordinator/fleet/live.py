@@ -44,15 +44,23 @@ class Session:
         self.since: float | None = None
         #: Ids of the commands sent here whose results someone waits for.
         self.waiting: set[str] = set()
+        #: Told when something was put in the outbox (the gateway writes only while there is something to
+        #: write: an idle session keeps no writer task), and when the session is closed from this side.
+        self.wake: Callable[[], None] | None = None
+        self.on_close: Callable[[], None] | None = None
 
     def send(self, message: Outgoing) -> None:
         if not self.closed.is_set():
             self.outbox.put_nowait(message)
+            if self.wake is not None:
+                self.wake()
 
     def close(self) -> None:
         if not self.closed.is_set():
             self.closed.set()
             self.outbox.put_nowait(None)
+            if self.on_close is not None:
+                self.on_close()
 
 
 @dataclass(slots=True)

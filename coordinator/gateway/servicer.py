@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,13 +36,15 @@ NAMES = ["moorage-coordinator"]  # always in the server certificate; agents veri
 
 
 class Inbox:
-    """A session's messages waiting for their database work; a heartbeat that finds another heartbeat last
-    in line replaces it (only the newest matters), so a slow database cannot grow the queue without bound
-    while the agent is healthy."""
+    """A session's messages waiting for their database work, worked through by a task that exists only
+    while there is work (most heartbeats need none: an idle session keeps no task for it). A heartbeat that
+    finds another heartbeat last in line replaces it (only the newest matters), so a slow database cannot
+    grow the queue without bound while the agent is healthy."""
 
-    def __init__(self) -> None:
+    def __init__(self, handle: Callable[[tuple[str, Any]], Awaitable[None]]) -> None:
         self._items: deque[tuple[str, Any]] = deque()
-        self._ready = asyncio.Event()
+        self._handle = handle
+        self._worker: asyncio.Task[None] | None = None
 
     def put(self, item: tuple[str, Any]) -> None:
         """``item``: (message kind, its translated body)."""
@@ -49,13 +52,55 @@ class Inbox:
             self._items[-1] = item
         else:
             self._items.append(item)
-        self._ready.set()
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work())
 
-    async def get(self) -> tuple[str, Any]:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
+    async def _work(self) -> None:
+        while self._items:
+            await self._handle(self._items.popleft())
+        self._worker = None  # no await since the check: a put from now on starts the next worker
+
+    async def close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+
+class Writer:
+    """Writes a session's outbox to its stream, in a task that exists only while there is something to
+    write (Session.wake starts it): one write at a time, in order."""
+
+    def __init__(self, session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._session = session
+        self._context = context
+        self._task: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+
+    def wake(self) -> None:
+        if self._task is None and self._failed is None:
+            self._task = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        outbox = self._session.outbox
+        try:
+            while not outbox.empty():
+                message = outbox.get_nowait()
+                if message is None:
+                    break
+                await self._context.write(translate.message(message))
+        except Exception as exc:  # the stream is gone; the read side ends the session
+            self._failed = exc
+        self._task = None  # no await since the last check: the next wake starts a new writer
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        self._failed = self._failed or asyncio.CancelledError()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class Gateway(pb_grpc.CoordinatorServicer):
@@ -120,33 +165,37 @@ class Gateway(pb_grpc.CoordinatorServicer):
         session = self.core.fleet.attach(node_id)
         self.core.metrics.sessions.set(len(self.core.fleet.sessions))
         log.info("agent connected", node_id=node_id, agent_version=first.hello.agent_version)
-        writer = asyncio.create_task(self._write(session, context))
-        reader: asyncio.Task[None] | None = None
+        # One task a session while it is idle, this one, reading; writing and database work get a task
+        # only while they have something to do (10,000 sessions: each task is memory and loop turns).
+        writer = Writer(session, context)
+        session.wake = writer.wake
+        me = asyncio.current_task()
+        assert me is not None
         try:
             welcome = await self.reports.hello(node_id, translate.hello(first.hello))
             session.send(welcome)
-            reader = asyncio.create_task(self._read(node_id, context))
-            closed = asyncio.create_task(session.closed.wait())
-            # Ends when the agent hangs up, or when we close the session (node deleted, replaced).
-            await asyncio.wait({reader, closed}, return_when=asyncio.FIRST_COMPLETED)
-            closed.cancel()
+            if not session.closed.is_set():
+                # Ends when the agent hangs up, or when we close the session (node deleted, replaced).
+                session.on_close = functools.partial(_cancel, me)
+                try:
+                    await self._read(node_id, context)
+                except asyncio.CancelledError:
+                    if not session.closed.is_set() or me.cancelling() > 1:
+                        raise  # cancelled from outside (the server stops), not closed by us
+                    me.uncancel()
         finally:
+            session.on_close = session.wake = None
             self.core.fleet.detach(session)
             self.core.metrics.sessions.set(len(self.core.fleet.sessions))
-            for task in (reader, writer):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await writer.close()
             log.info("agent disconnected", node_id=node_id)
 
     async def _read(self, node_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Read without ever waiting for the database: a heartbeat counts for liveness as it arrives; what
         needs a write goes to the session's worker, in order (consecutive heartbeats coalesce). A heartbeat
         is translated once, here, and handed on translated."""
-        inbox = Inbox()
+        inbox = Inbox(functools.partial(self._handle, node_id))
         metrics = self.core.metrics
-        worker = asyncio.create_task(self._work(node_id, inbox))
         try:
             while True:
                 message = await context.read()
@@ -174,13 +223,7 @@ class Gateway(pb_grpc.CoordinatorServicer):
                     continue
                 inbox.put((kind, found[0](getattr(message, kind))))
         finally:
-            worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
-
-    async def _work(self, node_id: str, inbox: Inbox) -> None:
-        while True:
-            await self._handle(node_id, await inbox.get())
+            await inbox.close()
 
     async def _renew(self, node_id: str, csr_pem: bytes) -> None:
         pem = await self.nodes.renew(node_id, csr_pem)
@@ -196,12 +239,9 @@ class Gateway(pb_grpc.CoordinatorServicer):
             # One bad report must not end the session (and with it every other instance's reporting).
             log.exception("handling an agent message failed", node_id=node_id, kind=kind)
 
-    async def _write(self, session: Session, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        while True:
-            message = await session.outbox.get()
-            if message is None:
-                return
-            await context.write(translate.message(message))
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
 
 
 def server_credentials(core: Core, *, mutual: bool) -> grpc.ServerCredentials:
