@@ -3,10 +3,11 @@
 Moorage's figure is the wall time from the deploy call to `running` reaching a client that follows
 /api/events (the state and its event are one transaction; the API is then asked and must agree). Running
 needs the agent's create+start and a heartbeat confirming the container runs; the agent sends that one as
-soon as the start is reported, whatever the interval: measured at a 0.5 s and at the default 5 s heartbeat. Docker's is
-`docker run -d` of the same container: the same limits, the port published for TCP and UDP as the agent
-publishes it (each is a docker-proxy the engine starts). Printed: median and p90 over N deploys for both,
-the time until the port answers HTTP, and Moorage's median beyond docker's (goal: at most 50 ms).
+soon as the start is reported, whatever the interval: measured at a 0.5 s and at the default 5 s
+heartbeat. Docker's is `docker run -d` of the same container: the same limits, the port published for
+TCP and UDP as the agent publishes it (each is a docker-proxy the engine starts). Printed: median and
+p90 over N deploys for both, the time until the port answers HTTP, and Moorage's median beyond docker's
+(goal: at most 50 ms).
 """
 
 from __future__ import annotations
