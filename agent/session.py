@@ -451,6 +451,9 @@ class AgentSession:
 
     async def _heartbeats(self) -> None:
         while True:
+            # Cleared before the beat is built, not after: a start sent meanwhile (its statuses may have been
+            # read before the container ran) asks for the next beat, which then goes at once.
+            self.outbox.beat_now.clear()
             try:
                 self._seq += 1
                 host = pb.HostMetrics(**await asyncio.to_thread(self.telemetry.host))
@@ -466,7 +469,6 @@ class AgentSession:
                 self.outbox.put_heartbeat(pb.AgentMessage(heartbeat=beat))
             except Exception as exc:
                 log.warning("heartbeat skipped", error=str(exc))
-            self.outbox.beat_now.clear()
             interval = self.heartbeat_interval_s * random.uniform(0.9, 1.1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.outbox.beat_now.wait(), interval)
