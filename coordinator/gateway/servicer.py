@@ -56,9 +56,13 @@ class Inbox:
             self._worker = asyncio.create_task(self._work())
 
     async def _work(self) -> None:
-        while self._items:
-            await self._handle(self._items.popleft())
-        self._worker = None  # no await since the check: a put from now on starts the next worker
+        try:
+            while self._items:
+                await self._handle(self._items.popleft())
+        finally:
+            # No await since the last check: a put from now on starts the next worker (also after a
+            # handler ended this one with a BaseException, so the session's later messages are handled).
+            self._worker = None
 
     async def close(self) -> None:
         worker, self._worker = self._worker, None
@@ -92,7 +96,8 @@ class Writer:
                 await self._context.write(translate.message(message))
         except Exception as exc:  # the stream is gone; the read side ends the session
             self._failed = exc
-        self._task = None  # no await since the last check: the next wake starts a new writer
+        finally:
+            self._task = None  # no await since the last check: the next wake starts a new writer
 
     async def close(self) -> None:
         task, self._task = self._task, None
