@@ -301,7 +301,10 @@ class _PooledSql:
         return result.all() if result.returns_rows else []
 
     def many(self, statement: str, rows: Sequence[Mapping[str, Any]], /) -> Sequence[Any]:
-        if not self.postgres or not rows or not self.sync.in_transaction():
+        adapter: Any = self.sync.connection.dbapi_connection
+        if not self.postgres or not rows or getattr(adapter, "_transaction", None) is None:
+            # Only inside the transaction the adapter has begun on the server (a statement through it went
+            # first): on its own, fetchmany would commit apart from the rest of the work.
             return [row for params in rows for row in self(statement, params)]
         # asyncpg's fetchmany sends every Bind/Execute before one Sync: one round trip for them all. It
         # runs inside the transaction SQLAlchemy's adapter began (a statement through it went first).
@@ -311,18 +314,21 @@ class _PooledSql:
         try:
             records = await_(driver.fetchmany(positional, [tuple(r[n] for n in names) for r in rows]))
         except Exception as exc:
-            raise _as_dbapi_error(self.sync, exc) from exc
+            raise _as_dbapi_error(self.sync, exc, invalidated=driver.is_closed()) from exc
         return [tuple(record) for record in records]
 
 
-def _as_dbapi_error(sync: Connection, exc: Exception) -> Exception:
+def _as_dbapi_error(sync: Connection, exc: Exception, *, invalidated: bool) -> Exception:
     """A driver's own exception as SQLAlchemy would have raised it (a DBAPIError carrying the SQLSTATE),
-    so the retry and StoreBusy rules read it as they read every other statement's."""
+    so the retry and StoreBusy rules read it as they read every other statement's; a connection the error
+    closed is marked so, and not retried on."""
     adapter: Any = sync.connection.dbapi_connection
     try:
         adapter._handle_exception(exc)
     except Exception as translated:
-        return DBAPIError.instance(None, None, translated, sync.dialect.loaded_dbapi.Error)
+        return DBAPIError.instance(
+            None, None, translated, sync.dialect.loaded_dbapi.Error, connection_invalidated=invalidated
+        )
     return exc
 
 
