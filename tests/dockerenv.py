@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import shutil
 import socket
 import urllib.request
 import warnings
@@ -58,6 +59,18 @@ def require_docker() -> None:
     if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
         pytest.fail(f"MOORAGE_REQUIRE_DOCKER=1 but {reason}")
     pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The path of a program `make test-env` installs (chromium, promtool); without it the calling test
+    skips, or fails when MOORAGE_REQUIRE_DOCKER=1 (CI has run make test-env)."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    why = f"{name} is not installed (make test-env)"
+    if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
 
 
 def free_port() -> int:

@@ -4,8 +4,6 @@ installed by make test-env)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.daemons import TEST_IMAGE, OneNodeFleet, one_node_fleet, wait_for, wait_state
-from tests.dockerenv import free_port, require_docker
+from tests.dockerenv import free_port, require_docker, require_tool
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +42,7 @@ def value(text: str, series: str) -> float:
 
 
 def promtool_check(text: str, tmp: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        why = "promtool is not installed (make test-env)"
-        if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+    promtool = require_tool("promtool")
     checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

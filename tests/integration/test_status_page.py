@@ -7,7 +7,6 @@ go to .artifacts/ (MOORAGE_ARTIFACTS to put them elsewhere)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.daemons import REPO, wait_state
-from tests.dockerenv import require_docker
+from tests.dockerenv import require_docker, require_tool
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 pytest.importorskip("playwright")
@@ -35,12 +34,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        why = "chromium is not installed (make test-env)"
-        if os.environ.get("MOORAGE_REQUIRE_DOCKER") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+    chromium = require_tool("chromium")
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
