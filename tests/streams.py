@@ -9,6 +9,7 @@ import json
 import socket
 import threading
 import urllib.parse
+from collections.abc import Iterator
 
 
 def sse_lines(url: str, headers: dict[str, str], got: list[str], stop: threading.Event) -> None:
@@ -35,3 +36,17 @@ def sse_lines(url: str, headers: dict[str, str], got: list[str], stop: threading
         if conn.sock is not None:
             conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
+
+
+@contextlib.contextmanager
+def following(url: str, headers: dict[str, str]) -> Iterator[list[str]]:
+    """Follow a log stream on a thread of its own while the body runs; the lines so far, growing."""
+    got: list[str] = []
+    stop = threading.Event()
+    follower = threading.Thread(target=sse_lines, args=(url, headers, got, stop))
+    follower.start()
+    try:
+        yield got
+    finally:
+        stop.set()
+        follower.join(10)

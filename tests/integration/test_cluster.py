@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from bench.daemons import (
     wait_state,
 )
 from tests.dockerenv import inspect_labelled, require_docker, serves
-from tests.streams import sse_lines
+from tests.streams import following
 
 CLUSTER_KEY = "cluster-key-for-the-tests-0123456789abcdef"
 
@@ -607,17 +606,10 @@ def test_logs_read_through_a_coordinator_that_does_not_hold_the_session(cluster:
     held = cluster.api(0).get(f"{logs}?tail=5").body["lines"]
     relayed = cluster.api(1).get(f"{logs}?tail=5")
     assert relayed.status == 200 and relayed.body["lines"] == held, relayed.body
-    got: list[str] = []
-    stop = threading.Event()
     url = f"{cluster.coordinators[2].endpoints['http']}{logs}?follow=true&tail=0"
-    follower = threading.Thread(target=sse_lines, args=(url, {"x-api-key": cluster.admin_key}, got, stop))
-    follower.start()
-    try:
+    with following(url, {"x-api-key": cluster.admin_key}) as got:
         time.sleep(0.5)
         for _ in range(3):
             serves(port)
         wait_for(lambda: len(got) >= 3, 5, "the followed lines through the third coordinator")
-    finally:
-        stop.set()
-        follower.join(10)
     assert got[-3:] == cluster.api(0).get(f"{logs}?tail=3").body["lines"]

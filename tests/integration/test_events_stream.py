@@ -27,7 +27,7 @@ import pytest
 from bench.daemons import TEST_IMAGE, Api, OneNodeFleet, node_view, one_node_fleet, wait_for, wait_state
 from tests.dockerenv import inspect_labelled, require_docker, serves
 from tests.receiver import Receiver
-from tests.streams import sse_lines
+from tests.streams import following, sse_lines
 
 
 @pytest.fixture(scope="module")
@@ -288,22 +288,13 @@ def test_logs_through_the_agent_tail_follow_and_their_bounds(fleet: OneNodeFleet
     assert len(tail["lines"]) == 3 and tail["error"] is None and not tail["truncated"]
     assert tail["lines"] == api.get(f"{logs}?tail=1000").body["lines"][-3:]
     # Following: what the container writes next arrives while the stream is open.
-    got: list[str] = []
-    stop = threading.Event()
-    follower = threading.Thread(
-        target=sse_lines, args=(f"{api.url}{logs}?follow=true&tail=0", key, got, stop)
-    )
-    follower.start()
-    try:
+    with following(f"{api.url}{logs}?follow=true&tail=0", key) as got:
         time.sleep(0.5)
         for _ in range(3):
             serves(port)
         wait_for(lambda: len(got) >= 3, 5, "the followed lines")
         # The node's heartbeats go on while it streams.
         assert node_view(api, fleet.node_id)["heartbeatAgeSeconds"] < 2
-    finally:
-        stop.set()
-        follower.join(10)
     time.sleep(1.0)  # the coordinator sees it gone (it looks between writes, every 0.25 s)
     # Four at once per node; a fifth is refused, and leaving gives the places back.
     for _ in range(2):
