@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from bench.daemons import SIZES, TEST_IMAGE, wait_for
-from tests.dockerenv import require_docker
+from tests.dockerenv import require_docker, serves
 from tests.integration.sized_fleet import SERVERS, SizedFleet, sized_fleet
 
 pytestmark = pytest.mark.docker
@@ -147,6 +147,8 @@ def test_order_tag_filter_rename_release_and_bill(world: SizedFleet) -> None:
         lambda: (s := api.get(f"{base}/server/{uuid}").body)["status"] == "delivered" and s, 30, "delivered"
     )
     assert (delivered["location"], delivered["country"]) == ("eu", "DE")
+    # Running is what the engine says the moment it started the container; httpd listens a moment later.
+    wait_for(lambda: serves(delivered["port"]), 10, "the page served")
     with urllib.request.urlopen(f"http://127.0.0.1:{delivered['port']}/", timeout=5) as page:
         assert page.read() == b"moorage-test-ok\n"
 

@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from bench.daemons import TEST_FLEET, Api, wait_for
-from tests.dockerenv import require_docker
+from tests.dockerenv import require_docker, serves
 from tests.integration.sized_fleet import SizedFleet, sized_fleet
 
 pytestmark = pytest.mark.docker
@@ -141,6 +141,8 @@ def test_redeploy_moves_it_to_the_other_country(world: SizedFleet, user: Api) ->
     moved = wait_for(lambda: (n := node(user, new_id))["status"] == 19 and n, 30, "the new one Ready")
     assert moved["server"]["id"] == world.nodes["us"]["id"] and moved["country"] == "us"
     assert moved["bandwidth"] == float(CAP_MBPS) and moved["name"] == "vpn-move"
+    # Running is what the engine says the moment it started the container; httpd listens a moment later.
+    wait_for(lambda: serves(moved["port"]), 10, "the page served")
     with urllib.request.urlopen(f"http://127.0.0.1:{moved['port']}/", timeout=5) as page:
         assert page.read() == b"moorage-test-ok\n"
     wait_for(lambda: node(user, number)["status"] == 21, 30, "the original released")
