@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import heapq
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +38,10 @@ class Session:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.outbox: asyncio.Queue[Outgoing | None] = asyncio.Queue()
-        self.closed = asyncio.Event()
+        #: Plain containers, not an asyncio.Queue and Event: nobody awaits them (the writer is woken), and
+        #: those cost ~2.5 KB more a session, 25 MiB for 10,000 agents.
+        self.outbox: deque[Outgoing | None] = deque()
+        self.closed = False
         self.connected_at = time.time()
         #: When the database recorded this session as the node's (several coordinators), by its clock.
         self.since: float | None = None
@@ -50,15 +53,15 @@ class Session:
         self.on_close: Callable[[], None] | None = None
 
     def send(self, message: Outgoing) -> None:
-        if not self.closed.is_set():
-            self.outbox.put_nowait(message)
+        if not self.closed:
+            self.outbox.append(message)
             if self.wake is not None:
                 self.wake()
 
     def close(self) -> None:
-        if not self.closed.is_set():
-            self.closed.set()
-            self.outbox.put_nowait(None)
+        if not self.closed:
+            self.closed = True
+            self.outbox.append(None)
             if self.on_close is not None:
                 self.on_close()
 

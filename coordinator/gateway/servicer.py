@@ -105,8 +105,8 @@ class Writer:
     async def _write(self) -> None:
         outbox = self._session.outbox
         try:
-            while not outbox.empty():
-                message = outbox.get_nowait()
+            while outbox:
+                message = outbox.popleft()
                 if message is None:
                     break
                 await self._context.write(translate.message(message))
@@ -195,13 +195,13 @@ class Gateway(pb_grpc.CoordinatorServicer):
         try:
             welcome = await self.reports.hello(node_id, translate.hello(first.hello))
             session.send(welcome)
-            if not session.closed.is_set():
+            if not session.closed:
                 # Ends when the agent hangs up, or when we close the session (node deleted, replaced).
                 session.on_close = functools.partial(_cancel, me)
                 try:
                     await self._read(node_id, context)
                 except asyncio.CancelledError:
-                    if not session.closed.is_set() or me.cancelling() > 1:
+                    if not session.closed or me.cancelling() > 1:
                         raise  # cancelled from outside (the server stops), not closed by us
                     me.uncancel()
         finally:

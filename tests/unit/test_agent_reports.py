@@ -180,7 +180,7 @@ async def test_a_failed_deploy_is_dropped_by_the_agent_it_failed_on(reports: Age
     busy = "Bind for 127.0.0.1:30000 failed: port is already allocated"
     await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.FAILED, message=busy))
     assert await state_of(reports) == (S.ERROR, busy, 0)
-    sent = session.outbox.get_nowait()
+    sent = session.outbox.popleft()
     assert isinstance(sent, Command) and sent.kind is CommandKind.REMOVE
     assert sent.instance_id == "i1"
     # Its removal reported back changes nothing: it stays failed, with its reason.
@@ -199,7 +199,7 @@ async def test_a_failed_re_creation_keeps_the_instance_wanted(
     session = reports.core.fleet.attach("n1")
     await reports.event("n1", InstanceEvent(instance_id="i1", kind=EventKind.FAILED, message="busy"))
     assert await state_of(reports) == (S.UNHEALTHY, "busy", 1)
-    assert session.outbox.empty()
+    assert not session.outbox
 
 
 async def test_a_hello_reporting_ended_instances_asks_to_remove_them_at_once(reports: AgentReports) -> None:

@@ -167,7 +167,7 @@ async def test_old_news_of_a_session_does_not_end_a_newer_one_here() -> None:
     await a.hold("n1")
     await settle()
     a.receive(stale)  # delivered late
-    assert a.fleet.is_connected("n1") and not session.closed.is_set()
+    assert a.fleet.is_connected("n1") and not session.closed
     rows = a.membership
     assert isinstance(rows, Rows)
     rows.holders["n1"] = ("b", 50.0)  # a row written by b's slow, older hello
@@ -187,7 +187,7 @@ async def test_a_session_whose_hello_is_being_recorded_is_not_ended_by_older_new
     session = a.fleet.attach("n1")  # Hello arrived; hold() not done yet
     await a.refresh()
     a.receive(stale)
-    assert a.fleet.is_connected("n1") and not session.closed.is_set()
+    assert a.fleet.is_connected("n1") and not session.closed
 
 
 async def test_a_former_leader_stops_judging_the_nodes_nobody_holds() -> None:
@@ -216,5 +216,5 @@ async def test_deleting_a_node_closes_its_session_wherever_it_is_and_placement_c
     b.close("n1")
     b.tell_placement_changed()
     await settle()
-    assert session.closed.is_set() and not a.fleet.is_connected("n1")
+    assert session.closed and not a.fleet.is_connected("n1")
     assert forgotten == ["a"]
