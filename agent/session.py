@@ -17,6 +17,7 @@ import grpc
 from agent import __version__, identity
 from agent.config import AgentConfig
 from agent.executor import Executor, Outcome
+from agent.heartbeat import HeartbeatDiff
 from agent.identity import SERVER_NAME, EnrollmentRefused, Identity
 from agent.logs import LogStreams
 from agent.metrics import AgentMetrics
@@ -30,7 +31,16 @@ from protos import moorage_pb2_grpc as pb_grpc
 
 log = get("agent.session")
 
-PROTOCOL_VERSION = 1
+#: 2: sends partial heartbeats when the Welcome allows them, and a full one when asked (ReportRequest).
+PROTOCOL_VERSION = 2
+#: The session's channel. Keepalive: a coordinator that vanished without a FIN (its host died) is noticed
+#: within 30 s. No bandwidth-delay probing: our messages are small, and each probe is a PING and an ACK.
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", SERVER_NAME),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.bdp_probe", 0),
+]
 #: Log chunks waiting to be sent before a log stream waits for room.
 LOG_CHUNKS = 8
 WELCOME_TIMEOUT_S = 30.0
@@ -329,21 +339,18 @@ class AgentSession:
         )
 
     async def _session(self) -> None:
-        options = [
-            ("grpc.ssl_target_name_override", SERVER_NAME),
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
         creds = self.identity.channel_credentials()
-        async with grpc.aio.secure_channel(self.target, creds, options=options) as channel:
+        async with grpc.aio.secure_channel(self.target, creds, options=CHANNEL_OPTIONS) as channel:
             call = pb_grpc.CoordinatorStub(channel).Connect()
-            await call.write(pb.AgentMessage(hello=await self._hello()))
+            hello = await self._hello()
+            await call.write(pb.AgentMessage(hello=hello))
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
             if not isinstance(first, pb.CoordinatorMessage) or not first.HasField("welcome"):
                 raise ConnectionError("the coordinator did not answer Hello with Welcome")
             welcome = first.welcome
             if welcome.heartbeat_interval_ms:
                 self.heartbeat_interval_s = welcome.heartbeat_interval_ms / 1000
+            beats = HeartbeatDiff(welcome.full_report_every, hello.instances)
             log.info(
                 "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
             )
@@ -352,8 +359,8 @@ class AgentSession:
             self._welcomed_at = time.monotonic()
             self._reconcile(welcome)
             tasks = [
-                asyncio.create_task(self._read(call), name="session-reader"),
-                asyncio.create_task(self._write(call), name="session-writer"),
+                asyncio.create_task(self._read(call, beats), name="session-reader"),
+                asyncio.create_task(self._write(call, beats), name="session-writer"),
                 asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
                 asyncio.create_task(self._renew_when_due(), name="certificate-renewal"),
             ]
@@ -381,7 +388,9 @@ class AgentSession:
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
 
-    async def _read(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
+    async def _read(
+        self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage], beats: HeartbeatDiff
+    ) -> None:
         while True:
             message = await call.read()
             if not isinstance(message, pb.CoordinatorMessage):
@@ -395,6 +404,9 @@ class AgentSession:
             elif message.HasField("logs"):
                 r = message.logs
                 self.logs.handle(r.request_id, r.instance_id, r.tail, r.follow, r.cancel)
+            elif message.HasField("report"):
+                beats.ask_full()
+                self.outbox.beat_now.set()
 
     async def _container_of(self, instance_id: str) -> str | None:
         for c in await self.runtime.list(self.identity.node_id):
@@ -420,9 +432,14 @@ class AgentSession:
         kind = pb.CommandKind.Name(command.kind) if command.kind in pb.CommandKind.values() else "unknown"
         self.metrics.command(kind.removeprefix("COMMAND_KIND_").lower(), outcome.ok, time.monotonic() - began)
 
-    async def _write(self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]) -> None:
+    async def _write(
+        self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage], beats: HeartbeatDiff
+    ) -> None:
         while True:
             message = await self.outbox.get()
+            if message.HasField("heartbeat"):
+                # Shaped as it goes: a partial heartbeat says what changed since the last that went.
+                message = pb.AgentMessage(heartbeat=beats.shape(message.heartbeat))
             try:
                 await call.write(message)
             except BaseException:

@@ -21,17 +21,35 @@ class HeartbeatStats(Collector):
 
     def __init__(self) -> None:
         self.count = 0
+        self.partial = 0
+        #: Container statuses carried, by full and by partial heartbeats.
+        self.statuses = {False: 0, True: 0}
         self.handling = _Buckets()
         self.delay = _Buckets()
 
-    def observe(self, handling_s: float, delay_s: float | None) -> None:
+    def observe(self, handling_s: float, delay_s: float | None, partial: bool, statuses: int) -> None:
         self.count += 1
+        self.partial += partial
+        self.statuses[partial] += statuses
         self.handling.observe(handling_s)
         if delay_s is not None:
             self.delay.observe(delay_s)
 
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily("moorage_heartbeats", "Heartbeats received from agents.", value=self.count)
+        yield CounterMetricFamily(
+            "moorage_heartbeats_partial",
+            "Heartbeats that said only which containers changed (the others were full reports).",
+            value=self.partial,
+        )
+        statuses = CounterMetricFamily(
+            "moorage_heartbeat_statuses",
+            "Container statuses heartbeats carried: a full one every container, a partial one those changed.",
+            labels=["kind"],
+        )
+        statuses.add_metric(["full"], self.statuses[False])
+        statuses.add_metric(["partial"], self.statuses[True])
+        yield statuses
         yield self.handling.family(
             "moorage_heartbeat_handling_seconds",
             "From reading a heartbeat off its stream to liveness, metrics and bandwidth being updated.",

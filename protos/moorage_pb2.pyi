@@ -298,6 +298,13 @@ Global___Capacity: _TypeAlias = Capacity  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """A full heartbeat (partial unset) is the whole truth: every labelled container, its counters, and the
+    host's metrics. Between full ones, when the Welcome allows it (full_report_every > 1), a partial heartbeat
+    says only "alive" and lists the containers whose status changed since the last heartbeat of the session
+    (anything but their byte counters and rates), each in full; a container gone since then is listed with
+    state ABSENT. Counters, rates and host metrics ride the full ones.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
@@ -305,10 +312,14 @@ class Heartbeat(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     ENGINE_ERROR_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     sent_at_ms: _builtins.int
     engine_error: _builtins.str
-    """Set when the container engine did not answer: instances is then empty, not "no containers"."""
+    """Set when the container engine did not answer: instances is then empty, not "no containers". Such a
+    heartbeat is always full.
+    """
+    partial: _builtins.bool
     @_builtins.property
     def host(self) -> Global___HostMetrics: ...
     @_builtins.property
@@ -321,10 +332,11 @@ class Heartbeat(_message.Message):
         host: Global___HostMetrics | None = ...,
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
         engine_error: _builtins.str = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_error", b"engine_error", "host", b"host", "instances", b"instances", "sent_at_ms", b"sent_at_ms", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_error", b"engine_error", "host", b"host", "instances", b"instances", "partial", b"partial", "sent_at_ms", b"sent_at_ms", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,6 +574,7 @@ class CoordinatorMessage(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     RENEWED_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -570,6 +583,8 @@ class CoordinatorMessage(_message.Message):
     def renewed(self) -> Global___RenewResponse: ...
     @_builtins.property
     def logs(self) -> Global___LogsRequest: ...
+    @_builtins.property
+    def report(self) -> Global___ReportRequest: ...
     def __init__(
         self,
         *,
@@ -577,16 +592,37 @@ class CoordinatorMessage(_message.Message):
         command: Global___Command | None = ...,
         renewed: Global___RenewResponse | None = ...,
         logs: Global___LogsRequest | None = ...,
+        report: Global___ReportRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "logs", b"logs", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "logs", b"logs", "renewed", b"renewed", "report", b"report", "welcome", b"welcome"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "logs", b"logs", "renewed", b"renewed", "welcome", b"welcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command", b"command", "logs", b"logs", "renewed", b"renewed", "report", b"report", "welcome", b"welcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "command", "renewed", "logs"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["welcome", "command", "renewed", "logs", "report"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___CoordinatorMessage: _TypeAlias = CoordinatorMessage  # noqa: Y015
+
+@_typing.final
+class ReportRequest(_message.Message):
+    """Send a full heartbeat now: the coordinator lost track of what the last ones said (the node was judged
+    silent and its instances unhealthy, and it is heard again). An agent that sends only full heartbeats
+    ignores it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportRequest: _TypeAlias = ReportRequest  # noqa: Y015
 
 @_typing.final
 class LogsRequest(_message.Message):
@@ -631,8 +667,11 @@ class Welcome(_message.Message):
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     DESIRED_FIELD_NUMBER: _builtins.int
     REMOVE_FIELD_NUMBER: _builtins.int
+    FULL_REPORT_EVERY_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     heartbeat_interval_ms: _builtins.int
+    full_report_every: _builtins.int
+    """Every this many heartbeats one is full; partial ones in between (0 or 1: every heartbeat is full)."""
     @_builtins.property
     def desired(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceSpec]:
         """The node's full desired instance set; anything labelled and absent from it is not wanted."""
@@ -648,10 +687,11 @@ class Welcome(_message.Message):
         heartbeat_interval_ms: _builtins.int = ...,
         desired: _abc.Iterable[Global___InstanceSpec] | None = ...,
         remove: _abc.Iterable[_builtins.str] | None = ...,
+        full_report_every: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "heartbeat_interval_ms", b"heartbeat_interval_ms", "node_id", b"node_id", "remove", b"remove"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "full_report_every", b"full_report_every", "heartbeat_interval_ms", b"heartbeat_interval_ms", "node_id", b"node_id", "remove", b"remove"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

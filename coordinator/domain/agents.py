@@ -30,7 +30,7 @@ class ContainerState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class InstanceStatus:
-    """One container in a full report (a heartbeat or the Hello)."""
+    """One container in a report (a heartbeat or the Hello)."""
 
     instance_id: str
     container_id: str = ""
@@ -60,12 +60,37 @@ class InstanceStatus:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    """Full: every container the agent has (``instances``), its counters and the host's metrics. Partial
+    (``partial``): the node is alive, ``instances`` are the containers whose status changed since the
+    session's last heartbeat and ``gone`` those that went; the rest are as last reported."""
+
     instances: Sequence[InstanceStatus] = ()
     host: HostMetrics | None = None
     #: Why the host's container engine did not answer the agent ("" when it did): nothing is known to run.
     engine_error: str = ""
     #: When the agent sent it (unix seconds; None when it did not say).
     sent_at: float | None = None
+    partial: bool = False
+    gone: frozenset[str] = frozenset()
+
+    def then(self, newer: Heartbeat) -> Heartbeat:
+        """This heartbeat and a newer one of the same session as one (a queue keeps only the newest: a
+        partial one must not lose what the one before it said)."""
+        if not newer.partial:
+            return newer
+        statuses = {s.instance_id: s for s in self.instances}
+        for status in newer.instances:
+            statuses[status.instance_id] = status
+        for instance_id in newer.gone:
+            statuses.pop(instance_id, None)
+        return Heartbeat(
+            instances=tuple(statuses.values()),
+            host=newer.host or self.host,
+            engine_error=newer.engine_error,
+            sent_at=newer.sent_at,
+            partial=self.partial,
+            gone=self.gone.difference(statuses).union(newer.gone) if self.partial else frozenset(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +173,8 @@ class Welcome:
     heartbeat_interval_s: float
     desired: Sequence[Workload] = ()
     remove: Sequence[str] = ()
+    #: Every this many heartbeats the agent sends a full one, partial ones in between (1: all full).
+    full_report_every: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +210,12 @@ class LogChunk:
     from_agent: bool = True
 
 
-Outgoing = Welcome | Command | Renewed | LogsRequest
+@dataclass(frozen=True, slots=True)
+class ReportRequest:
+    """Send a full heartbeat now (what the partial ones since the last said is no longer known here)."""
+
+
+Outgoing = Welcome | Command | Renewed | LogsRequest | ReportRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,6 +163,7 @@ class NodeBeat:
     """What the batch writer stores of a node whose session is here: its last heartbeat and what it said."""
 
     last_checked: float
+    #: Host metrics that came since the last write (None: none came, the stored ones stand).
     host: HostMetrics | None = None
     #: Why its container engine did not answer ("" when it did).
     engine_error: str = ""

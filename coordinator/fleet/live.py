@@ -25,6 +25,7 @@ from coordinator.domain.agents import (
     Hello,
     InstanceStatus,
     Outgoing,
+    ReportRequest,
 )
 from coordinator.domain.records import HostMetrics, Instance, Node, NodeBeat, NodeStatus
 from coordinator.fleet.bandwidth import Bandwidth
@@ -78,6 +79,8 @@ class LiveNode:
     confirmed: set[str] = field(default_factory=set)
     #: Labelled containers the agent reports as wanted by nobody, each with the time it removes them.
     unwanted: tuple[InstanceStatus, ...] = ()
+    #: Host metrics came since the batch writer last stored them.
+    host_unwritten: bool = False
     #: Why the node's container engine did not answer its agent, as of the last heartbeat ("" when it did).
     engine_error: str = ""
     #: For a node that had a session before this process started (None: not expected): until its first
@@ -244,15 +247,23 @@ class Fleet:
         if live is not None:
             live.confirmed.discard(instance_id)
 
-    def vanished(self, node_id: str, instances: Sequence[InstanceStatus]) -> set[str]:
-        """Confirmed instances of the node that a full report (heartbeat or Hello) no longer lists; all of
-        them while its engine does not answer (nothing is known to run)."""
+    def vanished(self, node_id: str, hb: Heartbeat) -> set[str]:
+        """Confirmed instances of the node that a full report (heartbeat or Hello) no longer lists, or a
+        partial one says are gone; all of them while its engine does not answer (nothing is known to run)."""
         live = self.live.get(node_id)
         if live is None or not live.confirmed:
             return set()
         if live.engine_error:
             return set(live.confirmed)
-        return live.confirmed.difference(s.instance_id for s in instances)
+        if hb.partial:
+            return live.confirmed.intersection(hb.gone)
+        return live.confirmed.difference(s.instance_id for s in hb.instances)
+
+    def request_report(self, node_id: str) -> None:
+        """Ask the node's agent for a full heartbeat (what its partial ones said is no longer known here)."""
+        session = self.sessions.get(node_id)
+        if session is not None:
+            session.send(ReportRequest())
 
     def forget_instance(self, instance_id: str) -> None:
         """A released instance: nothing of it stays in memory."""
@@ -274,7 +285,7 @@ class Fleet:
         live = self.live.get(node_id)
         if live is None or live.last_heartbeat is None:
             return None
-        return NodeBeat(live.last_heartbeat, live.host, live.engine_error)
+        return NodeBeat(live.last_heartbeat, live.host if live.host_unwritten else None, live.engine_error)
 
     def unwanted(self, node_id: str) -> tuple[InstanceStatus, ...]:
         live = self.live.get(node_id)
@@ -301,11 +312,15 @@ class Fleet:
             if self.on_change is not None and live.status is NodeStatus.READY:
                 self.on_change(node_id)
         if hb.host is not None:
-            live.host = hb.host
-        self.bandwidth.record(node_id, hb.instances)
-        unwanted = [status for status in hb.instances if status.remove_at_ms]
-        if unwanted or live.unwanted:
-            live.unwanted = tuple(unwanted)
+            live.host, live.host_unwritten = hb.host, True
+        if hb.instances:
+            self.bandwidth.record(node_id, hb.instances)
+        if not hb.partial:
+            unwanted = [status for status in hb.instances if status.remove_at_ms]
+            if unwanted or live.unwanted:
+                live.unwanted = tuple(unwanted)
+        elif hb.instances or hb.gone:
+            live.unwanted = _unwanted_after(live.unwanted, hb)
         self._dirty.add(node_id)
         heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
         self.ready.add(node_id)
@@ -409,6 +424,9 @@ class Fleet:
 
     def take_dirty(self) -> dict[str, NodeBeat]:
         batch = {node_id: beat for node_id in self._dirty if (beat := self.beat(node_id)) is not None}
+        for node_id, beat in batch.items():
+            if beat.host is not None:
+                self.live[node_id].host_unwritten = False
         self._dirty.clear()
         return batch
 
@@ -459,6 +477,13 @@ class Fleet:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
         session.waiting.clear()
+
+
+def _unwanted_after(unwanted: tuple[InstanceStatus, ...], hb: Heartbeat) -> tuple[InstanceStatus, ...]:
+    """The unwanted containers once a partial heartbeat's changes are applied."""
+    reported = {status.instance_id for status in hb.instances} | hb.gone
+    kept = [status for status in unwanted if status.instance_id not in reported]
+    return (*kept, *(status for status in hb.instances if status.remove_at_ms))
 
 
 def _latest(a: float | None, b: float | None) -> float | None:

@@ -54,8 +54,9 @@ SERVER_OPTIONS = [
 class Inbox:
     """A session's messages waiting for their database work, worked through by a task that exists only
     while there is work (most heartbeats need none: an idle session keeps no task for it). A heartbeat that
-    finds another heartbeat last in line replaces it (only the newest matters), so a slow database cannot
-    grow the queue without bound while the agent is healthy."""
+    finds another heartbeat last in line takes its place, merged with it (a partial one says only what
+    changed since the one before), so a slow database cannot grow the queue without bound while the agent
+    is healthy."""
 
     def __init__(self, handle: Callable[[tuple[str, Any]], Awaitable[None]]) -> None:
         self._items: deque[tuple[str, Any]] = deque()
@@ -65,7 +66,7 @@ class Inbox:
     def put(self, item: tuple[str, Any]) -> None:
         """``item``: (message kind, its translated body)."""
         if item[0] == "heartbeat" and self._items and self._items[-1][0] == "heartbeat":
-            self._items[-1] = item
+            self._items[-1] = ("heartbeat", self._items[-1][1].then(item[1]))
         else:
             self._items.append(item)
         if self._worker is None:
@@ -230,6 +231,8 @@ class Gateway(pb_grpc.CoordinatorServicer):
                     metrics.heartbeats.observe(
                         time.perf_counter() - read_at,
                         max(time.time() - beat.sent_at, 0.0) if beat.sent_at else None,
+                        beat.partial,
+                        len(beat.instances) + len(beat.gone),
                     )
                     if self.reports.needs_work(node_id, beat):
                         inbox.put(("heartbeat", beat))

@@ -87,11 +87,24 @@ def host_metrics(h: pb.HostMetrics) -> HostMetrics:
 
 
 def heartbeat(hb: pb.Heartbeat) -> agents.Heartbeat:
+    sent_at = hb.sent_at_ms / 1000 if hb.sent_at_ms else None
+    if not hb.partial:
+        return agents.Heartbeat(
+            instances=tuple(map(status, hb.instances)),
+            host=host_metrics(hb.host) if hb.HasField("host") else None,
+            engine_error=hb.engine_error,
+            sent_at=sent_at,
+        )
+    if not hb.instances:  # the usual partial heartbeat: alive, nothing changed
+        return agents.Heartbeat(sent_at=sent_at, partial=True, engine_error=hb.engine_error)
+    absent = pb.CONTAINER_STATE_ABSENT
     return agents.Heartbeat(
-        instances=tuple(map(status, hb.instances)),
+        instances=tuple(status(s) for s in hb.instances if s.state != absent),
         host=host_metrics(hb.host) if hb.HasField("host") else None,
         engine_error=hb.engine_error,
-        sent_at=hb.sent_at_ms / 1000 if hb.sent_at_ms else None,
+        sent_at=sent_at,
+        partial=True,
+        gone=frozenset(s.instance_id for s in hb.instances if s.state == absent),
     )
 
 
@@ -192,6 +205,7 @@ def welcome(w: agents.Welcome) -> pb.Welcome:
         heartbeat_interval_ms=int(w.heartbeat_interval_s * 1000),
         desired=[instance_spec(d) for d in w.desired],
         remove=list(w.remove),
+        full_report_every=w.full_report_every,
     )
 
 
@@ -210,6 +224,8 @@ def message(out: agents.Outgoing) -> pb.CoordinatorMessage:
                 cancel=out.cancel,
             )
         )
+    if isinstance(out, agents.ReportRequest):
+        return pb.CoordinatorMessage(report=pb.ReportRequest())
     return pb.CoordinatorMessage(renewed=pb.RenewResponse(certificate_pem=out.certificate_pem))
 
 

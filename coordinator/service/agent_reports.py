@@ -120,7 +120,8 @@ class AgentReports:
         beat = agents.Heartbeat(instances=hello.instances)
         self.note_heartbeat(node_id, beat)
         await self.heartbeat(node_id, beat)
-        return agents.Welcome(node_id, self.core.config.fleet.heartbeat_interval_s, desired, remove)
+        fleet = self.core.config.fleet
+        return agents.Welcome(node_id, fleet.heartbeat_interval_s, desired, remove, fleet.full_report_every)
 
     # ------------------------------------------------------------ steady state
 
@@ -141,7 +142,7 @@ class AgentReports:
                     yield status.instance_id, status
             elif status.state is not agents.ContainerState.RUNNING and status.instance_id in confirmed:
                 yield status.instance_id, status
-        for instance_id in self.core.fleet.vanished(node_id, hb.instances):
+        for instance_id in self.core.fleet.vanished(node_id, hb):
             yield instance_id, None
 
     def needs_work(self, node_id: str, hb: agents.Heartbeat) -> bool:
@@ -263,3 +264,7 @@ class AgentReports:
                     self.core.fleet.unconfirm(inst.id)
                     self.core.fleet.bandwidth.stopped([inst.id])
             await events_store.record_node_status(conn, node_id, old.value, new.value, now)
+        if new in (NodeStatus.HEARTBEAT_ABNORMAL, NodeStatus.OFFLINE) and old is NodeStatus.READY:
+            # Its instances are unhealthy now; partial heartbeats would not show them running again (they
+            # did not change on the host): the next heartbeat to reach us must be a full one.
+            self.core.fleet.request_report(node_id)

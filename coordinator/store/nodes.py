@@ -225,36 +225,31 @@ async def cert_serial(conn: AsyncConnection, node_id: str) -> str | None:
     return (await conn.execute(select(nodes.c.cert_serial).where(nodes.c.id == node_id))).scalar_one_or_none()
 
 
-def _metrics_json(host: HostMetrics | None) -> dict[str, Any]:
+def _metrics_json(host: HostMetrics) -> dict[str, Any]:
     """The flat fields as they are: dataclasses.asdict copies recursively, a cost the batch writer paid
     for every dirty node every period."""
-    return {name: getattr(host, name) for name in _METRIC_ORDER} if host is not None else {}
+    return {name: getattr(host, name) for name in _METRIC_ORDER}
 
 
 async def write_heartbeats(conn: AsyncConnection, batch: Mapping[str, NodeBeat]) -> None:
-    """One executemany for every dirty node, in the caller's single transaction (the batch writer's)."""
-    if not batch:
-        return
-    statement = (
-        update(nodes)
-        .where(nodes.c.id == bindparam("b_id"))
-        .values(
-            last_checked=bindparam("b_checked"),
-            host_metrics=bindparam("b_metrics"),
-            engine_error=bindparam("b_error"),
-        )
-    )
-    rows = [
-        {
-            "b_id": n,
-            "b_checked": beat.last_checked,
-            "b_metrics": json.dumps(_metrics_json(beat.host)),
-            "b_error": beat.engine_error[:2000] or None,
-        }
-        # In node order: two batch writers (coordinators) touching the same nodes never wait in a circle.
-        for n, beat in sorted(batch.items())
-    ]
-    await execute_many(conn, statement, rows)
+    """Every dirty node's lastChecked and engine error, and its host metrics where new ones came (most
+    heartbeats carry none: they ride the full ones), in the caller's single transaction (the batch
+    writer's): one executemany for each of the two kinds."""
+    statement = update(nodes).where(nodes.c.id == bindparam("b_id"))
+    statement = statement.values(last_checked=bindparam("b_checked"), engine_error=bindparam("b_error"))
+    with_metrics: list[dict[str, Any]] = []
+    without: list[dict[str, Any]] = []
+    # In node order: two batch writers (coordinators) touching the same nodes never wait in a circle.
+    for node_id, beat in sorted(batch.items()):
+        row = {"b_id": node_id, "b_checked": beat.last_checked, "b_error": beat.engine_error[:2000] or None}
+        if beat.host is None:
+            without.append(row)
+        else:
+            with_metrics.append({**row, "b_metrics": json.dumps(_metrics_json(beat.host))})
+    if with_metrics:
+        await execute_many(conn, statement.values(host_metrics=bindparam("b_metrics")), with_metrics)
+    if without:
+        await execute_many(conn, statement, without)
 
 
 # ---------------------------------------------------------------- join tokens

@@ -17,8 +17,9 @@ from coordinator.domain.agents import (
     Hello,
     InstanceEvent,
     InstanceStatus,
+    ReportRequest,
 )
-from coordinator.domain.records import InstanceState
+from coordinator.domain.records import InstanceState, NodeStatus
 from coordinator.gateway import translate
 from coordinator.service.agent_reports import MISSING, AgentReports
 from coordinator.store import instances as instances_store
@@ -31,7 +32,7 @@ S = InstanceState
 
 @pytest.fixture
 async def reports(store_url: str, tmp_path: Path) -> AsyncIterator[AgentReports]:
-    store = await seeded_store(store_url, range(30000, 30001))
+    store = await seeded_store(store_url, range(30000, 30002))
     core = core_over(store, tmp_path)
     try:
         yield AgentReports(core)
@@ -40,9 +41,9 @@ async def reports(store_url: str, tmp_path: Path) -> AsyncIterator[AgentReports]
         await store.close()
 
 
-async def put(reports: AgentReports, state: InstanceState, iid: str = "i1") -> None:
+async def put(reports: AgentReports, state: InstanceState, iid: str = "i1", port: int = 30000) -> None:
     inst = make_instance(iid, node_id="n1", state=state)
-    await claim_now(reports.core.store, inst, ports=(30000,), port_count=1, primary=None)
+    await claim_now(reports.core.store, inst, ports=(port,), port_count=1, primary=None)
 
 
 async def state_of(reports: AgentReports, iid: str = "i1") -> tuple[InstanceState, str | None, int]:
@@ -153,6 +154,57 @@ async def test_unwanted_containers_and_restarts_are_kept_from_heartbeats(reports
     assert fleet.overlay(make_instance("i1", node_id="n1", state=S.RUNNING)).restarts == 2
     reports.note_heartbeat("n1", Heartbeat(instances=[mine]))  # removed by the agent
     assert fleet.unwanted("n1") == ()
+
+
+def partial(*statuses: InstanceStatus, gone: tuple[str, ...] = ()) -> Heartbeat:
+    return Heartbeat(instances=statuses, partial=True, gone=frozenset(gone))
+
+
+async def test_a_partial_heartbeat_changes_only_what_it_lists(reports: AgentReports) -> None:
+    await put(reports, S.STARTING)
+    await put(reports, S.STARTING, "i2", 30001)
+    both = [
+        InstanceStatus(instance_id=i, container_id="c", state=ContainerState.RUNNING, restarts=1)
+        for i in ("i1", "i2")
+    ]
+    reports.note_heartbeat("n1", Heartbeat(instances=both))
+    await reports.heartbeat("n1", Heartbeat(instances=both))
+    assert (await state_of(reports, "i2"))[0] is S.RUNNING
+    alive = partial()
+    assert not reports.needs_work("n1", alive)  # nothing listed: nothing vanished, nothing to write
+    reports.note_heartbeat("n1", alive)
+    assert reports.core.fleet.overlay(make_instance("i1", node_id="n1", state=S.RUNNING)).restarts == 1
+
+    stray = InstanceStatus(instance_id="old", container_id="c9", state=ContainerState.RUNNING, remove_at_ms=1)
+    exited = InstanceStatus(instance_id="i2", container_id="c", state=ContainerState.EXITED, exit_code=3)
+    change = partial(exited, stray)
+    assert reports.needs_work("n1", change)
+    reports.note_heartbeat("n1", change)
+    await reports.heartbeat("n1", change)
+    assert (await state_of(reports, "i2"))[:2] == (S.UNHEALTHY, "the container is exited (exit code 3)")
+    assert (await state_of(reports, "i1"))[0] is S.RUNNING  # not listed: as it was
+    assert [u.instance_id for u in reports.core.fleet.unwanted("n1")] == ["old"]
+
+    went = partial(gone=("i1", "old"))
+    assert reports.needs_work("n1", went)
+    reports.note_heartbeat("n1", went)
+    await reports.heartbeat("n1", went)
+    assert await state_of(reports, "i1") == (S.UNHEALTHY, MISSING, 1)
+    assert reports.core.fleet.unwanted("n1") == ()
+
+
+async def test_a_node_judged_silent_is_asked_for_a_full_heartbeat(reports: AgentReports) -> None:
+    """Its instances turn unhealthy; the partial heartbeats of an agent that was only slow would not list
+    them (nothing changed on the host), so the coordinator asks for the whole truth."""
+    fleet = reports.core.fleet
+    await put(reports, S.RUNNING)
+    session = fleet.attach("n1")
+    await reports.node_status_changed("n1", NodeStatus.READY, NodeStatus.HEARTBEAT_ABNORMAL)
+    assert (await state_of(reports))[0] is S.UNHEALTHY
+    assert isinstance(session.outbox.popleft(), ReportRequest)
+    await reports.heartbeat("n1", running())  # the full heartbeat it answers with
+    assert (await state_of(reports))[:2] == (S.RUNNING, None)
+    fleet.detach(session)
 
 
 async def test_an_unanswering_engine_makes_running_instances_unhealthy(

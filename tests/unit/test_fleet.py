@@ -18,7 +18,7 @@ from coordinator.domain.agents import (
     InstanceStatus,
     Workload,
 )
-from coordinator.domain.records import HostMetrics, NodeStatus
+from coordinator.domain.records import HostMetrics, NodeBeat, NodeStatus
 from coordinator.fleet.live import Fleet, Session
 from tests.unit.factories import make_instance, make_node, settle
 
@@ -121,6 +121,10 @@ def test_heartbeats_are_batched_not_written_one_by_one() -> None:
     batch = f.take_dirty()
     assert set(batch) == {"a", "b"} and batch["a"].host == HostMetrics(cpu_percent=2.0)
     assert f.take_dirty() == {}
+    # A partial heartbeat carries no host metrics: lastChecked is written, the stored metrics stand.
+    clock.now += 1
+    f.record_heartbeat("a", Heartbeat(partial=True))
+    assert f.take_dirty() == {"a": NodeBeat(clock.now, None, "")}
 
 
 def drain(session: Session) -> None:

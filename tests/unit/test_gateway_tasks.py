@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import grpc
 
-from coordinator.domain.agents import LogsRequest
+from coordinator.domain.agents import ContainerState, Heartbeat, InstanceStatus, LogsRequest
 from coordinator.fleet.live import Session
 from coordinator.gateway.servicer import Inbox, Writer
 
@@ -23,6 +23,9 @@ class SlowStream:
     async def write(self, message: Any) -> None:
         await asyncio.sleep(0.01)
         self.written.append(message)
+
+
+RUNNING, EXITED = ContainerState.RUNNING, ContainerState.EXITED
 
 
 def command(n: int) -> LogsRequest:
@@ -55,7 +58,7 @@ async def test_the_writer_runs_only_while_there_is_something_to_write() -> None:
 
 
 async def test_the_inbox_works_in_order_and_only_while_it_has_work() -> None:
-    done: list[str] = []
+    done: list[Any] = []
 
     async def handle(item: tuple[str, Any]) -> None:
         await asyncio.sleep(0.005)
@@ -64,12 +67,15 @@ async def test_the_inbox_works_in_order_and_only_while_it_has_work() -> None:
     inbox = Inbox(handle)
     for n in range(3):
         inbox.put(("event", f"e{n}"))
-    inbox.put(("heartbeat", "h1"))
-    inbox.put(("heartbeat", "h2"))  # replaces h1: only the newest heartbeat matters
+    h1 = Heartbeat(instances=(InstanceStatus("a", state=RUNNING), InstanceStatus("b", state=RUNNING)))
+    h2 = Heartbeat(partial=True, instances=(InstanceStatus("a", state=EXITED),), gone=frozenset({"b"}))
+    inbox.put(("heartbeat", h1))
+    inbox.put(("heartbeat", h2))  # takes h1's place, with what h1 said that h2 does not change
     await asyncio.sleep(0)
     assert tasks_named("Inbox._work") == 1
     await asyncio.sleep(0.1)
-    assert done == ["e0", "e1", "e2", "h2"]
+    assert done[:3] == ["e0", "e1", "e2"] and len(done) == 4
+    assert done[3] == Heartbeat(instances=(InstanceStatus("a", state=EXITED),))  # full: a exited, b gone
     assert tasks_named("Inbox._work") == 0
     inbox.put(("event", "e3"))
     await asyncio.sleep(0.02)
