@@ -63,9 +63,9 @@ class FleetOptions(_Section):
     offline_after_s: float = Field(60.0, gt=0)
     #: How often heartbeat data (lastChecked, metrics) is written to the database, in one batch.
     batch_period_s: float = Field(1.0, gt=0)
-    #: Every this many heartbeats an agent sends a full one (every container with its byte counters, the
-    #: host's metrics); those between say only that the node lives and what changed. Bandwidth figures and
-    #: host metrics are as fresh as the last full one. 1: every heartbeat is full.
+    #: Every this many heartbeats an agent sends a full one (every container, the host's metrics); those
+    #: between say only that the node lives, which containers changed and whose byte counters moved. Host
+    #: metrics are as fresh as the last full one. 1: every heartbeat is full.
     full_report_every: int = Field(6, ge=1, le=1000)
     #: How long an API call that waits for an agent (delete) waits before answering with the state so far.
     command_wait_s: float = Field(15.0, ge=0)

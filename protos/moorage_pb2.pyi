@@ -298,11 +298,11 @@ Global___Capacity: _TypeAlias = Capacity  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
-    """A full heartbeat (partial unset) is the whole truth: every labelled container, its counters, and the
+    """A full heartbeat (partial unset) is the whole truth: every labelled container with its counters, and the
     host's metrics. Between full ones, when the Welcome allows it (full_report_every > 1), a partial heartbeat
-    says only "alive" and lists the containers whose status changed since the last heartbeat of the session
-    (anything but their byte counters and rates), each in full; a container gone since then is listed with
-    state ABSENT. Counters, rates and host metrics ride the full ones.
+    lists in instances only the containers whose status changed since the session's last heartbeat (anything
+    but counters and rates), each in full, and a container gone since then with state ABSENT; in counters,
+    those of the other containers whose counters or rates changed. Host metrics ride the full ones.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -313,6 +313,7 @@ class Heartbeat(_message.Message):
     INSTANCES_FIELD_NUMBER: _builtins.int
     ENGINE_ERROR_FIELD_NUMBER: _builtins.int
     PARTIAL_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     sent_at_ms: _builtins.int
     engine_error: _builtins.str
@@ -324,6 +325,8 @@ class Heartbeat(_message.Message):
     def host(self) -> Global___HostMetrics: ...
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceStatus]: ...
+    @_builtins.property
+    def counters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Counters]: ...
     def __init__(
         self,
         *,
@@ -333,14 +336,48 @@ class Heartbeat(_message.Message):
         instances: _abc.Iterable[Global___InstanceStatus] | None = ...,
         engine_error: _builtins.str = ...,
         partial: _builtins.bool = ...,
+        counters: _abc.Iterable[Global___Counters] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine_error", b"engine_error", "host", b"host", "instances", b"instances", "partial", b"partial", "sent_at_ms", b"sent_at_ms", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters", "engine_error", b"engine_error", "host", b"host", "instances", b"instances", "partial", b"partial", "sent_at_ms", b"sent_at_ms", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class Counters(_message.Message):
+    """A container's byte counters and rates, in the run its last status named."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    RX_BYTES_FIELD_NUMBER: _builtins.int
+    TX_BYTES_FIELD_NUMBER: _builtins.int
+    RX_MBPS_FIELD_NUMBER: _builtins.int
+    TX_MBPS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    rx_bytes: _builtins.int
+    tx_bytes: _builtins.int
+    rx_mbps: _builtins.float
+    tx_mbps: _builtins.float
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        rx_bytes: _builtins.int = ...,
+        tx_bytes: _builtins.int = ...,
+        rx_mbps: _builtins.float = ...,
+        tx_mbps: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "rx_bytes", b"rx_bytes", "rx_mbps", b"rx_mbps", "tx_bytes", b"tx_bytes", "tx_mbps", b"tx_mbps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Counters: _TypeAlias = Counters  # noqa: Y015
 
 @_typing.final
 class HostMetrics(_message.Message):

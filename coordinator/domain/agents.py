@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from coordinator.domain.records import HostMetrics, Instance, ServerIdentity
 
@@ -58,11 +59,22 @@ class InstanceStatus:
         return self.state is ContainerState.RUNNING and self.health in ("", "healthy")
 
 
+class Counters(NamedTuple):
+    """A container's byte counters and rates, in the run its last reported status named."""
+
+    instance_id: str
+    rx_bytes: int
+    tx_bytes: int
+    rx_mbps: float
+    tx_mbps: float
+
+
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Full: every container the agent has (``instances``), its counters and the host's metrics. Partial
-    (``partial``): the node is alive, ``instances`` are the containers whose status changed since the
-    session's last heartbeat and ``gone`` those that went; the rest are as last reported."""
+    """Full: every container the agent has (``instances``) with its counters, and the host's metrics.
+    Partial (``partial``): the node is alive; ``instances`` are the containers whose status changed since
+    the session's last heartbeat, ``gone`` those that went, ``counters`` those of the others whose counters
+    moved; the rest are as last reported."""
 
     instances: Sequence[InstanceStatus] = ()
     host: HostMetrics | None = None
@@ -72,6 +84,7 @@ class Heartbeat:
     sent_at: float | None = None
     partial: bool = False
     gone: frozenset[str] = frozenset()
+    counters: Sequence[Counters] = ()
 
     def then(self, newer: Heartbeat) -> Heartbeat:
         """This heartbeat and a newer one of the same session as one (a queue keeps only the newest: a
@@ -79,10 +92,19 @@ class Heartbeat:
         if not newer.partial:
             return newer
         statuses = {s.instance_id: s for s in self.instances}
+        counters = {c.instance_id: c for c in self.counters}
+        for c in newer.counters:
+            known = statuses.get(c.instance_id)
+            if known is None:
+                counters[c.instance_id] = c
+            else:
+                statuses[c.instance_id] = replace(known, **c._asdict())
         for status in newer.instances:
             statuses[status.instance_id] = status
+            counters.pop(status.instance_id, None)
         for instance_id in newer.gone:
             statuses.pop(instance_id, None)
+            counters.pop(instance_id, None)
         return Heartbeat(
             instances=tuple(statuses.values()),
             host=newer.host or self.host,
@@ -90,6 +112,7 @@ class Heartbeat:
             sent_at=newer.sent_at,
             partial=self.partial,
             gone=self.gone.difference(statuses).union(newer.gone) if self.partial else frozenset(),
+            counters=tuple(counters.values()),
         )
 
 

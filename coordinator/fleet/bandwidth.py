@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from coordinator.domain.agents import ContainerState, InstanceStatus
+from coordinator.domain.agents import ContainerState, Counters, InstanceStatus
 from coordinator.domain.records import Instance, InstanceState
 
 _FLOWING = frozenset({InstanceState.RUNNING, InstanceState.UNHEALTHY, InstanceState.STARTING})
@@ -89,6 +89,18 @@ class Bandwidth:
                 changed |= meter.advance(epoch_of(status), status.rx_bytes, status.tx_bytes)
             if changed:
                 self._dirty.add(status.instance_id)
+
+    def count(self, node_id: str, counters: Iterable[Counters]) -> None:
+        """Fold a partial heartbeat's counters in: the same run as the container's last status said (a
+        new run would have changed its status, which comes in full)."""
+        for iid, rx, tx, rx_mbps, tx_mbps in counters:
+            meter = self.meters.get(iid)
+            if meter is None or meter.node_id != node_id:
+                continue  # no status of it heard from this node: nothing to count against
+            changed = (rx_mbps, tx_mbps) != (meter.rx_mbps, meter.tx_mbps)
+            meter.rx_mbps, meter.tx_mbps = rx_mbps, tx_mbps
+            if meter.advance(meter.epoch, rx, tx) or changed:
+                self._dirty.add(iid)
 
     def not_heard(self, node_id: str) -> None:
         """The node's heartbeats no longer come here (its session moved, or it is gone): what this process

@@ -315,6 +315,8 @@ class Fleet:
             live.host, live.host_unwritten = hb.host, True
         if hb.instances:
             self.bandwidth.record(node_id, hb.instances)
+        if hb.counters:
+            self.bandwidth.count(node_id, hb.counters)
         if not hb.partial:
             unwanted = [status for status in hb.instances if status.remove_at_ms]
             if unwanted or live.unwanted:

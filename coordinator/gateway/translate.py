@@ -95,8 +95,14 @@ def heartbeat(hb: pb.Heartbeat) -> agents.Heartbeat:
             engine_error=hb.engine_error,
             sent_at=sent_at,
         )
-    if not hb.instances:  # the usual partial heartbeat: alive, nothing changed
-        return agents.Heartbeat(sent_at=sent_at, partial=True, engine_error=hb.engine_error)
+    # The usual partial heartbeat: alive, and the counters of the containers that moved bytes.
+    counters = tuple(
+        agents.Counters(c.instance_id, c.rx_bytes, c.tx_bytes, c.rx_mbps, c.tx_mbps) for c in hb.counters
+    )
+    if not hb.instances:
+        return agents.Heartbeat(
+            sent_at=sent_at, partial=True, engine_error=hb.engine_error, counters=counters
+        )
     absent = pb.CONTAINER_STATE_ABSENT
     return agents.Heartbeat(
         instances=tuple(status(s) for s in hb.instances if s.state != absent),
@@ -105,6 +111,7 @@ def heartbeat(hb: pb.Heartbeat) -> agents.Heartbeat:
         sent_at=sent_at,
         partial=True,
         gone=frozenset(s.instance_id for s in hb.instances if s.state == absent),
+        counters=counters,
     )
 
 

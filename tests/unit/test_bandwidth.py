@@ -8,7 +8,7 @@ from dataclasses import replace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.domain.agents import ContainerState, InstanceStatus
+from coordinator.domain.agents import ContainerState, Counters, InstanceStatus
 from coordinator.fleet.bandwidth import Bandwidth
 from tests.unit.factories import make_instance
 
@@ -55,6 +55,23 @@ def test_growth_restarts_and_a_coordinator_restart() -> None:
     shown = again.overlay(make_instance("i1", state="running"))
     assert (shown.rx_bytes, shown.tx_bytes, shown.rx_mbps, shown.tx_mbps) == (200, 1950, 1.5, 2.5)
     assert again.overlay(make_instance("i1", state="stopped")).rx_mbps == 0.0
+
+
+def test_a_partial_heartbeats_counters_count_in_the_run_its_last_status_named() -> None:
+    meters = Bandwidth()
+    meters.record("n1", [status(100, 1000)])
+    meters.take_dirty()
+    meters.count("n1", [Counters("i1", 160, 1600, 3.0, 4.0)])
+    assert totals(meters) == (160, 1600)
+    assert meters.take_dirty()["i1"]["rx_mbps"] == 3.0
+    meters.count("n1", [Counters("i1", 160, 1600, 3.0, 4.0)])  # nothing moved: nothing to write
+    assert meters.take_dirty() == {}
+    meters.count("n2", [Counters("i1", 999, 9999, 0.0, 0.0)])  # not the node its status came from
+    meters.count("n1", [Counters("i9", 5, 5, 0.0, 0.0)])  # no status of it heard
+    assert totals(meters) == (160, 1600) and "i9" not in meters.meters
+    meters.record("n1", [status(10, 100, started=2)])  # the next run comes as a status, then its counters
+    meters.count("n1", [Counters("i1", 30, 300, 0.0, 0.0)])
+    assert totals(meters) == (190, 1900)
 
 
 def test_a_released_instance_keeps_its_last_totals_then_its_meter_goes() -> None:

@@ -33,34 +33,48 @@ def beat(seq: int, *statuses: pb.InstanceStatus, engine_error: str = "") -> pb.H
     return pb.Heartbeat(seq=seq, sent_at_ms=seq, host=host, instances=statuses, engine_error=engine_error)
 
 
+def shaper(full_every: int, *hello: pb.InstanceStatus) -> HeartbeatDiff:
+    """A session past its first heartbeat (which is full: the Hello has no counters or host metrics)."""
+    diff = HeartbeatDiff(full_every, hello)
+    assert not diff.shape(beat(0, *hello)).partial
+    return diff
+
+
 def test_nothing_changed_says_only_alive_and_every_nth_is_full() -> None:
-    diff = HeartbeatDiff(3, [status("a"), status("b")])
-    shaped = [diff.shape(beat(n, status("a", rx=10 * n), status("b", rx=n))) for n in range(1, 7)]
+    diff = shaper(3, status("a"), status("b"))
+    shaped = [diff.shape(beat(n, status("a"), status("b"))) for n in range(1, 7)]
     assert [b.partial for b in shaped] == [True, True, False, True, True, False]
     for b in shaped:
         if b.partial:  # no statuses, no counters, no host metrics: a few bytes
-            assert not b.instances and not b.HasField("host") and b.ByteSize() < 20
+            assert not b.instances and not b.counters and not b.HasField("host") and b.ByteSize() < 20
         else:
-            assert [s.rx_bytes for s in b.instances] == [10 * b.seq, b.seq] and b.HasField("host")
+            assert [s.instance_id for s in b.instances] == ["a", "b"] and b.HasField("host")
 
 
-def test_a_change_goes_in_the_next_beat_in_full_and_a_gone_container_as_absent() -> None:
-    diff = HeartbeatDiff(100, [status("a"), status("b")])
-    changed = diff.shape(
-        beat(1, status("a", pb.CONTAINER_STATE_EXITED, rx=7), status("b", rx=9), status("c"))
-    )
-    assert changed.partial
-    assert [(s.instance_id, s.state, s.rx_bytes) for s in changed.instances] == [
-        ("a", pb.CONTAINER_STATE_EXITED, 7),
-        ("c", pb.CONTAINER_STATE_RUNNING, 0),
+def test_counters_that_moved_go_alone_and_a_change_goes_in_full() -> None:
+    diff = shaper(100, status("a"), status("b"), status("c"))
+    moved = diff.shape(beat(1, status("a", rx=7), status("b"), status("c", pb.CONTAINER_STATE_EXITED, rx=9)))
+    assert moved.partial
+    assert [(c.instance_id, c.rx_bytes, c.tx_bytes) for c in moved.counters] == [("a", 7, 14)]
+    assert [(s.instance_id, s.state, s.rx_bytes) for s in moved.instances] == [
+        ("c", pb.CONTAINER_STATE_EXITED, 9)
     ]
-    gone = diff.shape(beat(2, status("a", pb.CONTAINER_STATE_EXITED), status("c")))
-    assert [(s.instance_id, s.state) for s in gone.instances] == [("b", ABSENT)]
-    assert not diff.shape(beat(3, status("a", pb.CONTAINER_STATE_EXITED), status("c"))).instances
+    again = diff.shape(beat(2, status("a", rx=7), status("c", pb.CONTAINER_STATE_EXITED, rx=9), status("d")))
+    assert not again.counters  # a's counters stood still
+    assert [(s.instance_id, s.state) for s in again.instances] == [
+        ("d", pb.CONTAINER_STATE_RUNNING),
+        ("b", ABSENT),
+    ]
+    assert (
+        not diff.shape(
+            beat(3, status("a", rx=7), status("c", pb.CONTAINER_STATE_EXITED, rx=9), status("d"))
+        ).ByteSize()
+        > 20
+    )
 
 
 def test_an_engine_failure_is_full_and_so_is_the_beat_after_it_and_one_asked_for() -> None:
-    diff = HeartbeatDiff(100, [status("a")])
+    diff = shaper(100, status("a"))
     failed = diff.shape(beat(1, engine_error="the container engine does not answer"))
     assert not failed.partial and failed.engine_error
     assert not diff.shape(beat(2, status("a"))).partial  # what runs is unknown there until a full one
@@ -90,14 +104,18 @@ class Reading:
 ids = st.sampled_from("abcde")
 states = st.sampled_from([pb.CONTAINER_STATE_RUNNING, pb.CONTAINER_STATE_EXITED, pb.CONTAINER_STATE_CREATED])
 containers = st.dictionaries(ids, st.tuples(states, st.integers(0, 2)), max_size=5)
-#: The engine fails now and then; the coordinator asks for the full truth now and then.
+#: The engine fails now and then; the coordinator asks for the full truth now and then. Counters move on
+#: some beats and not on others.
 readings = st.builds(
     Reading, containers, st.sampled_from([False] * 5 + [True]), st.sampled_from([False] * 3 + [True])
 )
 
 
 def statuses_of(reading: Reading, tick: int) -> list[pb.InstanceStatus]:
-    return [status(iid, state, rx=tick, restarts=r) for iid, (state, r) in sorted(reading.containers.items())]
+    return [
+        status(iid, state, rx=tick // 2 * 1000, restarts=r)
+        for iid, (state, r) in sorted(reading.containers.items())
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -107,8 +125,9 @@ def test_partial_heartbeats_applied_in_order_or_merged_tell_what_full_ones_would
 ) -> None:
     first = Reading(hello, False, False)
     diff = HeartbeatDiff(full_every, statuses_of(first, 0))
-    known: dict[str, Key] | None = {s.instance_id: key(s) for s in statuses_of(first, 0)}
-    since_full, full_due = 0, False
+    # What the coordinator knows of each container: its status key and its counters (rx).
+    known: dict[str, tuple[Key, int]] | None = {s.instance_id: (key(s), 0) for s in statuses_of(first, 0)}
+    since_full, full_due = 0, True  # the first heartbeat after the Hello is full
     merged: Heartbeat | None = None
     for tick, reading in enumerate(sequence, start=1):
         if reading.full_asked:
@@ -118,7 +137,7 @@ def test_partial_heartbeats_applied_in_order_or_merged_tell_what_full_ones_would
             if reading.engine_down
             else beat(tick, *statuses_of(reading, tick))
         )
-        truth = {s.instance_id: key(s) for s in built.instances}
+        truth = {s.instance_id: (key(s), s.rx_bytes) for s in built.instances}
         shaped = diff.shape(built)
         since_full += 1
         must_be_full = (
@@ -129,20 +148,26 @@ def test_partial_heartbeats_applied_in_order_or_merged_tell_what_full_ones_would
             since_full, full_due = 0, reading.engine_down
             known = None if reading.engine_down else truth
         else:
-            assert known is not None
+            assert known is not None and not shaped.HasField("host")
             for s in shaped.instances:
                 if s.state == ABSENT:
                     assert s.instance_id in known and s.instance_id not in truth
                     del known[s.instance_id]
                 else:  # only what changed, each in full
-                    assert known.get(s.instance_id) != key(s) and s.rx_bytes == tick
-                    known[s.instance_id] = key(s)
-            assert not shaped.HasField("host")
+                    assert known.get(s.instance_id, (None,))[0] != key(s)
+                    known[s.instance_id] = (key(s), s.rx_bytes)
+            for c in shaped.counters:  # only counters that moved, of containers whose status did not
+                assert (
+                    known[c.instance_id][0] == truth[c.instance_id][0]
+                    and known[c.instance_id][1] != c.rx_bytes
+                )
+                known[c.instance_id] = (known[c.instance_id][0], c.rx_bytes)
         assert known == (None if reading.engine_down else truth)
         # The coordinator's queue: this heartbeat merged onto the ones not handled yet says the same.
         domain = translate.heartbeat(shaped)
         merged = domain if merged is None else merged.then(domain)
         if not merged.partial and not merged.engine_error:
-            assert {s.instance_id: (s.state.value, s.restarts) for s in merged.instances} == {
-                s.instance_id: (translate.status(s).state.value, s.restarts) for s in built.instances
+            assert {s.instance_id: (s.state.value, s.restarts, s.rx_bytes) for s in merged.instances} == {
+                s.instance_id: (translate.status(s).state.value, s.restarts, s.rx_bytes)
+                for s in built.instances
             }
