@@ -41,15 +41,19 @@ def meter(s: pb.InstanceStatus) -> Meter:
 
 class HeartbeatDiff:
     """One session's heartbeats, from its Hello on. The first after the Hello is full (the Hello carries
-    neither counters nor host metrics), then every ``full_every``-th."""
+    neither counters nor host metrics), then every ``full_every``-th; ``phase`` beats of the first round
+    are skipped, so that agents that connected at once (their coordinator restarted) do not all send their
+    full heartbeats in the same interval ever after."""
 
-    def __init__(self, full_every: int, hello: Iterable[pb.InstanceStatus]) -> None:
+    def __init__(self, full_every: int, hello: Iterable[pb.InstanceStatus], phase: int = 0) -> None:
         #: 1: every heartbeat is full (a coordinator that does not know partial ones says 0).
         self.full_every = max(full_every, 1)
         #: What the coordinator was last told of each container; None: nothing is known there (the last
         #: heartbeat said the engine did not answer), so the next one is full.
         self._sent: dict[str, tuple[Key, Meter]] | None = {s.instance_id: (key(s), meter(s)) for s in hello}
         self._since_full = 0
+        #: Beats the round after the first full heartbeat starts with.
+        self._phase = phase % self.full_every
         self._full_asked = True
 
     def ask_full(self) -> None:
@@ -62,7 +66,7 @@ class HeartbeatDiff:
         self._since_full += 1
         sent, self._sent = self._sent, None if beat.engine_error else now
         if sent is None or beat.engine_error or self._full_asked or self._since_full >= self.full_every:
-            self._since_full, self._full_asked = 0, False
+            self._since_full, self._phase, self._full_asked = self._phase, 0, False
             return beat
         partial = pb.Heartbeat(seq=beat.seq, sent_at_ms=beat.sent_at_ms, partial=True)
         for status in beat.instances:

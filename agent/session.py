@@ -350,7 +350,8 @@ class AgentSession:
             welcome = first.welcome
             if welcome.heartbeat_interval_ms:
                 self.heartbeat_interval_s = welcome.heartbeat_interval_ms / 1000
-            beats = HeartbeatDiff(welcome.full_report_every, hello.instances)
+            every = welcome.full_report_every
+            beats = HeartbeatDiff(every, hello.instances, phase=random.randrange(every) if every else 0)
             log.info(
                 "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
             )

@@ -84,6 +84,14 @@ def test_an_engine_failure_is_full_and_so_is_the_beat_after_it_and_one_asked_for
     assert diff.shape(beat(5, status("a"))).partial
 
 
+def test_agents_that_connected_at_once_send_their_full_heartbeats_in_different_intervals() -> None:
+    fulls = []
+    for phase in range(3):
+        diff = HeartbeatDiff(3, [status("a")], phase)
+        fulls.append([n for n in range(7) if not diff.shape(beat(n, status("a"))).partial])
+    assert fulls == [[0, 3, 6], [0, 2, 5], [0, 1, 4]]
+
+
 def test_an_old_coordinator_gets_every_heartbeat_in_full() -> None:
     diff = HeartbeatDiff(0, [status("a")])  # its Welcome has no full_report_every
     assert not any(diff.shape(beat(n, status("a"))).partial for n in range(1, 5))
@@ -119,12 +127,13 @@ def statuses_of(reading: Reading, tick: int) -> list[pb.InstanceStatus]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 5), containers, st.lists(readings, max_size=30))
+@given(st.integers(0, 5), st.integers(0, 5), containers, st.lists(readings, max_size=30))
 def test_partial_heartbeats_applied_in_order_or_merged_tell_what_full_ones_would(
-    full_every: int, hello: dict[str, tuple[State, int]], sequence: list[Reading]
+    full_every: int, phase: int, hello: dict[str, tuple[State, int]], sequence: list[Reading]
 ) -> None:
     first = Reading(hello, False, False)
-    diff = HeartbeatDiff(full_every, statuses_of(first, 0))
+    diff = HeartbeatDiff(full_every, statuses_of(first, 0), phase)
+    first_round = phase % max(full_every, 1)  # beats the round after the first full one starts with
     # What the coordinator knows of each container: its status key and its counters (rx).
     known: dict[str, tuple[Key, int]] | None = {s.instance_id: (key(s), 0) for s in statuses_of(first, 0)}
     since_full, full_due = 0, True  # the first heartbeat after the Hello is full
@@ -145,7 +154,7 @@ def test_partial_heartbeats_applied_in_order_or_merged_tell_what_full_ones_would
         )
         assert shaped.partial is not must_be_full
         if not shaped.partial:
-            since_full, full_due = 0, reading.engine_down
+            since_full, full_due, first_round = first_round, reading.engine_down, 0
             known = None if reading.engine_down else truth
         else:
             assert known is not None and not shaped.HasField("host")
