@@ -81,6 +81,10 @@ class LiveNode:
     unwanted: tuple[InstanceStatus, ...] = ()
     #: Host metrics came since the batch writer last stored them.
     host_unwritten: bool = False
+    #: When the monitor looks at the node next (its earliest deadline in the heap; None: none there). A
+    #: heartbeat moves the node's deadline later without a new entry: the monitor, finding the node
+    #: heard since, puts it back at its new deadline, one heap entry a grace period, not one a heartbeat.
+    due: float | None = None
     #: Why the node's container engine did not answer its agent, as of the last heartbeat ("" when it did).
     engine_error: str = ""
     #: For a node that had a session before this process started (None: not expected): until its first
@@ -184,7 +188,7 @@ class Fleet:
             live = self.live.setdefault(node_id, LiveNode())
             if live.last_heartbeat is None:
                 live.expected_since, live.status = since, NodeStatus.READY
-                heapq.heappush(self._deadlines, (since + self.grace_s + 0.001, node_id))
+                self._schedule(node_id, live, since + self.grace_s + 0.001)
 
     def is_connected(self, node_id: str) -> bool:
         return node_id in self.sessions
@@ -231,9 +235,9 @@ class Fleet:
             self.expect([node_id])
             return
         self.ready.discard(node_id)
-        self.live[node_id] = LiveNode(status=status, expected_since=last_checked)
+        live = self.live[node_id] = LiveNode(status=status, expected_since=last_checked)
         if last_checked is not None:
-            heapq.heappush(self._deadlines, (last_checked + self.options.offline_after_s + 0.001, node_id))
+            self._schedule(node_id, live, last_checked + self.options.offline_after_s + 0.001)
 
     # ------------------------------------------------------------ confirmed instances
 
@@ -324,7 +328,7 @@ class Fleet:
         elif hb.instances or hb.gone:
             live.unwanted = _unwanted_after(live.unwanted, hb)
         self._dirty.add(node_id)
-        heapq.heappush(self._deadlines, (now + self.grace_s, node_id))
+        self._schedule(node_id, live, now + self.grace_s)
         self.ready.add(node_id)
         if live.status is not NodeStatus.READY:
             previous, live.status = live.status, NodeStatus.READY
@@ -408,21 +412,32 @@ class Fleet:
         until the next deadline."""
         now = self.clock()
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, node_id = heapq.heappop(self._deadlines)
+            at, node_id = heapq.heappop(self._deadlines)
             live = self.live.get(node_id)
             if live is None:
                 continue
+            if live.due == at:
+                live.due = None
             last = live.last_heartbeat if live.last_heartbeat is not None else live.expected_since
             status = self.judge(last)
-            if status is not NodeStatus.READY:
+            if status is NodeStatus.READY:
+                assert last is not None
+                self._schedule(node_id, live, last + self.grace_s + 0.001)  # heard since: its new deadline
+            else:
                 self.ready.discard(node_id)
             if status is not live.status:
                 previous, live.status = live.status, status
                 log.info("node status changed", node_id=node_id, old=previous.value, new=status.value)
                 self._notify(node_id, previous, status)
             if status is NodeStatus.HEARTBEAT_ABNORMAL and last is not None:
-                heapq.heappush(self._deadlines, (last + self.options.offline_after_s + 0.001, node_id))
+                self._schedule(node_id, live, last + self.options.offline_after_s + 0.001)
         return self._deadlines[0][0] - now if self._deadlines else 1.0
+
+    def _schedule(self, node_id: str, live: LiveNode, at: float) -> None:
+        """See the node at ``at`` at the latest (an earlier look that finds it heard puts it back)."""
+        if live.due is None or at < live.due:
+            heapq.heappush(self._deadlines, (at, node_id))
+            live.due = at
 
     def take_dirty(self) -> dict[str, NodeBeat]:
         batch = {node_id: beat for node_id in self._dirty if (beat := self.beat(node_id)) is not None}

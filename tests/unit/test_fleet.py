@@ -80,6 +80,25 @@ async def test_monitor_reports_each_transition_once() -> None:
     ]
 
 
+async def test_heartbeats_move_a_nodes_deadline_without_an_entry_each() -> None:
+    clock = Clock()
+    f = fleet(clock)
+    seen = recorded(f)
+    for _ in range(100):  # 50 s of heartbeats every 0.5 s, the monitor waking as it would
+        f.record_heartbeat("n", Heartbeat())
+        clock.now += 0.5
+        f.judge_due()
+    assert len(f._deadlines) == 1  # one look a grace period, not one entry a heartbeat
+    last = clock.now - 0.5
+    clock.now = last + 2.9
+    f.judge_due()
+    assert "n" in f.ready  # judged from its last heartbeat (grace 3 s), not from an earlier one
+    clock.now = last + 3.1
+    f.judge_due()
+    await settle()
+    assert [n for _, _, n in seen] == [NodeStatus.READY, NodeStatus.HEARTBEAT_ABNORMAL]
+
+
 async def test_a_node_expected_after_a_restart_that_never_reports_goes_abnormal() -> None:
     """After a coordinator restart, an agent that does not come back is judged silent from that start:
     its node goes abnormal, then offline, so its instances do not read running forever. One that comes
