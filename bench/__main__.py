@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import cluster, coordinator_restart, deploy, events, heartbeats, placement, tls
+from bench import cluster, coordinator_restart, deploy, events, heartbeats, heartbeats_cluster, placement, tls
 
 
 def main() -> None:
@@ -15,6 +15,8 @@ def main() -> None:
     cluster.main([])
     print()
     heartbeats.main()
+    print()
+    heartbeats_cluster.main([])
     print()
     events.main()
     print()

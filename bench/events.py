@@ -27,7 +27,7 @@ import aiohttp
 import psutil
 
 from bench.daemons import REPO, CoordinatorProcess, wait_for
-from bench.heartbeats import _scrape, _seed, _spec, _start_generators, _stop
+from bench.heartbeats import _seed, scrape, spec_for, start_generators, stop_generators
 
 NODES = 1_000
 CLIENTS = 50
@@ -86,11 +86,11 @@ def _newest(coordinator: CoordinatorProcess) -> int:
 
 
 def _rate(coordinator: CoordinatorProcess, seeded: dict[str, Any], flip: int, tmp: Path) -> None:
-    spec = {**_spec(coordinator, seeded, INTERVAL_S), "flip_every": flip}
-    procs = _start_generators(spec, seeded["nodes"][:NODES], tmp)
+    spec = {**spec_for(coordinator, seeded, INTERVAL_S), "flip_every": flip}
+    procs = start_generators(spec, seeded["nodes"][:NODES], tmp)
     pid = coordinator.proc.pid  # type: ignore[union-attr]
     try:
-        wait_for(lambda: _scrape(coordinator).get("moorage_agent_sessions") == NODES, 60, f"{NODES} sessions")
+        wait_for(lambda: scrape(coordinator).get("moorage_agent_sessions") == NODES, 60, f"{NODES} sessions")
         time.sleep(flip * INTERVAL_S * 1.5)  # past the first changes of every node: a steady rate
         first = _newest(coordinator)
         alone = _cores(pid, WINDOW_S)
@@ -130,7 +130,7 @@ def _rate(coordinator: CoordinatorProcess, seeded: dict[str, Any], flip: int, tm
             f"(+{with_clients - alone:.2f})"
         )
     finally:
-        _stop(procs)
+        stop_generators(procs)
 
 
 def main() -> None:

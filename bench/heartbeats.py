@@ -1,12 +1,15 @@
 """Heartbeat ingestion: simulated agents (real gRPC sessions over loopback with mutual TLS, each its own
-node certificate, spread over several processes) against one real coordinator process.
+node certificate, spread over several processes; the agent's own channel options and its heartbeat
+shaping, partial between full ones) against one real coordinator process.
 
 The nodes are written into the coordinator's database and their certificates signed with its CA before it
 starts (enrolling 10,000 agents one by one would measure enrollment, not heartbeats). Each node reports two
 running instances with growing byte counters, so every heartbeat also feeds the bandwidth totals and the
-batch writer. Printed: the coordinator's RSS with 1,000 and with 10,000 sessions at a 5 s interval and the
-p99 heartbeat delay there; heartbeats per second at saturation, the coordinator's CPU for them and the p99
-handling time. Timings come from the coordinator's own /metrics histograms.
+batch writer. Printed: the coordinator's RSS and CPU with 1,000 and with 10,000 sessions at a 5 s
+interval, the p99 heartbeat delay and batch write there; heartbeats per core-second at saturation and the
+p99 handling time; and beside each, the same sessions against the ceiling, a grpc.aio server with the
+coordinator's transport options that does nothing per heartbeat, measured in the same run. Timings come
+from the coordinator's own /metrics histograms. bench/heartbeats_cluster.py spreads 20,000 over several.
 
     python -m bench.heartbeats                     # the whole benchmark
     python -m bench.heartbeats flood 1000          # only the saturation phase, with that many sessions
@@ -35,10 +38,14 @@ from typing import Any
 import grpc
 import psutil
 
+from agent.heartbeat import HeartbeatDiff
 from agent.identity import SERVER_NAME, new_key_and_csr
+from agent.session import CHANNEL_OPTIONS, PROTOCOL_VERSION
 from bench.daemons import REPO, CoordinatorProcess, wait_for
 from bench.seed import organization_with_user
+from coordinator.config import FleetOptions
 from coordinator.domain.records import Instance, InstanceState, Node
+from coordinator.gateway.servicer import SERVER_OPTIONS
 from coordinator.security.pki import CertificateAuthority
 from coordinator.store import nodes as nodes_store
 from coordinator.store.engine import Store, sqlite_url
@@ -59,10 +66,13 @@ STEADY_S = 5.0
 
 
 async def _seed(data_dir: Path, count: int) -> dict[str, Any]:
-    """Enrolled nodes with running instances, straight into the database; one key for every node (only
-    the certificates must differ: each names its node)."""
-    store = Store.open(sqlite_url(data_dir))
-    ca = CertificateAuthority.load_or_create(data_dir)
+    """Enrolled nodes with running instances, straight into the data directory's database, with its CA."""
+    return await seed(Store.open(sqlite_url(data_dir)), CertificateAuthority.load_or_create(data_dir), count)
+
+
+async def seed(store: Store, ca: CertificateAuthority, count: int) -> dict[str, Any]:
+    """Enrolled nodes with running instances, straight into the database (closed after); one key for every
+    node (only the certificates must differ: each names its node)."""
     key_pem, csr_pem = new_key_and_csr()
     now = time.time()
     nodes: list[dict[str, Any]] = []
@@ -118,19 +128,28 @@ async def _session(
     go: asyncio.Event,
 ) -> None:
     creds = grpc.ssl_channel_credentials(spec["ca"].encode(), spec["key"].encode(), node["cert"].encode())
-    options = [("grpc.ssl_target_name_override", SERVER_NAME)]
-    async with grpc.aio.secure_channel(spec["target"], creds, options=options) as channel:
+    # The agent's own channel (keepalive pings included) and its heartbeats: partial between full ones as
+    # the Welcome says, shaped by the agent's code as they leave.
+    async with grpc.aio.secure_channel(spec["target"], creds, options=CHANNEL_OPTIONS) as channel:
         async with connecting:
             call = pb_grpc.CoordinatorStub(channel).Connect()
             # As a real agent does, the Hello carries what runs (the coordinator confirms it from there).
-            hello = pb.Hello(agent_version="bench", instances=_statuses(node["instances"], 0))
+            hello = pb.Hello(
+                agent_version="bench",
+                protocol_version=PROTOCOL_VERSION,
+                instances=_statuses(node["instances"], 0),
+            )
             await call.write(pb.AgentMessage(hello=hello))
-            await call.read()  # Welcome
+            welcome = await call.read()
+        assert isinstance(welcome, pb.CoordinatorMessage)
+        every = welcome.welcome.full_report_every
+        beats = HeartbeatDiff(every, hello.instances, phase=random.randrange(every) if every else 0)
         ready.release()
 
         async def drain() -> None:
-            while isinstance(await call.read(), pb.CoordinatorMessage):
-                pass
+            while isinstance(message := await call.read(), pb.CoordinatorMessage):
+                if message.HasField("report"):
+                    beats.ask_full()
 
         drainer = asyncio.create_task(drain())
         host = pb.HostMetrics(cpu_percent=3.5, memory_used_mib=900, memory_total_mib=65536, load1=0.2)
@@ -159,7 +178,7 @@ async def _session(
                 host=host,
                 instances=_statuses(node["instances"], tick, bool(flip) and (tick // flip) % 2 == 1),
             )
-            await call.write(pb.AgentMessage(heartbeat=beat))
+            await call.write(pb.AgentMessage(heartbeat=beats.shape(beat)))
             pause = interval * random.uniform(0.9, 1.1) if interval > 0 else _flood_pause(tick)
         drainer.cancel()
 
@@ -199,7 +218,9 @@ class _Bare(pb_grpc.CoordinatorServicer):
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:  # type: ignore[override]
         await context.read()
-        await context.write(pb.CoordinatorMessage(welcome=pb.Welcome()))
+        # The coordinator's own Welcome fields, so that the agents send the same heartbeats to both.
+        welcome = pb.Welcome(full_report_every=FleetOptions().full_report_every)
+        await context.write(pb.CoordinatorMessage(welcome=welcome))
         while (await context.read()) is not grpc.aio.EOF:
             self.count += 1
 
@@ -212,7 +233,7 @@ async def _bare_server(data_dir: Path) -> None:
         [(key, chain)], root_certificates=ca.cert_pem, require_client_auth=True
     )
     servicer = _Bare()
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)  # the coordinator's transport, as it is configured
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     port = server.add_secure_port("127.0.0.1:0", creds)
     await server.start()
@@ -228,7 +249,8 @@ async def _bare_server(data_dir: Path) -> None:
     await server.stop(None)
 
 
-def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, tmp: Path) -> None:
+def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, interval: float, tmp: Path) -> Phase:
+    """The same sessions, sending the same heartbeats, against the do-nothing server."""
     bare = subprocess.Popen(
         [sys.executable, "-m", "bench.heartbeats", "bare", str(data_dir)],
         cwd=REPO,
@@ -238,21 +260,16 @@ def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, tmp: Path) -> N
     assert bare.stdin is not None and bare.stdout is not None
     try:
         port = int(bare.stdout.readline())
-        spec = {"target": f"127.0.0.1:{port}", "key": seeded["key"], "ca": seeded["ca"], "interval": 0.0}
-        procs = _start_generators(spec, seeded["nodes"][:count], tmp)
+        spec = {"target": f"127.0.0.1:{port}", "key": seeded["key"], "ca": seeded["ca"], "interval": interval}
+        procs = start_generators(spec, seeded["nodes"][:count], tmp)
         try:
-            time.sleep(2.0)
-            bare.stdin.write(f"measure {FLOOD_S}\n".encode())
+            time.sleep(SETTLE_S / 2 if interval else 2.0)
+            bare.stdin.write(f"measure {SETTLE_S if interval else FLOOD_S}\n".encode())
             bare.stdin.flush()
             rate, cores = map(float, bare.stdout.readline().split())
-            rss = psutil.Process(bare.pid).memory_info().rss / 2**20
-            print(
-                f"ceiling, the same {count} sessions against a server that does nothing per heartbeat "
-                f"(RSS {rss:.0f} MiB): {rate:7.0f} heartbeats/s on {cores:.2f} cores = "
-                f"{rate / max(cores, 1e-9):7.0f} per core-second"
-            )
+            return Phase(rate, cores, psutil.Process(bare.pid).memory_info().rss / 2**20)
         finally:
-            _stop(procs)
+            stop_generators(procs)
     finally:
         bare.kill()
         bare.wait()
@@ -261,7 +278,7 @@ def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, tmp: Path) -> N
 # ---------------------------------------------------------------- measuring
 
 
-def _scrape(coordinator: CoordinatorProcess) -> dict[str, float]:
+def scrape(coordinator: CoordinatorProcess) -> dict[str, float]:
     req = urllib.request.Request(coordinator.endpoints["http"] + "/metrics")
     req.add_header("x-api-key", coordinator.admin_key)
     with urllib.request.urlopen(req, timeout=30) as resp:
@@ -290,13 +307,13 @@ def _p99(before: dict[str, float], after: dict[str, float], name: str) -> str:
     return "> 2.5 s"
 
 
-def _start_generators(
-    spec: dict[str, Any], nodes: list[dict[str, Any]], tmp: Path
+def start_generators(
+    spec: dict[str, Any], nodes: list[dict[str, Any]], tmp: Path, generators: int = GENERATORS
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
-    for g in range(GENERATORS):
-        path = tmp / f"gen-{g}.json"
-        path.write_text(json.dumps({**spec, "nodes": nodes[g::GENERATORS]}))
+    for g in range(generators):
+        path = tmp / f"gen-{g}-{uuid.uuid4().hex[:6]}.json"
+        path.write_text(json.dumps({**spec, "nodes": nodes[g::generators]}))
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-m", "bench.heartbeats", "generate", str(path)],
@@ -318,47 +335,61 @@ def _start_generators(
     return procs
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_generators(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         proc.kill()
         proc.wait()
 
 
 @dataclass
-class Window:
-    """What the coordinator did over a measured stretch: its metrics before and after, its CPU in cores."""
+class Phase:
+    """One measured stretch of one server process: heartbeats a second, its CPU in cores, its RSS."""
 
-    before: dict[str, float]
-    after: dict[str, float]
-    seconds: float
+    rate: float
     cores: float
     rss_mib: float
 
     @property
-    def heartbeats_per_s(self) -> float:
-        return (
-            self.after["moorage_heartbeats_total"] - self.before["moorage_heartbeats_total"]
-        ) / self.seconds
+    def per_core_s(self) -> float:
+        return self.rate / max(self.cores, 1e-9)
+
+
+@dataclass
+class Window(Phase):
+    """The coordinator's stretch, with its own metrics before and after (for the p99s)."""
+
+    before: dict[str, float]
+    after: dict[str, float]
 
     def p99(self, name: str) -> str:
         return _p99(self.before, self.after, name)
 
 
 def _measure(coordinator: CoordinatorProcess, seconds: float) -> Window:
-    proc = psutil.Process(coordinator.proc.pid)  # type: ignore[union-attr]
-    before, cpu0, t0 = _scrape(coordinator), proc.cpu_times(), time.monotonic()
+    return measure_together([coordinator], seconds)[0]
+
+
+def measure_together(coordinators: list[CoordinatorProcess], seconds: float) -> list[Window]:
+    """The same stretch of time for each coordinator."""
+    procs = [psutil.Process(c.proc.pid) for c in coordinators]  # type: ignore[union-attr]
+    before, cpu0, t0 = [scrape(c) for c in coordinators], [p.cpu_times() for p in procs], time.monotonic()
     time.sleep(seconds)
-    after, cpu1, elapsed = _scrape(coordinator), proc.cpu_times(), time.monotonic() - t0
-    cores = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed
-    return Window(before, after, elapsed, cores, proc.memory_info().rss / 2**20)
+    after, cpu1 = [scrape(c) for c in coordinators], [p.cpu_times() for p in procs]
+    elapsed = time.monotonic() - t0
+    windows = []
+    for b, a, c0, c1, proc in zip(before, after, cpu0, cpu1, procs, strict=True):
+        cores = (c1.user + c1.system - c0.user - c0.system) / elapsed
+        rate = (a["moorage_heartbeats_total"] - b["moorage_heartbeats_total"]) / elapsed
+        windows.append(Window(rate, cores, proc.memory_info().rss / 2**20, b, a))
+    return windows
 
 
-def _spec(coordinator: CoordinatorProcess, seeded: dict[str, Any], interval: float) -> dict[str, Any]:
+def spec_for(coordinator: CoordinatorProcess, seeded: dict[str, Any], interval: float) -> dict[str, Any]:
     target = f"127.0.0.1:{coordinator.endpoints['grpc_port']}"
     return {"target": target, "key": seeded["key"], "ca": seeded["ca"], "interval": interval}
 
 
-def _quiet(coordinator: CoordinatorProcess, timeout_s: float = 600.0) -> None:
+def quiet(coordinator: CoordinatorProcess, timeout_s: float = 600.0) -> None:
     """Until no event has been written for a few seconds: the fleet has settled. Nodes seeded but not in
     this phase are judged silent when the startup grace runs out, their instances turn unhealthy, and each
     heartbeat of theirs later confirms them again, a write an instance: the steady state is what comes
@@ -374,39 +405,73 @@ def _quiet(coordinator: CoordinatorProcess, timeout_s: float = 600.0) -> None:
     raise TimeoutError("the fleet did not settle")
 
 
-def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
+def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> Window:
     started = time.monotonic()
-    procs = _start_generators(_spec(coordinator, seeded, 5.0), seeded["nodes"][:count], tmp)
+    procs = start_generators(spec_for(coordinator, seeded, STEADY_S), seeded["nodes"][:count], tmp)
     connect_s = time.monotonic() - started
     try:
-        wait_for(lambda: _scrape(coordinator).get("moorage_agent_sessions") == count, 60, f"{count} sessions")
-        _quiet(coordinator)
+        wait_for(lambda: scrape(coordinator).get("moorage_agent_sessions") == count, 60, f"{count} sessions")
+        quiet(coordinator)
         time.sleep(SETTLE_S / 2)
         w = _measure(coordinator, SETTLE_S)
+        beats = w.after["moorage_heartbeats_total"] - w.before["moorage_heartbeats_total"]
+        partial = w.after["moorage_heartbeats_partial_total"] - w.before["moorage_heartbeats_partial_total"]
         print(
-            f"{count:>6} sessions at 5 s: coordinator RSS {w.rss_mib:6.0f} MiB   "
-            f"{w.heartbeats_per_s:7.0f} heartbeats/s on {w.cores:.2f} cores   "
-            f"p99 delay {w.p99('moorage_heartbeat_delay_seconds')}   "
-            f"p99 batch write {w.p99('moorage_batch_write_seconds')}   "
-            f"(sessions up in {connect_s:.1f} s)"
+            f"{count:>6} sessions at {STEADY_S:g} s, coordinator: RSS {w.rss_mib:5.0f} MiB   "
+            f"{w.rate:5.0f} heartbeats/s ({partial / max(beats, 1):.0%} partial) on "
+            f"{w.cores:.2f} cores   p99 delay {w.p99('moorage_heartbeat_delay_seconds')}   "
+            f"p99 batch write {w.p99('moorage_batch_write_seconds')}   (sessions up in {connect_s:.0f} s)",
+            flush=True,
         )
+        return w
     finally:
-        _stop(procs)
+        stop_generators(procs)
 
 
-def _flood(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> None:
-    procs = _start_generators(_spec(coordinator, seeded, 0.0), seeded["nodes"][:count], tmp)
+def _flood(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> Window:
+    procs = start_generators(spec_for(coordinator, seeded, 0.0), seeded["nodes"][:count], tmp)
     try:
         time.sleep(2.0)
         w = _measure(coordinator, FLOOD_S)
         print(
-            f"saturation, {count} sessions flooding: {w.heartbeats_per_s:7.0f} heartbeats/s on "
-            f"{w.cores:.2f} cores of coordinator CPU = {w.heartbeats_per_s / max(w.cores, 1e-9):7.0f} per "
-            f"core-second   p99 handling {w.p99('moorage_heartbeat_handling_seconds')}   "
-            f"p99 batch write {w.p99('moorage_batch_write_seconds')}"
+            f"saturation, {count} sessions flooding, coordinator: {w.rate:6.0f} heartbeats/s on "
+            f"{w.cores:.2f} cores = {w.per_core_s:6.0f} per core-second   "
+            f"p99 handling {w.p99('moorage_heartbeat_handling_seconds')}   "
+            f"p99 batch write {w.p99('moorage_batch_write_seconds')}",
+            flush=True,
         )
+        return w
     finally:
-        _stop(procs)
+        stop_generators(procs)
+
+
+def _report(
+    sizes: tuple[int, ...], ours: dict[int, Window], bare: dict[int, Phase], flood: tuple[Window, Phase]
+) -> None:
+    """Each figure beside the ceiling's, measured in the same run, and the goals (issue 21)."""
+    print("\nbeside the ceiling (a grpc.aio server doing nothing per heartbeat, same transport options):")
+    for count in sizes:
+        w, c = ours[count], bare[count]
+        print(
+            f"{count:>6} at {STEADY_S:g} s: RSS {w.rss_mib:5.0f} MiB (ceiling {c.rss_mib:5.0f})   "
+            f"CPU {w.cores:.2f} cores (ceiling {c.cores:.2f})   "
+            f"p99 delay {w.p99('moorage_heartbeat_delay_seconds')}"
+        )
+    if len(sizes) > 1:
+        low, high = sizes[0], sizes[-1]
+        mine = (ours[high].rss_mib - ours[low].rss_mib) * 1024 / (high - low)
+        theirs = (bare[high].rss_mib - bare[low].rss_mib) * 1024 / (high - low)
+        print(f"memory a session ({low:,} -> {high:,}): {mine:.0f} KB (ceiling {theirs:.0f} KB)")
+    w, c = flood
+    print(
+        f"saturation: {w.per_core_s:6.0f} per core-second (ceiling {c.per_core_s:6.0f}) = "
+        f"{w.per_core_s / max(c.per_core_s, 1e-9):.0%} of the ceiling   "
+        f"p99 handling {w.p99('moorage_heartbeat_handling_seconds')}"
+    )
+    print(
+        "goals: 10,000 at 5 s in RSS <= 600 MiB on <= 0.3 cores, p99 delay <= 20 ms; saturation >= 70% of "
+        "the ceiling, p99 handling <= 20 ms"
+    )
 
 
 def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
@@ -417,25 +482,28 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
         data_dir.mkdir()
         # Seeded nodes not yet connected are not judged silent meanwhile (a real fleet's agents all come).
         fleet = {
-            "heartbeat_interval_s": 5.0,
+            "heartbeat_interval_s": STEADY_S,
             "offline_after_s": 300.0,
             "batch_period_s": 1.0,
             "startup_grace_s": 900.0,
+            "full_report_every": FleetOptions().full_report_every,
         }
         coordinator = CoordinatorProcess(data_dir, fleet=fleet, extra={"log_level": "warning"})
         coordinator.start()  # once, to create its database, CA and admin key; then the fleet is seeded
         coordinator.stop()
         seeded = asyncio.run(_seed(data_dir, max(sizes)))
         coordinator.start()
+        ours: dict[int, Window] = {}
         try:
             # The flood comes last: it leaves the coordinator holding transport buffers, which would
             # count in the RSS of a later phase.
             for count in sizes if steady else ():
-                _steady(coordinator, seeded, count, tmp)
-            _flood(coordinator, seeded, sizes[0], tmp)
+                ours[count] = _steady(coordinator, seeded, count, tmp)
+            flood = _flood(coordinator, seeded, sizes[0], tmp)
         finally:
             coordinator.stop()
-        _ceiling(data_dir, seeded, sizes[0], tmp)
+        bare = {count: _ceiling(data_dir, seeded, count, STEADY_S, tmp) for count in ours}
+        _report(tuple(ours), ours, bare, (flood, _ceiling(data_dir, seeded, sizes[0], 0.0, tmp)))
 
 
 if __name__ == "__main__":
