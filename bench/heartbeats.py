@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 import psutil
+from sqlalchemy import text
 
 from agent.heartbeat import HeartbeatDiff
 from agent.identity import SERVER_NAME, new_key_and_csr
@@ -92,7 +93,7 @@ async def seed(store: Store, ca: CertificateAuthority, count: int) -> dict[str, 
                     iid, "i", org, "bench", "img", "img", 64, 10, 0, {}, node_id, None,
                     InstanceState.RUNNING, None, False, f"c{iid}", now, now, now, now, None,
                 )  # fmt: skip
-                await conn.exec_driver_sql(INSERT_INSTANCE, instance_params(inst))
+                await conn.execute(text(INSERT_INSTANCE), instance_params(inst))
             nodes.append({"id": node_id, "cert": issued.pem.decode(), "instances": instance_ids})
     await store.close()
     ca_pem = ca.cert_pem.decode()

@@ -70,6 +70,9 @@ def run(database: str, sessions: int) -> None:
         ]
         coordinators[0].start()  # the cluster's secrets into the database, then the fleet is seeded
         coordinators[0].stop()
+        for other in coordinators[1:]:  # the admin key is the cluster's: each reads /metrics with it
+            other.data_dir.mkdir(parents=True, exist_ok=True)
+            (other.data_dir / "admin.key").write_text(coordinators[0].admin_key)
         seeded = asyncio.run(_secrets_and_seed(database, key_file, coordinators[0].data_dir, sessions))
         procs = []
         try:
