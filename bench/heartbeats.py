@@ -430,7 +430,9 @@ def _steady(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int,
 
 
 def _flood(coordinator: CoordinatorProcess, seeded: dict[str, Any], count: int, tmp: Path) -> Window:
-    procs = start_generators(spec_for(coordinator, seeded, 0.0), seeded["nodes"][:count], tmp)
+    """Nodes of their own (the last seeded), once the nodes of the steady phases were judged silent: a
+    window in which the coordinator does nothing but take heartbeats."""
+    procs = start_generators(spec_for(coordinator, seeded, 0.0), seeded["nodes"][-count:], tmp)
     try:
         time.sleep(2.0)
         w = _measure(coordinator, FLOOD_S)
@@ -492,14 +494,19 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
         coordinator = CoordinatorProcess(data_dir, fleet=fleet, extra={"log_level": "warning"})
         coordinator.start()  # once, to create its database, CA and admin key; then the fleet is seeded
         coordinator.stop()
-        seeded = asyncio.run(_seed(data_dir, max(sizes)))
+        steady_nodes = max(sizes) if steady else 0
+        seeded = asyncio.run(_seed(data_dir, steady_nodes + sizes[0]))
         coordinator.start()
         ours: dict[int, Window] = {}
         try:
             # The flood comes last: it leaves the coordinator holding transport buffers, which would
-            # count in the RSS of a later phase.
+            # count in the RSS of a later phase. The nodes of the steady phases are judged silent first
+            # (their instances turn unhealthy: a write each), not while the flood is measured.
             for count in sizes if steady else ():
                 ours[count] = _steady(coordinator, seeded, count, tmp)
+            if steady:
+                time.sleep(FleetOptions(**fleet).grace_intervals * STEADY_S)
+                quiet(coordinator)
             flood = _flood(coordinator, seeded, sizes[0], tmp)
         finally:
             coordinator.stop()
