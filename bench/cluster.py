@@ -13,7 +13,6 @@ Printed:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import statistics
 import tempfile
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 from bench.daemons import Api, CoordinatorProcess, FakeAgents, create_node, port_block, wait_for, wait_state
-from bench.databases import drop_database, fresh_database, postgres_url
+from bench.databases import on_postgres
 
 ROUNDS = 300
 CLUSTER_KEY = "bench-cluster-key-0123456789abcdefghijklmnop"
@@ -94,18 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=ROUNDS)
     args = p.parse_args(argv)
     print("Several coordinators on one PostgreSQL database")
-    if args.database:
-        run(args.database, args.rounds)
-        return
-    base = postgres_url()
-    if base is None:
-        print("no PostgreSQL to run on (make test-env starts one, or give --database)")
-        return
-    url = asyncio.run(fresh_database(base))
-    try:
-        run(url, args.rounds)
-    finally:
-        asyncio.run(drop_database(base, url))
+    on_postgres(lambda url: run(url, args.rounds), args.database, "several coordinators")
 
 
 if __name__ == "__main__":

@@ -425,6 +425,21 @@ class OneNodeFleet:
     def node_id(self) -> str:
         return str(self.node["id"])
 
+    def deploy(self, port: int, name: str, image: str = TEST_IMAGE, memory: int = 64) -> dict[str, Any]:
+        """An instance on the node with ``port`` as its primary allocation: the deploy's answer (201)."""
+        body = {
+            "image": image,
+            "memory": memory,
+            "cpu": 10,
+            "ports": [port],
+            "nodeId": self.node_id,
+            "name": name,
+        }
+        r = self.api.post("/api/instances/deploy", body)
+        assert r.status == 201, r.body
+        found: dict[str, Any] = r.body
+        return found
+
 
 @contextlib.contextmanager
 def one_node_fleet(

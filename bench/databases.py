@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -55,3 +57,20 @@ def server_cpu_s() -> float | None:
         total += sum(int(f) for f in fields[11:15])
         found = True
     return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def on_postgres(run: Callable[[str], None], database: str | None, what: str) -> None:
+    """``run`` on ``database``, or on a fresh database of the test cluster dropped after; says so and
+    returns when there is neither."""
+    if database:
+        run(database)
+        return
+    base = postgres_url()
+    if base is None:
+        print(f"{what}: no PostgreSQL to run on (make test-env starts one, or give --database)")
+        return
+    url = asyncio.run(fresh_database(base))
+    try:
+        run(url)
+    finally:
+        asyncio.run(drop_database(base, url))

@@ -61,6 +61,15 @@ FLOOD_S = 10.0
 CONNECTING = 32
 #: The heartbeat interval of the steady phases (and of every session before a flood begins).
 STEADY_S = 5.0
+#: The coordinators' fleet options: the defaults but for seeded nodes not yet connected, which are not
+#: judged silent meanwhile (a real fleet's agents all come).
+FLEET = {
+    "heartbeat_interval_s": STEADY_S,
+    "offline_after_s": 300.0,
+    "batch_period_s": 1.0,
+    "startup_grace_s": 900.0,
+    "full_report_every": FleetOptions().full_report_every,
+}
 
 
 # ---------------------------------------------------------------- setup
@@ -483,15 +492,7 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
         tmp = Path(raw)
         data_dir = tmp / "coordinator"
         data_dir.mkdir()
-        # Seeded nodes not yet connected are not judged silent meanwhile (a real fleet's agents all come).
-        fleet = {
-            "heartbeat_interval_s": STEADY_S,
-            "offline_after_s": 300.0,
-            "batch_period_s": 1.0,
-            "startup_grace_s": 900.0,
-            "full_report_every": FleetOptions().full_report_every,
-        }
-        coordinator = CoordinatorProcess(data_dir, fleet=fleet, extra={"log_level": "warning"})
+        coordinator = CoordinatorProcess(data_dir, fleet=FLEET, extra={"log_level": "warning"})
         coordinator.start()  # once, to create its database, CA and admin key; then the fleet is seeded
         coordinator.stop()
         steady_nodes = max(sizes) if steady else 0
@@ -505,7 +506,7 @@ def main(sizes: tuple[int, ...] = (1_000, 10_000), steady: bool = True) -> None:
             for count in sizes if steady else ():
                 ours[count] = _steady(coordinator, seeded, count, tmp)
             if steady:
-                time.sleep(FleetOptions(**fleet).grace_intervals * STEADY_S)
+                time.sleep(FleetOptions(**FLEET).grace_intervals * STEADY_S)
                 quiet(coordinator)
             flood = _flood(coordinator, seeded, sizes[0], tmp)
         finally:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.daemons import CoordinatorProcess, wait_for
-from bench.databases import drop_database, fresh_database, postgres_url, server_cpu_s
+from bench.databases import on_postgres, server_cpu_s
 from bench.heartbeats import (
+    FLEET,
     SETTLE_S,
     STEADY_S,
     measure_together,
@@ -29,7 +30,6 @@ from bench.heartbeats import (
     start_generators,
     stop_generators,
 )
-from coordinator.config import FleetOptions
 from coordinator.security.cluster import read_cluster_key
 from coordinator.service.bootstrap import load_secrets
 from coordinator.store.engine import Store
@@ -54,19 +54,12 @@ def run(database: str, sessions: int) -> None:
         tmp = Path(raw)
         key_file = tmp / "cluster.key"
         key_file.write_text(CLUSTER_KEY)
-        fleet = {
-            "heartbeat_interval_s": STEADY_S,
-            "offline_after_s": 300.0,
-            "batch_period_s": 1.0,
-            "startup_grace_s": 900.0,
-            "full_report_every": FleetOptions().full_report_every,
-        }
         extra = {
             "log_level": "warning",
             "storage": {"database": database, "cluster_key_file": str(key_file)},
         }
         coordinators = [
-            CoordinatorProcess(tmp / f"c{n}", fleet=fleet, extra=extra) for n in range(COORDINATORS)
+            CoordinatorProcess(tmp / f"c{n}", fleet=FLEET, extra=extra) for n in range(COORDINATORS)
         ]
         coordinators[0].start()  # the cluster's secrets into the database, then the fleet is seeded
         coordinators[0].stop()
@@ -118,18 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         "--database", help="an empty PostgreSQL database (default: a fresh one in the test cluster)"
     )
     args = p.parse_args(argv)
-    if args.database:
-        run(args.database, args.sessions)
-        return
-    base = postgres_url()
-    if base is None:
-        print("heartbeats over several coordinators: no PostgreSQL to run on (make test-env starts one)")
-        return
-    url = asyncio.run(fresh_database(base))
-    try:
-        run(url, args.sessions)
-    finally:
-        asyncio.run(drop_database(base, url))
+    on_postgres(lambda url: run(url, args.sessions), args.database, "heartbeats over several coordinators")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.daemons import TEST_FLEET, TEST_IMAGE, OneNodeFleet, one_node_fleet, wait_state
+from bench.daemons import TEST_FLEET, OneNodeFleet, one_node_fleet, wait_state
 from tests.dockerenv import require_docker
 
 pytestmark = pytest.mark.docker
@@ -30,19 +30,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
 def test_a_deploy_is_running_long_before_the_next_heartbeat(fleet: OneNodeFleet) -> None:
     for port in fleet.ports:
         began = time.monotonic()
-        r = fleet.api.post(
-            "/api/instances/deploy",
-            {
-                "image": TEST_IMAGE,
-                "memory": 64,
-                "cpu": 10,
-                "ports": [port],
-                "nodeId": fleet.node_id,
-                "name": "c",
-            },
-        )
-        assert r.status == 201, r.body
-        wait_state(fleet.api, r.body["id"], "running", timeout=10, interval=0.05)
+        iid = fleet.deploy(port, "c")["id"]
+        wait_state(fleet.api, iid, "running", timeout=10, interval=0.05)
         # The engine's create and start take ~0.3 s here; a heartbeat-paced confirmation would take up
         # to 30 s (and half of that on average).
         assert time.monotonic() - began < 3.0

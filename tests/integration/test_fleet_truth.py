@@ -48,13 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OneNodeFleet]:
 
 
 def deploy(fleet: OneNodeFleet, port: int, name: str, image: str = TEST_IMAGE) -> dict[str, Any]:
-    r = fleet.api.post(
-        "/api/instances/deploy",
-        {"image": image, "memory": 64, "cpu": 10, "ports": [port], "nodeId": fleet.node_id, "name": name},
-    )
-    assert r.status == 201, r.body
-    found: dict[str, Any] = r.body
-    return found
+    return fleet.deploy(port, name, image)
 
 
 def container_state(engine: docker.DockerClient, container_id: str) -> dict[str, Any]:

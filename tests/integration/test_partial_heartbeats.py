@@ -18,7 +18,6 @@ import pytest
 
 from bench.daemons import (
     TEST_FLEET,
-    TEST_IMAGE,
     OneNodeFleet,
     instance,
     node_view,
@@ -66,21 +65,10 @@ def counters(fleet: OneNodeFleet) -> dict[str, float]:
 
 
 def deployed(fleet: OneNodeFleet, port: int, name: str) -> tuple[str, str]:
-    r = fleet.api.post(
-        "/api/instances/deploy",
-        {
-            "image": TEST_IMAGE,
-            "memory": 64,
-            "cpu": 10,
-            "ports": [port],
-            "nodeId": fleet.node_id,
-            "name": name,
-        },
-    )
-    assert r.status == 201, r.body
-    cid = wait_state(fleet.api, r.body["id"], "running")["ContainerId"]
+    iid = fleet.deploy(port, name)["id"]
+    cid = wait_state(fleet.api, iid, "running")["ContainerId"]
     wait_for(lambda: serves(port), 5, "the page")
-    return r.body["id"], cid
+    return iid, cid
 
 
 def test_unchanged_heartbeats_carry_nothing_and_a_change_reaches_the_api_within_an_interval(
