@@ -48,6 +48,16 @@ async def execute_many(conn: AsyncConnection, statement: Any, rows: Sequence[Map
         await conn.exec_driver_sql(compiled.string, list(rows))
 
 
+#: Rows an executemany of the batch writer takes at a time: each chunk's rows are built and sent while
+#: heartbeats wait on the event loop, so a fleet's batch is sent in slices, not in one stall of tens of ms.
+CHUNK = 500
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 class Sql(Protocol):
     """Runs one plain-SQL statement (named ``:params``, portable between SQLite and PostgreSQL) inside a
     batch and returns its rows as tuples."""

@@ -15,7 +15,7 @@ from coordinator.domain import lifecycle
 from coordinator.domain.lifecycle import Event
 from coordinator.domain.records import LIVE_STATES, WANTED_STATES, Instance, InstanceState, ServerIdentity
 from coordinator.store import events as events_store
-from coordinator.store.engine import execute_many
+from coordinator.store.engine import chunks, execute_many
 from coordinator.store.nodes import allocation_from_row
 from coordinator.store.rows import record_from_row
 from coordinator.store.tables import (
@@ -336,7 +336,6 @@ async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]
     """The batch writer's bandwidth totals: one executemany for every instance that moved bytes."""
     if not batch:
         return
-    rows = [{"b_id": instance_id, **values} for instance_id, values in sorted(batch.items())]
     values: dict[str, Any] = {name: bindparam(name) for name in next(iter(batch.values()))}
     for total in ("rx_bytes", "tx_bytes"):
         # Totals never go back: another coordinator that held the node before may have written a later one
@@ -345,7 +344,10 @@ async def write_bandwidth(conn: AsyncConnection, batch: dict[str, dict[str, Any]
         new: Any = bindparam(total, type_=column.type)
         values[total] = case((column > new, column), else_=new)
     statement = update(instances).where(instances.c.id == bindparam("b_id")).values(values)
-    await execute_many(conn, statement, rows)
+    for chunk in chunks(sorted(batch.items())):
+        await execute_many(
+            conn, statement, [{"b_id": instance_id, **values} for instance_id, values in chunk]
+        )
 
 
 async def bandwidth_meters(

@@ -7,11 +7,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Row, bindparam, case, delete, func, insert, or_, select, update
+from sqlalchemy import JSON, Row, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from coordinator.domain.records import Allocation, HostMetrics, Node, NodeBeat
-from coordinator.store.engine import execute_many
+from coordinator.store.engine import chunks, execute_many
 from coordinator.store.rows import record_from_row
 from coordinator.store.tables import allocations, instances, join_tokens, nodes, regions
 
@@ -233,23 +233,29 @@ def _metrics_json(host: HostMetrics) -> dict[str, Any]:
 
 async def write_heartbeats(conn: AsyncConnection, batch: Mapping[str, NodeBeat]) -> None:
     """Every dirty node's lastChecked and engine error, and its host metrics where new ones came (most
-    heartbeats carry none: they ride the full ones), in the caller's single transaction (the batch
-    writer's): one executemany for each of the two kinds."""
-    statement = update(nodes).where(nodes.c.id == bindparam("b_id"))
-    statement = statement.values(last_checked=bindparam("b_checked"), engine_error=bindparam("b_error"))
-    with_metrics: list[dict[str, Any]] = []
-    without: list[dict[str, Any]] = []
+    heartbeats carry none: they ride the full ones; the stored ones stand), in the caller's single
+    transaction (the batch writer's)."""
+    statement = (
+        update(nodes)
+        .where(nodes.c.id == bindparam("b_id"))
+        .values(
+            last_checked=bindparam("b_checked"),
+            engine_error=bindparam("b_error"),
+            host_metrics=func.coalesce(bindparam("b_metrics", type_=JSON), nodes.c.host_metrics),
+        )
+    )
     # In node order: two batch writers (coordinators) touching the same nodes never wait in a circle.
-    for node_id, beat in sorted(batch.items()):
-        row = {"b_id": node_id, "b_checked": beat.last_checked, "b_error": beat.engine_error[:2000] or None}
-        if beat.host is None:
-            without.append(row)
-        else:
-            with_metrics.append({**row, "b_metrics": json.dumps(_metrics_json(beat.host))})
-    if with_metrics:
-        await execute_many(conn, statement.values(host_metrics=bindparam("b_metrics")), with_metrics)
-    if without:
-        await execute_many(conn, statement, without)
+    for chunk in chunks(sorted(batch.items())):
+        rows = [
+            {
+                "b_id": node_id,
+                "b_checked": beat.last_checked,
+                "b_error": beat.engine_error[:2000] or None,
+                "b_metrics": None if beat.host is None else json.dumps(_metrics_json(beat.host)),
+            }
+            for node_id, beat in chunk
+        ]
+        await execute_many(conn, statement, rows)
 
 
 # ---------------------------------------------------------------- join tokens

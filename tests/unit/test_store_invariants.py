@@ -20,7 +20,7 @@ from coordinator.store import instances as instances_store
 from coordinator.store import nodes as nodes_store
 from coordinator.store import users as users_store
 from coordinator.store.claims import ClaimLost, ClaimQueue, ClaimRefused, claim_now
-from coordinator.store.engine import Store, sqlstate
+from coordinator.store.engine import CHUNK, Store, sqlstate
 from coordinator.store.servers import insert_server
 from coordinator.store.tables import allocations, instances, nodes, regions
 from tests.databases import require_postgres
@@ -204,6 +204,28 @@ async def test_the_batch_writer_stores_heartbeats_and_bandwidth_in_one_statement
         assert node.host_metrics == HostMetrics(cpu_percent=2.5, load1=0.1)
         assert node.engine_error == "engine down"
         assert await instances_store.bandwidth_meters(conn) == [(inst.id, 10, 20, "c:1", 1, 2)]
+    # A heartbeat with no host metrics (a partial one) moves lastChecked; the stored metrics stand.
+    async with store.write() as conn:
+        await nodes_store.write_heartbeats(conn, {"n1": NodeBeat(130.0, None, "")})
+    async with store.read() as conn:
+        node = await nodes_store.get_node(conn, "n1")
+        assert node is not None and (node.last_checked, node.engine_error) == (130.0, "")
+        assert node.host_metrics == HostMetrics(cpu_percent=2.5, load1=0.1)
+
+
+async def test_the_batch_writer_writes_a_fleet_in_slices_of_one_order(store: Store) -> None:
+    """More rows than one slice takes: every one of them written."""
+    count = CHUNK * 2 + 7
+    async with store.write() as conn:
+        for n in range(count):
+            await nodes_store.insert_node(conn, make_node(f"m{n:04d}"))
+    async with store.write() as conn:
+        await nodes_store.write_heartbeats(conn, {f"m{n:04d}": NodeBeat(float(n)) for n in range(count)})
+    async with store.read() as conn:
+        found = (
+            await conn.execute(select(nodes.c.id, nodes.c.last_checked).where(nodes.c.id.like("m%")))
+        ).all()
+    assert sorted(found) == [(f"m{n:04d}", float(n)) for n in range(count)]
 
 
 async def test_a_queued_claim_takes_what_it_asks_with_its_primary_or_writes_nothing(store: Store) -> None:
