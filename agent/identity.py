@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import base64
+import calendar
 import hashlib
 import json
 import os
 import socket
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agent.config import is_address
 from protos import moorage_pb2 as pb
 from protos import moorage_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 SERVER_NAME = "moorage-coordinator"  # the name every coordinator certificate carries
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus stops a bad token from looping
@@ -99,10 +102,10 @@ class Identity:
         return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
 
     def not_after(self) -> float:
-        return x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc.timestamp()
+        return validity(self.cert_pem)[1]
 
     def not_before(self) -> float:
-        return x509.load_pem_x509_certificate(self.cert_pem).not_valid_before_utc.timestamp()
+        return validity(self.cert_pem)[0]
 
     def renew_at(self) -> float:
         """Two thirds into the certificate's life."""
@@ -146,6 +149,9 @@ def save(data_dir: Path, identity: Identity) -> None:
 
 def csr_for(key_pem: bytes) -> bytes:
     """A CSR for an existing key: renewal keeps the key, so only the certificate file changes (atomically)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return _csr(key)
@@ -168,6 +174,9 @@ def save_certificate(data_dir: Path, cert_pem: bytes) -> None:
 
 
 def new_key_and_csr() -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -176,6 +185,12 @@ def new_key_and_csr() -> tuple[bytes, bytes]:
 
 
 def _csr(key: ec.EllipticCurvePrivateKey) -> bytes:
+    # Only enrollment and renewal need cryptography (~8 MiB resident once imported): imported here, so
+    # an enrolled agent's steady state never loads it.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(
@@ -211,9 +226,54 @@ def fetch_ca(address: str, timeout: float = 10.0) -> bytes:
 
 
 def ca_sha256(ca_pem: bytes) -> str:
-    return hashlib.sha256(
-        x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
-    ).hexdigest()
+    return hashlib.sha256(_first_der(ca_pem)).hexdigest()
+
+
+def _first_der(pem: bytes) -> bytes:
+    """The DER bytes of the first certificate in ``pem``."""
+    begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+    start = pem.find(begin)
+    stop = pem.find(end, start)
+    if start < 0 or stop < 0:
+        raise ValueError("no PEM certificate")
+    return base64.b64decode(b"".join(pem[start + len(begin) : stop].split()), validate=True)
+
+
+def _element(der: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, start of contents, end of contents) of the DER element at ``at``."""
+    tag, length, at = der[at], der[at + 1], at + 2
+    if length & 0x80:
+        count = length & 0x7F
+        length, at = int.from_bytes(der[at : at + count], "big"), at + count
+    if at + length > len(der):
+        raise ValueError("truncated DER")
+    return tag, at, at + length
+
+
+def _asn1_time(tag: int, text: str) -> float:
+    if tag == 0x17:  # UTCTime, YYMMDDHHMMSSZ: 50-99 are 19xx (RFC 5280 4.1.2.5.1)
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    elif tag != 0x18:  # GeneralizedTime, YYYYMMDDHHMMSSZ
+        raise ValueError(f"not an ASN.1 time (tag {tag:#x})")
+    return float(calendar.timegm(time.strptime(text, "%Y%m%d%H%M%SZ")))
+
+
+def validity(cert_pem: bytes) -> tuple[float, float]:
+    """(notBefore, notAfter) of the first certificate in ``cert_pem``, as Unix times, read from its DER
+    (RFC 5280 4.1): the session checks them often, and cryptography would cost the agent ~8 MiB for it."""
+    der = _first_der(cert_pem)
+    _, at, _ = _element(der, 0)  # Certificate
+    _, at, _ = _element(der, at)  # tbsCertificate
+    tag, _, end = _element(der, at)
+    if tag == 0xA0:  # [0] version
+        at = end
+    for _ in range(3):  # serialNumber, signature, issuer
+        at = _element(der, at)[2]
+    _, at, _ = _element(der, at)  # validity
+    tag, start, end = _element(der, at)
+    not_before = _asn1_time(tag, der[start:end].decode("ascii"))
+    tag, start, stop = _element(der, end)
+    return not_before, _asn1_time(tag, der[start:stop].decode("ascii"))
 
 
 async def enroll(address: str, token: JoinToken, agent_version: str) -> Identity:

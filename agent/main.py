@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -220,6 +221,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(identity.EXIT_CONFIG) from exc
     configure(config.log_level, config.log_json)
     try:
+        if identity.load(config.data_dir) is None:
+            asyncio.run(obtain_identity(config))
+            # The enrolled agent starts afresh, in the same process (systemd sees one pid): enrollment
+            # loaded cryptography (~14 MiB resident), which the agent then never needs again.
+            log.info("enrolled; starting afresh")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, sys.orig_argv)
         asyncio.run(run(config))
     except EnrollmentRefused as exc:
         log.error("enrollment refused", reason=str(exc))

@@ -126,7 +126,13 @@ def test_the_join_token_alone_enrolls_and_the_data_directory_alone_comes_back(
     first = AgentProcess(tmp_path / "bare", coordinator, node["joinToken"], addressed=False)
     agents.append(first)
     first.start()
+    assert first.proc is not None
+    pid = first.proc.pid
     wait_for(lambda: online(api, node["id"]), 20, "the node to enroll from the token alone")
+    # Enrolled, the agent started afresh in the same process (one pid for systemd), so it does not carry
+    # what enrollment loaded for its whole life (tests/unit/test_agent_footprint.py: what it loads).
+    assert first.running and first.proc.pid == pid
+    assert "enrolled; starting afresh" in first.log()
     first.stop()
     again = AgentProcess(tmp_path / "bare", coordinator, None, addressed=False)
     agents.append(again)
