@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import psutil
 import pytest
 
 from agent.runtime.base import (
@@ -280,6 +281,20 @@ async def test_stop_remove_and_missing_container(runtime: DockerRuntime, node_id
         await runtime.start(cid)
     with pytest.raises(ContainerNotFound):
         await runtime.stop(cid, timeout_s=1)
+
+
+async def test_calls_about_many_containers_share_a_few_engine_connections(runtime: DockerRuntime) -> None:
+    """docker-py pools unix-socket connections per request path; the agent has one pool for all: calls about
+    eighty containers, eight at a time, leave no more than the pool's ten connections to the engine open."""
+    await runtime.ping()
+    before = len(psutil.Process().net_connections(kind="unix"))
+
+    async def missing() -> None:
+        with pytest.raises(ContainerNotFound):
+            await runtime.inspect(uuid.uuid4().hex)
+
+    await asyncio.gather(*(missing() for _ in range(80)))
+    assert len(psutil.Process().net_connections(kind="unix")) - before <= 10
 
 
 async def test_events_started_exited_removed(runtime: DockerRuntime, node_id: str) -> None:
