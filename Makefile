@@ -4,6 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The agent as operators install it (moorage[agent] only): bench.agent_soak measures its footprint there.
+AGENT_VENV := .venv-agent
+AGENT_STAMP := $(AGENT_VENV)/.installed
 
 .PHONY: install protos lint test test-env unit run bench clean
 
@@ -14,6 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+$(AGENT_STAMP): pyproject.toml
+	$(PY) -m venv $(AGENT_VENV)
+	$(AGENT_VENV)/bin/pip install -q --upgrade pip
+	$(AGENT_VENV)/bin/pip install -q -e '.[agent]'
+	touch $(AGENT_STAMP)
 
 protos: $(STAMP)
 	$(BIN)/python -m protos.generate
@@ -44,8 +53,8 @@ run: $(STAMP)
 	bash tests/env/build-test-image.sh
 	$(BIN)/python -m tests.devrun
 
-bench: $(STAMP) test-env
+bench: $(STAMP) $(AGENT_STAMP) test-env
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .moorage .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(AGENT_VENV) .moorage .mypy_cache .ruff_cache .pytest_cache

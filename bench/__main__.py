@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bench import cluster, coordinator_restart, deploy, events, heartbeats, heartbeats_cluster, placement, tls
+from bench import (
+    agent_soak,
+    cluster,
+    coordinator_restart,
+    deploy,
+    events,
+    heartbeats,
+    heartbeats_cluster,
+    placement,
+    tls,
+)
 
 
 def main() -> None:
@@ -21,6 +31,10 @@ def main() -> None:
     events.main()
     print()
     coordinator_restart.main([])
+    print()
+    agent_soak.main(["--idle"])
+    print()
+    agent_soak.main([])
 
 
 if __name__ == "__main__":

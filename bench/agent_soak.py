@@ -1,0 +1,331 @@
+"""The agent's footprint over time: a real agent against a real coordinator on real Docker, sampled.
+
+Soak (the default): N busybox-httpd instances (default 50), heartbeats every second to compress time,
+HTTP traffic to random instances all the while (bandwidth flowing), a container's own process killed every
+few seconds (a crash the agent restarts), the coordinator SIGKILLed and started again on its addresses at a
+third of the run and the Docker engine restarted at two thirds (SIGTERM to dockerd, which stops the
+containers; the agent starts them again). Every SAMPLE_S seconds the agent's RSS, open file descriptors
+and threads (from /proc) and its asyncio task count (from its own /metrics) are read. Printed per figure:
+start and end of the measured part (after warm-up), peak, and the slope per hour of a least-squares line
+through the measured samples. Goals: RSS slope ≤ 1 MiB/h, fds and tasks flat.
+
+Idle (``--idle``): N instances, nothing happening, heartbeats at the default 5 s; after a settling minute
+the agent's RSS and share of one core over the window. Goals: ≤ 50 MiB and ≤ 1 % with 3 instances, ≤ 80 MiB
+and ≤ 3 % with 100.
+
+    python -m bench.agent_soak [--minutes M] [--containers N] [--idle]
+
+``make bench`` runs a short soak and the two idle cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import psutil
+
+from bench.daemons import (
+    REPO,
+    TEST_IMAGE,
+    AgentProcess,
+    Api,
+    CoordinatorProcess,
+    create_node,
+    leave_no_containers,
+    node_view,
+    port_block,
+    wait_for,
+)
+
+SAMPLE_S = 5.0
+#: Seconds between two crashes (a container's process SIGKILLed from the host) in a soak.
+CRASH_EVERY_S = 4.0
+#: The agent's crash back-off in the soak: quick, so crashed containers are back within seconds.
+RESTART = {"initial_delay_s": 0.5, "max_delay_s": 5.0, "reset_after_s": 20.0, "crash_loop_after": 1000}
+SOAK_FLEET = {
+    "heartbeat_interval_s": 1.0,
+    "grace_intervals": 3,
+    "offline_after_s": 60.0,
+    "batch_period_s": 1.0,
+}
+#: The coordinator's own defaults (config/coordinator.yaml): what an operator's idle host sees.
+IDLE_FLEET = {
+    "heartbeat_interval_s": 5.0,
+    "grace_intervals": 3,
+    "offline_after_s": 60.0,
+    "batch_period_s": 1.0,
+}
+MIB = 2**20
+#: The agent as operators install it, moorage[agent] alone (`make bench` builds it): the dev venv also
+#: holds what the coordinator and the tests need, some of which the agent's libraries pick up when present.
+AGENT_PYTHON = REPO / ".venv-agent" / "bin" / "python"
+
+
+@dataclass
+class Sample:
+    at: float
+    rss_mib: float
+    fds: int
+    threads: int
+    tasks: int
+
+
+@dataclass
+class Soak:
+    coordinator: CoordinatorProcess
+    agent: AgentProcess
+    node_id: str
+    ports: list[int]
+    metrics_port: int
+    samples: list[Sample] = field(default_factory=list)
+    crashes: int = 0
+    requests: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def pid(self) -> int:
+        assert self.agent.proc is not None, "the agent is not running"
+        return self.agent.proc.pid
+
+    def sample(self) -> Sample:
+        proc = psutil.Process(self.pid)
+        return Sample(
+            time.monotonic(),
+            proc.memory_info().rss / MIB,
+            proc.num_fds(),
+            proc.num_threads(),
+            self.tasks(),
+        )
+
+    def tasks(self) -> int:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("moorage_agent_asyncio_tasks "):
+                    return int(float(line.split()[1]))
+        raise AssertionError("the agent's /metrics has no moorage_agent_asyncio_tasks")
+
+    def traffic(self) -> None:
+        """HTTP to random instances, as their users would: bytes in and out of every container."""
+        while not self.stop.is_set():
+            port = random.choice(self.ports)
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+                    resp.read()
+                self.requests += 1
+            self.stop.wait(0.02)
+
+    def crasher(self) -> None:
+        """A running container's own process SIGKILLed from the host every CRASH_EVERY_S: a crash."""
+        client = docker.from_env()
+        try:
+            while not self.stop.wait(CRASH_EVERY_S):
+                with contextlib.suppress(docker.errors.DockerException, OSError, ValueError):
+                    running = client.containers.list(filters={"label": f"moorage.node={self.node_id}"})
+                    pid = int(random.choice(running).attrs["State"]["Pid"]) if running else 0
+                    if pid > 0:  # 0 while the engine stops it: os.kill(0) would be our own process group
+                        os.kill(pid, signal.SIGKILL)
+                        self.crashes += 1
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def fleet(tmp: Path, containers: int, fleet_options: dict[str, float], **agent: Any) -> Iterator[Soak]:
+    """A coordinator, a node with ``containers`` instances running on this host's Docker, and its agent
+    serving /metrics: all real processes, removed afterwards."""
+    coordinator = CoordinatorProcess(tmp / "c", fleet=fleet_options, extra={"log_level": "warning"})
+    coordinator.start()
+    ports = port_block(containers + 1)
+    api = coordinator.api()
+    node = create_node(api, ports[:-1], ram=64 * containers + 1024)
+    metrics_port = ports[-1]
+    proc = AgentProcess(
+        tmp / "a",
+        coordinator,
+        node["joinToken"],
+        reconnect_initial_s=0.5,
+        reconnect_max_s=5.0,
+        log_level="warning",
+        metrics_listen=f"127.0.0.1:{metrics_port}",
+        **agent,
+    )
+    if AGENT_PYTHON.exists():
+        proc.argv[0] = str(AGENT_PYTHON)
+    proc.start()
+    soak = Soak(coordinator, proc, node["id"], ports[:-1], metrics_port)
+    try:
+        wait_for(lambda: node_view(api, node["id"])["isOnline"], 30, "the node to come online")
+        deploy_all(api, node["id"], soak.ports)
+        yield soak
+    finally:
+        soak.stop.set()
+        proc.stop()
+        coordinator.stop()
+        leave_no_containers(node["id"])
+
+
+def deploy_all(api: Api, node_id: str, ports: Sequence[int]) -> None:
+    body = {"image": TEST_IMAGE, "memory": 32, "cpu": 5, "nodeId": node_id}
+    ids = []
+    for n, port in enumerate(ports):
+        r = api.post("/api/instances/deploy", {**body, "name": f"soak-{n}", "ports": [port]})
+        assert r.status == 201, r.body
+        ids.append(r.body["id"])
+
+    def all_running() -> bool:
+        states = {i["id"]: i["state"] for i in api.get("/api/instances").body}
+        return all(states.get(iid) == "running" for iid in ids)
+
+    wait_for(all_running, 60 + 2 * len(ids), "every instance running", interval=0.5)
+
+
+def restart_engine() -> str:
+    """SIGTERM to this host's dockerd (it stops the containers) and start it as `make test-env` does."""
+    pid_file = Path("/var/run/docker.pid")
+    if not pid_file.exists():
+        return "skipped (no local dockerd)"
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(60)
+    subprocess.run(["bash", str(REPO / "tests/env/ensure-docker.sh")], check=True, timeout=120)
+    return "done"
+
+
+def slope_per_hour(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per hour."""
+    if len(points) < 2:
+        return 0.0
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 3600
+
+
+def report(samples: Sequence[Sample], warmup: float) -> list[str]:
+    measured = [s for s in samples if s.at - samples[0].at >= warmup] or list(samples)
+    lines = []
+    for name, unit, get, goal in (
+        ("RSS", "MiB", lambda s: s.rss_mib, "goal ≤ 1 MiB/h"),
+        ("open fds", "", lambda s: float(s.fds), "goal flat"),
+        ("threads", "", lambda s: float(s.threads), ""),
+        ("asyncio tasks", "", lambda s: float(s.tasks), "goal flat"),
+    ):
+        values = [get(s) for s in measured]
+        slope = slope_per_hour([(s.at, get(s)) for s in measured])
+        fmt = "{:.1f}" if unit else "{:.0f}"
+        lines.append(
+            f"  {name:<14} start {fmt.format(values[0]):>7}  end {fmt.format(values[-1]):>7}  "
+            f"peak {fmt.format(max(values)):>7}  slope {slope:+8.2f} {unit + '/h' if unit else '/h'}"
+            f"   {goal}".rstrip()
+        )
+    return lines
+
+
+def installed_as() -> str:
+    return "moorage[agent] alone" if AGENT_PYTHON.exists() else "the dev venv (make bench builds .venv-agent)"
+
+
+def soak(minutes: float, containers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, SOAK_FLEET, restart=RESTART) as s:
+        begun = time.monotonic()
+        total = minutes * 60
+        warmup = min(120.0, total / 5)
+        events = [(total / 3, "coordinator restart"), (2 * total / 3, "Docker engine restart")]
+        threads = [
+            threading.Thread(target=s.traffic, daemon=True),
+            threading.Thread(target=s.crasher, daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        cpu_start = psutil.Process(s.pid).cpu_times()
+        done: list[str] = []
+        while (elapsed := time.monotonic() - begun) < total:
+            if events and elapsed >= events[0][0]:
+                _, what = events.pop(0)
+                if what == "coordinator restart":
+                    s.coordinator.stop(signal.SIGKILL)
+                    time.sleep(1.0)
+                    s.coordinator.start()
+                    done.append(f"coordinator SIGKILLed and started again at {elapsed:.0f} s")
+                else:
+                    done.append(f"Docker engine restart at {elapsed:.0f} s: {restart_engine()}")
+            assert s.agent.running, f"the agent died:\n{s.agent.log()}"
+            with contextlib.suppress(OSError):  # /metrics unreachable for a moment: next sample
+                s.samples.append(s.sample())
+            time.sleep(SAMPLE_S)
+        cpu_end = psutil.Process(s.pid).cpu_times()
+        s.stop.set()
+        for t in threads:
+            t.join(10)
+        wait_for(
+            lambda: node_view(s.coordinator.api(), s.node_id)["isOnline"], 30, "the node online at the end"
+        )
+    cpu = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / total
+    print(
+        f"agent soak: {minutes:g} min, {containers} instances, heartbeats every 1 s, "
+        f"{s.crashes} crashes, {s.requests} HTTP requests; warm-up {warmup:.0f} s; "
+        f"samples every {SAMPLE_S:g} s; installed as {installed_as()}"
+    )
+    for line in done:
+        print(f"  {line}")
+    print(f"  agent CPU over the run: {cpu * 100:.1f} % of a core (traffic, crashes and restarts included)")
+    for line in report(s.samples, warmup):
+        print(line)
+
+
+def idle(minutes: float, containers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET) as s:
+        time.sleep(60)  # settle: the deploys' confirmations, the first full heartbeats
+        proc = psutil.Process(s.pid)
+        before = proc.cpu_times()
+        begun = time.monotonic()
+        while time.monotonic() - begun < minutes * 60:
+            s.samples.append(s.sample())
+            time.sleep(SAMPLE_S)
+        after = proc.cpu_times()
+        took = time.monotonic() - begun
+    cpu = (after.user + after.system - before.user - before.system) / took
+    rss = [x.rss_mib for x in s.samples]
+    last = s.samples[-1]
+    goal = "≤ 50 MiB, ≤ 1 %" if containers <= 3 else "≤ 80 MiB, ≤ 3 %" if containers <= 100 else ""
+    print(
+        f"agent idle, {containers} instances, heartbeats every 5 s, {took:.0f} s: "
+        f"RSS {statistics.median(rss):.1f} MiB (peak {max(rss):.1f}), CPU {cpu * 100:.2f} % of a core, "
+        f"threads {last.threads}, fds {last.fds}, tasks {last.tasks}   ({goal}; {installed_as()})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.agent_soak")
+    parser.add_argument("--minutes", type=float, help="how long (soak: 3 by default; idle: 1)")
+    parser.add_argument("--containers", type=int, help="instances (soak: 50 by default; idle: 3 and 100)")
+    parser.add_argument("--idle", action="store_true", help="the idle figures instead of a soak")
+    args = parser.parse_args(argv)
+    if args.idle:
+        for n in [args.containers] if args.containers else [3, 100]:
+            idle(args.minutes or 1.0, n)
+    else:
+        soak(args.minutes or 3.0, args.containers or 50)
+
+
+if __name__ == "__main__":
+    main()
