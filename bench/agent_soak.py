@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import os
 import random
 import signal
@@ -53,6 +54,8 @@ from bench.daemons import (
 )
 
 SAMPLE_S = 5.0
+#: A progress line every this many samples (a long soak shows it is alive, and how it goes).
+PROGRESS_EVERY = 12
 #: Seconds between two crashes (a container's process SIGKILLed from the host) in a soak.
 CRASH_EVERY_S = 4.0
 #: The agent's crash back-off in the soak: quick, so crashed containers are back within seconds.
@@ -123,7 +126,8 @@ class Soak:
         """HTTP to random instances, as their users would: bytes in and out of every container."""
         while not self.stop.is_set():
             port = random.choice(self.ports)
-            with contextlib.suppress(OSError):
+            # A container killed mid-answer: OSError, or IncompleteRead (an HTTPException).
+            with contextlib.suppress(OSError, http.client.HTTPException):
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as resp:
                     resp.read()
                 self.requests += 1
@@ -152,7 +156,7 @@ def fleet(tmp: Path, containers: int, fleet_options: dict[str, float], **agent: 
     coordinator.start()
     ports = port_block(containers + 1)
     api = coordinator.api()
-    node = create_node(api, ports[:-1], ram=64 * containers + 1024)
+    node = create_node(api, ports[:-1], ram=64 * containers + 1024, processor=max(2, containers))
     metrics_port = ports[-1]
     proc = AgentProcess(
         tmp / "a",
@@ -245,6 +249,7 @@ def installed_as() -> str:
 
 
 def soak(minutes: float, containers: int) -> None:
+    print(f"agent soak: {minutes:g} min, {containers} instances (installed as {installed_as()})", flush=True)
     with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, SOAK_FLEET, restart=RESTART) as s:
         begun = time.monotonic()
         total = minutes * 60
@@ -268,9 +273,17 @@ def soak(minutes: float, containers: int) -> None:
                     done.append(f"coordinator SIGKILLed and started again at {elapsed:.0f} s")
                 else:
                     done.append(f"Docker engine restart at {elapsed:.0f} s: {restart_engine()}")
+                print(f"  {done[-1]}", flush=True)
             assert s.agent.running, f"the agent died:\n{s.agent.log()}"
             with contextlib.suppress(OSError):  # /metrics unreachable for a moment: next sample
                 s.samples.append(s.sample())
+                if len(s.samples) % PROGRESS_EVERY == 1:
+                    x = s.samples[-1]
+                    print(
+                        f"  {elapsed:5.0f} s: RSS {x.rss_mib:.1f} MiB, fds {x.fds}, threads {x.threads}, "
+                        f"tasks {x.tasks}",
+                        flush=True,
+                    )
             time.sleep(SAMPLE_S)
         cpu_end = psutil.Process(s.pid).cpu_times()
         s.stop.set()
@@ -281,12 +294,9 @@ def soak(minutes: float, containers: int) -> None:
         )
     cpu = (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system) / total
     print(
-        f"agent soak: {minutes:g} min, {containers} instances, heartbeats every 1 s, "
-        f"{s.crashes} crashes, {s.requests} HTTP requests; warm-up {warmup:.0f} s; "
-        f"samples every {SAMPLE_S:g} s; installed as {installed_as()}"
+        f"agent soak over: heartbeats every 1 s, {s.crashes} crashes, {s.requests} HTTP requests; "
+        f"warm-up {warmup:.0f} s; samples every {SAMPLE_S:g} s"
     )
-    for line in done:
-        print(f"  {line}")
     print(f"  agent CPU over the run: {cpu * 100:.1f} % of a core (traffic, crashes and restarts included)")
     for line in report(s.samples, warmup):
         print(line)
