@@ -224,8 +224,12 @@ def slope_per_hour(points: Sequence[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var * 3600
 
 
-def report(samples: Sequence[Sample], warmup: float) -> list[str]:
-    measured = [s for s in samples if s.at - samples[0].at >= warmup] or list(samples)
+def report(samples: Sequence[Sample], warmup: float, settled: float) -> list[str]:
+    """Per figure: start, end and peak after ``warmup`` seconds, the slope per hour over that, and the slope
+    from ``settled`` seconds on (after the last restart: what a quiet month looks like)."""
+    first = samples[0].at
+    measured = [s for s in samples if s.at - first >= warmup] or list(samples)
+    quiet = [s for s in samples if s.at - first >= settled]
     lines = []
     for name, unit, get, goal in (
         ("RSS", "MiB", lambda s: s.rss_mib, "goal ≤ 1 MiB/h"),
@@ -235,11 +239,13 @@ def report(samples: Sequence[Sample], warmup: float) -> list[str]:
     ):
         values = [get(s) for s in measured]
         slope = slope_per_hour([(s.at, get(s)) for s in measured])
+        calm = slope_per_hour([(s.at, get(s)) for s in quiet])
         fmt = "{:.1f}" if unit else "{:.0f}"
+        per_hour = f"{unit}/h" if unit else "/h"
         lines.append(
-            f"  {name:<14} start {fmt.format(values[0]):>7}  end {fmt.format(values[-1]):>7}  "
-            f"peak {fmt.format(max(values)):>7}  slope {slope:+8.2f} {unit + '/h' if unit else '/h'}"
-            f"   {goal}".rstrip()
+            f"  {name:<14} start {fmt.format(values[0]):>6}  end {fmt.format(values[-1]):>6}  "
+            f"peak {fmt.format(max(values)):>6}  slope {slope:+7.2f} {per_hour}, "
+            f"after the restarts {calm:+7.2f} {per_hour}   {goal}".rstrip()
         )
     return lines
 
@@ -255,6 +261,7 @@ def soak(minutes: float, containers: int) -> None:
         total = minutes * 60
         warmup = min(120.0, total / 5)
         events = [(total / 3, "coordinator restart"), (2 * total / 3, "Docker engine restart")]
+        settled = 2 * total / 3 + 60
         threads = [
             threading.Thread(target=s.traffic, daemon=True),
             threading.Thread(target=s.crasher, daemon=True),
@@ -298,7 +305,8 @@ def soak(minutes: float, containers: int) -> None:
         f"warm-up {warmup:.0f} s; samples every {SAMPLE_S:g} s"
     )
     print(f"  agent CPU over the run: {cpu * 100:.1f} % of a core (traffic, crashes and restarts included)")
-    for line in report(s.samples, warmup):
+    print(f"  slopes after warm-up, and from {settled:.0f} s on (a minute after the last restart)")
+    for line in report(s.samples, warmup, settled):
         print(line)
 
 
