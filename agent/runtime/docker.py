@@ -280,7 +280,7 @@ class DockerRuntime:
                     self._client = docker.from_env(timeout=self._timeout_s)
                 else:
                     self._client = docker.DockerClient(base_url=self._base_url, timeout=self._timeout_s)
-                _one_pool(self._client)
+                _tune_for_unix_socket(self._client)
             return self._client
 
     async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -477,7 +477,7 @@ if TYPE_CHECKING:
     _check: type[Runtime] = DockerRuntime
 
 
-def _one_pool(client: Any) -> None:
+def _tune_for_unix_socket(client: Any) -> None:
     """Every request on the engine's unix socket shares one connection pool. docker-py keys its unix-socket
     pools by request path (a pool per container id and call, 25 kept, up to 10 connections each): an agent
     with a few dozen containers held 26 idle connections to the engine, 52 after an engine restart, each an
