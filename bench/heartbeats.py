@@ -14,7 +14,7 @@ from the coordinator's own /metrics histograms. bench/heartbeats_cluster.py spre
     python -m bench.heartbeats                     # the whole benchmark
     python -m bench.heartbeats flood 1000          # only the saturation phase, with that many sessions
     python -m bench.heartbeats generate SPEC.json  # one load-generating process (the benchmark starts them)
-    python -m bench.heartbeats bare DATA_DIR       # the ceiling's do-nothing server (the benchmark starts it)
+    python -m bench.heartbeats bare DATA_DIR [PORT]  # the do-nothing server (the benchmark starts it)
 """
 
 from __future__ import annotations
@@ -235,8 +235,9 @@ class _Bare(pb_grpc.CoordinatorServicer):
             self.count += 1
 
 
-async def _bare_server(data_dir: Path) -> None:
-    """Serve until stdin closes; each "measure S" line answers "heartbeats/s cores" over S seconds."""
+async def _bare_server(data_dir: Path, port: int = 0) -> None:
+    """Serve until stdin closes; each "measure S" line answers "heartbeats/s cores" over S seconds. Given a
+    port, it shares it with the servers already there (grpc listens with SO_REUSEPORT)."""
     ca = CertificateAuthority.load_or_create(data_dir)
     key, chain = ca.server_credentials([SERVER_NAME])
     creds = grpc.ssl_server_credentials(
@@ -245,7 +246,7 @@ async def _bare_server(data_dir: Path) -> None:
     servicer = _Bare()
     server = grpc.aio.server(options=SERVER_OPTIONS)  # the coordinator's transport, as it is configured
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
-    port = server.add_secure_port("127.0.0.1:0", creds)
+    port = server.add_secure_port(f"127.0.0.1:{port}", creds)
     await server.start()
     print(port, flush=True)
     me = psutil.Process()
@@ -259,30 +260,53 @@ async def _bare_server(data_dir: Path) -> None:
     await server.stop(None)
 
 
-def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, interval: float, tmp: Path) -> Phase:
-    """The same sessions, sending the same heartbeats, against the do-nothing server."""
-    bare = subprocess.Popen(
-        [sys.executable, "-m", "bench.heartbeats", "bare", str(data_dir)],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+def start_server(command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """A do-nothing server process (``python -m`` command) and the port it says it listens on."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", *command], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
-    assert bare.stdin is not None and bare.stdout is not None
+    assert server.stdout is not None
+    return server, int(server.stdout.readline())
+
+
+def measure_servers(
+    servers: list[subprocess.Popen[bytes]],
+    port: int,
+    seeded: dict[str, Any],
+    count: int,
+    interval: float,
+    tmp: Path,
+) -> Phase:
+    """The same sessions, sending the same heartbeats, against do-nothing servers sharing one port: their
+    rates, cores and RSS summed over the same stretch. The servers are killed after."""
     try:
-        port = int(bare.stdout.readline())
         spec = {"target": f"127.0.0.1:{port}", "key": seeded["key"], "ca": seeded["ca"], "interval": interval}
         procs = start_generators(spec, seeded["nodes"][:count], tmp)
         try:
             time.sleep(SETTLE_S / 2 if interval else 2.0)
-            bare.stdin.write(f"measure {SETTLE_S if interval else FLOOD_S}\n".encode())
-            bare.stdin.flush()
-            rate, cores = map(float, bare.stdout.readline().split())
-            return Phase(rate, cores, psutil.Process(bare.pid).memory_info().rss / 2**20)
+            for server in servers:
+                assert server.stdin is not None
+                server.stdin.write(f"measure {SETTLE_S if interval else FLOOD_S}\n".encode())
+                server.stdin.flush()
+            total = Phase(0.0, 0.0, 0.0)
+            for server in servers:
+                assert server.stdout is not None
+                rate, cores = map(float, server.stdout.readline().split())
+                total.rate, total.cores = total.rate + rate, total.cores + cores
+                total.rss_mib += psutil.Process(server.pid).memory_info().rss / 2**20
+            return total
         finally:
             stop_generators(procs)
     finally:
-        bare.kill()
-        bare.wait()
+        for server in servers:
+            server.kill()
+            server.wait()
+
+
+def _ceiling(data_dir: Path, seeded: dict[str, Any], count: int, interval: float, tmp: Path) -> Phase:
+    """The same sessions, sending the same heartbeats, against the do-nothing server."""
+    bare, port = start_server(["bench.heartbeats", "bare", str(data_dir)])
+    return measure_servers([bare], port, seeded, count, interval, tmp)
 
 
 # ---------------------------------------------------------------- measuring
@@ -519,8 +543,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "generate":
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_generate(json.loads(Path(sys.argv[2]).read_text())))
-    elif len(sys.argv) == 3 and sys.argv[1] == "bare":
-        asyncio.run(_bare_server(Path(sys.argv[2])))
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "bare":
+        asyncio.run(_bare_server(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) == 4 else 0))
     elif len(sys.argv) == 3 and sys.argv[1] == "flood":
         main((int(sys.argv[2]),), steady=False)  # only the saturation phase, for profiling
     else:
