@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(AGENT_STAMP): pyproject.toml
+	rm -rf $(AGENT_VENV)  # afresh: what the agent no longer needs must not linger in it
 	$(PY) -m venv $(AGENT_VENV)
 	$(AGENT_VENV)/bin/pip install -q --upgrade pip
 	$(AGENT_VENV)/bin/pip install -q -e '.[agent]'

@@ -1,28 +1,16 @@
-"""The Runtime backed by a Docker engine through the (synchronous) docker SDK.
-
-Every SDK call runs on a small private thread pool so the agent's event loop never waits on the engine; the
-event stream, which blocks for its whole life, gets a thread of its own. Containers are found again by their
-labels, so an agent restart re-adopts them without touching them.
+"""The Runtime backed by a Docker engine, through the agent's own asyncio client of the engine API
+(agent/runtime/engine_api.py): every call is a coroutine on the agent's loop, no thread waits on the engine.
+Containers are found again by their labels, so an agent restart re-adopts them without touching them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import re
-import threading
 import time
-import weakref
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
-
-import docker
-import docker.errors
-from docker.transport import UnixHTTPAdapter
-from docker.utils import parse_repository_tag
+from typing import TYPE_CHECKING, Any
 
 from agent.runtime.base import (
     LABEL_INSTANCE,
@@ -39,12 +27,10 @@ from agent.runtime.base import (
     RuntimeFailure,
 )
 from agent.runtime.docker_logs import DockerLogs
+from agent.runtime.engine_api import EngineClient, EngineError, EngineStream, path
 
 if TYPE_CHECKING:
     from agent.runtime.base import Runtime
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 _NAME_PREFIX = "moorage-"
 _ACTIONS = {
@@ -55,20 +41,31 @@ _ACTIONS = {
     "health_status": EventKind.HEALTH,
 }
 _CPU_PERIOD_US = 100_000
+_MIB = 1024 * 1024
 # The engine writes "0001-01-01T00:00:00Z" for never; fractions have up to 9 digits (datetime keeps 6).
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
 
-def _translate(exc: Exception) -> RuntimeFailure:
-    """Map SDK errors onto the runtime's, keeping the engine's own words for the operator."""
+def _translate(exc: BaseException) -> RuntimeFailure:
+    """The engine's 404s become the runtime's not-found errors, keeping the engine's own words."""
+    if isinstance(exc, EngineError) and exc.status == 404:
+        if "no such image" in str(exc).lower():
+            return ImageNotFound(str(exc))
+        return ContainerNotFound(str(exc))
     if isinstance(exc, RuntimeFailure):
         return exc
-    explanation = getattr(exc, "explanation", None) or str(exc)
-    if isinstance(exc, docker.errors.ImageNotFound):
-        return ImageNotFound(explanation)
-    if isinstance(exc, docker.errors.NotFound):
-        return ContainerNotFound(explanation)
-    return RuntimeFailure(explanation)
+    return RuntimeFailure(str(exc) or type(exc).__name__)
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """repository and tag (or digest) of an image reference, as the CLI reads it; "" when none is given."""
+    if "@" in image:
+        repository, _, digest = image.partition("@")
+        return repository, digest
+    repository, _, tag = image.rpartition(":")
+    if not repository or "/" in tag:  # no tag, or the colon was a registry's port
+        return image, ""
+    return repository, tag
 
 
 def parse_timestamp(value: str) -> float:
@@ -135,93 +132,23 @@ def container_event(raw: Mapping[str, Any]) -> ContainerEvent | None:
     )
 
 
-class _StreamHandle:
-    """What the reader thread and the consumer share: the open HTTP stream and whether to stop."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.stream: Any = None
-        self.closed = False
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            stream, self.stream = self.stream, None
-        if stream is not None:
-            with contextlib.suppress(OSError, docker.errors.DockerException):
-                stream.close()  # shuts the socket down, which wakes the blocked read in the thread
-
-
-_Item = ContainerEvent | RuntimeFailure
-
-
-def _deliver(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Item], item: _Item) -> bool:
-    """Hand an item to the loop's thread; False once the loop is closed and nobody listens any more."""
-    try:
-        loop.call_soon_threadsafe(queue.put_nowait, item)
-    except RuntimeError:
-        return False
-    return True
-
-
-def _pump(
-    client: Callable[[], Any],
-    filters: dict[str, Any],
-    since: str,
-    handle: _StreamHandle,
-    loop: asyncio.AbstractEventLoop,
-    queue: asyncio.Queue[_Item],
-) -> None:
-    """Thread body: read the blocking event stream and hand each event to the loop.
-
-    It holds no reference to the consumer's iterator, so dropping that iterator can still close the stream.
-    """
-    end = RuntimeFailure("the docker event stream ended")
-    stream: Any = None
-    try:
-        stream = client().api.events(decode=True, filters=filters, since=since)
-        with handle.lock:
-            accepted = not handle.closed
-            if accepted:
-                handle.stream = stream
-        if not accepted:  # closed while we were connecting
-            stream.close()
-            return
-        for raw in stream:
-            event = container_event(raw)
-            if event is not None and not _deliver(loop, queue, event):
-                return
-    except Exception as exc:
-        end = _translate(exc)
-    finally:
-        response = getattr(stream, "_response", None)
-        if response is not None:
-            response.close()  # drop the connection so no socket is left dangling
-    _deliver(loop, queue, end)
-
-
 class DockerEvents:
     """Async iterator over one node's container events.
 
     Subscribes with ``since`` = the moment ``events()`` was called, so the engine replays anything that
-    happened while the thread was still connecting. Ends with RuntimeFailure when the engine drops the
-    stream (the caller resubscribes and re-lists); ``aclose()`` stops the thread.
+    happened before the stream was open (it opens on the first read). Ends with RuntimeFailure when the
+    engine drops the stream (the caller resubscribes and re-lists); after ``aclose()`` it just ends.
     """
 
-    def __init__(self, client: Callable[[], Any], node_id: str, since_ns: int) -> None:
-        self._handle = _StreamHandle()
-        loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+    def __init__(self, engine: Callable[[], EngineClient], node_id: str, since_ns: int) -> None:
+        self._engine = engine
+        self._params = {
+            "filters": {"label": [f"{LABEL_NODE}={node_id}"], "type": ["container"]},
+            "since": f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}",
+        }
+        self._stream: EngineStream | None = None
+        self._events: AsyncIterator[Any] | None = None
         self._done = False
-        filters = {"label": [f"{LABEL_NODE}={node_id}"], "type": "container"}
-        since = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
-        self._thread = threading.Thread(
-            target=_pump,
-            args=(client, filters, since, self._handle, loop, self._queue),
-            name=f"docker-events-{node_id}",
-            daemon=True,  # a wedged engine connection must not keep the process alive
-        )
-        self._thread.start()
 
     def __aiter__(self) -> DockerEvents:
         return self
@@ -229,24 +156,29 @@ class DockerEvents:
     async def __anext__(self) -> ContainerEvent:
         if self._done:
             raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, ContainerEvent):
-            return item
-        self._done = True
-        if self._handle.closed:
-            raise StopAsyncIteration
-        raise item
+        try:
+            if self._events is None:
+                self._stream = await self._engine().stream("GET", "/events", self._params)
+                self._events = self._stream.lines()
+            while (raw := await anext(self._events, None)) is not None:
+                if (event := container_event(raw)) is not None:
+                    return event
+            raise RuntimeFailure("the docker event stream ended")
+        except (RuntimeFailure, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            if self._done:  # closed while we read
+                raise StopAsyncIteration from None
+            await self.aclose()
+            raise _translate(exc) from exc
+
+    @property
+    def ended(self) -> bool:
+        return self._done
 
     async def aclose(self) -> None:
         self._done = True
-        self._handle.close()
-        await asyncio.to_thread(self._thread.join, 5.0)
-
-    def __del__(self) -> None:
-        # A consumer that broke out of ``async for`` and dropped us still stops the thread.
-        handle = getattr(self, "_handle", None)
-        if handle is not None:
-            handle.close()
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
 
 
 class DockerRuntime:
@@ -256,75 +188,77 @@ class DockerRuntime:
         self,
         base_url: str | None = None,
         *,
-        max_workers: int = 8,
         timeout_s: int = 60,
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        """``observe``: told (call name, seconds) after every engine call, from the call's worker thread."""
+        """``observe``: told (call name, seconds) after every engine call."""
         self._base_url = base_url
         self._observe = observe
         self._timeout_s = timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="docker")
-        self._client_lock = threading.Lock()
-        self._client: Any = None
-        self._streams: weakref.WeakSet[DockerEvents] = weakref.WeakSet()
+        self._client: EngineClient | None = None
+        self._streams: list[DockerEvents | DockerLogs] = []
         self._closed = False
 
-    def _docker(self) -> Any:
-        """The SDK client, made lazily in a worker thread: constructing it asks the engine for its version."""
-        with self._client_lock:
-            if self._closed:
-                raise RuntimeFailure("the docker runtime is closed")
-            if self._client is None:
-                if self._base_url is None:
-                    self._client = docker.from_env(timeout=self._timeout_s)
-                else:
-                    self._client = docker.DockerClient(base_url=self._base_url, timeout=self._timeout_s)
-                _tune_for_unix_socket(self._client)
-            return self._client
-
-    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    def _engine(self) -> EngineClient:
+        """The engine client, made on first use (a bad address fails the call, not the constructor)."""
         if self._closed:
             raise RuntimeFailure("the docker runtime is closed")
-        loop = asyncio.get_running_loop()
-        call = functools.partial(fn, *args, **kwargs)
-        if self._observe is not None:
-            call = functools.partial(_timed, self._observe, getattr(fn, "__name__", "call").lstrip("_"), call)
+        if self._client is None:
+            try:
+                self._client = EngineClient(self._base_url, timeout_s=self._timeout_s)
+            except ValueError as exc:
+                raise RuntimeFailure(str(exc)) from exc
+        return self._client
+
+    async def _call(self, name: str, method: str, url: str, **kwargs: Any) -> Any:
+        began = time.perf_counter()
         try:
-            return await loop.run_in_executor(self._executor, call)
-        except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
-            raise _translate(exc) from exc
+            return await self._engine().call(method, url, **kwargs)
+        except RuntimeFailure as exc:
+            translated = _translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        finally:
+            if self._observe is not None:
+                self._observe(name, time.perf_counter() - began)
 
     # -- images ---------------------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        await self._run(lambda: self._docker().api.ping())
+        await self._call("ping", "GET", "/_ping", versioned=False)
 
-    def _has_image(self, image: str) -> bool:
+    async def has_image(self, image: str) -> bool:
         try:
-            self._docker().api.inspect_image(image)
-        except docker.errors.NotFound:
+            await self._call("inspect_image", "GET", path("/images/{}/json", image))
+        except (ImageNotFound, ContainerNotFound):
             return False
         return True
 
-    async def has_image(self, image: str) -> bool:
-        return await self._run(self._has_image, image)
-
-    def _images(self) -> list[str]:
-        return sorted({tag for img in self._docker().api.images() for tag in (img.get("RepoTags") or [])})
-
     async def images(self) -> list[str]:
-        return await self._run(self._images)
+        found = await self._call("images", "GET", "/images/json")
+        return sorted({tag for img in found for tag in (img.get("RepoTags") or []) if tag != "<none>:<none>"})
 
-    def _pull(self, image: str) -> None:
-        repository, tag = parse_repository_tag(image)
+    async def _pull(self, image: str) -> None:
+        repository, tag = split_image(image)
+        # Without a tag the API would pull every tag of the repository; the CLI means "latest".
+        params = {"fromImage": repository, "tag": tag or "latest"}
+        began = time.perf_counter()
         try:
-            # Without a tag the API would pull every tag of the repository; the CLI means "latest".
-            for line in self._docker().api.pull(repository, tag=tag or "latest", stream=True, decode=True):
-                if isinstance(line, dict) and line.get("error"):
-                    raise ImageNotFound(str(line["error"]))
-        except (docker.errors.DockerException, OSError) as exc:
-            raise ImageNotFound(_translate(exc).args[0]) from exc
+            stream = await self._engine().stream("POST", "/images/create", params)
+            try:
+                async for line in stream.lines():
+                    if isinstance(line, dict) and line.get("error"):
+                        raise ImageNotFound(str(line["error"]))
+            finally:
+                stream.close()
+        except ImageNotFound:
+            raise
+        except (RuntimeFailure, ValueError) as exc:
+            raise ImageNotFound(str(exc)) from exc
+        finally:
+            if self._observe is not None:
+                self._observe("pull", time.perf_counter() - began)
 
     async def ensure_image(self, image: str, policy: PullPolicy) -> None:
         if policy is PullPolicy.ALWAYS or not await self.has_image(image):
@@ -332,170 +266,150 @@ class DockerRuntime:
                 raise ImageNotFound(
                     f"image {image!r} is not present on this host and the pull policy is 'never'"
                 )
-            await self._run(self._pull, image)
+            await self._pull(image)
 
     # -- containers -----------------------------------------------------------------------------------
 
-    def _find(self, instance_id: str) -> str | None:
-        found = self._docker().api.containers(
-            all=True, filters={"label": [f"{LABEL_INSTANCE}={instance_id}"]}
-        )
+    async def _find(self, instance_id: str) -> str | None:
+        params = {"all": True, "filters": {"label": [f"{LABEL_INSTANCE}={instance_id}"]}}
+        found = await self._call("list", "GET", "/containers/json", params=params)
         return str(found[0]["Id"]) if found else None
 
-    def _create(self, spec: ContainerSpec) -> str:
-        existing = self._find(spec.instance_id)
+    async def create(self, spec: ContainerSpec) -> str:
+        existing = await self._find(spec.instance_id)
         if existing is not None:
             return existing
-        api = self._docker().api
-        exposed: list[tuple[int, str]] = []
-        bindings: dict[str, list[tuple[str, int]]] = {}
-        for binding in spec.ports:
-            for proto in ("tcp", "udp"):
-                if (binding.port, proto) not in exposed:
-                    exposed.append((binding.port, proto))
-                published = bindings.setdefault(f"{binding.port}/{proto}", [])
-                published.append((binding.bind_address, binding.port))
-        limits: dict[str, Any] = {}
-        if spec.memory_mib > 0:
-            # Swap equal to memory: the container gets no swap beyond its limit.
-            limits.update(mem_limit=f"{spec.memory_mib}m", memswap_limit=f"{spec.memory_mib}m")
-        if spec.cpu_percent > 0:
-            limits.update(cpu_period=_CPU_PERIOD_US, cpu_quota=spec.cpu_percent * _CPU_PERIOD_US // 100)
-        host_config = api.create_host_config(
-            port_bindings=bindings,
-            binds={m.source: {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
-            restart_policy={"Name": "no"},  # the agent owns restarts and their back-off
-            init=False,
-            **limits,
-        )
-        labels = {
-            **spec.labels,
-            LABEL_INSTANCE: spec.instance_id,
-            LABEL_NODE: spec.node_id,
-            LABEL_MANAGED: "true",
-        }
         try:
-            created = api.create_container(
-                image=spec.image,
-                name=f"{_NAME_PREFIX}{spec.instance_id}",
-                command=list(spec.command) or None,
-                environment=dict(spec.env),
-                labels=labels,
-                ports=exposed,
-                stop_signal=spec.stop_signal,
-                stop_timeout=spec.stop_timeout_s,
-                host_config=host_config,
+            created = await self._call(
+                "create",
+                "POST",
+                "/containers/create",
+                params={"name": f"{_NAME_PREFIX}{spec.instance_id}"},
+                body=create_body(spec),
             )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:
+        except EngineError as exc:
+            if exc.status != 409:
                 raise
             # The name is taken, most likely by a concurrent create of this instance. The engine reserves the
             # name before that container shows in a list, so give the other create a moment to finish.
             for _ in range(40):
-                if (winner := self._find(spec.instance_id)) is not None:
+                if (winner := await self._find(spec.instance_id)) is not None:
                     return winner
-                time.sleep(0.05)
+                await asyncio.sleep(0.05)
             raise
         return str(created["Id"])
 
-    async def create(self, spec: ContainerSpec) -> str:
-        return await self._run(self._create, spec)
-
     async def start(self, container_id: str) -> None:
-        await self._run(lambda: self._docker().api.start(container_id))
+        # 304: already running, which is what the caller wanted.
+        await self._call("start", "POST", path("/containers/{}/start", container_id))
 
     async def stop(self, container_id: str, timeout_s: int) -> None:
-        # The engine answers 304 for a container that is not running; the SDK treats that as success.
-        await self._run(lambda: self._docker().api.stop(container_id, timeout=timeout_s))
+        # The engine answers 304 for a container that is not running: done as well.
+        await self._call(
+            "stop",
+            "POST",
+            path("/containers/{}/stop", container_id),
+            params={"t": timeout_s},
+            timeout_s=self._timeout_s + timeout_s,
+            waits=True,
+        )
 
     async def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
-        await self._run(lambda: self._docker().api.kill(container_id, signal=signal))
-
-    def _remove(self, container_id: str) -> None:
-        try:
-            self._docker().api.remove_container(container_id, v=True, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            # A removal already under way (a redelivered command) ends the same way as ours would.
-            if exc.status_code != 409 or "already in progress" not in str(exc.explanation):
-                raise
+        await self._call("kill", "POST", path("/containers/{}/kill", container_id), params={"signal": signal})
 
     async def remove(self, container_id: str) -> None:
-        await self._run(self._remove, container_id)
+        try:
+            await self._call(
+                "remove", "DELETE", path("/containers/{}", container_id), params={"v": True, "force": True}
+            )
+        except ContainerNotFound:
+            pass
+        except EngineError as exc:
+            # A removal already under way (a redelivered command) ends the same way as ours would.
+            if exc.status != 409 or "already in progress" not in str(exc):
+                raise
 
     def logs(self, container_id: str, tail: int, follow: bool) -> DockerLogs:
-        return DockerLogs(self._docker, container_id, tail, follow)
+        stream = DockerLogs(self._engine, container_id, tail, follow)
+        self._track(stream)
+        return stream
 
     async def inspect(self, container_id: str) -> ContainerInfo:
-        attrs = await self._run(lambda: self._docker().api.inspect_container(container_id))
-        return container_info(attrs)
-
-    def _list(self, node_id: str) -> list[ContainerInfo]:
-        api = self._docker().api
-        infos: list[ContainerInfo] = []
-        # The list summaries lack the exit code and start time, so each container is inspected as well.
-        for summary in api.containers(all=True, filters={"label": [f"{LABEL_NODE}={node_id}"]}):
-            try:
-                infos.append(container_info(api.inspect_container(summary["Id"])))
-            except docker.errors.NotFound:  # removed between the list and the inspect
-                continue
-        return infos
+        return container_info(await self._call("inspect", "GET", path("/containers/{}/json", container_id)))
 
     async def list(self, node_id: str) -> list[ContainerInfo]:
-        return await self._run(self._list, node_id)
+        params = {"all": True, "filters": {"label": [f"{LABEL_NODE}={node_id}"]}}
+        summaries = await self._call("list", "GET", "/containers/json", params=params)
+        infos: list[ContainerInfo] = []
+        # The list summaries lack the exit code and start time, so each container is inspected as well.
+        for summary in summaries:
+            try:
+                infos.append(await self.inspect(summary["Id"]))
+            except ContainerNotFound:  # removed between the list and the inspect
+                continue
+        return infos
 
     # -- events and shutdown --------------------------------------------------------------------------
 
     def events(self, node_id: str) -> DockerEvents:
         """Must be called with the event loop running; events from this moment on are delivered."""
-        if self._closed:
-            raise RuntimeFailure("the docker runtime is closed")
-        stream = DockerEvents(self._docker, node_id, time.time_ns())
-        self._streams.add(stream)
+        self._engine()  # a closed runtime refuses here
+        stream = DockerEvents(self._engine, node_id, time.time_ns())
+        self._track(stream)
         return stream
 
-    def _shutdown(self) -> None:
-        # No cancel_futures: a cancelled future would surface as CancelledError in a task nobody cancelled;
-        # queued calls instead fail fast with "closed" from _docker().
-        self._executor.shutdown(wait=True)
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+    def _track(self, stream: DockerEvents | DockerLogs) -> None:
+        """Kept so close() can end them; the ones already ended are dropped as new ones come."""
+        self._streams = [s for s in self._streams if not s.ended] + [stream]
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for stream in list(self._streams):
+        for stream in self._streams:
             await stream.aclose()
-        await asyncio.to_thread(self._shutdown)
+        self._streams = []
+        if self._client is not None:
+            self._client.close()
+
+
+def create_body(spec: ContainerSpec) -> dict[str, Any]:
+    """The engine's create document for a spec: ports published TCP and UDP, limits, labels, no restarts."""
+    exposed: dict[str, dict[str, Any]] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for binding in spec.ports:
+        for proto in ("tcp", "udp"):
+            key = f"{binding.port}/{proto}"
+            exposed[key] = {}
+            published = {"HostIp": binding.bind_address, "HostPort": str(binding.port)}
+            bindings.setdefault(key, []).append(published)
+    host_config: dict[str, Any] = {
+        "PortBindings": bindings,
+        "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
+        "RestartPolicy": {"Name": "no"},  # the agent owns restarts and their back-off
+        "Init": False,
+    }
+    if spec.memory_mib > 0:
+        # Swap equal to memory: the container gets no swap beyond its limit.
+        host_config.update(Memory=spec.memory_mib * _MIB, MemorySwap=spec.memory_mib * _MIB)
+    if spec.cpu_percent > 0:
+        host_config.update(CpuPeriod=_CPU_PERIOD_US, CpuQuota=spec.cpu_percent * _CPU_PERIOD_US // 100)
+    return {
+        "Image": spec.image,
+        "Cmd": list(spec.command) or None,
+        "Env": [f"{k}={v}" for k, v in spec.env.items()],
+        "Labels": {
+            **spec.labels,
+            LABEL_INSTANCE: spec.instance_id,
+            LABEL_NODE: spec.node_id,
+            LABEL_MANAGED: "true",
+        },
+        "ExposedPorts": exposed,
+        "StopSignal": spec.stop_signal,
+        "StopTimeout": spec.stop_timeout_s,
+        "HostConfig": host_config,
+    }
 
 
 if TYPE_CHECKING:
     _check: type[Runtime] = DockerRuntime
-
-
-def _tune_for_unix_socket(client: Any) -> None:
-    """Every request on the engine's unix socket shares one connection pool. docker-py keys its unix-socket
-    pools by request path (a pool per container id and call, 25 kept, up to 10 connections each): an agent
-    with a few dozen containers held 26 idle connections to the engine, 52 after an engine restart, each an
-    fd here and in dockerd. Over TCP urllib3 already pools per host.
-
-    Nor does a request on the socket look for proxies, .netrc or CA bundles in the environment (requests'
-    ``trust_env``): none applies to a unix socket, and the lookup was a third of each call's CPU (0.99 →
-    0.66 ms an inspect; a heartbeat inspects every container)."""
-    adapter = client.api.adapters.get("http+docker://")
-    if isinstance(adapter, UnixHTTPAdapter):
-        per_path = adapter.get_connection
-        adapter.get_connection = lambda url, proxies=None: per_path("http+docker://localhost", proxies)
-        client.api.trust_env = False
-
-
-def _timed(observe: Callable[[str, float], None], name: str, call: Callable[[], T]) -> T:
-    began = time.perf_counter()
-    try:
-        return call()
-    finally:
-        observe(name, time.perf_counter() - began)

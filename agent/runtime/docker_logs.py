@@ -1,94 +1,94 @@
-"""A container's output through the docker SDK: the stream blocks for its whole life, so it is read on a
-thread of its own, which hands chunks to the loop and waits when the loop has CHUNKS_AHEAD of them not yet
-taken: a chatty container is slowed at the engine's socket, never buffered without bound here."""
+"""A container's output from the engine: read from the socket only as the consumer asks for it, so a chatty
+container is slowed at the engine's socket, never buffered without bound here."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
+import struct
 from collections.abc import Callable
-from typing import Any
-
-import docker.errors
 
 from agent.runtime.base import RuntimeFailure
+from agent.runtime.engine_api import EngineClient, EngineError, EngineStream, path
 
-#: Chunks the reader thread may hand over before the consumer takes them.
-CHUNKS_AHEAD = 32
+_FRAME = struct.Struct(">BxxxL")  # stream (0 stdin, 1 stdout, 2 stderr), then the payload's length
 
 
 class DockerLogs:
-    """Async iterator over a container's output (bytes as the engine sends them); ``aclose()`` stops it."""
+    """Async iterator over a container's output (each write of the container as the engine frames it);
+    ``aclose()`` stops it."""
 
-    def __init__(self, client: Callable[[], Any], container_id: str, tail: int, follow: bool) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-        self._room = threading.Semaphore(CHUNKS_AHEAD)
-        self._lock = threading.Lock()
-        self._stream: Any = None
-        self._closed = False
-        self._thread = threading.Thread(
-            target=self._pump,
-            args=(client, container_id, tail, follow),
-            name=f"docker-logs-{container_id[:12]}",
-            daemon=True,
-        )
-        self._thread.start()
+    def __init__(
+        self, engine: Callable[[], EngineClient], container_id: str, tail: int, follow: bool
+    ) -> None:
+        self._engine = engine
+        self._container_id = container_id
+        self._params = {
+            "stdout": True,
+            "stderr": True,
+            "follow": follow,
+            "tail": tail if tail >= 0 else "all",
+        }
+        self._stream: EngineStream | None = None
+        self._framed = True
+        self._pending = b""
+        self._done = False
 
-    def _hand(self, item: bytes | BaseException | None) -> bool:
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed
-            return False
-        return True
-
-    def _pump(self, client: Callable[[], Any], container_id: str, tail: int, follow: bool) -> None:
-        end: BaseException | None = None
-        stream: Any = None
-        try:
-            stream = client().api.logs(
-                container_id, stream=True, follow=follow, tail=tail, stdout=True, stderr=True
-            )
-            with self._lock:
-                if self._closed:
-                    stream.close()
-                    return
-                self._stream = stream
-            for chunk in stream:
-                while not self._room.acquire(timeout=0.5):
-                    if self._closed:
-                        return
-                if self._closed or not self._hand(bytes(chunk)):
-                    return
-        except docker.errors.NotFound:
-            end = RuntimeFailure("the container is gone")
-        except Exception as exc:
-            if not self._closed:
-                end = RuntimeFailure(f"reading the container's output failed: {exc}")
-        finally:
-            with contextlib.suppress(Exception):
-                if stream is not None:
-                    stream.close()
-        self._hand(end)
+    @property
+    def ended(self) -> bool:
+        return self._done
 
     def __aiter__(self) -> DockerLogs:
         return self
 
     async def __anext__(self) -> bytes:
-        item = await self._queue.get()
-        if isinstance(item, bytes):
-            self._room.release()
-            return item
-        if item is None:
+        if self._done:
             raise StopAsyncIteration
-        raise item
+        try:
+            if self._stream is None:
+                await self._open()
+            assert self._stream is not None
+            chunk = await (self._frame() if self._framed else self._stream.read())
+        except EngineError as exc:
+            await self.aclose()
+            raise RuntimeFailure("the container is gone" if exc.status == 404 else str(exc)) from exc
+        except (RuntimeFailure, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            if self._done:  # closed while we read
+                raise StopAsyncIteration from None
+            await self.aclose()
+            raise RuntimeFailure(f"reading the container's output failed: {exc}") from exc
+        if not chunk:
+            await self.aclose()
+            raise StopAsyncIteration
+        return chunk
+
+    async def _open(self) -> None:
+        engine = self._engine()
+        attrs = await engine.call("GET", path("/containers/{}/json", self._container_id))
+        # Without a TTY the engine frames stdout and stderr apart; with one the output is raw.
+        self._framed = not (attrs.get("Config") or {}).get("Tty", False)
+        logs = path("/containers/{}/logs", self._container_id)
+        self._stream = await engine.stream("GET", logs, self._params)
+
+    async def _frame(self) -> bytes:
+        """The next frame's payload; b"" when the output ended."""
+        assert self._stream is not None
+        while True:
+            if len(self._pending) >= _FRAME.size:
+                _, size = _FRAME.unpack_from(self._pending)
+                if len(self._pending) >= _FRAME.size + size:
+                    payload = self._pending[_FRAME.size : _FRAME.size + size]
+                    self._pending = self._pending[_FRAME.size + size :]
+                    if payload:
+                        return payload
+                    continue
+            data = await self._stream.read()
+            if not data:
+                return b""
+            self._pending += data
 
     async def aclose(self) -> None:
-        with self._lock:
-            self._closed = True
-            stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()  # wakes the thread's blocked read
-        await asyncio.to_thread(self._thread.join, 5.0)
+        self._done = True
+        self._pending = b""
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gc
+import re
 import threading
 import time
 import urllib.request
 import uuid
-import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ from agent.runtime.base import (
     Runtime,
     RuntimeFailure,
 )
-from agent.runtime.docker import DockerEvents, DockerRuntime, container_event, parse_timestamp
+from agent.runtime.docker import DockerEvents, DockerRuntime, container_event, parse_timestamp, split_image
+from agent.runtime.engine_api import IDLE_CONNECTIONS
 from bench.daemons import TEST_IMAGE
 from tests.dockerenv import free_port, require_docker
 
@@ -116,19 +116,27 @@ def test_satisfies_protocol() -> None:
 
 
 async def test_unreachable_engine_is_runtime_failure(tmp_path: Path) -> None:
-    """No engine needed: every call, and the event stream, fail with RuntimeFailure instead of SDK errors."""
+    """No engine needed: every call, and the event stream, fail with RuntimeFailure naming the address."""
     rt = DockerRuntime(f"unix://{tmp_path}/absent.sock")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)  # docker-py leaks the socket of a failed connect
-        with pytest.raises(RuntimeFailure, match="No such file"):
-            await rt.ping()
-        events = rt.events("nowhere")
-        with pytest.raises(RuntimeFailure, match="No such file"):
-            await asyncio.wait_for(events.__anext__(), timeout=10)
-        with pytest.raises(StopAsyncIteration):
-            await events.__anext__()
-        await rt.close()
-        gc.collect()
+    with pytest.raises(
+        RuntimeFailure, match=f"cannot reach the docker engine at unix://{tmp_path}.*No such file"
+    ):
+        await rt.ping()
+    events = rt.events("nowhere")
+    with pytest.raises(RuntimeFailure, match="No such file"):
+        await asyncio.wait_for(events.__anext__(), timeout=10)
+    with pytest.raises(StopAsyncIteration):
+        await events.__anext__()
+    await rt.close()
+
+
+async def test_bad_engine_address_fails_the_call() -> None:
+    rt = DockerRuntime("ftp://docker.example")
+    with pytest.raises(
+        RuntimeFailure, match=re.escape("not a docker engine address: 'ftp://docker.example'")
+    ):
+        await rt.ping()
+    await rt.close()
 
 
 @pytest.mark.parametrize(
@@ -160,6 +168,21 @@ def test_container_event_mapping(
     assert event is not None
     assert (event.kind, event.exit_code, event.detail) == expected
     assert (event.container_id, event.instance_id, event.at) == ("c1", "i1", 1700000000.25)
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        ("busybox", ("busybox", "")),
+        ("busybox:1.36", ("busybox", "1.36")),
+        ("registry.example:5000/team/app", ("registry.example:5000/team/app", "")),
+        ("registry.example:5000/team/app:v2", ("registry.example:5000/team/app", "v2")),
+        ("app@sha256:abc", ("app", "sha256:abc")),
+    ],
+)
+def test_split_image(image: str, expected: tuple[str, str]) -> None:
+    """As the docker CLI reads a reference: a registry's port is not a tag."""
+    assert split_image(image) == expected
 
 
 @pytest.mark.parametrize(
@@ -284,8 +307,8 @@ async def test_stop_remove_and_missing_container(runtime: DockerRuntime, node_id
 
 
 async def test_calls_about_many_containers_share_a_few_engine_connections(runtime: DockerRuntime) -> None:
-    """docker-py pools unix-socket connections per request path; the agent has one pool for all: calls about
-    eighty containers, eight at a time, leave no more than the pool's ten connections to the engine open."""
+    """Eighty calls about eighty containers, all at once, leave no more than the kept idle connections to
+    the engine open (docker-py kept a pool per request path: 26 connections for a few dozen containers)."""
     await runtime.ping()
     before = len(psutil.Process().net_connections(kind="unix"))
 
@@ -294,7 +317,10 @@ async def test_calls_about_many_containers_share_a_few_engine_connections(runtim
             await runtime.inspect(uuid.uuid4().hex)
 
     await asyncio.gather(*(missing() for _ in range(80)))
-    assert len(psutil.Process().net_connections(kind="unix")) - before <= 10
+    assert len(psutil.Process().net_connections(kind="unix")) - before <= IDLE_CONNECTIONS
+    for _ in range(20):  # one after the other: one connection serves them all
+        await missing()
+    assert len(psutil.Process().net_connections(kind="unix")) - before <= IDLE_CONNECTIONS
 
 
 async def test_events_started_exited_removed(runtime: DockerRuntime, node_id: str) -> None:
@@ -315,7 +341,6 @@ async def test_events_started_exited_removed(runtime: DockerRuntime, node_id: st
         await events.aclose()
     with pytest.raises(StopAsyncIteration):
         await events.__anext__()
-    assert f"docker-events-{node_id}" not in {t.name for t in threading.enumerate()}
 
 
 async def test_oom_kill_is_reported(runtime: DockerRuntime, node_id: str) -> None:
@@ -352,20 +377,39 @@ async def test_events_only_for_this_node(runtime: DockerRuntime, engine: Any, no
         await events.aclose()
 
 
-async def test_close_stops_event_threads(engine: Any, node_id: str) -> None:
+async def test_close_ends_streams_and_their_connections(engine: Any, node_id: str) -> None:
+    """A stream being read when the runtime closes ends, and no connection to the engine is left open."""
+    before = len(psutil.Process().net_connections(kind="unix"))
     rt = DockerRuntime()
     events = rt.events(node_id)
-    await rt.ping()
+    reading = asyncio.create_task(events.__anext__())
+    cid = await rt.create(make_spec(node_id))
+    logs = rt.logs(cid, tail=10, follow=True)
+    following = asyncio.create_task(logs.__anext__())
+    await asyncio.sleep(0.5)  # both streams open and waiting
+    assert len(psutil.Process().net_connections(kind="unix")) - before >= 2
     await rt.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(reading, timeout=5)
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(following, timeout=5)
     assert [event async for event in events] == []
-    assert f"docker-events-{node_id}" not in {t.name for t in threading.enumerate()}
+    await asyncio.sleep(0.1)
+    assert len(psutil.Process().net_connections(kind="unix")) == before
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("docker")]
     with pytest.raises(RuntimeFailure, match="closed"):
         await rt.ping()
+    with pytest.raises(RuntimeFailure, match="closed"):
+        rt.events(node_id)
 
 
 async def test_ensure_image_present(runtime: DockerRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
     pulls: list[str] = []
-    monkeypatch.setattr(runtime, "_pull", pulls.append)
+
+    async def pull(image: str) -> None:
+        pulls.append(image)
+
+    monkeypatch.setattr(runtime, "_pull", pull)
     assert await runtime.has_image(TEST_IMAGE)
     await runtime.ensure_image(TEST_IMAGE, PullPolicy.NEVER)
     await runtime.ensure_image(TEST_IMAGE, PullPolicy.MISSING)
@@ -379,7 +423,7 @@ async def test_ensure_image_never_does_not_pull(
 ) -> None:
     image = f"moorage-test/absent-{uuid.uuid4().hex[:8]}:latest"
 
-    def no_pull(image: str) -> None:
+    async def no_pull(image: str) -> None:
         raise AssertionError("pulled despite policy never")
 
     monkeypatch.setattr(runtime, "_pull", no_pull)
@@ -402,3 +446,33 @@ async def test_ensure_image_missing_reports_engine_error(runtime: DockerRuntime,
 async def test_create_with_missing_image(runtime: DockerRuntime, node_id: str) -> None:
     with pytest.raises(ImageNotFound, match="No such image"):
         await runtime.create(make_spec(node_id, image=f"moorage-test/absent-{uuid.uuid4().hex[:8]}:latest"))
+
+
+async def test_logs_tail_then_follow(runtime: DockerRuntime, node_id: str) -> None:
+    """Both of the container's streams, the last lines first, then what it writes while followed."""
+    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; done; sleep 1; echo later; sleep 30"
+    cid = await runtime.create(make_spec(node_id, command=["sh", "-c", script]))
+    await runtime.start(cid)
+    await asyncio.sleep(0.5)
+    logs = runtime.logs(cid, tail=2, follow=True)
+    seen = b""
+    try:
+        async with asyncio.timeout(10):
+            async for chunk in logs:
+                seen += chunk
+                if b"later" in seen:
+                    break
+    finally:
+        await logs.aclose()
+    # The engine orders stdout against stderr by its own clock: which two lines are last may vary.
+    *tail, last = seen.split()
+    assert len(tail) == 2 and set(tail) <= {b"out2", b"err2", b"out3", b"err3"} and last == b"later"
+    whole = runtime.logs(cid, tail=-1, follow=False)
+    lines = b"".join([chunk async for chunk in whole]).split()
+    assert sorted(lines) == [b"err1", b"err2", b"err3", b"later", b"out1", b"out2", b"out3"]
+    assert [line for line in lines if line.startswith(b"out")] == [b"out1", b"out2", b"out3"]
+
+
+async def test_logs_of_a_missing_container(runtime: DockerRuntime) -> None:
+    with pytest.raises(RuntimeFailure, match="the container is gone"):
+        await runtime.logs(uuid.uuid4().hex, tail=10, follow=False).__anext__()

@@ -32,6 +32,10 @@ NOT_IN_THE_AGENT = (
     "jinja2",
     "coordinator",
     "cryptography",
+    # The engine is spoken to by agent/runtime/engine_api.py: docker-py and its HTTP stack stay out.
+    "docker",
+    "requests",
+    "urllib3",
 )
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
