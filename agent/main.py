@@ -189,6 +189,7 @@ async def run(config: AgentConfig) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await executor.close()
         await runtime.close()
+        metrics.close()
 
 
 def with_coordinators(config: AgentConfig) -> AgentConfig:

@@ -3,8 +3,8 @@
 how long the engine takes to answer, and its own footprint (RSS, open files, threads, asyncio tasks), so an
 operator sees trouble, growth included, before it hurts.
 
-Served by prometheus_client's own HTTP thread: a scrape never waits on the event loop, and the loop never
-waits on a scrape."""
+Served from a thread of its own (agent/exposition.py): a scrape never waits on the event loop, and the loop
+never waits on a scrape."""
 
 from __future__ import annotations
 
@@ -12,16 +12,7 @@ import asyncio
 import threading
 from collections.abc import Iterable
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    start_http_server,
-)
-
+from agent.exposition import Counter, Family, Gauge, Histogram, MetricsServer, ProcessFigures, python_info
 from common.logging import get
 
 log = get("agent.metrics")
@@ -36,60 +27,59 @@ class AgentMetrics:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.registry = CollectorRegistry()
         self._instances: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        if not enabled:
-            return
-        r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
+        self._server: MetricsServer | None = None
         self.session = Gauge(
-            "moorage_agent_session_connected", "1 while a session with a coordinator is open.", registry=r
+            "moorage_agent_session_connected", "1 while a session with a coordinator is open."
         )
-        self.heartbeats = Counter(
-            "moorage_agent_heartbeats_sent", "Heartbeats written to the coordinator.", registry=r
-        )
-        self.reconnects = Counter("moorage_agent_reconnects", "Sessions lost and tried again.", registry=r)
+        self.heartbeats = Counter("moorage_agent_heartbeats_sent", "Heartbeats written to the coordinator.")
+        self.reconnects = Counter("moorage_agent_reconnects", "Sessions lost and tried again.")
         self.commands = Counter(
-            "moorage_agent_commands",
-            "Commands handled, by kind and outcome.",
-            ["kind", "outcome"],
-            registry=r,
+            "moorage_agent_commands", "Commands handled, by kind and outcome.", ("kind", "outcome")
         )
         self.command_seconds = Histogram(
             "moorage_agent_command_duration_seconds",
             "Time from a command's arrival to its result, by kind.",
-            ["kind"],
-            buckets=BUCKETS,
-            registry=r,
+            ("kind",),
+            BUCKETS,
         )
         self.containers = Gauge(
-            "moorage_agent_containers", "Labelled containers on the host, by state.", ["state"], registry=r
+            "moorage_agent_containers", "Labelled containers on the host, by state.", ("state",)
         )
         self.rx = Gauge(
             "moorage_agent_instance_rx_bytes",
             "Bytes the instance's current container has received (from zero at each container start).",
-            ["instance"],
-            registry=r,
+            ("instance",),
         )
         self.tx = Gauge(
             "moorage_agent_instance_tx_bytes",
             "Bytes the instance's current container has sent (from zero at each container start).",
-            ["instance"],
-            registry=r,
+            ("instance",),
         )
         self.docker_seconds = Histogram(
             "moorage_agent_docker_call_duration_seconds",
             "Time the container engine took to answer, by call.",
-            ["call"],
-            buckets=BUCKETS,
-            registry=r,
+            ("call",),
+            BUCKETS,
         )
-        tasks = Gauge("moorage_agent_asyncio_tasks", "Tasks alive on the agent's event loop.", registry=r)
-        tasks.set_function(self._task_count)
-        threads = Gauge("moorage_agent_threads", "Threads of the agent process.", registry=r)
-        threads.set_function(threading.active_count)
+        self.families: list[Family] = [
+            ProcessFigures(),
+            python_info(),
+            self.session,
+            self.heartbeats,
+            self.reconnects,
+            self.commands,
+            self.command_seconds,
+            self.containers,
+            self.rx,
+            self.tx,
+            self.docker_seconds,
+            Gauge(
+                "moorage_agent_asyncio_tasks", "Tasks alive on the agent's event loop.", read=self._task_count
+            ),
+            Gauge("moorage_agent_threads", "Threads of the agent process.", read=threading.active_count),
+        ]
 
     def serve(self, listen: str) -> None:
         """Serve on HOST:PORT from a thread of its own; a port that cannot be had is logged, not fatal (the
@@ -99,11 +89,16 @@ class AgentMetrics:
         self._loop = asyncio.get_running_loop()
         host, _, port = listen.rpartition(":")
         try:
-            start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+            self._server = MetricsServer(self.families, host.strip("[]") or "127.0.0.1", int(port))
         except OSError as exc:
             log.warning("metrics not served", listen=listen, error=exc.strerror or str(exc))
             return
         log.info("metrics served", listen=listen)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
 
     def _task_count(self) -> float:
         loop = self._loop
@@ -125,13 +120,12 @@ class AgentMetrics:
 
     def command(self, kind: str, ok: bool, seconds: float) -> None:
         if self.enabled:
-            self.commands.labels(kind, "ok" if ok else "failed").inc()
-            self.command_seconds.labels(kind).observe(seconds)
+            self.commands.inc(kind, "ok" if ok else "failed")
+            self.command_seconds.observe(seconds, kind)
 
     def docker_call(self, call: str, seconds: float) -> None:
-        """From the engine's thread pool (prometheus_client's metrics take their own locks)."""
         if self.enabled:
-            self.docker_seconds.labels(call).observe(seconds)
+            self.docker_seconds.observe(seconds, call)
 
     def containers_seen(self, states: Iterable[tuple[str, str, int, int]]) -> None:
         """(instance id, state, rx bytes, tx bytes) of every labelled container, as a heartbeat found them:
@@ -143,15 +137,11 @@ class AgentMetrics:
         for instance_id, state, rx, tx in states:
             counts[state] = counts.get(state, 0) + 1
             seen.add(instance_id)
-            self.rx.labels(instance_id).set(rx)
-            self.tx.labels(instance_id).set(tx)
+            self.rx.set(rx, instance_id)
+            self.tx.set(tx, instance_id)
         for gone in self._instances - seen:
             self.rx.remove(gone)
             self.tx.remove(gone)
         self._instances = seen
-        for state in {*counts, *_states(self.containers)}:
-            self.containers.labels(state).set(counts.get(state, 0))
-
-
-def _states(gauge: Gauge) -> set[str]:
-    return {sample.labels["state"] for metric in gauge.collect() for sample in metric.samples}
+        for (state,) in {*((s,) for s in counts), *self.containers.values}:
+            self.containers.set(counts.get(state, 0), state)

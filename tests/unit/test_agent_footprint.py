@@ -36,6 +36,8 @@ NOT_IN_THE_AGENT = (
     "docker",
     "requests",
     "urllib3",
+    # Its figures are served by agent/exposition.py.
+    "prometheus_client",
 )
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
