@@ -9,6 +9,7 @@ from bench import (
     deploy,
     events,
     heartbeats,
+    heartbeats_ceilings,
     heartbeats_cluster,
     placement,
     tls,
@@ -25,6 +26,8 @@ def main() -> None:
     cluster.main([])
     print()
     heartbeats.main()
+    print()
+    heartbeats_ceilings.main((1_000, 3_000))
     print()
     heartbeats_cluster.main([])
     print()
