@@ -27,7 +27,9 @@ from agent.runtime.base import (
     RuntimeFailure,
 )
 from agent.runtime.docker_logs import DockerLogs
-from agent.runtime.engine_api import EngineClient, EngineError, EngineStream, path
+from agent.runtime.engine_api import EngineClient, EngineError, path
+from agent.runtime.engine_http import EngineStream, ProtocolError
+from agent.runtime.registry_auth import auth_header
 
 if TYPE_CHECKING:
     from agent.runtime.base import Runtime
@@ -46,10 +48,14 @@ _MIB = 1024 * 1024
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
 
+#: How the engine says an image is missing (docker-py read the same phrases).
+_NO_IMAGE = ("no such image", "repository does not exist", "does not exist or no pull access", "platform")
+
+
 def _translate(exc: BaseException) -> RuntimeFailure:
     """The engine's 404s become the runtime's not-found errors, keeping the engine's own words."""
     if isinstance(exc, EngineError) and exc.status == 404:
-        if "no such image" in str(exc).lower():
+        if any(phrase in str(exc).lower() for phrase in _NO_IMAGE):
             return ImageNotFound(str(exc))
         return ContainerNotFound(str(exc))
     if isinstance(exc, RuntimeFailure):
@@ -158,13 +164,16 @@ class DockerEvents:
             raise StopAsyncIteration
         try:
             if self._events is None:
-                self._stream = await self._engine().stream("GET", "/events", self._params)
-                self._events = self._stream.lines()
+                stream = await self._engine().stream("GET", "/events", self._params)
+                if self._done:  # closed while it was opening
+                    stream.close()
+                    raise StopAsyncIteration
+                self._stream, self._events = stream, stream.lines()
             while (raw := await anext(self._events, None)) is not None:
                 if (event := container_event(raw)) is not None:
                     return event
             raise RuntimeFailure("the docker event stream ended")
-        except (RuntimeFailure, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        except (RuntimeFailure, ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
             if self._done:  # closed while we read
                 raise StopAsyncIteration from None
             await self.aclose()
@@ -244,8 +253,13 @@ class DockerRuntime:
         # Without a tag the API would pull every tag of the repository; the CLI means "latest".
         params = {"fromImage": repository, "tag": tag or "latest"}
         began = time.perf_counter()
+        credentials = await auth_header(repository)
+        headers = {"X-Registry-Auth": credentials} if credentials else None
         try:
-            stream = await self._engine().stream("POST", "/images/create", params)
+            # No limit on the answer's head: the engine sends it with the first line, after the registry.
+            stream = await self._engine().stream(
+                "POST", "/images/create", params, headers=headers, head_timeout_s=None
+            )
             try:
                 async for line in stream.lines():
                     if isinstance(line, dict) and line.get("error"):
@@ -254,7 +268,7 @@ class DockerRuntime:
                 stream.close()
         except ImageNotFound:
             raise
-        except (RuntimeFailure, ValueError) as exc:
+        except (RuntimeFailure, ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
             raise ImageNotFound(str(exc)) from exc
         finally:
             if self._observe is not None:

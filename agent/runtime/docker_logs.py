@@ -8,7 +8,8 @@ import struct
 from collections.abc import Callable
 
 from agent.runtime.base import RuntimeFailure
-from agent.runtime.engine_api import EngineClient, EngineError, EngineStream, path
+from agent.runtime.engine_api import EngineClient, EngineError, path
+from agent.runtime.engine_http import EngineStream, ProtocolError
 
 _FRAME = struct.Struct(">BxxxL")  # stream (0 stdin, 1 stdout, 2 stderr), then the payload's length
 
@@ -30,7 +31,8 @@ class DockerLogs:
         }
         self._stream: EngineStream | None = None
         self._framed = True
-        self._pending = b""
+        self._pending = bytearray()
+        self._offset = 0  # where the next frame starts in _pending
         self._done = False
 
     @property
@@ -46,12 +48,13 @@ class DockerLogs:
         try:
             if self._stream is None:
                 await self._open()
-            assert self._stream is not None
-            chunk = await (self._frame() if self._framed else self._stream.read())
+            stream = self._stream
+            assert stream is not None
+            chunk = await (self._frame(stream) if self._framed else stream.read())
         except EngineError as exc:
             await self.aclose()
             raise RuntimeFailure("the container is gone" if exc.status == 404 else str(exc)) from exc
-        except (RuntimeFailure, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        except (RuntimeFailure, ProtocolError, OSError, asyncio.IncompleteReadError) as exc:
             if self._done:  # closed while we read
                 raise StopAsyncIteration from None
             await self.aclose()
@@ -67,28 +70,34 @@ class DockerLogs:
         # Without a TTY the engine frames stdout and stderr apart; with one the output is raw.
         self._framed = not (attrs.get("Config") or {}).get("Tty", False)
         logs = path("/containers/{}/logs", self._container_id)
-        self._stream = await engine.stream("GET", logs, self._params)
+        stream = await engine.stream("GET", logs, self._params)
+        if self._done:  # closed while it was opening
+            stream.close()
+            raise StopAsyncIteration
+        self._stream = stream
 
-    async def _frame(self) -> bytes:
-        """The next frame's payload; b"" when the output ended."""
-        assert self._stream is not None
+    async def _frame(self, stream: EngineStream) -> bytes:
+        """The next frame's payload (a frame's header and payload may come in pieces); b"" at the end."""
         while True:
-            if len(self._pending) >= _FRAME.size:
-                _, size = _FRAME.unpack_from(self._pending)
-                if len(self._pending) >= _FRAME.size + size:
-                    payload = self._pending[_FRAME.size : _FRAME.size + size]
-                    self._pending = self._pending[_FRAME.size + size :]
-                    if payload:
-                        return payload
+            start = self._offset
+            if len(self._pending) - start >= _FRAME.size:
+                _, size = _FRAME.unpack_from(self._pending, start)
+                end = start + _FRAME.size + size
+                if len(self._pending) >= end:
+                    self._offset = end
+                    if size:
+                        return bytes(self._pending[start + _FRAME.size : end])
                     continue
-            data = await self._stream.read()
+            del self._pending[: self._offset]  # what was handed out goes; the rest of a frame stays
+            self._offset = 0
+            data = await stream.read()
             if not data:
                 return b""
             self._pending += data
 
     async def aclose(self) -> None:
         self._done = True
-        self._pending = b""
+        self._pending = bytearray()
         if self._stream is not None:
             self._stream.close()
             self._stream = None

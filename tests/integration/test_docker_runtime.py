@@ -476,3 +476,17 @@ async def test_logs_tail_then_follow(runtime: DockerRuntime, node_id: str) -> No
 async def test_logs_of_a_missing_container(runtime: DockerRuntime) -> None:
     with pytest.raises(RuntimeFailure, match="the container is gone"):
         await runtime.logs(uuid.uuid4().hex, tail=10, follow=False).__anext__()
+
+
+async def test_streams_closed_while_they_open_end_and_let_go(runtime: DockerRuntime, node_id: str) -> None:
+    """aclose() while the first read is still opening the stream: the read ends, the connection closes."""
+    cid = await runtime.create(make_spec(node_id))
+    before = len(psutil.Process().net_connections(kind="unix"))
+    for stream in (runtime.events(node_id), runtime.logs(cid, tail=1, follow=True)):
+        reading = asyncio.create_task(stream.__anext__())
+        await asyncio.sleep(0)  # the open is under way
+        await stream.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(reading, timeout=5)
+    await asyncio.sleep(0.1)
+    assert len(psutil.Process().net_connections(kind="unix")) <= before
