@@ -143,8 +143,13 @@ class ProcessFigures(Family):
         super().__init__("process", "")
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._ticks = os.sysconf("SC_CLK_TCK")
-        with open("/proc/stat", encoding="ascii") as stat:
-            self._boot = next(float(line.split()[1]) for line in stat if line.startswith("btime"))
+        self._boot: float | None = None  # read at the first scrape: an agent not serving reads nothing
+
+    def _booted(self) -> float:
+        if self._boot is None:
+            with open("/proc/stat", encoding="ascii") as stat:
+                self._boot = next(float(line.split()[1]) for line in stat if line.startswith("btime"))
+        return self._boot
 
     def head(self) -> Iterator[str]:
         return iter(())
@@ -160,7 +165,7 @@ class ProcessFigures(Family):
                 "process_start_time_seconds",
                 "gauge",
                 "Start time of the process since unix epoch in seconds.",
-                self._boot + start / self._ticks,
+                self._booted() + start / self._ticks,
             ),
             (
                 "process_cpu_seconds_total",
@@ -230,7 +235,7 @@ class MetricsServer:
             with connection:
                 try:
                     self._answer(connection)
-                except OSError:
+                except Exception:  # one bad scrape (or figure) must not end the server
                     continue
 
     def _answer(self, connection: socket.socket) -> None:
