@@ -17,7 +17,6 @@ from agent.files import FileStore
 from agent.reconcile import RUNNING, Desired
 from agent.restarts import RestartPolicy
 from agent.runtime.base import (
-    LABEL_INSTANCE,
     ContainerInfo,
     ContainerNotFound,
     ContainerSpec,
@@ -222,10 +221,7 @@ class Executor:
     # ------------------------------------------------------------ engine work (under the instance's lock)
 
     async def _find(self, instance_id: str) -> ContainerInfo | None:
-        for c in await self.runtime.list(self.node_id):
-            if c.labels.get(LABEL_INSTANCE) == instance_id:
-                return c
-        return None
+        return await self.runtime.find(self.node_id, instance_id)
 
     async def _apply(self, action: machine.Apply) -> str | None:
         iid = action.instance_id

@@ -410,10 +410,8 @@ class AgentSession:
                 self.outbox.beat_now.set()
 
     async def _container_of(self, instance_id: str) -> str | None:
-        for c in await self.runtime.list(self.identity.node_id):
-            if c.instance_id == instance_id:
-                return c.container_id
-        return None
+        found = await self.runtime.find(self.identity.node_id, instance_id)
+        return found.container_id if found is not None else None
 
     async def _send_log(self, request_id: str, data: bytes, end: bool, error: str) -> None:
         chunk = pb.LogChunk(request_id=request_id, data=data, end=end, error=error)

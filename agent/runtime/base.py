@@ -180,6 +180,11 @@ class Runtime(Protocol):
         """Every container labelled for this node, running or not."""
         ...
 
+    async def find(self, node_id: str, instance_id: str) -> ContainerInfo | None:
+        """The container of one instance on this node: an action on one instance must not inspect them
+        all (a hundred instances acting at once would be ten thousand inspects)."""
+        ...
+
     def events(self, node_id: str) -> EventStream:
         """Lifecycle events of this node's labelled containers, fed from a dedicated thread."""
         ...

@@ -284,13 +284,13 @@ class DockerRuntime:
 
     # -- containers -----------------------------------------------------------------------------------
 
-    async def _find(self, instance_id: str) -> str | None:
+    async def _find_id(self, instance_id: str) -> str | None:
         params = {"all": True, "filters": {"label": [f"{LABEL_INSTANCE}={instance_id}"]}}
         found = await self._call("list", "GET", "/containers/json", params=params)
         return str(found[0]["Id"]) if found else None
 
     async def create(self, spec: ContainerSpec) -> str:
-        existing = await self._find(spec.instance_id)
+        existing = await self._find_id(spec.instance_id)
         if existing is not None:
             return existing
         try:
@@ -307,7 +307,7 @@ class DockerRuntime:
             # The name is taken, most likely by a concurrent create of this instance. The engine reserves the
             # name before that container shows in a list, so give the other create a moment to finish.
             for _ in range(40):
-                if (winner := await self._find(spec.instance_id)) is not None:
+                if (winner := await self._find_id(spec.instance_id)) is not None:
                     return winner
                 await asyncio.sleep(0.05)
             raise
@@ -351,17 +351,25 @@ class DockerRuntime:
     async def inspect(self, container_id: str) -> ContainerInfo:
         return container_info(await self._call("inspect", "GET", path("/containers/{}/json", container_id)))
 
-    async def list(self, node_id: str) -> list[ContainerInfo]:
-        params = {"all": True, "filters": {"label": [f"{LABEL_NODE}={node_id}"]}}
-        summaries = await self._call("list", "GET", "/containers/json", params=params)
+    async def _labelled(self, labels: list[str]) -> list[ContainerInfo]:
+        params = {"all": True, "filters": {"label": labels}}
+        # The list summaries lack the exit code and start time, so each container is inspected as well;
+        # only their ids are kept meanwhile.
+        ids = [str(s["Id"]) for s in await self._call("list", "GET", "/containers/json", params=params)]
         infos: list[ContainerInfo] = []
-        # The list summaries lack the exit code and start time, so each container is inspected as well.
-        for summary in summaries:
+        for container_id in ids:
             try:
-                infos.append(await self.inspect(summary["Id"]))
+                infos.append(await self.inspect(container_id))
             except ContainerNotFound:  # removed between the list and the inspect
                 continue
         return infos
+
+    async def list(self, node_id: str) -> list[ContainerInfo]:
+        return await self._labelled([f"{LABEL_NODE}={node_id}"])
+
+    async def find(self, node_id: str, instance_id: str) -> ContainerInfo | None:
+        found = await self._labelled([f"{LABEL_NODE}={node_id}", f"{LABEL_INSTANCE}={instance_id}"])
+        return found[0] if found else None
 
     # -- events and shutdown --------------------------------------------------------------------------
 

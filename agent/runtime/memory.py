@@ -132,6 +132,9 @@ class MemoryRuntime:
     async def list(self, node_id: str) -> list[ContainerInfo]:
         return list(self.containers.values())
 
+    async def find(self, node_id: str, instance_id: str) -> ContainerInfo | None:
+        return next((c for c in await self.list(node_id) if c.instance_id == instance_id), None)
+
     def logs(self, container_id: str, tail: int, follow: bool) -> MemoryLogs:
         self._get(container_id)
         lines = self.output.setdefault(container_id, [])

@@ -280,6 +280,12 @@ async def test_list_and_inspect_running(runtime: DockerRuntime, node_id: str) ->
     assert (info.restart_count, info.health, info.oom_killed) == (0, "", False)
     assert info.labels[LABEL_MANAGED] == "true"
     assert await runtime.list(f"other-{node_id}") == []
+    # One instance's container, found by its labels without inspecting the others.
+    other = await runtime.create(make_spec(node_id))
+    assert await runtime.find(node_id, spec.instance_id) == info
+    assert (await runtime.find(node_id, spec.instance_id)) != (await runtime.inspect(other))
+    assert await runtime.find(f"other-{node_id}", spec.instance_id) is None
+    assert await runtime.find(node_id, "no-such-instance") is None
 
 
 async def test_created_container_was_never_started(runtime: DockerRuntime, node_id: str) -> None:
