@@ -11,10 +11,11 @@ itself is agent/runtime/engine_http.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -219,21 +220,27 @@ class EngineClient:
     async def _request(
         self, method: str, target: str, body: bytes | None, headers: dict[str, str] | None, timeout_s: float
     ) -> Any:
-        try:
-            async with asyncio.timeout(timeout_s):
-                connection, head = await self._exchange(method, target, body, headers, fresh=False)
-                try:
-                    data = await read_body(connection, head, method)
-                except BaseException:
-                    connection.close()
-                    raise
+        async with self._answering(method, _path_of(target), timeout_s):
+            connection, head = await self._exchange(method, target, body, headers, fresh=False)
+            try:
+                data = await read_body(connection, head, method)
+            except BaseException:
+                connection.close()
+                raise
             self._release(connection, head)
             if head.status >= 400:
                 raise EngineError(head.status, _message(head.status, data))
             return decode(head, data)
+
+    @contextlib.asynccontextmanager
+    async def _answering(self, method: str, path: str, limit: float | None) -> AsyncIterator[None]:
+        """The time an exchange may take, and its failures in the runtime's words."""
+        try:
+            async with asyncio.timeout(limit):
+                yield
         except TimeoutError as exc:
             raise RuntimeFailure(
-                f"the docker engine did not answer {method} {_path_of(target)} within {timeout_s:g} s"
+                f"the docker engine did not answer {method} {path} within {limit:g} s"
             ) from exc
         except _FAILURES as exc:
             raise RuntimeFailure(f"talking to the docker engine at {self.url} failed: {exc}") from exc
@@ -252,21 +259,14 @@ class EngineClient:
         a registry before its first line)."""
         limit = self.timeout_s if head_timeout_s == -1 else head_timeout_s
         target = await self._version_prefix() + path + _query(params)
-        try:
-            async with asyncio.timeout(limit):
-                connection, head = await self._exchange(method, target, None, headers, fresh=True)
-                if head.status >= 400:
-                    try:
-                        data = await read_body(connection, head, method)
-                    finally:
-                        connection.close()
-                    raise EngineError(head.status, _message(head.status, data))
-        except TimeoutError as exc:
-            raise RuntimeFailure(
-                f"the docker engine did not answer {method} {path} within {limit:g} s"
-            ) from exc
-        except _FAILURES as exc:
-            raise RuntimeFailure(f"talking to the docker engine at {self.url} failed: {exc}") from exc
+        async with self._answering(method, path, limit):
+            connection, head = await self._exchange(method, target, None, headers, fresh=True)
+            if head.status >= 400:
+                try:
+                    data = await read_body(connection, head, method)
+                finally:
+                    connection.close()
+                raise EngineError(head.status, _message(head.status, data))
         return EngineStream(connection, head)
 
 
