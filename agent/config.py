@@ -1,18 +1,18 @@
-"""The agent's options. config/agent.yaml documents every one with its default."""
+"""The agent's options. config/agent.yaml documents every one with its default. A frozen dataclass that
+common/config.py checks, not a pydantic model: see there why."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.restarts import RestartPolicy
 from agent.runtime.base import PullPolicy
+from common.config import InvalidOption, option
 
 
-class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+@dataclass(frozen=True)
+class AgentConfig:
     #: Identity (node key, certificate, CA) lives here; keep it across restarts.
     data_dir: Path = Path("/var/lib/moorage-agent")
     #: HOST:PORT of the coordinator's agent sessions (mutual TLS); several, separated by commas, for
@@ -29,26 +29,26 @@ class AgentConfig(BaseModel):
     #: When to pull an image: always, missing (only when absent) or never.
     pull_policy: PullPolicy = PullPolicy.MISSING
     #: Capacity offered to the coordinator; 0 means "what the host has".
-    memory_mib: int = Field(0, ge=0)
-    disk_mib: int = Field(0, ge=0)
-    cpu_count: int = Field(0, ge=0)
+    memory_mib: int = option(0, ge=0)
+    disk_mib: int = option(0, ge=0)
+    cpu_count: int = option(0, ge=0)
     #: Reconnect back-off: first delay and cap, in seconds (full jitter in between).
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_initial_s: float = option(0.5, gt=0)
+    reconnect_max_s: float = option(30.0, gt=0)
     #: Events kept while the coordinator is away; the oldest are dropped (and counted) past this.
-    event_buffer: int = Field(10_000, ge=10)
+    event_buffer: int = option(10_000, ge=10)
     #: Heartbeat interval until the coordinator sets one in its Welcome.
-    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_interval_s: float = option(5.0, gt=0)
     #: After a container's start is sent, send a heartbeat this much later (instead of at the interval's end)
     #: so the coordinator confirms it running at once; more holds a container that dies at once in starting.
-    confirm_start_after_s: float = Field(0.0, ge=0)
+    confirm_start_after_s: float = option(0.0, ge=0)
     #: Labelled containers the coordinator does not want are removed after this grace.
-    unknown_container_grace_s: float = Field(300.0, ge=0)
+    unknown_container_grace_s: float = option(300.0, ge=0)
     #: Every this many seconds the agent compares what should run with what the engine has and acts on the
     #: difference (also right after the engine comes back from a restart).
-    resync_interval_s: float = Field(30.0, gt=0)
+    resync_interval_s: float = option(30.0, gt=0)
     #: How crashed containers are restarted (exponential back-off; a crash loop is reported).
-    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
     #: HOST:PORT where the agent serves its Prometheus metrics (/metrics); empty: not served.
     metrics_listen: str = "127.0.0.1:9104"
     log_level: str = "info"
@@ -64,20 +64,12 @@ class AgentConfig(BaseModel):
         host, _, port = self.coordinators()[0].rpartition(":")
         return f"{host}:{int(port) + 1}"
 
-    @field_validator("metrics_listen")
-    @classmethod
-    def _metrics_address(cls, value: str) -> str:
-        if value and not is_address(value):
-            raise ValueError(f"{value!r} is not HOST:PORT")
-        return value
-
-    @field_validator("coordinator")
-    @classmethod
-    def _addresses(cls, value: str) -> str:
-        for address in (a.strip() for a in value.split(",") if a.strip()):
+    def __post_init__(self) -> None:
+        if self.metrics_listen and not is_address(self.metrics_listen):
+            raise InvalidOption("metrics_listen", f"{self.metrics_listen!r} is not HOST:PORT")
+        for address in self.coordinators():
             if not is_address(address):
-                raise ValueError(f"{address!r} is not HOST:PORT")
-        return value
+                raise InvalidOption("coordinator", f"{address!r} is not HOST:PORT")
 
 
 def is_address(address: str) -> bool:

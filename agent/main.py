@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -204,7 +205,7 @@ def with_coordinators(config: AgentConfig) -> AgentConfig:
             "no coordinator address: give --coordinator HOST:PORT, a join token that carries the addresses, "
             "or a data directory an enrollment stored them in"
         )
-    return config.model_copy(update={"coordinator": ",".join(listed)})
+    return dataclasses.replace(config, coordinator=",".join(listed))
 
 
 def main(argv: list[str] | None = None) -> None:

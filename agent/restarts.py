@@ -6,23 +6,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from common.config import option
 
 
-class RestartPolicy(BaseModel):
+@dataclass(frozen=True)
+class RestartPolicy:
     """The ``restart:`` block of agent.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
 
     #: Restart crashed containers that should run (false: leave them exited, still reported unhealthy).
     enabled: bool = True
     #: First delay after a crash; doubled for every crash in a row, up to ``max_delay_s``.
-    initial_delay_s: float = Field(1.0, gt=0)
-    max_delay_s: float = Field(300.0, gt=0)
+    initial_delay_s: float = option(1.0, gt=0)
+    max_delay_s: float = option(300.0, gt=0)
     #: A container that ran this long before crashing starts the count afresh.
-    reset_after_s: float = Field(120.0, gt=0)
+    reset_after_s: float = option(120.0, gt=0)
     #: This many crashes in a row are reported as a crash loop (the restarts go on, further apart).
-    crash_loop_after: int = Field(5, ge=1)
+    crash_loop_after: int = option(5, ge=1)
 
 
 @dataclass(frozen=True, slots=True)

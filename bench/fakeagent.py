@@ -18,6 +18,7 @@ from agent.config import AgentConfig
 from agent.main import assemble, obtain_identity
 from agent.runtime.memory import MemoryRuntime
 from agent.shaping import ShapingError
+from common.config import build
 
 
 async def accept_cap(netns: str, mbps: int) -> None:
@@ -28,7 +29,7 @@ async def accept_cap(netns: str, mbps: int) -> None:
 
 
 async def run_one(spec: dict[str, Any]) -> None:
-    config = AgentConfig.model_validate({"reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, **spec})
+    config = build(AgentConfig, {"reconnect_initial_s": 0.2, "reconnect_max_s": 2.0, **spec})
     node = await obtain_identity(config)
     runtime = MemoryRuntime()
     _, session = assemble(config, node, runtime, shaper=accept_cap, disk_path="/")

@@ -38,6 +38,9 @@ NOT_IN_THE_AGENT = (
     "urllib3",
     # Its figures are served by agent/exposition.py.
     "prometheus_client",
+    # Its options are a dataclass that common/config.py checks.
+    "pydantic",
+    "pydantic_core",
 )
 
 _KEY = ec.generate_private_key(ec.SECP256R1())

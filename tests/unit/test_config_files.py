@@ -4,8 +4,11 @@ rules (or every deploy that relies on them would be refused)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,14 +27,20 @@ IMAGES_YAML = CONFIG / "images.yaml"
 SIZES_YAML = CONFIG / "sizes.yaml"
 
 
-def option_names(model: type[BaseModel], prefix: str = "") -> set[str]:
-    """Dotted names of every option, descending into nested sections."""
+def option_names(model: type[Any], prefix: str = "") -> set[str]:
+    """Dotted names of every option, descending into nested sections (pydantic models or dataclasses)."""
     names: set[str] = set()
-    for name, info in model.model_fields.items():
+    fields = (
+        typing.get_type_hints(model)
+        if dataclasses.is_dataclass(model)
+        else {name: info.annotation for name, info in model.model_fields.items()}
+    )
+    for name, annotation in fields.items():
         dotted = f"{prefix}{name}"
         names.add(dotted)
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(annotation, type) and (
+            issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+        ):
             names |= option_names(annotation, f"{dotted}.")
     return names
 
@@ -63,7 +72,7 @@ def has_comment(lines: list[str], line: int) -> bool:
     [(COORDINATOR_YAML, CoordinatorConfig), (AGENT_YAML, AgentConfig)],
     ids=["coord", "agent"],
 )
-def test_every_option_is_in_the_file(path: Path, model: type[BaseModel]) -> None:
+def test_every_option_is_in_the_file(path: Path, model: type[Any]) -> None:
     keys = set(yaml_keys(path))
     assert option_names(model) - keys == set(), f"options missing from {path.name}"
     assert keys - option_names(model) == set(), f"keys in {path.name} that are not options"

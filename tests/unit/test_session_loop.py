@@ -5,6 +5,7 @@ grpc.aio really raises (the real daemons' restarts are in tests/integration/test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,7 +96,7 @@ async def test_only_a_refusal_ends_it(tmp_path: Path, code: grpc.StatusCode) -> 
 async def test_a_lost_session_tries_the_next_coordinator(tmp_path: Path) -> None:
     """Coordinators sharing one database: each lost session moves on to the next address, round the list."""
     session = ScriptedSession(tmp_path, [lambda: rpc_error(grpc.StatusCode.UNAVAILABLE)] * 4)
-    session.config = session.config.model_copy(update={"coordinator": "c1:7443, c2:7443,c3:7443"})
+    session.config = dataclasses.replace(session.config, coordinator="c1:7443, c2:7443,c3:7443")
     dialled: list[str] = []
     scripted = session._session
 
