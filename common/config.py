@@ -120,7 +120,7 @@ def _build(model: type[Any], data: Any, prefix: str, problems: list[str]) -> Any
         return None
     hints = typing.get_type_hints(model)
     fields = {f.name: f for f in dataclasses.fields(model)}
-    for extra in sorted(set(data) - set(fields)):
+    for extra in sorted(str(key) for key in data if key not in fields):
         problems.append(f"{prefix}{extra}: Extra inputs are not permitted")
     values: dict[str, Any] = {}
     for name, field in fields.items():

@@ -74,6 +74,7 @@ def test_enroll_address_defaults_to_the_next_port() -> None:
         ("log_json: maybe", "log_json: Input should be a valid boolean"),
         ("log_level: [info]", "log_level: Input should be a valid string"),
         ("bogus: 1", "bogus: Extra inputs are not permitted"),
+        ("1: x\nlog_level: info", "1: Extra inputs are not permitted"),
         ("- a list", "mapping"),
     ],
 )
