@@ -284,10 +284,14 @@ class DockerRuntime:
 
     # -- containers -----------------------------------------------------------------------------------
 
+    async def _ids(self, labels: list[str]) -> list[str]:
+        """The ids of every container (running or not) that carries all of ``labels``."""
+        params = {"all": True, "filters": {"label": labels}}
+        return [str(s["Id"]) for s in await self._call("list", "GET", "/containers/json", params=params)]
+
     async def _find_id(self, instance_id: str) -> str | None:
-        params = {"all": True, "filters": {"label": [f"{LABEL_INSTANCE}={instance_id}"]}}
-        found = await self._call("list", "GET", "/containers/json", params=params)
-        return str(found[0]["Id"]) if found else None
+        found = await self._ids([f"{LABEL_INSTANCE}={instance_id}"])
+        return found[0] if found else None
 
     async def create(self, spec: ContainerSpec) -> str:
         existing = await self._find_id(spec.instance_id)
@@ -352,12 +356,10 @@ class DockerRuntime:
         return container_info(await self._call("inspect", "GET", path("/containers/{}/json", container_id)))
 
     async def _labelled(self, labels: list[str]) -> list[ContainerInfo]:
-        params = {"all": True, "filters": {"label": labels}}
         # The list summaries lack the exit code and start time, so each container is inspected as well;
         # only their ids are kept meanwhile.
-        ids = [str(s["Id"]) for s in await self._call("list", "GET", "/containers/json", params=params)]
         infos: list[ContainerInfo] = []
-        for container_id in ids:
+        for container_id in await self._ids(labels):
             try:
                 infos.append(await self.inspect(container_id))
             except ContainerNotFound:  # removed between the list and the inspect
