@@ -342,43 +342,60 @@ class AgentSession:
         creds = self.identity.channel_credentials()
         async with grpc.aio.secure_channel(self.target, creds, options=CHANNEL_OPTIONS) as channel:
             call = pb_grpc.CoordinatorStub(channel).Connect()
-            hello = await self._hello()
-            await call.write(pb.AgentMessage(hello=hello))
-            first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
-            if not isinstance(first, pb.CoordinatorMessage) or not first.HasField("welcome"):
-                raise ConnectionError("the coordinator did not answer Hello with Welcome")
-            welcome = first.welcome
-            if welcome.heartbeat_interval_ms:
-                self.heartbeat_interval_s = welcome.heartbeat_interval_ms / 1000
-            every = welcome.full_report_every
-            beats = HeartbeatDiff(every, hello.instances, phase=random.randrange(every) if every else 0)
-            log.info(
-                "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
-            )
-            self.connected.set()
-            self.metrics.connected(True)
-            self._welcomed_at = time.monotonic()
-            self._reconcile(welcome)
-            tasks = [
-                asyncio.create_task(self._read(call, beats), name="session-reader"),
-                asyncio.create_task(self._write(call, beats), name="session-writer"),
-                asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
-                asyncio.create_task(self._renew_when_due(), name="certificate-renewal"),
-            ]
             try:
-                done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.cancelled():
-                        raise ConnectionError(f"the {task.get_name()} was cancelled with its call")
-                    task.result()  # re-raise the reader's or writer's error
-            finally:
-                for task in tasks:
-                    task.cancel()
-                # Whatever the others ended with belongs to the same lost call.
-                await asyncio.gather(*tasks, return_exceptions=True)
-                # So do the log streams: their listeners were on the other end of this call.
-                self.outbox.drop_logs()
-                await self.logs.close()
+                await self._converse(call)
+            except asyncio.InvalidStateError:
+                # A write to a call that had already ended (the coordinator refuses before it reads the Hello,
+                # which takes a while to gather on a full host). The error hides why; the call's status says,
+                # and a refusal must end the agent, not be retried for ever.
+                code = await call.code()
+                if code == grpc.StatusCode.OK:
+                    return
+                raise grpc.aio.AioRpcError(
+                    code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
+                ) from None
+
+    async def _converse(
+        self, call: grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CoordinatorMessage]
+    ) -> None:
+        """One call: Hello, Welcome, then read and write until either side ends it."""
+        hello = await self._hello()
+        await call.write(pb.AgentMessage(hello=hello))
+        first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT_S)
+        if not isinstance(first, pb.CoordinatorMessage) or not first.HasField("welcome"):
+            raise ConnectionError("the coordinator did not answer Hello with Welcome")
+        welcome = first.welcome
+        if welcome.heartbeat_interval_ms:
+            self.heartbeat_interval_s = welcome.heartbeat_interval_ms / 1000
+        every = welcome.full_report_every
+        beats = HeartbeatDiff(every, hello.instances, phase=random.randrange(every) if every else 0)
+        log.info(
+            "connected", node_id=welcome.node_id, desired=len(welcome.desired), remove=len(welcome.remove)
+        )
+        self.connected.set()
+        self.metrics.connected(True)
+        self._welcomed_at = time.monotonic()
+        self._reconcile(welcome)
+        tasks = [
+            asyncio.create_task(self._read(call, beats), name="session-reader"),
+            asyncio.create_task(self._write(call, beats), name="session-writer"),
+            asyncio.create_task(self._heartbeats(), name="session-heartbeats"),
+            asyncio.create_task(self._renew_when_due(), name="certificate-renewal"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.cancelled():
+                    raise ConnectionError(f"the {task.get_name()} was cancelled with its call")
+                task.result()  # re-raise the reader's or writer's error
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Whatever the others ended with belongs to the same lost call.
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # So do the log streams: their listeners were on the other end of this call.
+            self.outbox.drop_logs()
+            await self.logs.close()
 
     def _reconcile(self, welcome: pb.Welcome) -> None:
         """Converge to the Welcome's desired set. Not tied to this call: a session lost halfway must not

@@ -17,12 +17,13 @@ import pytest
 from agent.config import AgentConfig
 from agent.executor import Executor
 from agent.identity import EnrollmentRefused, Identity
-from agent.runtime.base import PullPolicy
+from agent.runtime.base import ContainerInfo, PullPolicy
 from agent.runtime.memory import MemoryRuntime
 from agent.session import AgentSession, Outbox
 from agent.state import Report, ReportKind
 from agent.telemetry import Telemetry
 from protos import moorage_pb2 as pb
+from protos import moorage_pb2_grpc as pb_grpc
 
 
 class ValidIdentity:
@@ -132,3 +133,52 @@ async def test_the_heartbeat_confirming_a_start_is_asked_for_once_the_start_is_o
     assert not outbox.beat_now.is_set()
     assert (await outbox.get()).event.kind == pb.EVENT_KIND_STARTED
     assert outbox.beat_now.is_set()
+
+
+class RefusingCoordinator(pb_grpc.CoordinatorServicer):
+    """Refuses every session before reading its Hello, as the coordinator does for a deleted node."""
+
+    async def Enroll(
+        self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.EnrollResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test")
+
+    async def Connect(  # type: ignore[override]  # as the coordinator's: aborts, returns nothing
+        self, request_iterator: object, context: grpc.aio.ServicerContext[object, object]
+    ) -> None:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this node was deleted or never enrolled")
+
+
+class SlowListing(MemoryRuntime):
+    """A host with many containers: gathering the Hello takes longer than the refusal takes to arrive."""
+
+    async def list(self, node_id: str) -> list[ContainerInfo]:
+        await asyncio.sleep(0.3)
+        return await super().list(node_id)
+
+
+class LocalIdentity(ValidIdentity):
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.local_channel_credentials()
+
+
+async def test_a_refusal_that_arrives_before_the_hello_is_written_still_ends_it(tmp_path: Path) -> None:
+    """The coordinator refuses before it reads the Hello; a write to the ended call raises InvalidStateError,
+    which says nothing of why. Taken for a lost session, a deleted node's agent retried for ever."""
+    server = grpc.aio.server()
+    pb_grpc.add_CoordinatorServicer_to_server(RefusingCoordinator(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials())
+    await server.start()
+    try:
+        config = AgentConfig(
+            data_dir=tmp_path, coordinator=f"127.0.0.1:{port}", reconnect_initial_s=0.01, reconnect_max_s=0.02
+        )
+        runtime = SlowListing()
+        outbox = Outbox(config.event_buffer)
+        executor = Executor(runtime, "n", PullPolicy.MISSING, outbox.report)
+        identity = cast(Identity, LocalIdentity())
+        session = AgentSession(config, identity, runtime, executor, Telemetry(disk_path="/"), outbox)
+        with pytest.raises(EnrollmentRefused, match="deleted or never enrolled"):
+            await asyncio.wait_for(session.run(), 5)
+    finally:
+        await server.stop(None)
