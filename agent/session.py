@@ -275,9 +275,10 @@ class AgentSession:
         return found
 
     async def run(self) -> None:
-        """Hold a session forever. Every end of a call (EOF, UNAVAILABLE, a cancelled call, a write after the
-        call finished, a timeout) is "session lost": reconnect with back-off. Only a refusal retrying cannot
-        fix (node deleted, certificate revoked or expired) ends it, as EnrollmentRefused."""
+        """Hold a session forever. Every end of a call (EOF, UNAVAILABLE, a cancelled call, a timeout) is
+        "session lost": reconnect with back-off. Only a refusal retrying cannot fix (node deleted, certificate
+        revoked or expired) ends it, as EnrollmentRefused, however it surfaces (a write to the refused call
+        raises its status)."""
         backoff = self.config.reconnect_initial_s
         while True:
             self._welcomed_at = None
@@ -345,14 +346,19 @@ class AgentSession:
             try:
                 await self._converse(call)
             except asyncio.InvalidStateError:
+                if not call.done():
+                    raise  # not grpc's: the call is still open
                 # A write to a call that had already ended (the coordinator refuses before it reads the Hello,
                 # which takes a while to gather on a full host). The error hides why; the call's status says,
                 # and a refusal must end the agent, not be retried for ever.
                 code = await call.code()
                 if code == grpc.StatusCode.OK:
-                    return
+                    return  # the coordinator closed the session
                 raise grpc.aio.AioRpcError(
-                    code, await call.initial_metadata(), await call.trailing_metadata(), await call.details()
+                    code,
+                    await call.initial_metadata(),
+                    await call.trailing_metadata(),
+                    await call.details(),
                 ) from None
 
     async def _converse(

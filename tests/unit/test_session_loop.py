@@ -9,7 +9,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -63,7 +63,7 @@ class ScriptedSession(AgentSession):
 
 LOST: list[Callable[[], BaseException] | None] = [
     lambda: rpc_error(grpc.StatusCode.UNAVAILABLE),  # the coordinator is down, or went away
-    lambda: asyncio.InvalidStateError("RPC already finished."),  # a write after the call ended
+    lambda: asyncio.InvalidStateError("not grpc's"),  # grpc's own is turned into the call's status
     asyncio.CancelledError,  # grpc cancelled the call itself (its channel closed); we were not cancelled
     None,  # EOF: the coordinator closed the session
     lambda: rpc_error(grpc.StatusCode.INTERNAL),
@@ -150,10 +150,15 @@ class RefusingCoordinator(pb_grpc.CoordinatorServicer):
 
 
 class SlowListing(MemoryRuntime):
-    """A host with many containers: gathering the Hello takes longer than the refusal takes to arrive."""
+    """A host with many containers: gathering the Hello takes longer than the refusal takes to arrive. The
+    listing ends only once the call has (so the race goes the same way on any machine)."""
+
+    def __init__(self, calls: list[Any]) -> None:
+        super().__init__()
+        self.calls = calls
 
     async def list(self, node_id: str) -> list[ContainerInfo]:
-        await asyncio.sleep(0.3)
+        await self.calls[-1].code()
         return await super().list(node_id)
 
 
@@ -162,9 +167,26 @@ class LocalIdentity(ValidIdentity):
         return grpc.local_channel_credentials()
 
 
-async def test_a_refusal_that_arrives_before_the_hello_is_written_still_ends_it(tmp_path: Path) -> None:
+async def test_a_refusal_that_arrives_before_the_hello_is_written_still_ends_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The coordinator refuses before it reads the Hello; a write to the ended call raises InvalidStateError,
     which says nothing of why. Taken for a lost session, a deleted node's agent retried for ever."""
+    calls: list[Any] = []  # each Connect() the session makes
+    stub = pb_grpc.CoordinatorStub
+
+    def recording(channel: grpc.aio.Channel) -> Any:
+        made: Any = stub(channel)
+        connect = made.Connect
+
+        def recorded() -> Any:
+            calls.append(connect())
+            return calls[-1]
+
+        made.Connect = recorded
+        return made
+
+    monkeypatch.setattr(pb_grpc, "CoordinatorStub", recording)
     server = grpc.aio.server()
     pb_grpc.add_CoordinatorServicer_to_server(RefusingCoordinator(), server)
     port = server.add_secure_port("127.0.0.1:0", grpc.local_server_credentials())
@@ -173,12 +195,13 @@ async def test_a_refusal_that_arrives_before_the_hello_is_written_still_ends_it(
         config = AgentConfig(
             data_dir=tmp_path, coordinator=f"127.0.0.1:{port}", reconnect_initial_s=0.01, reconnect_max_s=0.02
         )
-        runtime = SlowListing()
+        runtime = SlowListing(calls)
         outbox = Outbox(config.event_buffer)
         executor = Executor(runtime, "n", PullPolicy.MISSING, outbox.report)
         identity = cast(Identity, LocalIdentity())
         session = AgentSession(config, identity, runtime, executor, Telemetry(disk_path="/"), outbox)
         with pytest.raises(EnrollmentRefused, match="deleted or never enrolled"):
             await asyncio.wait_for(session.run(), 5)
+        assert len(calls) == 1  # refused once, not retried
     finally:
         await server.stop(None)
