@@ -235,15 +235,16 @@ class _Bare(pb_grpc.CoordinatorServicer):
             self.count += 1
 
 
-async def _bare_server(data_dir: Path, port: int = 0) -> None:
+async def _bare_server(data_dir: Path, port: int = 0, servicer: _Bare | None = None) -> None:
     """Serve until stdin closes; each "measure S" line answers "heartbeats/s cores" over S seconds. Given a
-    port, it shares it with the servers already there (grpc listens with SO_REUSEPORT)."""
+    port, it shares it with the servers already there (grpc listens with SO_REUSEPORT). ``servicer``: one
+    that does something per heartbeat (bench.heartbeats_ceilings), counting as _Bare does."""
     ca = CertificateAuthority.load_or_create(data_dir)
     key, chain = ca.server_credentials([SERVER_NAME])
     creds = grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=ca.cert_pem, require_client_auth=True
     )
-    servicer = _Bare()
+    servicer = servicer or _Bare()
     server = grpc.aio.server(options=SERVER_OPTIONS)  # the coordinator's transport, as it is configured
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)
     port = server.add_secure_port(f"127.0.0.1:{port}", creds)
