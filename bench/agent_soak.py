@@ -7,13 +7,15 @@ third of the run and the Docker engine restarted at two thirds (SIGTERM to docke
 containers; the agent starts them again). Every SAMPLE_S seconds the agent's RSS, open file descriptors
 and threads (from /proc) and its asyncio task count (from its own /metrics) are read. Printed per figure:
 start and end of the measured part (after warm-up), peak, and the slope per hour of a least-squares line
-through the measured samples. Goals: RSS slope ≤ 1 MiB/h, fds and tasks flat.
+through the measured samples. Goals: RSS slope ≤ 1 MiB/h, fds and tasks flat. The agent's anonymous
+memory after warm-up and at the end, by allocator (glibc's main heap, its threads' arenas, Python's
+arenas and large blocks), says where any growth lives.
 
 Idle (``--idle``): N instances, nothing happening, heartbeats at the default 5 s; after a settling minute
 the agent's RSS and share of one core over the window. Goals: ≤ 50 MiB and ≤ 1 % with 3 instances, ≤ 80 MiB
 and ≤ 3 % with 100.
 
-    python -m bench.agent_soak [--minutes M] [--containers N] [--idle]
+    python -m bench.agent_soak [--minutes M] [--containers N] [--idle] [--agent-env NAME=VALUE ...]
 
 ``make bench`` runs a short soak and the two idle cases.
 """
@@ -149,7 +151,9 @@ class Soak:
 
 
 @contextlib.contextmanager
-def fleet(tmp: Path, containers: int, fleet_options: dict[str, float], **agent: Any) -> Iterator[Soak]:
+def fleet(
+    tmp: Path, containers: int, fleet_options: dict[str, float], env: dict[str, str], **agent: Any
+) -> Iterator[Soak]:
     """A coordinator, a node with ``containers`` instances running on this host's Docker, and its agent
     serving /metrics: all real processes, removed afterwards."""
     coordinator = CoordinatorProcess(tmp / "c", fleet=fleet_options, extra={"log_level": "warning"})
@@ -170,6 +174,7 @@ def fleet(tmp: Path, containers: int, fleet_options: dict[str, float], **agent: 
     )
     if AGENT_PYTHON.exists():
         proc.argv[0] = str(AGENT_PYTHON)
+    proc.env.update(env)
     proc.start()
     soak = Soak(coordinator, proc, node["id"], ports[:-1], metrics_port)
     try:
@@ -254,9 +259,17 @@ def installed_as() -> str:
     return "moorage[agent] alone" if AGENT_PYTHON.exists() else "the dev venv (make bench builds .venv-agent)"
 
 
-def soak(minutes: float, containers: int) -> None:
-    print(f"agent soak: {minutes:g} min, {containers} instances (installed as {installed_as()})", flush=True)
-    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, SOAK_FLEET, restart=RESTART) as s:
+def soak(minutes: float, containers: int, env: dict[str, str]) -> None:
+    print(
+        f"agent soak: {minutes:g} min, {containers} instances (installed as {installed_as()})"
+        + "".join(f", {k}={v}" for k, v in env.items()),
+        flush=True,
+    )
+    split: list[dict[str, float]] = []
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fleet(Path(tmp), containers, SOAK_FLEET, env, restart=RESTART) as s,
+    ):
         begun = time.monotonic()
         total = minutes * 60
         warmup = min(120.0, total / 5)
@@ -282,6 +295,8 @@ def soak(minutes: float, containers: int) -> None:
                     done.append(f"Docker engine restart at {elapsed:.0f} s: {restart_engine()}")
                 print(f"  {done[-1]}", flush=True)
             assert s.agent.running, f"the agent died:\n{s.agent.log()}"
+            if not split and elapsed >= warmup:
+                split.append(anonymous_by_allocator(s.pid))
             with contextlib.suppress(OSError):  # /metrics unreachable for a moment: next sample
                 s.samples.append(s.sample())
                 if len(s.samples) % PROGRESS_EVERY == 1:
@@ -293,6 +308,7 @@ def soak(minutes: float, containers: int) -> None:
                     )
             time.sleep(SAMPLE_S)
         cpu_end = psutil.Process(s.pid).cpu_times()
+        split.append(anonymous_by_allocator(s.pid))
         s.stop.set()
         for t in threads:
             t.join(10)
@@ -308,10 +324,11 @@ def soak(minutes: float, containers: int) -> None:
     print(f"  slopes after warm-up, and from {settled:.0f} s on (a minute after the last restart)")
     for line in report(s.samples, warmup, settled):
         print(line)
+    print(f"  anonymous memory, after warm-up -> end (MiB): {_split_line(split[0], split[-1])}")
 
 
-def idle(minutes: float, containers: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET) as s:
+def idle(minutes: float, containers: int, env: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET, env) as s:
         time.sleep(60)  # settle: the deploys' confirmations, the first full heartbeats
         proc = psutil.Process(s.pid)
         before = proc.cpu_times()
@@ -348,17 +365,62 @@ def _rss_split(pid: int) -> tuple[float, float]:
     return kib["RssAnon"] / 1024, (kib["RssFile"] + kib["RssShmem"]) / 1024
 
 
+#: glibc's arenas for threads other than the main one live in heaps of this size, aligned to it.
+THREAD_HEAP = 64 * MIB
+
+
+def anonymous_by_allocator(pid: int) -> dict[str, float]:
+    """The process's anonymous memory outside the libraries' own data, by where it was allocated, in MiB:
+    glibc's main heap (brk), the arenas glibc gives other threads (grpc's, the metrics server's), and the
+    rest (Python's own 1 MiB arenas for small objects, large blocks mapped on their own, thread stacks).
+    Growth in a soak shows up in one of them, which says where to look next."""
+    split = dict.fromkeys(("main heap", "thread arenas", "python arenas and large blocks"), 0.0)
+    kind: str | None = None
+    with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as smaps:
+        for line in smaps:
+            head = line.split()
+            if (
+                "-" in head[0] and len(head) >= 5
+            ):  # a mapping's first line: range perms offset dev inode [path]
+                name = head[5] if len(head) > 5 else ""
+                start = int(head[0].split("-")[0], 16)
+                kind = (
+                    "main heap"
+                    if name == "[heap]"
+                    else None
+                    if name
+                    else "thread arenas"
+                    if start % THREAD_HEAP == 0
+                    else "python arenas and large blocks"
+                )
+            elif head[0] == "Anonymous:" and kind is not None:
+                split[kind] += int(head[1]) / 1024
+    return split
+
+
+def _split_line(before: dict[str, float], after: dict[str, float]) -> str:
+    return ", ".join(f"{k} {before[k]:.1f} -> {after[k]:.1f}" for k in before)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.agent_soak")
     parser.add_argument("--minutes", type=float, help="how long (soak: 3 by default; idle: 1)")
     parser.add_argument("--containers", type=int, help="instances (soak: 50 by default; idle: 3 and 100)")
     parser.add_argument("--idle", action="store_true", help="the idle figures instead of a soak")
+    parser.add_argument(
+        "--agent-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in the agent's environment (an A/B of MALLOC_ARENA_MAX, say); may be repeated",
+    )
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.agent_env)
     if args.idle:
         for n in [args.containers] if args.containers else [3, 100]:
-            idle(args.minutes or 1.0, n)
+            idle(args.minutes or 1.0, n, env)
     else:
-        soak(args.minutes or 3.0, args.containers or 50)
+        soak(args.minutes or 3.0, args.containers or 50, env)
 
 
 if __name__ == "__main__":
