@@ -379,23 +379,20 @@ def anonymous_by_allocator(pid: int) -> dict[str, float]:
     with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as smaps:
         for line in smaps:
             head = line.split()
-            if (
-                "-" in head[0] and len(head) >= 5
-            ):  # a mapping's first line: range perms offset dev inode [path]
-                name = head[5] if len(head) > 5 else ""
-                start = int(head[0].split("-")[0], 16)
-                kind = (
-                    "main heap"
-                    if name == "[heap]"
-                    else None
-                    if name
-                    else "thread arenas"
-                    if start % THREAD_HEAP == 0
-                    else "python arenas and large blocks"
-                )
-            elif head[0] == "Anonymous:" and kind is not None:
+            if len(head) >= 5 and "-" in head[0]:  # a mapping: range perms offset dev inode [path]
+                kind = _allocator(head[5] if len(head) > 5 else "", int(head[0].split("-")[0], 16))
+            elif head and head[0] == "Anonymous:" and kind is not None:
                 split[kind] += int(head[1]) / 1024
     return split
+
+
+def _allocator(path: str, start: int) -> str | None:
+    """Which part of anonymous memory a mapping is (None: a library's or file's own)."""
+    if path == "[heap]":
+        return "main heap"
+    if path:
+        return None
+    return "thread arenas" if start % THREAD_HEAP == 0 else "python arenas and large blocks"
 
 
 def _split_line(before: dict[str, float], after: dict[str, float]) -> str:
