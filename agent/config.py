@@ -47,6 +47,9 @@ class AgentConfig:
     #: Every this many seconds the agent compares what should run with what the engine has and acts on the
     #: difference (also right after the engine comes back from a restart).
     resync_interval_s: float = option(30.0, gt=0)
+    #: Every this many seconds the agent hands its free heap memory back to the host (glibc's malloc_trim);
+    #: 0: never (left to the allocator, whose threads' arenas keep what they freed).
+    memory_trim_interval_s: float = option(60.0, ge=0)
     #: How crashed containers are restarted (exponential back-off; a crash loop is reported).
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     #: HOST:PORT where the agent serves its Prometheus metrics (/metrics); empty: not served.

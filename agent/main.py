@@ -14,6 +14,7 @@ from agent import __version__, identity, shaping
 from agent.config import AgentConfig
 from agent.executor import Executor
 from agent.files import FileStore
+from agent.heap import release_periodically
 from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
 from agent.metrics import AgentMetrics
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
@@ -169,8 +170,12 @@ async def run(config: AgentConfig) -> None:
         ),
         asyncio.create_task(resync_periodically(executor, config), name="resync"),
     ]
-    # Returns at once when systemd set no watchdog.
-    tasks = [*forever, asyncio.create_task(systemd.watchdog_loop(), name="watchdog")]
+    # Both return at once when switched off: systemd set no watchdog, or trimming is off or unsupported.
+    tasks = [
+        *forever,
+        asyncio.create_task(systemd.watchdog_loop(), name="watchdog"),
+        asyncio.create_task(release_periodically(config.memory_trim_interval_s), name="memory-trim"),
+    ]
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait([stopper, *forever], return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,64 @@
+"""The agent hands back memory its threads freed: what glibc keeps in a thread's arena below a live block
+(the soak's RSS steps) leaves the RSS once trimmed, by a call and by the agent's periodic task."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from agent.heap import release_free_memory, release_periodically, resident_bytes, trim_supported
+
+MIB = 1 << 20
+
+pytestmark = pytest.mark.skipif(not trim_supported(), reason="no malloc_trim in this C library (not glibc)")
+
+
+def strand_in_a_thread_arena(mib: int) -> bytes:
+    """Allocate ``mib`` MiB of 4 KiB blocks from a thread of its own (glibc gives it an arena), free all but
+    the last: the free space lies below a live block, so free() alone cannot give it back. Returns that block,
+    which the caller keeps alive."""
+    kept: list[bytes] = []
+
+    def work() -> None:
+        blocks = [bytes(4000) for _ in range(mib * 256)]
+        kept.append(bytes(4000))
+        del blocks
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return kept[0]
+
+
+def test_memory_freed_in_a_thread_arena_is_handed_back() -> None:
+    before = resident_bytes()
+    top = strand_in_a_thread_arena(48)
+    stranded = resident_bytes() - before
+    # The allocator kept what the thread freed: without a trim the host does not get it back.
+    assert stranded >= 40 * MIB, stranded / MIB
+    released = release_free_memory()
+    assert released >= 40 * MIB, released / MIB
+    assert resident_bytes() - before < 8 * MIB
+    del top
+
+
+async def test_the_agents_periodic_task_hands_it_back() -> None:
+    before = resident_bytes()
+    top = strand_in_a_thread_arena(48)
+    assert resident_bytes() - before >= 40 * MIB
+    task = asyncio.create_task(release_periodically(0.05))
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if resident_bytes() - before < 8 * MIB:
+                break
+        assert resident_bytes() - before < 8 * MIB, (resident_bytes() - before) / MIB
+    finally:
+        task.cancel()
+    del top
+
+
+async def test_switched_off_it_returns_at_once() -> None:
+    await asyncio.wait_for(release_periodically(0), timeout=1)
