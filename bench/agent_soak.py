@@ -16,6 +16,10 @@ the agent's RSS and share of one core over the window. Goals: ≤ 50 MiB and ≤
 and ≤ 3 % with 100.
 
     python -m bench.agent_soak [--minutes M] [--containers N] [--idle] [--agent-env NAME=VALUE ...]
+                               [--agent-option NAME=VALUE ...]
+
+``--agent-option memory_trim_interval_s=0`` (say) runs the agent with an option of config/agent.yaml changed:
+an A/B of a setting, against the same load.
 
 ``make bench`` runs a short soak and the two idle cases.
 """
@@ -41,6 +45,7 @@ from typing import Any
 
 import docker
 import psutil
+import yaml
 
 from bench.daemons import (
     REPO,
@@ -259,16 +264,16 @@ def installed_as() -> str:
     return "moorage[agent] alone" if AGENT_PYTHON.exists() else "the dev venv (make bench builds .venv-agent)"
 
 
-def soak(minutes: float, containers: int, env: dict[str, str]) -> None:
+def soak(minutes: float, containers: int, env: dict[str, str], options: dict[str, Any]) -> None:
     print(
         f"agent soak: {minutes:g} min, {containers} instances (installed as {installed_as()})"
-        + "".join(f", {k}={v}" for k, v in env.items()),
+        + "".join(f", {k}={v}" for k, v in {**env, **options}.items()),
         flush=True,
     )
     split: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        fleet(Path(tmp), containers, SOAK_FLEET, env, restart=RESTART) as s,
+        fleet(Path(tmp), containers, SOAK_FLEET, env, restart=RESTART, **options) as s,
     ):
         begun = time.monotonic()
         total = minutes * 60
@@ -327,8 +332,8 @@ def soak(minutes: float, containers: int, env: dict[str, str]) -> None:
     print(f"  anonymous memory, after warm-up -> end (MiB): {_split_line(split[0], split[-1])}")
 
 
-def idle(minutes: float, containers: int, env: dict[str, str]) -> None:
-    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET, env) as s:
+def idle(minutes: float, containers: int, env: dict[str, str], options: dict[str, Any]) -> None:
+    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET, env, **options) as s:
         time.sleep(60)  # settle: the deploys' confirmations, the first full heartbeats
         proc = psutil.Process(s.pid)
         before = proc.cpu_times()
@@ -411,13 +416,23 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=VALUE",
         help="set in the agent's environment (an A/B of MALLOC_ARENA_MAX, say); may be repeated",
     )
+    parser.add_argument(
+        "--agent-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an option of config/agent.yaml, VALUE read as YAML (memory_trim_interval_s=0); may be repeated",
+    )
     args = parser.parse_args(argv)
     env = dict(item.split("=", 1) for item in args.agent_env)
+    options = {
+        name: yaml.safe_load(value) for name, _, value in (o.partition("=") for o in args.agent_option)
+    }
     if args.idle:
         for n in [args.containers] if args.containers else [3, 100]:
-            idle(args.minutes or 1.0, n, env)
+            idle(args.minutes or 1.0, n, env, options)
     else:
-        soak(args.minutes or 3.0, args.containers or 50, env)
+        soak(args.minutes or 3.0, args.containers or 50, env, options)
 
 
 if __name__ == "__main__":
