@@ -70,6 +70,9 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.metrics_listen and not is_address(self.metrics_listen):
             raise InvalidOption("metrics_listen", f"{self.metrics_listen!r} is not HOST:PORT")
+        if 0 < self.memory_trim_interval_s < 1:
+            # Each trim walks every heap on the event loop: more than once a second is churn, not thrift.
+            raise InvalidOption("memory_trim_interval_s", "must be 0 (never) or at least 1 second")
         for address in self.coordinators():
             if not is_address(address):
                 raise InvalidOption("coordinator", f"{address!r} is not HOST:PORT")

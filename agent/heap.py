@@ -67,6 +67,10 @@ async def release_periodically(interval_s: float) -> None:
         return
     while True:
         await asyncio.sleep(interval_s)
-        released = release_free_memory()
+        try:
+            released = release_free_memory()
+        except OSError as exc:  # /proc unreadable: the trim has run, only its figure is lost
+            log.warning("could not read the agent's RSS", error=str(exc))
+            continue
         if released:
             log.debug("free heap memory handed back", released_kib=released // 1024)
