@@ -167,16 +167,14 @@ def fleet(
     api = coordinator.api()
     node = create_node(api, ports[:-1], ram=64 * containers + 1024, processor=max(2, containers))
     metrics_port = ports[-1]
-    proc = AgentProcess(
-        tmp / "a",
-        coordinator,
-        node["joinToken"],
-        reconnect_initial_s=0.5,
-        reconnect_max_s=5.0,
-        log_level="warning",
-        metrics_listen=f"127.0.0.1:{metrics_port}",
+    settings = {
+        "reconnect_initial_s": 0.5,
+        "reconnect_max_s": 5.0,
+        "log_level": "warning",
+        "metrics_listen": f"127.0.0.1:{metrics_port}",
         **agent,
-    )
+    }
+    proc = AgentProcess(tmp / "a", coordinator, node["joinToken"], **settings)
     if AGENT_PYTHON.exists():
         proc.argv[0] = str(AGENT_PYTHON)
     proc.env.update(env)
@@ -424,6 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         help="an option of config/agent.yaml, VALUE read as YAML (memory_trim_interval_s=0); may be repeated",
     )
     args = parser.parse_args(argv)
+    for item in [*args.agent_env, *args.agent_option]:
+        if "=" not in item:
+            parser.error(f"{item!r} is not NAME=VALUE")
     env = dict(item.split("=", 1) for item in args.agent_env)
     options = {
         name: yaml.safe_load(value) for name, _, value in (o.partition("=") for o in args.agent_option)
