@@ -16,10 +16,13 @@ the agent's RSS and share of one core over the window. Goals: ≤ 50 MiB and ≤
 and ≤ 3 % with 100.
 
     python -m bench.agent_soak [--minutes M] [--containers N] [--idle] [--agent-env NAME=VALUE ...]
-                               [--agent-option NAME=VALUE ...]
+                               [--agent-option NAME=VALUE ...] [--memray CAPTURE]
 
 ``--agent-option memory_trim_interval_s=0`` (say) runs the agent with an option of config/agent.yaml changed:
-an A/B of a setting, against the same load.
+an A/B of a setting, against the same load. ``--memray CAPTURE`` runs the soak's agent under memray (native
+stacks, aggregated: the file stays small over hours) and prints what still held memory at its end
+(bench/memray_leaks.py); the agent's Python needs memray (``.venv-agent/bin/pip install memray``). memray
+slows every allocation and keeps tables of its own: its RSS figures are not the agent's.
 
 ``make bench`` runs a short soak and the two idle cases.
 """
@@ -34,6 +37,7 @@ import random
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -155,9 +159,49 @@ class Soak:
             client.close()
 
 
+@dataclass(frozen=True)
+class Variant:
+    """How this run's agent differs from the installed one: its environment, options of its config file, and
+    whether memray traces it."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    memray: Path | None = None
+
+    def __str__(self) -> str:
+        said = [f"{k}={v}" for k, v in {**self.env, **self.options}.items()]
+        said += [f"under memray ({self.memray})"] if self.memray else []
+        return "".join(f", {x}" for x in said)
+
+    def apply(self, agent: AgentProcess) -> None:
+        agent.env.update(self.env)
+        if self.memray is None:
+            return
+        python = agent.argv[0]
+        if subprocess.run([python, "-c", "import memray"], capture_output=True, check=False).returncode:
+            raise SystemExit(f"--memray needs memray where the agent runs: {python} -m pip install memray")
+        assert agent.argv[1:3] == ["-m", "agent.main"], agent.argv
+        # memray runs the module in its own process, no fork: the pid sampled stays the agent's.
+        tracer = ["-m", "memray", "run", "--native", "--aggregate", "--force", "-q", "-o", str(self.memray)]
+        agent.argv[1:1] = tracer
+
+
+def memray_report(variant: Variant) -> None:
+    """After the agent stopped (memray writes its capture then): the text report, and memray's flame graph
+    of the same next to the capture."""
+    if variant.memray is None:
+        return
+    python = str(AGENT_PYTHON) if AGENT_PYTHON.exists() else sys.executable
+    capture = str(variant.memray)
+    html = str(variant.memray.with_suffix(".html"))
+    subprocess.run([python, "-m", "bench.memray_leaks", capture], cwd=REPO, check=True)
+    flamegraph = ["-m", "memray", "flamegraph", "--leaks", "--force", "-o", html, capture]
+    subprocess.run([python, *flamegraph], check=True)
+
+
 @contextlib.contextmanager
 def fleet(
-    tmp: Path, containers: int, fleet_options: dict[str, float], env: dict[str, str], **agent: Any
+    tmp: Path, containers: int, fleet_options: dict[str, float], variant: Variant, **agent: Any
 ) -> Iterator[Soak]:
     """A coordinator, a node with ``containers`` instances running on this host's Docker, and its agent
     serving /metrics: all real processes, removed afterwards."""
@@ -173,11 +217,12 @@ def fleet(
         "log_level": "warning",
         "metrics_listen": f"127.0.0.1:{metrics_port}",
         **agent,
+        **variant.options,
     }
     proc = AgentProcess(tmp / "a", coordinator, node["joinToken"], **settings)
     if AGENT_PYTHON.exists():
         proc.argv[0] = str(AGENT_PYTHON)
-    proc.env.update(env)
+    variant.apply(proc)
     proc.start()
     soak = Soak(coordinator, proc, node["id"], ports[:-1], metrics_port)
     try:
@@ -262,16 +307,15 @@ def installed_as() -> str:
     return "moorage[agent] alone" if AGENT_PYTHON.exists() else "the dev venv (make bench builds .venv-agent)"
 
 
-def soak(minutes: float, containers: int, env: dict[str, str], options: dict[str, Any]) -> None:
+def soak(minutes: float, containers: int, variant: Variant) -> None:
     print(
-        f"agent soak: {minutes:g} min, {containers} instances (installed as {installed_as()})"
-        + "".join(f", {k}={v}" for k, v in {**env, **options}.items()),
+        f"agent soak: {minutes:g} min, {containers} instances (installed as {installed_as()}){variant}",
         flush=True,
     )
     split: list[dict[str, float]] = []
     with (
         tempfile.TemporaryDirectory() as tmp,
-        fleet(Path(tmp), containers, SOAK_FLEET, env, restart=RESTART, **options) as s,
+        fleet(Path(tmp), containers, SOAK_FLEET, variant, restart=RESTART) as s,
     ):
         begun = time.monotonic()
         total = minutes * 60
@@ -328,10 +372,11 @@ def soak(minutes: float, containers: int, env: dict[str, str], options: dict[str
     for line in report(s.samples, warmup, settled):
         print(line)
     print(f"  anonymous memory, after warm-up -> end (MiB): {_split_line(split[0], split[-1])}")
+    memray_report(variant)
 
 
-def idle(minutes: float, containers: int, env: dict[str, str], options: dict[str, Any]) -> None:
-    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET, env, **options) as s:
+def idle(minutes: float, containers: int, variant: Variant) -> None:
+    with tempfile.TemporaryDirectory() as tmp, fleet(Path(tmp), containers, IDLE_FLEET, variant) as s:
         time.sleep(60)  # settle: the deploys' confirmations, the first full heartbeats
         proc = psutil.Process(s.pid)
         before = proc.cpu_times()
@@ -421,19 +466,30 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=VALUE",
         help="an option of config/agent.yaml, VALUE read as YAML (memory_trim_interval_s=0); may be repeated",
     )
+    parser.add_argument(
+        "--memray",
+        type=Path,
+        metavar="CAPTURE",
+        help="trace the soak's agent with memray, its capture here; report what held memory at the end",
+    )
     args = parser.parse_args(argv)
     for item in [*args.agent_env, *args.agent_option]:
         if "=" not in item:
             parser.error(f"{item!r} is not NAME=VALUE")
-    env = dict(item.split("=", 1) for item in args.agent_env)
-    options = {
-        name: yaml.safe_load(value) for name, _, value in (o.partition("=") for o in args.agent_option)
-    }
+    if args.memray and args.idle:
+        parser.error("--memray traces a soak; its overhead would be the idle figures")
+    variant = Variant(
+        env=dict(item.split("=", 1) for item in args.agent_env),
+        options={
+            name: yaml.safe_load(value) for name, _, value in (o.partition("=") for o in args.agent_option)
+        },
+        memray=args.memray.resolve() if args.memray else None,
+    )
     if args.idle:
         for n in [args.containers] if args.containers else [3, 100]:
-            idle(args.minutes or 1.0, n, env, options)
+            idle(args.minutes or 1.0, n, variant)
     else:
-        soak(args.minutes or 3.0, args.containers or 50, env, options)
+        soak(args.minutes or 3.0, args.containers or 50, variant)
 
 
 if __name__ == "__main__":
