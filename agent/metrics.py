@@ -1,7 +1,7 @@
 """The agent's own metrics, in Prometheus' text format on a local address (``metrics_listen``, default
 127.0.0.1:9104): whether its session is up, what it sent and handled, what runs, what each instance moved,
-how long the engine takes to answer, and its own footprint (RSS, open files, threads, asyncio tasks), so an
-operator sees trouble, growth included, before it hurts.
+how long the engine takes to answer, and its own footprint (RSS, open files, threads, asyncio tasks, the C
+heap in use and free), so an operator sees trouble, growth included, before it hurts.
 
 Served from a thread of its own (agent/exposition.py): a scrape never waits on the event loop, and the loop
 never waits on a scrape."""
@@ -13,12 +13,19 @@ import threading
 from collections.abc import Iterable
 
 from agent.exposition import Counter, Family, Gauge, Histogram, MetricsServer, ProcessFigures, python_info
+from agent.heap import HeapUsage, heap_usage
 from common.logging import get
 
 log = get("agent.metrics")
 
 #: Seconds: engine calls are milliseconds to a few seconds (a pull, a stop with its grace).
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _heap() -> HeapUsage:
+    usage = heap_usage()
+    assert usage is not None, "served only where the C library reports its heap"
+    return usage
 
 
 class AgentMetrics:
@@ -80,6 +87,19 @@ class AgentMetrics:
             ),
             Gauge("moorage_agent_threads", "Threads of the agent process.", read=threading.active_count),
         ]
+        if heap_usage() is not None:  # glibc: in use vs free tells a leak from fragmentation
+            self.families += [
+                Gauge(
+                    "moorage_agent_heap_in_use_bytes",
+                    "Bytes of the C heap in live blocks, every malloc arena summed (glibc mallinfo2).",
+                    read=lambda: float(_heap().in_use),
+                ),
+                Gauge(
+                    "moorage_agent_heap_free_bytes",
+                    "Bytes free in the C heap's arenas, kept for reuse (resident or not).",
+                    read=lambda: float(_heap().free),
+                ),
+            ]
 
     def serve(self, listen: str) -> None:
         """Serve on HOST:PORT from a thread of its own; a port that cannot be had is logged, not fatal (the

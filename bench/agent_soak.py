@@ -5,9 +5,10 @@ HTTP traffic to random instances all the while (bandwidth flowing), a container'
 few seconds (a crash the agent restarts), the coordinator SIGKILLed and started again on its addresses at a
 third of the run and the Docker engine restarted at two thirds (SIGTERM to dockerd, which stops the
 containers; the agent starts them again). Every SAMPLE_S seconds the agent's RSS, open file descriptors
-and threads (from /proc) and its asyncio task count (from its own /metrics) are read. Printed per figure:
-start and end of the measured part (after warm-up), peak, and the slope per hour of a least-squares line
-through the measured samples. Goals: RSS slope ≤ 1 MiB/h, fds and tasks flat. The agent's anonymous
+and threads (from /proc), its asyncio task count and its C heap in use and free (from its own /metrics) are
+read. Printed per figure: start and end of the measured part (after warm-up), peak, and the slope per hour
+of a least-squares line through the measured samples. Goals: RSS slope ≤ 1 MiB/h, fds and tasks flat; the
+C heap's two figures tell a leak (in use climbing) from fragmentation (free climbing). The agent's anonymous
 memory after warm-up and at the end, by allocator (glibc's main heap, its threads' arenas, Python's
 arenas and large blocks), says where any growth lives.
 
@@ -97,6 +98,9 @@ class Sample:
     fds: int
     threads: int
     tasks: int
+    heap_in_use_mib: float
+    """glibc's mallinfo2 on the agent's /metrics: live C blocks; 0 where not served."""
+    heap_free_mib: float
 
 
 @dataclass
@@ -118,20 +122,29 @@ class Soak:
 
     def sample(self) -> Sample:
         proc = psutil.Process(self.pid)
+        rss, fds, threads = proc.memory_info().rss / MIB, proc.num_fds(), proc.num_threads()
+        figures = self.figures()
+        if "moorage_agent_asyncio_tasks" not in figures:
+            raise AssertionError("the agent's /metrics has no moorage_agent_asyncio_tasks")
         return Sample(
             time.monotonic(),
-            proc.memory_info().rss / MIB,
-            proc.num_fds(),
-            proc.num_threads(),
-            self.tasks(),
+            rss,
+            fds,
+            threads,
+            int(figures["moorage_agent_asyncio_tasks"]),
+            figures.get("moorage_agent_heap_in_use_bytes", 0.0) / MIB,
+            figures.get("moorage_agent_heap_free_bytes", 0.0) / MIB,
         )
 
-    def tasks(self) -> int:
+    def figures(self) -> dict[str, float]:
+        """The agent's unlabelled series, by name."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith("moorage_agent_asyncio_tasks "):
-                    return int(float(line.split()[1]))
-        raise AssertionError("the agent's /metrics has no moorage_agent_asyncio_tasks")
+            lines = resp.read().decode().splitlines()
+        return {
+            name: float(value)
+            for name, _, value in (line.partition(" ") for line in lines)
+            if name and not name.startswith("#") and "{" not in name
+        }
 
     def traffic(self) -> None:
         """HTTP to random instances, as their users would: bytes in and out of every container."""
@@ -289,6 +302,8 @@ def report(samples: Sequence[Sample], warmup: float, settled: float) -> list[str
         ("open fds", "", lambda s: float(s.fds), "goal flat"),
         ("threads", "", lambda s: float(s.threads), ""),
         ("asyncio tasks", "", lambda s: float(s.tasks), "goal flat"),
+        ("C heap in use", "MiB", lambda s: s.heap_in_use_mib, "climbing: a leak"),
+        ("C heap free", "MiB", lambda s: s.heap_free_mib, "climbing, in use flat: fragmentation"),
     ):
         values = [get(s) for s in measured]
         slope = slope_per_hour([(s.at, get(s)) for s in measured])
@@ -350,7 +365,8 @@ def soak(minutes: float, containers: int, variant: Variant) -> None:
                     x = s.samples[-1]
                     print(
                         f"  {elapsed:5.0f} s: RSS {x.rss_mib:.1f} MiB, fds {x.fds}, threads {x.threads}, "
-                        f"tasks {x.tasks}",
+                        f"tasks {x.tasks}, C heap {x.heap_in_use_mib:.1f} in use "
+                        f"+ {x.heap_free_mib:.1f} free",
                         flush=True,
                     )
             time.sleep(SAMPLE_S)

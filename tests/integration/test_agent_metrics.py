@@ -75,6 +75,9 @@ def test_the_agent_shows_its_session_work_containers_and_footprint(
     assert value(text, 'moorage_agent_docker_call_duration_seconds_count{call="list"}') >= 1
     assert value(text, "process_resident_memory_bytes") > 10 * 2**20
     assert value(text, "moorage_agent_asyncio_tasks") >= 3 and value(text, "moorage_agent_threads") >= 2
+    # glibc's heap: the agent's live C blocks (protobufs, grpc, Python's large objects) are megabytes.
+    assert value(text, "moorage_agent_heap_in_use_bytes") > 2**20
+    assert value(text, "moorage_agent_heap_free_bytes") >= 0
     promtool_check(text, tmp_path)
     promtool_check(scrape(f.coordinator.endpoints["http"] + "/metrics", f.coordinator.admin_key), tmp_path)
     # Deleted: its series go with it, and the count of running containers follows.
