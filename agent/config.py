@@ -50,6 +50,10 @@ class AgentConfig:
     #: Every this many seconds the agent hands its free heap memory back to the host (glibc's malloc_trim);
     #: 0: never (left to the allocator, whose threads' arenas keep what they freed).
     memory_trim_interval_s: float = option(60.0, ge=0)
+    #: How many malloc arenas the agent's threads share (glibc); 0: glibc's own limit, eight per core. One
+    #: arena per thread strands freed memory in each (the soak's RSS climbing by steps); the agent's threads
+    #: take turns under Python's lock anyway, so sharing one costs nothing measurable.
+    malloc_arenas: int = option(1, ge=0)
     #: How crashed containers are restarted (exponential back-off; a crash loop is reported).
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     #: HOST:PORT where the agent serves its Prometheus metrics (/metrics); empty: not served.

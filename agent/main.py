@@ -14,7 +14,7 @@ from agent import __version__, identity, shaping
 from agent.config import AgentConfig
 from agent.executor import Executor
 from agent.files import FileStore
-from agent.heap import release_periodically
+from agent.heap import limit_arenas, release_periodically
 from agent.identity import CoordinatorUnreachable, EnrollmentRefused, Identity, JoinToken
 from agent.metrics import AgentMetrics
 from agent.runtime.base import ContainerEvent, EventKind, Runtime, RuntimeFailure
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"moorage-agent: {exc}", file=sys.stderr)
         raise SystemExit(identity.EXIT_CONFIG) from exc
     configure(config.log_level, config.log_json)
+    # Before any thread allocates: a thread keeps the arena it was first given.
+    limit_arenas(config.malloc_arenas)
     try:
         if identity.load(config.data_dir) is None:
             asyncio.run(obtain_identity(config))

@@ -47,6 +47,32 @@ def promtool_check(text: str, tmp: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+#: glibc reserves each arena for threads other than the main one as a heap of this size, aligned to it.
+THREAD_HEAP = 64 << 20
+
+
+def thread_arenas(pid: int) -> int:
+    """glibc's arenas besides the main one in the process: each a 64 MiB-aligned reservation, the part in
+    use read-write and the rest inaccessible, ending together 64 MiB on."""
+    spans: list[tuple[int, int, str, bool]] = []
+    with open(f"/proc/{pid}/maps", encoding="ascii") as maps:
+        for line in maps:
+            fields = line.split()
+            low, _, high = fields[0].partition("-")
+            spans.append((int(low, 16), int(high, 16), fields[1], len(fields) > 5))
+    count = 0
+    for i, (start, end, perms, named) in enumerate(spans):
+        if named or perms != "rw-p" or start % THREAD_HEAP:
+            continue
+        rest = spans[i + 1] if i + 1 < len(spans) else None
+        whole = end - start == THREAD_HEAP
+        reserved = (
+            rest is not None and rest[0] == end and rest[2] == "---p" and rest[1] == start + THREAD_HEAP
+        )
+        count += whole or reserved
+    return count
+
+
 def test_the_agent_shows_its_session_work_containers_and_footprint(
     fleet: tuple[OneNodeFleet, str], tmp_path: Path
 ) -> None:
@@ -78,6 +104,9 @@ def test_the_agent_shows_its_session_work_containers_and_footprint(
     # glibc's heap: the agent's live C blocks (protobufs, grpc, Python's large objects) are megabytes.
     assert value(text, "moorage_agent_heap_in_use_bytes") > 2**20
     assert value(text, "moorage_agent_heap_free_bytes") >= 0
+    # Its threads (grpc's, the metrics server's, the pool's) share the main arena (malloc_arenas: 1).
+    assert f.agent.proc is not None
+    assert thread_arenas(f.agent.proc.pid) == 0
     promtool_check(text, tmp_path)
     promtool_check(scrape(f.coordinator.endpoints["http"] + "/metrics", f.coordinator.admin_key), tmp_path)
     # Deleted: its series go with it, and the count of running containers follows.

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -79,3 +81,50 @@ def test_heap_usage_tells_live_blocks_from_stranded_free_space() -> None:
     assert grown is not None
     assert grown.in_use - stranded.in_use >= 15 * MIB, (grown.in_use - stranded.in_use) / MIB
     del kept, top
+
+
+ARENAS_IN_A_FRESH_PROCESS = """
+import ctypes, sys, tempfile, threading
+from agent.heap import limit_arenas
+if int(sys.argv[1]):
+    assert limit_arenas(int(sys.argv[1]))
+together = threading.Barrier(4)
+kept = []
+def work():
+    together.wait()  # all four alive at once: glibc gives each its own arena unless capped
+    kept.append([bytes(4000) for _ in range(256)])
+    together.wait()
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as out:
+    stream = libc.fopen(out.name.encode(), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    print(open(out.name).read().count("<heap nr="))
+"""
+
+
+def arenas_after_four_threads(limit: int) -> int:
+    """The malloc arenas of a fresh Python that capped them at ``limit`` (0: not capped) before four threads
+    allocated at once, as glibc's malloc_info counts them."""
+    done = subprocess.run(
+        [sys.executable, "-c", ARENAS_IN_A_FRESH_PROCESS, str(limit)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+def test_threads_share_the_arenas_the_agent_allows() -> None:
+    assert arenas_after_four_threads(0) >= 5  # glibc's own way: the main arena and one per thread
+    assert arenas_after_four_threads(1) == 1
+    assert arenas_after_four_threads(2) == 2

@@ -73,6 +73,8 @@ def test_enroll_address_defaults_to_the_next_port() -> None:
         ("event_buffer: many", "event_buffer: Input should be a valid integer"),
         ("memory_trim_interval_s: 0.5", "memory_trim_interval_s: must be 0 (never) or at least 1 second"),
         ("memory_trim_interval_s: -1", "memory_trim_interval_s: Input should be greater than or equal to 0"),
+        ("malloc_arenas: -1", "malloc_arenas: Input should be greater than or equal to 0"),
+        ("malloc_arenas: 1.5", "malloc_arenas: Input should be a valid integer"),
         ("log_json: maybe", "log_json: Input should be a valid boolean"),
         ("log_level: [info]", "log_level: Input should be a valid string"),
         ("bogus: 1", "bogus: Extra inputs are not permitted"),
