@@ -5,8 +5,9 @@ eight per core, and keeps what a thread freed in that thread's arena for its nex
 soak climbed +1.7 to +2.0 MiB/h this way, all of it in the threads' arenas, in steps that a minutely
 ``malloc_trim`` did not flatten. With every thread in the main arena (``limit_arenas(1)``, glibc's
 M_ARENA_MAX; what grpc's maintainers advise for the same growth, grpc/grpc#40817) one thread's free space
-serves the next, and the same soak stayed flat. The agent's threads take turns under Python's lock anyway,
-so sharing one arena costs no measurable CPU.
+serves the next: the same soak climbed +1.10 MiB/h, most of it at its coordinator and engine restarts, and
++0.43 after them. The agent's threads take turns under Python's lock anyway, so sharing one arena costs no
+measurable CPU.
 
 ``malloc_trim(0)`` walks every arena and gives back each whole free page, wherever it lies: what a burst
 strands (a log stream, a large file) leaves the RSS within a minute instead of staying until the agent exits.
