@@ -58,6 +58,7 @@ from bench.daemons import (
     AgentProcess,
     Api,
     CoordinatorProcess,
+    agent_figures,
     create_node,
     leave_no_containers,
     node_view,
@@ -123,7 +124,7 @@ class Soak:
     def sample(self) -> Sample:
         proc = psutil.Process(self.pid)
         rss, fds, threads = proc.memory_info().rss / MIB, proc.num_fds(), proc.num_threads()
-        figures = self.figures()
+        figures = agent_figures(self.metrics_port)
         if "moorage_agent_asyncio_tasks" not in figures:
             raise AssertionError("the agent's /metrics has no moorage_agent_asyncio_tasks")
         return Sample(
@@ -135,16 +136,6 @@ class Soak:
             figures.get("moorage_agent_heap_in_use_bytes", 0.0) / MIB,
             figures.get("moorage_agent_heap_free_bytes", 0.0) / MIB,
         )
-
-    def figures(self) -> dict[str, float]:
-        """The agent's unlabelled series, by name."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            lines = resp.read().decode().splitlines()
-        return {
-            name: float(value)
-            for name, _, value in (line.partition(" ") for line in lines)
-            if name and not name.startswith("#") and "{" not in name
-        }
 
     def traffic(self) -> None:
         """HTTP to random instances, as their users would: bytes in and out of every container."""

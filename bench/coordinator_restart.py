@@ -6,7 +6,10 @@ Printed:
   again (its node online, which needs a Hello or heartbeat in the new process, and each instance
   `running`), median and worst of ROUNDS SIGKILL restarts, each after DOWN_S seconds away; and the
   time from the kill itself, which adds the coordinator's own start;
-- the agent's RSS before and after RESTARTS coordinator restarts, and its thread and fd counts.
+- the agent's RSS and C heap in use (glibc's live blocks, from its /metrics) before the restarts, after
+  half of RESTARTS coordinator restarts and after all of them, and its thread and fd counts. Growth in
+  the first half only is a one-off cost (pools and caches reaching their size); growth in the second half
+  as well is a leak per reconnect, and the last figure gives it per restart.
 
 The agent runs with its default back-off (0.5 s doubling to 30 s, full jitter), so the reconnect time
 depends on how long the coordinator was away: DOWN_S is kept short, as for a restart in place. The agent
@@ -23,6 +26,7 @@ import signal
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -32,6 +36,7 @@ from bench.daemons import (
     AgentProcess,
     Api,
     CoordinatorProcess,
+    agent_figures,
     create_node,
     leave_no_containers,
     node_view,
@@ -41,7 +46,7 @@ from bench.daemons import (
 )
 
 ROUNDS = 5
-RESTARTS = 20
+RESTARTS = 40
 DOWN_S = 1.0
 #: A session counts as having held after two heartbeats.
 SETTLE_S = 2.5
@@ -76,16 +81,25 @@ def restart(coordinator: CoordinatorProcess, node_id: str, ids: list[str]) -> tu
     return done - up, done - killed
 
 
-def footprint(pid: int) -> tuple[float, int, int]:
+@dataclass(frozen=True)
+class Footprint:
+    rss_mib: float
+    heap_in_use_mib: float
+    threads: int
+    fds: int
+
+
+def footprint(pid: int, metrics_port: int) -> Footprint:
     proc = psutil.Process(pid)
-    return proc.memory_info().rss / 2**20, proc.num_threads(), proc.num_fds()
+    in_use = agent_figures(metrics_port).get("moorage_agent_heap_in_use_bytes", 0.0)
+    return Footprint(proc.memory_info().rss / 2**20, in_use / 2**20, proc.num_threads(), proc.num_fds())
 
 
 def run(instances: int, restarts: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         coordinator = CoordinatorProcess(Path(tmp) / "c", fleet=DEFAULT_FLEET, extra={"log_level": "warning"})
         coordinator.start()
-        ports = port_block(instances)
+        *ports, metrics_port = port_block(instances + 1)
         api = coordinator.api()
         node = create_node(api, ports)
         agent = AgentProcess(
@@ -95,6 +109,7 @@ def run(instances: int, restarts: int) -> None:
             reconnect_initial_s=0.5,
             reconnect_max_s=30.0,
             log_level="warning",
+            metrics_listen=f"127.0.0.1:{metrics_port}",
         )
         agent.start()
         try:
@@ -106,16 +121,17 @@ def run(instances: int, restarts: int) -> None:
             assert agent.proc is not None
             pid = agent.proc.pid
             time.sleep(2)
-            rss_before, threads_before, fds_before = footprint(pid)
+            seen = [footprint(pid, metrics_port)]
             from_up, from_kill = [], []
             for n in range(restarts):
                 up, kill = restart(coordinator, node["id"], ids)
                 if n < ROUNDS:
                     from_up.append(up)
                     from_kill.append(kill)
-            time.sleep(2)
+                if n + 1 in (restarts // 2, restarts):
+                    time.sleep(2)
+                    seen.append(footprint(pid, metrics_port))
             assert agent.running and agent.proc is not None and agent.proc.pid == pid, "the agent died"
-            rss_after, threads_after, fds_after = footprint(pid)
         finally:
             agent.stop()
             coordinator.stop()
@@ -132,9 +148,15 @@ def run(instances: int, restarts: int) -> None:
         f"  kill → every instance confirmed running: median {statistics.median(from_kill) * 1000:7.0f} ms"
         f"   worst {max(from_kill) * 1000:7.0f} ms   (n={len(from_kill)})"
     )
+    before, half, after = seen
+    second_half = restarts - restarts // 2
+    per_restart = (after.heap_in_use_mib - half.heap_in_use_mib) * 1024 / second_half
     print(
-        f"  agent across {restarts} coordinator restarts: RSS {rss_before:.1f} → {rss_after:.1f} MiB, "
-        f"threads {threads_before} → {threads_after}, fds {fds_before} → {fds_after}"
+        f"  agent before, after {restarts // 2} and after {restarts} coordinator restarts: "
+        f"RSS {before.rss_mib:.1f} → {half.rss_mib:.1f} → {after.rss_mib:.1f} MiB, "
+        f"C heap in use {before.heap_in_use_mib:.2f} → {half.heap_in_use_mib:.2f} → "
+        f"{after.heap_in_use_mib:.2f} MiB ({per_restart:+.0f} KiB per restart in the second half), "
+        f"threads {before.threads} → {after.threads}, fds {before.fds} → {after.fds}"
     )
 
 

@@ -313,6 +313,17 @@ class AgentProcess(Process):
         )
 
 
+def agent_figures(metrics_port: int) -> dict[str, float]:
+    """An agent's unlabelled series on its /metrics (served on ``metrics_listen``), by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+        lines = resp.read().decode().splitlines()
+    return {
+        name: float(value)
+        for name, _, value in (line.partition(" ") for line in lines)
+        if name and not name.startswith("#") and "{" not in name
+    }
+
+
 @contextlib.contextmanager
 def running_coordinator(data_dir: Path, **kwargs: Any) -> Iterator[CoordinatorProcess]:
     proc = CoordinatorProcess(data_dir, **kwargs)
