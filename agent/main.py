@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(identity.EXIT_CONFIG) from exc
     configure(config.log_level, config.log_json)
     # Before any thread allocates: a thread keeps the arena it was first given.
-    limit_arenas(config.malloc_arenas)
+    if config.malloc_arenas and not limit_arenas(config.malloc_arenas):
+        log.warning("malloc_arenas not applied: the C library cannot cap its arenas (not glibc)")
     try:
         if identity.load(config.data_dir) is None:
             asyncio.run(obtain_identity(config))
